@@ -1,0 +1,104 @@
+"""``from_pretrained``: a saved or published student, ready for inference."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+from typing import Any, Callable, Dict, Optional, Union
+
+from ..models.backbone import Backbone
+from ..models.preprocess import PreprocessConfig
+from .save import HFKD_METADATA_FILE, PICKLE_SUFFIXES
+
+# What a student needs; pickled weights are never even downloaded.
+_ALLOW_PATTERNS = ["*.json", "*.safetensors", "README.md", "*.png"]
+
+
+def _is_timm_config(config: Dict[str, Any]) -> bool:
+    # transformers' own rule: a config with pretrained_cfg and no model_type is timm's (hub.md §2.4).
+    return "pretrained_cfg" in config and "model_type" not in config
+
+
+def _local_folder(repo_id_or_dir: str, revision: Optional[str], token, cache_dir) -> str:
+    path = repo_id_or_dir[len("local-dir:"):] if repo_id_or_dir.startswith("local-dir:") else repo_id_or_dir
+    if os.path.isdir(path):
+        return path
+    if os.path.exists(path) or path.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"{repo_id_or_dir!r} is not a folder with a saved student (config.json + model.safetensors)")
+    from huggingface_hub import snapshot_download
+
+    repo_id = path[len("hf-hub:"):] if path.startswith("hf-hub:") else path
+    if "@" in repo_id and revision is None:
+        repo_id, revision = repo_id.split("@", 1)
+    return snapshot_download(repo_id, revision=revision, allow_patterns=_ALLOW_PATTERNS, token=token,
+                             cache_dir=cache_dir)
+
+
+def _check_files(folder: str, source: str) -> Dict[str, Any]:
+    config_path = os.path.join(folder, "config.json")
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"{source} has no config.json: it is not a saved timm or transformers model")
+    if not glob.glob(os.path.join(folder, "*.safetensors")):
+        pickles = [f for f in os.listdir(folder) if f.endswith(PICKLE_SUFFIXES)]
+        hint = f" (it has {', '.join(pickles)}, which hfkd never loads: unpickling can run arbitrary code)" if pickles else ""
+        raise ValueError(
+            f"{source} has no .safetensors weights{hint}. hfkd loads safetensors only; convert the checkpoint "
+            "once in a trusted environment (e.g. model.save_pretrained(dir) or timm's save_for_hf(..., "
+            "safe_serialization=True)) and load that"
+        )
+    with open(config_path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def load_lineage(repo_id_or_dir: str, revision: Optional[str] = None, token=None) -> Optional[Dict[str, Any]]:
+    """The distillation lineage (``hfkd.json``) of a saved student, or ``None`` if it has none."""
+    folder = _local_folder(repo_id_or_dir, revision, token, None)
+    path = os.path.join(folder, HFKD_METADATA_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def from_pretrained(repo_id_or_dir: str, revision: Optional[str] = None, *, token: Union[str, bool, None] = None,
+                    cache_dir: Optional[str] = None, device: Union[str, "torch.device", None] = None) -> Backbone:  # noqa: F821
+    """Load a distilled student (a Hub id, ``hf-hub:ORG/NAME[@rev]``, or a folder) for inference.
+
+    Returns a :class:`hfkd.models.Backbone` in eval mode with its label names and
+    preprocessing (``backbone.preprocess``; see :func:`eval_transform`).  The
+    library (timm or transformers) is read from ``config.json``; the lineage,
+    when present, is on ``backbone.lineage``.  Only ``.safetensors`` weights are
+    read: a repository holding only pickled weights is refused.
+    """
+    from ..models.factory import create_backbone
+
+    folder = _local_folder(str(repo_id_or_dir), revision, token, cache_dir)
+    config = _check_files(folder, repr(repo_id_or_dir))
+    if _is_timm_config(config):
+        # timm's local-dir loader picks model.safetensors before any pickle (timm _PREFERRED_FILES).
+        backbone = create_backbone(f"local-dir:{folder}", pretrained=True)
+    else:
+        backbone = create_backbone(folder, pretrained=True, use_safetensors=True)
+    lineage_path = os.path.join(folder, HFKD_METADATA_FILE)
+    lineage = None
+    if os.path.isfile(lineage_path):
+        with open(lineage_path, encoding="utf-8") as f:
+            lineage = json.load(f)
+        recorded = (lineage.get("student") or {}).get("preprocess")
+        if recorded:  # exact (crop_pct, interpolation), where the library's own config may round
+            backbone.preprocess = PreprocessConfig.from_dict(recorded)
+        if backbone.label_names is None and lineage.get("label_names"):
+            backbone.set_label_names(lineage["label_names"])
+    backbone.source = {"name": str(repo_id_or_dir), "revision": revision, "pretrained": True}
+    backbone.lineage = lineage
+    if device is not None:
+        backbone.to(device)
+    return backbone.eval()
+
+
+def eval_transform(model: Union[Backbone, PreprocessConfig]) -> Callable:
+    """The student's eval transform (PIL image -> normalised tensor), built by timm's ``create_transform``."""
+    from ..data.transforms import create_image_transform
+
+    preprocess = model if isinstance(model, PreprocessConfig) else model.preprocess
+    return create_image_transform(preprocess, is_training=False)

@@ -1,0 +1,180 @@
+"""Pure loss and target functions of the distillation methods.
+
+Every function here is stateless and differentiable where it should be; the
+targets it builds are detached.  All of them compute in float32 whatever the
+autocast dtype, because softmax/log-softmax of bf16 logits loses the small
+probabilities that distillation is about.
+
+Notation (see ``shared/docs/methods.md`` §0): ``z`` are logits of shape
+``[N, C]``, ``p = softmax(z / T)``; KL(p || q) = sum_c p_c (log p_c - log q_c).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "soft_cross_entropy",
+    "kd_kl_div",
+    "soft_kl_div",
+    "ensemble_probs",
+    "meal_v2_loss",
+    "pskd_alpha",
+    "pskd_targets",
+    "bake_targets",
+    "feed_loss",
+    "normalize_factor",
+]
+
+
+def _f32(x: torch.Tensor) -> torch.Tensor:
+    return x.float() if x.dtype != torch.float32 else x
+
+
+def _float32_region():
+    # Autocast would otherwise re-cast matmuls inside the losses to bf16.
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.autocast(device_type=device_type, enabled=False)
+
+
+def soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of ``-sum_c p_c log softmax(z)_c``.
+
+    ``target_probs`` is treated as a constant (no gradient flows into it).
+    """
+    if logits.shape != target_probs.shape:
+        raise ValueError(
+            f"soft_cross_entropy: logits {tuple(logits.shape)} and target_probs "
+            f"{tuple(target_probs.shape)} must have the same [N, C] shape"
+        )
+    with _float32_region():
+        log_p = F.log_softmax(_f32(logits), dim=-1)
+        return -(_f32(target_probs).detach() * log_p).sum(dim=-1).mean()
+
+
+def soft_kl_div(student_logits: torch.Tensor, target_probs: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """``T^2 * KL(p || softmax(s/T))`` averaged over the batch, ``p`` a constant target distribution."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if student_logits.shape != target_probs.shape:
+        raise ValueError(
+            f"student logits {tuple(student_logits.shape)} and targets {tuple(target_probs.shape)} differ; "
+            "do the teacher and student predict the same classes?"
+        )
+    with _float32_region():
+        log_q = F.log_softmax(_f32(student_logits) / temperature, dim=-1)
+        # kl_div(input=student log-probs, target=teacher probs) = KL(teacher || student)
+        return F.kl_div(log_q, _f32(target_probs).detach(), reduction="batchmean") * temperature**2
+
+
+def kd_kl_div(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Hinton's soft term: ``T^2 * KL(softmax(t/T) || softmax(s/T))``, batch mean."""
+    if temperature <= 0:
+        raise ValueError(f"kd_kl_div: temperature must be > 0, got {temperature}")
+    with _float32_region():
+        target = F.softmax(_f32(teacher_logits).detach() / temperature, dim=-1)
+    return soft_kl_div(student_logits, target, temperature)
+
+
+def ensemble_probs(
+    teacher_logits: Sequence[torch.Tensor], weights: Optional[Sequence[float]] = None, temperature: float = 1.0
+) -> torch.Tensor:
+    """(Weighted) mean of the teachers' softmax probabilities -- not the softmax of mean logits."""
+    if len(teacher_logits) == 0:
+        raise ValueError("ensemble_probs needs at least one teacher's logits")
+    shapes = {tuple(t.shape) for t in teacher_logits}
+    if len(shapes) != 1:
+        raise ValueError(f"ensemble_probs: teachers' logits have different shapes {sorted(shapes)}")
+    if weights is None:
+        w = torch.full((len(teacher_logits),), 1.0 / len(teacher_logits))
+    else:
+        if len(weights) != len(teacher_logits):
+            raise ValueError(f"ensemble_probs: {len(weights)} weights for {len(teacher_logits)} teachers")
+        w = torch.as_tensor(weights, dtype=torch.float32)
+        if (w < 0).any() or w.sum() <= 0:
+            raise ValueError(f"ensemble_probs: weights must be non-negative with a positive sum, got {list(weights)}")
+        w = w / w.sum()
+    with _float32_region():
+        probs = torch.stack([F.softmax(_f32(t).detach() / temperature, dim=-1) for t in teacher_logits])
+        return torch.einsum("k,knc->nc", w.to(probs.device), probs)
+
+
+def meal_v2_loss(student_logits: torch.Tensor, teacher_logits: Sequence[torch.Tensor]) -> torch.Tensor:
+    """MEAL V2 similarity loss: soft cross-entropy to the mean of the teachers' probabilities (T = 1)."""
+    if isinstance(teacher_logits, torch.Tensor):
+        teacher_logits = [teacher_logits]
+    return soft_cross_entropy(student_logits, ensemble_probs(teacher_logits))
+
+
+def pskd_alpha(epoch: int, num_epochs: int, alpha_T: float = 0.8) -> float:
+    """PS-KD's linear schedule ``alpha_T * (epoch + 1) / num_epochs`` for 0-based ``epoch``."""
+    if num_epochs <= 0:
+        raise ValueError(f"pskd_alpha: num_epochs must be positive, got {num_epochs}")
+    if not 0 <= epoch < num_epochs:
+        raise ValueError(f"pskd_alpha: epoch {epoch} is outside [0, {num_epochs})")
+    if not 0.0 <= alpha_T <= 1.0:
+        raise ValueError(f"pskd_alpha: alpha_T must be in [0, 1], got {alpha_T}")
+    return alpha_T * (epoch + 1) / num_epochs
+
+
+def pskd_targets(labels: torch.Tensor, prev_probs: torch.Tensor, alpha: float, num_classes: int) -> torch.Tensor:
+    """``(1 - alpha) * onehot(labels) + alpha * prev_probs``, detached."""
+    if prev_probs.shape != (labels.shape[0], num_classes):
+        raise ValueError(
+            f"pskd_targets: prev_probs has shape {tuple(prev_probs.shape)}, expected ({labels.shape[0]}, {num_classes})"
+        )
+    onehot = F.one_hot(labels.long(), num_classes).float()
+    return ((1.0 - alpha) * onehot + alpha * _f32(prev_probs)).detach()
+
+
+def bake_targets(
+    features: torch.Tensor, logits: torch.Tensor, omega: float = 0.5, temperature: float = 4.0
+) -> torch.Tensor:
+    """BAKE's propagated soft targets ``Q = (1 - w) (I - w A)^-1 softmax(z / T)``.
+
+    ``A`` is the row softmax of the cosine affinities of the batch's pooled
+    features with the diagonal masked out (no temperature on the affinity).
+    Computed in float32 and detached.
+    """
+    if not 0.0 <= omega < 1.0:
+        raise ValueError(f"bake_targets: omega must be in [0, 1), got {omega}")
+    if features.shape[0] != logits.shape[0]:
+        raise ValueError(f"bake_targets: {features.shape[0]} feature rows but {logits.shape[0]} logit rows")
+    n = logits.shape[0]
+    with torch.no_grad(), _float32_region():
+        p = F.softmax(_f32(logits) / temperature, dim=-1)
+        if n < 2 or omega == 0.0:
+            return p
+        f = F.normalize(_f32(features).flatten(1), dim=1)
+        eye = torch.eye(n, device=f.device, dtype=f.dtype)
+        affinity = F.softmax(f @ f.t() - 1e9 * eye, dim=1)
+        return (1.0 - omega) * torch.linalg.solve(eye - omega * affinity, p)
+
+
+def normalize_factor(x: torch.Tensor) -> torch.Tensor:
+    """Flatten each sample (C*H*W) and scale it to unit L2 norm (Factor Transfer's phi)."""
+    return F.normalize(_f32(x).flatten(1), dim=1)
+
+
+def feed_loss(student_maps: Sequence[torch.Tensor], teacher_maps: Sequence[torch.Tensor]) -> torch.Tensor:
+    """FEED: ``sum_n mean |phi(s_n) - phi(t_n)|`` over teachers, teacher maps detached.
+
+    ``student_maps[n]`` is the student's map already transformed for teacher ``n``
+    and with the teacher map's shape.
+    """
+    if len(student_maps) != len(teacher_maps) or len(student_maps) == 0:
+        raise ValueError(
+            f"feed_loss: need one transformed student map per teacher, got {len(student_maps)} and {len(teacher_maps)}"
+        )
+    total = None
+    with _float32_region():
+        for n, (s, t) in enumerate(zip(student_maps, teacher_maps)):
+            if s.shape != t.shape:
+                raise ValueError(
+                    f"feed_loss: teacher {n} map {tuple(t.shape)} and transformed student map {tuple(s.shape)} differ"
+                )
+            term = (normalize_factor(s) - normalize_factor(t.detach())).abs().mean()
+            total = term if total is None else total + term
+    return total

@@ -1,0 +1,150 @@
+"""The protocol a distillation method implements.
+
+A method is an ``nn.Module``: its own trainable parts (a discriminator,
+feature connectors) are submodules, so the trainer optimises them, wraps them
+in DDP with the student and checkpoints them, but never saves them with the
+student.  State that is not a parameter (a prediction bank) goes through
+:meth:`extra_state`.  The trainer knows no method by name.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from ..models.backbone import Backbone, BackboneOutput, OutputRequest
+
+
+@dataclass
+class MethodContext:
+    """What a method may know about the run, given once before training."""
+
+    num_classes: int
+    num_train_samples: int
+    num_epochs: int
+    steps_per_epoch: int
+    student: Backbone
+    teachers: Sequence[Any] = ()
+    accelerator: Any = None
+
+    @property
+    def num_processes(self) -> int:
+        return self.accelerator.num_processes if self.accelerator is not None else 1
+
+
+def gather_rows(context: Optional[MethodContext], *tensors: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    """Concatenate tensors over processes along dim 0, rank after rank, even if row counts differ.
+
+    Returns ``(gathered..., offset)`` where ``offset`` is where this process's rows start.
+    ``accelerator.gather`` needs equal shapes; sizes are gathered first and the rows padded
+    to the largest count (``accelerator.pad_across_processes``), then the padding is cut out.
+    """
+    if context is None or context.num_processes == 1:
+        return (*tensors, 0)
+    acc = context.accelerator
+    n = tensors[0].shape[0]
+    sizes = acc.gather(torch.tensor([n], device=tensors[0].device)).tolist()
+    offset = sum(sizes[:acc.process_index])
+    out = []
+    for t in tensors:
+        if min(sizes) != max(sizes):
+            t = acc.pad_across_processes(t, dim=0)
+        g = acc.gather(t.contiguous())
+        if min(sizes) != max(sizes):
+            width = max(sizes)
+            g = torch.cat([g[r * width:r * width + s] for r, s in enumerate(sizes)])
+        out.append(g)
+    return (*out, offset)
+
+
+@dataclass
+class LossOutput:
+    loss: torch.Tensor
+    logs: Dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class DistillationMethod(nn.Module):
+    """Base class; subclasses set ``name`` and implement :meth:`compute_loss`."""
+
+    name: ClassVar[str] = ""
+    citation: ClassVar[str] = ""
+    min_teachers: ClassVar[int] = 0
+    max_teachers: ClassVar[Optional[int]] = None
+    #: whether the loss reads the ground-truth labels
+    uses_labels: bool = True
+    student_request: OutputRequest = OutputRequest()
+    teacher_request: OutputRequest = OutputRequest()
+
+    def __init__(self):
+        super().__init__()
+        self.context: Optional[MethodContext] = None
+        self.epoch = 0
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def check_teachers(self, num_teachers: int) -> None:
+        if num_teachers < self.min_teachers:
+            raise ValueError(f"method {self.name!r} needs at least {self.min_teachers} teacher(s), got {num_teachers}")
+        if self.max_teachers is not None and num_teachers > self.max_teachers:
+            raise ValueError(
+                f"method {self.name!r} takes at most {self.max_teachers} teacher(s), got {num_teachers}"
+                + ("; use method 'kd' or 'meal_v2' to distil from teachers" if self.max_teachers == 0 else "")
+            )
+
+    def setup(self, context: MethodContext) -> None:
+        """Called once before training; build modules that depend on the models here."""
+        self.check_teachers(len(context.teachers))
+        self.context = context
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch: int) -> None:
+        pass
+
+    # -- the loss ---------------------------------------------------------------------------------
+    def compute_loss(self, batch: Mapping[str, torch.Tensor], student: BackboneOutput,
+                     teachers: Sequence[BackboneOutput]) -> LossOutput:
+        raise NotImplementedError
+
+    def forward(self, batch, student, teachers) -> LossOutput:
+        return self.compute_loss(batch, student, teachers)
+
+    # -- optional extras --------------------------------------------------------------------------
+    def param_groups(self, learning_rate: float) -> List[Dict[str, Any]]:
+        """Optimiser groups for the method's own parameters (default: one group at the student's lr)."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        return [{"params": params}] if params else []
+
+    def train_batch_sampler(self, labels: Sequence[int], batch_size: int, seed: int):
+        """A batch sampler over the train set, or ``None`` for the trainer's shuffled one."""
+        return None
+
+    def extra_state(self) -> Dict[str, torch.Tensor]:
+        """Non-parameter state to checkpoint (tensors only: stored as safetensors)."""
+        return {}
+
+    def load_extra_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        pass
+
+    def hparams(self) -> Dict[str, Any]:
+        """The method's hyper-parameters, for logs, checkpoints and model cards."""
+        return {}
+
+    def teacher_weights(self) -> Optional[List[float]]:
+        if self.context is None or not self.context.teachers:
+            return None
+        return [getattr(t, "weight", 1.0) for t in self.context.teachers]
+
+
+def check_probability(name: str, value: float) -> float:
+    if not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value}")
+    return float(value)
+
+
+def check_positive(name: str, value: float) -> float:
+    if not float(value) > 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    return float(value)

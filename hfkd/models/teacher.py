@@ -1,0 +1,117 @@
+"""Frozen teachers: eval mode for good, no gradients, their own preprocessing."""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from .backbone import Backbone, BackboneOutput, OutputRequest
+from .factory import ModelSource, create_backbone
+from .preprocess import PreprocessConfig, adapt_batch
+
+
+def check_teacher_labels(
+    teacher: Backbone,
+    num_classes: int,
+    label_names: Optional[Sequence[str]],
+    label_mapping: Optional[Dict[str, str]] = None,
+    align_labels_by_name: bool = False,
+) -> Optional[List[int]]:
+    """Check a teacher predicts the student's classes; return a column permutation if needed.
+
+    The permutation ``perm`` is such that ``teacher_logits[:, perm]`` is in the
+    student's class order.  ``label_mapping`` maps teacher label -> student label.
+    """
+    if teacher.num_classes != num_classes:
+        raise ValueError(
+            f"teacher {teacher.name} predicts {teacher.num_classes} classes but the student predicts {num_classes}; "
+            "fine-tune the teacher on this dataset first (recipes/train.py) or pick a teacher of the same label set"
+        )
+    t_names = teacher.label_names
+    if label_names is None or t_names is None:
+        if label_mapping:
+            raise ValueError(f"label_mapping needs label names on both sides; teacher {teacher.name} or the student has none")
+        return None
+    t_names = [str(n) for n in t_names]
+    s_names = [str(n) for n in label_names]
+    if label_mapping:
+        unknown = [k for k in label_mapping if k not in t_names]
+        if unknown:
+            raise ValueError(f"label_mapping names teacher labels {unknown[:5]} that teacher {teacher.name} does not have")
+        t_names = [label_mapping.get(n, n) for n in t_names]
+    if t_names == s_names:
+        return None
+    if sorted(t_names) == sorted(s_names) and len(set(t_names)) == len(t_names) and (align_labels_by_name or label_mapping):
+        index = {n: i for i, n in enumerate(t_names)}
+        return [index[n] for n in s_names]
+    diff = [(i, t, s) for i, (t, s) in enumerate(zip(t_names, s_names)) if t != s][:5]
+    raise ValueError(
+        f"teacher {teacher.name} and the student name their classes differently (index, teacher, student): {diff}. "
+        "If they are the same classes in another order pass align_labels_by_name=True; if the names differ, "
+        "pass label_mapping={teacher_label: student_label}"
+    )
+
+
+class Teacher(nn.Module):
+    """A frozen backbone that takes the student's batch and adapts it to itself."""
+
+    def __init__(self, backbone: Backbone, student_preprocess: Optional[PreprocessConfig] = None,
+                 permutation: Optional[Sequence[int]] = None, weight: float = 1.0):
+        super().__init__()
+        self.backbone = backbone
+        self.student_preprocess = student_preprocess or backbone.preprocess
+        self.register_buffer("permutation", torch.as_tensor(permutation) if permutation is not None else None,
+                             persistent=False)
+        self.weight = float(weight)
+        backbone.requires_grad_(False)
+        super().train(False)
+
+    @property
+    def name(self) -> str:
+        return self.backbone.name
+
+    @property
+    def preprocess(self) -> PreprocessConfig:
+        return self.backbone.preprocess
+
+    def train(self, mode: bool = True) -> "Teacher":
+        # A teacher's BatchNorm statistics and dropout are part of what it teaches: never train mode.
+        return super().train(False)
+
+    def prepare_input(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return adapt_batch(pixel_values, self.student_preprocess, self.preprocess)
+
+    def forward(self, pixel_values: torch.Tensor, request: OutputRequest = OutputRequest()) -> BackboneOutput:
+        with torch.inference_mode():
+            out = self.backbone(self.prepare_input(pixel_values), request)
+        # Inference tensors cannot be saved for backward; losses multiply by them, so copy them out.
+        logits = out.logits.clone()
+        if self.permutation is not None:
+            logits = logits[:, self.permutation]
+        return BackboneOutput(
+            logits=logits,
+            pooled=out.pooled.clone() if out.pooled is not None else None,
+            feature_maps={k: v.clone() for k, v in out.feature_maps.items()},
+        )
+
+
+def create_teacher(
+    model: Union[ModelSource, Teacher],
+    student_preprocess: Optional[PreprocessConfig] = None,
+    num_classes: Optional[int] = None,
+    label_names: Optional[Sequence[str]] = None,
+    label_mapping: Optional[Dict[str, str]] = None,
+    align_labels_by_name: bool = False,
+    weight: float = 1.0,
+    **backbone_kwargs,
+) -> Teacher:
+    """Load (pretrained by default) and freeze a teacher, checked against the student's classes."""
+    if isinstance(model, Teacher):
+        backbone, weight = model.backbone, model.weight
+    else:
+        backbone = create_backbone(model, **backbone_kwargs)
+    perm = None
+    if num_classes is not None:
+        perm = check_teacher_labels(backbone, num_classes, label_names, label_mapping, align_labels_by_name)
+    return Teacher(backbone, student_preprocess, perm, weight)

@@ -1,0 +1,119 @@
+"""What every recipe does with its parsed arguments: data, student, teachers, train, save, push."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, List, Optional, Sequence
+
+from .cli import DataArguments, ModelArguments
+from .data.loading import ImageClassificationData, load_image_dataset
+from .methods.base import DistillationMethod
+from .models.backbone import Backbone
+from .models.factory import create_backbone
+from .models.teacher import Teacher, create_teacher
+from .training.args import DistillationArguments
+from .training.trainer import DistillationTrainer
+
+
+def load_data(data_args: DataArguments, seed: int = 0) -> ImageClassificationData:
+    data = load_image_dataset(
+        data_args.dataset, train_split=data_args.train_split, eval_split=data_args.eval_split,
+        image_column=data_args.image_column, label_column=data_args.label_column,
+        revision=data_args.dataset_revision, config_name=data_args.dataset_config,
+        validation_fraction=data_args.validation_fraction, seed=seed,
+    )
+    if data_args.max_train_samples:
+        data.train = data.train.select(range(min(data_args.max_train_samples, len(data.train))))
+    return data
+
+
+def build_student(model_args: ModelArguments, data: ImageClassificationData, name: Optional[str] = None,
+                  seed: Optional[int] = None) -> Backbone:
+    """The student; with ``seed``, its random initialisation does not depend on what ran before."""
+    if seed is not None:
+        from accelerate.utils import set_seed
+
+        set_seed(seed)
+    return create_backbone(name or model_args.student, num_classes=data.num_classes,
+                           pretrained=model_args.student_pretrained, image_size=model_args.image_size,
+                           label_names=data.label_names)
+
+
+def build_teachers(model_args: ModelArguments, student: Backbone, paths: Optional[Sequence[str]] = None) -> List[Teacher]:
+    names = list(paths if paths is not None else model_args.teachers)
+    revisions = list(model_args.teacher_revisions) + [None] * len(names)
+    return [create_teacher(name, student.preprocess, student.num_classes, student.label_names,
+                           align_labels_by_name=model_args.align_labels_by_name, revision=rev)
+            for name, rev in zip(names, revisions)]
+
+
+def run(method: DistillationMethod, student: Backbone, teachers: Sequence[Any], data: ImageClassificationData,
+        args: DistillationArguments, data_args: DataArguments, save: bool = True,
+        baseline_metrics: Optional[Dict[str, Any]] = None):
+    """Train, evaluate, save the student (and push it when asked); returns (trainer, metrics)."""
+    trainer = DistillationTrainer(
+        student, teachers=teachers, method=method, args=args, train_dataset=data.train, eval_dataset=data.eval,
+        augment=data_args.augment(),
+        dataset_info={"id": data.source, "revision": data.revision, "train_split": data_args.train_split,
+                      "eval_split": data_args.eval_split, "train_samples": len(data.train),
+                      "eval_samples": len(data.eval) if data.eval is not None else 0},
+    )
+    trainer.train()
+    metrics = trainer.evaluate() if data.eval is not None else {}
+    if save:
+        trainer.save_model(os.path.join(args.output_dir, "student"), baseline_metrics=baseline_metrics)
+        if args.push_to_hub and hasattr(trainer, "push_to_hub"):
+            trainer.push_to_hub()
+    return trainer, metrics
+
+
+def write_results(output_dir: str, table: str, rows: Sequence[Dict[str, Any]], accelerator=None) -> None:
+    """Print the results table and keep it (Markdown and JSON) in ``output_dir``; main process only."""
+    if accelerator is not None and not accelerator.is_main_process:
+        return
+    print("\n" + table + "\n", flush=True)
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, "results.md"), "w", encoding="utf-8") as f:
+        f.write(table + "\n")
+    with open(os.path.join(output_dir, "results.json"), "w", encoding="utf-8") as f:
+        json.dump(list(rows), f, indent=2, default=str)
+
+
+def _row(model: str, role: str, metrics: Dict[str, Any], params: Optional[int]) -> Dict[str, Any]:
+    return {"model": model, "role": role, "eval_accuracy": metrics.get("eval_accuracy"),
+            "eval_top5_accuracy": metrics.get("eval_top5_accuracy"), "params": params}
+
+
+def run_with_baseline(method: DistillationMethod, model_args: ModelArguments, data_args: DataArguments,
+                      args: DistillationArguments, teacher_paths: Optional[Sequence[str]] = None,
+                      baseline: bool = True) -> List[Dict[str, Any]]:
+    """Distil the student and, for comparison, train the same student without KD; return table rows.
+
+    ``teacher_paths`` (default ``model_args.teachers``) may be empty for self-distillation.
+    The rows hold the teachers, their ensemble, the baseline and the distilled student.
+    """
+    import dataclasses
+
+    from .methods.registry import create_method
+
+    data = load_data(data_args, seed=args.seed)
+    rows: List[Dict[str, Any]] = []
+    if baseline:
+        base_args = dataclasses.replace(args, output_dir=os.path.join(args.output_dir, "baseline"), push_to_hub=False,
+                                        resume_from_checkpoint=None)
+        base_student = build_student(model_args, data, seed=args.seed)
+        _, base_metrics = run(create_method("supervised"), base_student, [], data, base_args, data_args)
+        base_row = _row(base_student.name, "student, no KD (baseline)", base_metrics, base_student.num_parameters())
+    student = build_student(model_args, data, seed=args.seed)
+    teachers = build_teachers(model_args, student, teacher_paths)
+    baseline_metrics = {**base_metrics, "params": base_student.num_parameters()} if baseline else None
+    trainer, metrics = run(method, student, teachers, data, args, data_args, baseline_metrics=baseline_metrics)
+    for i, t in enumerate(teachers):
+        m = trainer.teacher_metrics.get(f"teacher_{i}", {})
+        rows.append(_row(t.name, f"teacher {i + 1}", m, t.backbone.num_parameters()))
+    if "ensemble" in trainer.teacher_metrics:
+        rows.append(_row("mean of teachers' probabilities", "teacher ensemble", trainer.teacher_metrics["ensemble"], None))
+    if baseline:
+        rows.append(base_row)
+    rows.append(_row(student.name, f"student, {method.name}", metrics, student.num_parameters()))
+    return rows

@@ -1,0 +1,138 @@
+"""The distillation lineage saved beside a student: what made it, reproducibly."""
+from __future__ import annotations
+
+import os
+import platform
+import time
+from importlib import metadata
+from typing import Any, Dict, List, Optional
+
+import torch
+
+from ..hub.secrets import redact_secrets
+
+# Keys of trainer.state.log_history worth keeping with the model (curves, not every callback field).
+_HISTORY_KEYS = ("step", "epoch", "loss", "learning_rate", "eval_accuracy", "eval_top5_accuracy", "eval_loss")
+
+
+def library_versions() -> Dict[str, str]:
+    out = {}
+    for pkg in ("hfkd", "torch", "timm", "transformers", "accelerate", "datasets", "huggingface_hub"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    out["python"] = platform.python_version()
+    return out
+
+
+def hardware_info(accelerator=None) -> Dict[str, Any]:
+    """Where the run happened, in the words a reader needs to compare wall times."""
+    info: Dict[str, Any] = {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+                            "torch_threads": torch.get_num_threads(), "platform": platform.platform(terse=True)}
+    device = getattr(accelerator, "device", torch.device("cpu"))
+    info["device"] = str(device)
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    if accelerator is not None:
+        info["num_processes"] = accelerator.num_processes
+        info["mixed_precision"] = str(accelerator.mixed_precision)
+    return info
+
+
+def hub_id(backbone) -> Optional[str]:
+    """The Hub repository the weights came from, when they came from one."""
+    if not backbone.source.get("pretrained"):
+        return None
+    if backbone.library == "timm":
+        cfg = getattr(backbone.model, "pretrained_cfg", None) or {}
+        if cfg.get("hf_hub_id") and cfg.get("source") != "local-dir":
+            return cfg["hf_hub_id"]
+    name = str(backbone.source.get("name") or "")
+    name = name[len("hf-hub:"):] if name.startswith("hf-hub:") else name
+    if "/" in name and not name.startswith("local-dir:") and not os.path.exists(name):
+        return name.split("@")[0]
+    return None
+
+
+@torch.no_grad()
+def measure_throughput(backbone, batch_size: int = 32, budget_seconds: float = 0.5) -> Dict[str, Any]:
+    """Eval-mode inference images/s of ``backbone`` on its own device, at its input size.
+
+    Cheap by design (one warm-up batch, then batches for about ``budget_seconds``):
+    an order of magnitude for the card, not a benchmark.
+    """
+    param = next(backbone.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    was_training = backbone.training
+    backbone.eval()
+    x = torch.randn(batch_size, *backbone.preprocess.input_size, device=device)
+    try:
+        backbone(x)
+        n, start = 0, time.perf_counter()
+        while True:
+            backbone(x)
+            n += 1
+            elapsed = time.perf_counter() - start
+            if elapsed >= budget_seconds or n >= 50:
+                break
+    finally:
+        backbone.train(was_training)
+    return {"images_per_second": round(n * batch_size / elapsed, 1), "batch_size": batch_size,
+            "device": str(device), "torch_threads": torch.get_num_threads()}
+
+
+def _model_entry(backbone) -> Dict[str, Any]:
+    return {"name": backbone.name, "library": backbone.library, "revision": backbone.source.get("revision"),
+            "pretrained": backbone.source.get("pretrained"), "hub_id": hub_id(backbone),
+            "num_parameters": backbone.num_parameters(), "preprocess": backbone.preprocess.to_dict()}
+
+
+def _history(log_history: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    out = []
+    for entry in log_history:
+        kept = {k: entry[k] for k in _HISTORY_KEYS if isinstance(entry.get(k), (int, float))}
+        if "loss" in kept or "eval_accuracy" in kept:
+            out.append(kept)
+    return out
+
+
+def build_lineage(trainer, measure_inference: bool = True) -> Dict[str, Any]:
+    """Everything that made the student, as JSON-ready data with no credentials in it."""
+    evals = [e for e in trainer.state.log_history if "eval_accuracy" in e]
+    teachers = []
+    for i, t in enumerate(trainer.teachers):
+        entry = _model_entry(t.backbone)
+        entry["weight"] = t.weight
+        entry["metrics"] = {k: v for k, v in trainer.teacher_metrics.get(f"teacher_{i}", {}).items() if k != "name"}
+        teachers.append(entry)
+    student = trainer.unwrapped_student()
+    student_entry = _model_entry(student)
+    if measure_inference:
+        student_entry["inference"] = measure_throughput(student)
+    runtime = float(trainer.state.train_runtime)
+    args = trainer.args
+    # Samples seen per second over all processes (what a reader compares across machines).
+    samples = trainer.state.global_step * args.per_device_train_batch_size * args.gradient_accumulation_steps \
+        * trainer.accelerator.num_processes
+    lineage = {
+        "format_version": 1,
+        "method": {"name": trainer.method.name, "hparams": trainer.method.hparams(),
+                   "citation": trainer.method.citation},
+        "student": student_entry,
+        "label_names": trainer.student.label_names,
+        "teachers": teachers,
+        "ensemble_metrics": trainer.teacher_metrics.get("ensemble", {}),
+        "dataset": trainer.dataset_info,
+        "training_args": args.to_dict(),
+        "augmentation": dict(vars(trainer.augment)),
+        "metrics": evals[-1] if evals else {},
+        "train_runtime_seconds": round(runtime, 2),
+        "train_samples_per_second": round(samples / runtime, 1) if runtime > 0 else None,
+        "global_step": trainer.state.global_step,
+        "num_processes": trainer.accelerator.num_processes,
+        "hardware": hardware_info(trainer.accelerator),
+        "log_history": _history(trainer.state.log_history),
+        "versions": library_versions(),
+    }
+    return redact_secrets(lineage)

@@ -1,0 +1,486 @@
+"""``DistillationTrainer``: one training loop for every method, on Accelerate."""
+from __future__ import annotations
+
+import atexit
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from ..data.loading import find_columns
+from ..data.transforms import AugmentConfig, ImageClassificationDataset, create_image_transform
+from ..methods.base import DistillationMethod, MethodContext
+from ..methods.registry import create_method
+from ..models.backbone import Backbone
+from ..models.factory import create_backbone
+from ..models.teacher import Teacher, create_teacher
+from .args import DistillationArguments
+from .callbacks import CallbackHandler, ProgressCallback, TrainerCallback
+from .checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from .evaluation import evaluate_logits
+from .optim import create_optimizer, create_scheduler
+
+
+@dataclass
+class TrainerState:
+    global_step: int = 0
+    epoch: int = 0
+    batches_in_epoch: int = 0
+    max_steps: int = 0
+    num_epochs: int = 0
+    log_history: List[Dict[str, Any]] = field(default_factory=list)
+    train_runtime: float = 0.0
+    should_stop: bool = False
+
+
+class DistillationModule(nn.Module):
+    """Student plus the method's own modules: the one thing DDP wraps and the optimiser sees."""
+
+    def __init__(self, student: Backbone, method: DistillationMethod):
+        super().__init__()
+        self.student = student
+        self.method = method
+
+    def forward(self, batch: Dict[str, torch.Tensor], teacher_outputs: Sequence[Any]):
+        student_out = self.student(batch["pixel_values"], self.method.student_request)
+        return self.method(batch, student_out, teacher_outputs)
+
+
+def _dataset_info(train, evaluation) -> Dict[str, Any]:
+    info = getattr(train, "info", None)
+    name = getattr(info, "dataset_name", None) or getattr(info, "builder_name", None)
+    return {"id": name, "config": getattr(info, "config_name", None), "train_samples": len(train),
+            "eval_samples": len(evaluation) if evaluation is not None else 0}
+
+
+def _check_launch(accelerator) -> None:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and accelerator.num_processes == 1:
+        raise RuntimeError(
+            f"WORLD_SIZE={world} but Accelerate runs a single process, so each process would train alone. On a CPU "
+            "launch with ACCELERATE_USE_CPU=1 (accelerate launch --multi_gpu ... or torchrun), or pass use_cpu=True."
+        )
+
+
+def _destroy_process_group() -> None:
+    # Left to interpreter teardown, gloo's worker threads can be destroyed while still joinable and the
+    # process aborts ("terminate called without an active exception") after a run that succeeded.
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def create_accelerator(args: DistillationArguments):
+    from accelerate import Accelerator, DataLoaderConfiguration
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    accelerator = Accelerator(
+        cpu=args.use_cpu or not torch.cuda.is_available(),
+        mixed_precision=args.mixed_precision,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        log_with=args.report_to or None,
+        project_dir=args.output_dir,
+        # Exact mid-epoch resume needs a seedable sampler (shared/docs/accelerate.md §3).
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        step_scheduler_with_optimizer=False,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=args.ddp_find_unused_parameters)],
+    )
+    _check_launch(accelerator)
+    if accelerator.num_processes > 1:
+        atexit.unregister(_destroy_process_group)
+        atexit.register(_destroy_process_group)
+    return accelerator
+
+
+class DistillationTrainer:
+    """Train a student with any registered method.
+
+    Args:
+        student: a :class:`Backbone` or anything :func:`create_backbone` takes.
+        teachers: teachers (:class:`Teacher`, :class:`Backbone`, names); frozen here.
+        method: a :class:`DistillationMethod` or a registered name.
+        args: :class:`DistillationArguments`.
+        train_dataset / eval_dataset: ``datasets.Dataset`` splits with an image and a label column.
+        callbacks: extra :class:`TrainerCallback` objects.
+        augment: training augmentation on top of the student's preprocessing.
+    """
+
+    def __init__(
+        self,
+        student: Union[Backbone, Any],
+        teachers: Optional[Sequence[Any]] = None,
+        method: Union[str, DistillationMethod] = "kd",
+        args: Optional[DistillationArguments] = None,
+        train_dataset=None,
+        eval_dataset=None,
+        callbacks: Optional[List[TrainerCallback]] = None,
+        augment: Optional[AugmentConfig] = None,
+        image_column: Optional[str] = None,
+        label_column: Optional[str] = None,
+        accelerator=None,
+        dataset_info: Optional[Dict[str, Any]] = None,
+    ):
+        self.args = args or DistillationArguments()
+        self.accelerator = accelerator or create_accelerator(self.args)
+        self.method = create_method(method) if isinstance(method, str) else method
+        if not isinstance(self.method, DistillationMethod):
+            raise TypeError(f"method must be a DistillationMethod or a registered name, not {type(method).__name__}")
+        self.student = student if isinstance(student, Backbone) else create_backbone(student)
+        if train_dataset is None:
+            raise ValueError("train_dataset is required (see hfkd.load_image_dataset)")
+        self.image_column, self.label_column = find_columns(train_dataset, image_column, label_column)
+        self.label_names = self._check_labels(train_dataset)
+        teachers = list(teachers or [])
+        self.method.check_teachers(len(teachers))
+        self.teachers: List[Teacher] = [
+            create_teacher(t, self.student.preprocess, self.student.num_classes, self.student.label_names)
+            for t in teachers
+        ]
+        self.augment = augment or AugmentConfig()
+        self.dataset_info = dict(dataset_info or _dataset_info(train_dataset, eval_dataset))
+        self.train_dataset = self._wrap(train_dataset, training=True)
+        self.eval_dataset = self._wrap(eval_dataset, training=False) if eval_dataset is not None else None
+        self.callbacks = CallbackHandler([ProgressCallback(), *(callbacks or [])])
+        self.state = TrainerState()
+        self.teacher_metrics: Dict[str, Dict[str, float]] = {}
+        self._model = None  # the prepared DistillationModule
+        self._eval_loader = None
+
+    # -- set-up -----------------------------------------------------------------------------------
+    def _check_labels(self, dataset) -> Optional[List[str]]:
+        from datasets import ClassLabel
+
+        feature = dataset.features[self.label_column]
+        names = list(feature.names) if isinstance(feature, ClassLabel) else None
+        num = len(names) if names is not None else int(max(dataset[self.label_column])) + 1
+        if num != self.student.num_classes:
+            raise ValueError(
+                f"the dataset has {num} classes but the student {self.student.name} predicts "
+                f"{self.student.num_classes}; create it with num_classes={num}"
+            )
+        if names is not None:
+            if self.student.label_names is None:
+                self.student.set_label_names(names)
+            elif list(self.student.label_names) != names:
+                raise ValueError(
+                    f"the student's label names {self.student.label_names[:5]}... differ from the dataset's "
+                    f"{names[:5]}...; relabel the student with label_names=dataset label names"
+                )
+        return names
+
+    def _wrap(self, dataset, training: bool) -> ImageClassificationDataset:
+        if isinstance(dataset, ImageClassificationDataset):
+            return dataset
+        find_columns(dataset, self.image_column, self.label_column)
+        transform = create_image_transform(self.student.preprocess, training, self.augment)
+        mode = "RGB" if self.student.preprocess.input_size[0] == 3 else "L"
+        return ImageClassificationDataset(dataset, transform, self.image_column, self.label_column,
+                                          seed=self.args.seed, image_mode=mode)
+
+    def _train_loader(self):
+        from torch.utils.data import DataLoader
+
+        args = self.args
+        labels = self.train_dataset.labels
+        sampler = self.method.train_batch_sampler(labels, args.per_device_train_batch_size, args.seed)
+        common = dict(num_workers=args.dataloader_num_workers, pin_memory=torch.cuda.is_available())
+        if sampler is not None:
+            return DataLoader(self.train_dataset, batch_sampler=sampler, **common)
+        return DataLoader(self.train_dataset, batch_size=args.per_device_train_batch_size, shuffle=True,
+                          drop_last=args.dataloader_drop_last,
+                          generator=torch.Generator().manual_seed(args.seed), **common)
+
+    def _eval_dataloader(self, dataset=None):
+        from torch.utils.data import DataLoader
+
+        if dataset is None:
+            if self._eval_loader is None:
+                if self.eval_dataset is None:
+                    raise ValueError("no eval_dataset was given")
+                loader = DataLoader(self.eval_dataset, batch_size=self.args.per_device_eval_batch_size,
+                                    num_workers=self.args.dataloader_num_workers)
+                self._eval_loader = self.accelerator.prepare(loader)
+            return self._eval_loader
+        dataset = self._wrap(dataset, training=False)
+        loader = DataLoader(dataset, batch_size=self.args.per_device_eval_batch_size)
+        return self.accelerator.prepare(loader)
+
+    # -- evaluation -------------------------------------------------------------------------------
+    def _student_module(self) -> Backbone:
+        if self._model is None:
+            return self.student.to(self.accelerator.device)
+        return self.accelerator.unwrap_model(self._model).student
+
+    def evaluate(self, eval_dataset=None) -> Dict[str, float]:
+        """Top-1, top-5 and cross-entropy of the student on the eval set."""
+        student = self._student_module()
+        was_training = student.training
+        student.eval()
+        try:
+            metrics = evaluate_logits(self.accelerator, self._eval_dataloader(eval_dataset),
+                                      lambda x: student(x).logits)
+        finally:
+            student.train(was_training)
+        metrics.update(step=self.state.global_step, epoch=self.state.epoch)
+        self._log(metrics)
+        self.callbacks("on_evaluate", self, metrics)
+        return metrics
+
+    def evaluate_teachers(self) -> Dict[str, Dict[str, float]]:
+        """Each teacher's accuracy, and the ensemble's when there are several (measured once)."""
+        from ..losses import ensemble_probs
+
+        if not self.teachers or self.eval_dataset is None:
+            return {}
+        device = self.accelerator.device
+        for t in self.teachers:
+            t.to(device)
+        loader = self._eval_dataloader()
+        results = {}
+        for i, t in enumerate(self.teachers):
+            results[f"teacher_{i}"] = {"name": t.name, **evaluate_logits(self.accelerator, loader,
+                                                                          lambda x, t=t: t(x).logits)}
+        if len(self.teachers) > 1:
+            weights = [t.weight for t in self.teachers]
+            results["ensemble"] = evaluate_logits(
+                self.accelerator, loader,
+                lambda x: ensemble_probs([t(x).logits for t in self.teachers], weights).log())
+        self.teacher_metrics = results
+        flat = {f"{k}_accuracy": v["eval_accuracy"] for k, v in results.items()}
+        self._log(flat)
+        return results
+
+    # -- logging ----------------------------------------------------------------------------------
+    def _log(self, logs: Dict[str, Any]) -> None:
+        entry = {**logs, "step": self.state.global_step}
+        self.state.log_history.append(entry)
+        numeric = {k: v for k, v in logs.items() if isinstance(v, (int, float))}
+        if self.args.report_to:
+            self.accelerator.log(numeric, step=self.state.global_step)
+        self.callbacks("on_log", self, logs)
+
+    # -- training ---------------------------------------------------------------------------------
+    def _setup_training(self):
+        acc, args = self.accelerator, self.args
+        from accelerate.utils import set_seed
+
+        set_seed(args.seed)  # before modules are built and the sampler is made (seedable sampler)
+        train_loader = acc.prepare(self._train_loader())
+        steps_per_epoch = max(1, math.ceil(len(train_loader) / args.gradient_accumulation_steps))
+        if args.max_steps > 0:
+            max_steps = args.max_steps
+            num_epochs = math.ceil(max_steps / steps_per_epoch)
+        else:
+            num_epochs = int(args.num_train_epochs)
+            max_steps = num_epochs * steps_per_epoch
+        for t in self.teachers:
+            t.to(acc.device)  # never prepare() a frozen teacher: DDP would wrap it (accelerate.md §8)
+        self.student.to(acc.device)
+        self.method.setup(MethodContext(
+            num_classes=self.student.num_classes, num_train_samples=len(self.train_dataset), num_epochs=num_epochs,
+            steps_per_epoch=steps_per_epoch, student=self.student, teachers=self.teachers, accelerator=acc,
+        ))
+        module = DistillationModule(self.student, self.method).to(acc.device)
+        optimizer = create_optimizer(args, self.student, self.method.param_groups(args.learning_rate))
+        scheduler = create_scheduler(args, optimizer, max_steps, steps_per_epoch)
+        self._model, self.optimizer = acc.prepare(module, optimizer)
+        self._train_loader_prepared = train_loader
+        self.lr_scheduler = scheduler
+        acc.register_for_checkpointing(scheduler)
+        self.state.max_steps, self.state.num_epochs = max_steps, num_epochs
+        self.steps_per_epoch = steps_per_epoch
+        if args.report_to:
+            config = {**{k: v for k, v in args.to_dict().items() if isinstance(v, (int, float, str, bool))},
+                      "method": self.method.name, **self.method.hparams()}
+            acc.init_trackers(args.run_name or "hfkd", config=config)
+
+    def _resume(self) -> None:
+        path = resolve_checkpoint(self.args.resume_from_checkpoint, self.args.output_dir)
+        if path is None:
+            return
+        state, method_state = load_checkpoint(self.accelerator, path)
+        self.state.global_step = state["global_step"]
+        self.state.epoch = state["epoch"]
+        self.state.batches_in_epoch = state["batches_in_epoch"]
+        self.state.log_history = state.get("log_history", [])
+        self.teacher_metrics = state.get("teacher_metrics", {})
+        self.method.load_extra_state(method_state)
+
+    def _save(self) -> str:
+        state = {k: v for k, v in asdict(self.state).items() if k != "should_stop"}
+        state.update(teacher_metrics=self.teacher_metrics, method=self.method.name,
+                     method_hparams=self.method.hparams(), args=self.args.to_dict())
+        path = save_checkpoint(self.accelerator, self.args.output_dir, self.state.global_step, state,
+                               self.method.extra_state(), self.args.save_total_limit)
+        self.callbacks("on_save", self, path)
+        return path
+
+    def _train_step(self, batch) -> torch.Tensor:
+        acc = self.accelerator
+        with acc.accumulate(self._model):
+            teacher_outputs = []
+            if self.teachers:
+                with acc.autocast():
+                    teacher_outputs = [t(batch["pixel_values"], self.method.teacher_request) for t in self.teachers]
+            out = self._model(batch, teacher_outputs)
+            acc.backward(out.loss)
+            if acc.sync_gradients and self.args.max_grad_norm > 0:
+                acc.clip_grad_norm_(self._model.parameters(), self.args.max_grad_norm)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self._running.append({"loss": out.loss.detach(), **out.logs})
+        return out.loss.detach()
+
+    def _log_running(self) -> None:
+        keys = self._running[0].keys()
+        means = {k: torch.stack([r[k].float() for r in self._running]).mean() for k in keys}
+        reduced = {k: self.accelerator.reduce(v, reduction="mean").item() for k, v in means.items()}
+        reduced["learning_rate"] = self.lr_scheduler.get_last_lr()[0]
+        reduced["epoch"] = self.state.epoch + self.state.batches_in_epoch / max(1, len(self._train_loader_prepared))
+        self._running = []
+        self._log(reduced)
+
+    def train(self) -> TrainerState:
+        """Train until ``max_steps`` / ``num_train_epochs``; resumes when asked.  Returns the state."""
+        acc, args = self.accelerator, self.args
+        self._setup_training()
+        self._resume()
+        if args.eval_teachers and not self.teacher_metrics:
+            self.evaluate_teachers()
+        self._running: List[Dict[str, torch.Tensor]] = []
+        start = time.perf_counter()
+        self.callbacks("on_train_begin", self)
+        self._model.train()
+        loader = self._train_loader_prepared
+        start_epoch, skip = self.state.epoch, self.state.batches_in_epoch
+        for epoch in range(start_epoch, self.state.num_epochs):
+            if self.state.global_step >= self.state.max_steps or self.state.should_stop:
+                break
+            self.state.epoch = epoch
+            loader.set_epoch(epoch)  # the seedable sampler and the augmentation draw depend on it
+            # Accelerate does not forward set_epoch to a custom batch sampler inside BatchSamplerShard.
+            inner = getattr(loader.batch_sampler, "batch_sampler", None)
+            if hasattr(inner, "set_epoch"):
+                inner.set_epoch(epoch)
+            self.method.on_epoch_start(epoch)
+            self.callbacks("on_epoch_begin", self, epoch)
+            batches = acc.skip_first_batches(loader, skip) if epoch == start_epoch and skip else loader
+            self.state.batches_in_epoch = skip if epoch == start_epoch else 0
+            for batch in batches:
+                self._train_step(batch)
+                self.state.batches_in_epoch += 1
+                if not acc.sync_gradients:
+                    continue
+                self.lr_scheduler.step()
+                self.state.global_step += 1
+                self._after_step()
+                if self.state.global_step >= self.state.max_steps or self.state.should_stop:
+                    break
+            finished_epoch = self.state.batches_in_epoch >= len(loader)
+            if not finished_epoch:
+                break
+            self.method.on_epoch_end(epoch)
+            self.state.epoch, self.state.batches_in_epoch = epoch + 1, 0
+            self.callbacks("on_epoch_end", self, epoch)
+            if args.eval_strategy == "epoch" and self.eval_dataset is not None:
+                self.evaluate()
+            if args.save_strategy == "epoch":
+                self._save()
+        self.state.train_runtime += time.perf_counter() - start
+        self.callbacks("on_train_end", self)
+        # Trackers only: Accelerator.end_training would also tear down the process group, and a
+        # distributed evaluate() or save_model() commonly follows train().
+        for tracker in acc.trackers:
+            tracker.finish()
+        return self.state
+
+    def _after_step(self) -> None:
+        args, step = self.args, self.state.global_step
+        self.callbacks("on_step_end", self)
+        if step % args.logging_steps == 0 and self._running:
+            self._log_running()
+        if args.eval_strategy == "steps" and step % args.eval_steps == 0 and self.eval_dataset is not None:
+            self.evaluate()
+        if args.save_strategy == "steps" and step % args.save_steps == 0:
+            self._save()
+
+    # -- outputs ----------------------------------------------------------------------------------
+    def unwrapped_student(self) -> Backbone:
+        return self._student_module()
+
+    def lineage(self) -> Dict[str, Any]:
+        """What produced this student: teachers, method, data, arguments, metrics and versions."""
+        from .lineage import build_lineage
+
+        return build_lineage(self)
+
+    def save_model(self, output_dir: Optional[str] = None, baseline_metrics: Optional[Dict[str, Any]] = None,
+                   card_extras: Optional[Dict[str, Any]] = None) -> Optional[str]:
+        """Save the student (never the method's modules) in its native format, with its card; main process only.
+
+        The folder holds the weights (safetensors), ``config.json``, ``hfkd.json``
+        (the lineage), ``README.md`` (the model card) and, when the run logged
+        curves and matplotlib is installed, ``training_curves.png``.
+        ``baseline_metrics`` (``eval_accuracy``, ``eval_top5_accuracy``, ``params``
+        of the same student trained without KD) go into the card's results table;
+        ``card_extras`` are keyword arguments of :func:`hfkd.hub.card.create_model_card`
+        (``license``, ``dataset_split``, ``extra_sections``).
+        """
+        import tempfile
+
+        from ..hub.card import PLOT_FILENAME, create_model_card, plot_training_curves
+        from ..hub.save import save_student
+
+        output_dir = output_dir or os.path.join(self.args.output_dir, "student")
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            lineage = self.lineage()
+            if baseline_metrics:
+                lineage["baseline"] = {k: v for k, v in baseline_metrics.items() if isinstance(v, (int, float, str))}
+            card_options = dict(card_extras or {})
+            if card_options:
+                lineage["card_options"] = card_options
+            extra_files = {}
+            with tempfile.TemporaryDirectory() as tmp:
+                plot_path = os.path.join(tmp, PLOT_FILENAME)
+                if plot_training_curves(lineage.get("log_history", []), plot_path):
+                    with open(plot_path, "rb") as f:
+                        extra_files[PLOT_FILENAME] = f.read()
+            card = create_model_card(lineage, plot_filename=PLOT_FILENAME if extra_files else None, **card_options)
+            extra_files["README.md"] = str(card).encode("utf-8")
+            save_student(self.unwrapped_student(), output_dir, metadata=lineage, extra_files=extra_files)
+        self.accelerator.wait_for_everyone()
+        return output_dir
+
+    def push_to_hub(self, output_dir: Optional[str] = None, repo_id: Optional[str] = None,
+                    commit_message: Optional[str] = None):
+        """Push the saved student folder (``save_model`` first) to ``args.hub_model_id`` in one commit.
+
+        Main process only; uses ``hub_private_repo``, ``hub_revision`` and
+        ``hub_create_pr`` from the arguments.  A failure raises
+        :class:`hfkd.hub.HubPushError` (HTTP status, auth vs server, the retry
+        command) and leaves the local save intact.  Returns the ``CommitInfo``
+        on the main process, ``None`` elsewhere.
+        """
+        from ..hub.push import push_to_hub
+
+        output_dir = output_dir or os.path.join(self.args.output_dir, "student")
+        repo_id = repo_id or self.args.hub_model_id
+        if not repo_id:
+            raise ValueError("push_to_hub needs a repository: set hub_model_id=ORG/NAME (--hub_model_id)")
+        info, error = None, None
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            try:
+                info = push_to_hub(output_dir, repo_id, private=self.args.hub_private_repo or None,
+                                   revision=self.args.hub_revision, create_pr=self.args.hub_create_pr,
+                                   commit_message=commit_message or f"Upload {self.method.name} student with hfkd")
+            except Exception as e:  # noqa: BLE001 - re-raised after the barrier so no process waits forever
+                error = e
+        self.accelerator.wait_for_everyone()
+        if error is not None:
+            raise error
+        return info
