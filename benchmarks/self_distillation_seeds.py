@@ -5,7 +5,7 @@
 
 Runs ``recipes/<method>.py`` once per seed (every other flag is passed to the recipe, so
 ``--config`` works too), each in ``<output_dir>/seed<k>``, and prints a Markdown table of the
-baseline's and the method's top-1 as mean +- sample std, plus the per-seed difference.
+baseline's and the method's top-1, NLL and ECE as mean +- sample std, plus the per-seed differences.
 """
 import argparse
 import importlib.util
@@ -27,6 +27,10 @@ def load_recipe(name: str):
     return module
 
 
+# table name: (result key, factor, decimals)
+METRICS = {"top-1 (%)": ("eval_accuracy", 100, 2), "NLL": ("eval_loss", 1, 3), "ECE (%)": ("eval_ece", 100, 2)}
+
+
 def _mean_std(values):
     mean = statistics.fmean(values)
     return mean, (statistics.stdev(values) if len(values) > 1 else 0.0)
@@ -40,27 +44,31 @@ def main(argv=None):
     known, rest = parser.parse_known_args(argv)
     recipe = load_recipe(known.method)
     root = known.output_dir or f"outputs/{known.method}_seeds"
-    results = {"baseline": [], known.method: []}
+    names = ("baseline", known.method)
+    results = {metric: {name: [] for name in names} for metric in METRICS}
     for seed in known.seeds:
         rows = recipe.main([*rest, "--seed", str(seed), "--output_dir", os.path.join(root, f"seed{seed}")])
         base = next(r for r in rows if r["role"].startswith("student, no KD"))
         ours = next(r for r in rows if r["role"] == f"student, {known.method}")
-        results["baseline"].append(100 * base["eval_accuracy"])
-        results[known.method].append(100 * ours["eval_accuracy"])
-    diffs = [b - a for a, b in zip(results["baseline"], results[known.method])]
-    lines = [f"| student | top-1 (%) mean ± std over seeds {known.seeds} | per seed |", "|---|---|---|"]
-    for name, values in results.items():
-        m, s = _mean_std(values)
-        lines.append(f"| {name} | {m:.2f} ± {s:.2f} | {', '.join(f'{v:.2f}' for v in values)} |")
-    m, s = _mean_std(diffs)
-    lines.append(f"| {known.method} - baseline | {m:+.2f} ± {s:.2f} | {', '.join(f'{d:+.2f}' for d in diffs)} |")
+        for metric, (key, scale, _) in METRICS.items():
+            results[metric]["baseline"].append(scale * base[key])
+            results[metric][known.method].append(scale * ours[key])
+    lines = [f"| student | metric | mean ± std over seeds {known.seeds} | per seed |", "|---|---|---|---|"]
+    for metric, (_, _, digits) in METRICS.items():
+        per_name = results[metric]
+        diffs = [b - a for a, b in zip(per_name["baseline"], per_name[known.method])]
+        for name, values in (*per_name.items(), (f"{known.method} - baseline", diffs)):
+            m, s = _mean_std(values)
+            sign = "+" if name.endswith("baseline") and name != "baseline" else ""
+            lines.append(f"| {name} | {metric} | {m:{sign}.{digits}f} ± {s:.{digits}f} | "
+                         f"{', '.join(f'{v:{sign}.{digits}f}' for v in values)} |")
     table = "\n".join(lines)
     print("\n" + table + "\n", flush=True)
     os.makedirs(root, exist_ok=True)
     with open(os.path.join(root, "seeds.md"), "w", encoding="utf-8") as f:
         f.write(table + "\n")
     with open(os.path.join(root, "seeds.json"), "w", encoding="utf-8") as f:
-        json.dump({"seeds": known.seeds, **results, "difference": diffs}, f, indent=2)
+        json.dump({"seeds": known.seeds, **results}, f, indent=2)
     return results
 
 

@@ -62,11 +62,20 @@ def demo_teachers(data, names: Optional[Sequence[str]] = None, seed: int = 0, **
 
 
 def results_table(rows: Sequence[Dict[str, Any]]) -> str:
-    """A Markdown table of ``{"model", "role", "eval_accuracy", "eval_top5_accuracy", "params"}`` rows."""
-    lines = ["| model | role | top-1 (%) | top-5 (%) | params |", "|---|---|---|---|---|"]
+    """A Markdown table of result rows (``hfkd.pipeline.result_row``): top-1, top-5, NLL, ECE, parameters."""
+    lines = ["| model | role | top-1 (%) | top-5 (%) | NLL | ECE (%) | params |", "|---|---|---|---|---|---|---|"]
     for r in rows:
-        top1 = f"{100 * r['eval_accuracy']:.2f}" if r.get("eval_accuracy") is not None else "-"
-        top5 = f"{100 * r['eval_top5_accuracy']:.2f}" if r.get("eval_top5_accuracy") is not None else "-"
+        cells = [_cell(r.get(key), scale) for key, scale in _TABLE_METRICS]
         params = f"{r['params'] / 1e6:.2f}M" if r.get("params") else "-"
-        lines.append(f"| {r['model']} | {r['role']} | {top1} | {top5} | {params} |")
+        lines.append(f"| {r['model']} | {r['role']} | {' | '.join(cells)} | {params} |")
     return "\n".join(lines)
+
+
+# (key, factor): accuracies and ECE in percent, the NLL as it is.
+_TABLE_METRICS = (("eval_accuracy", 100), ("eval_top5_accuracy", 100), ("eval_loss", 1), ("eval_ece", 100))
+
+
+def _cell(value: Optional[float], scale: float) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if scale == 1 else f"{scale * value:.2f}"

@@ -79,9 +79,14 @@ def write_results(output_dir: str, table: str, rows: Sequence[Dict[str, Any]], a
         json.dump(list(rows), f, indent=2, default=str)
 
 
-def _row(model: str, role: str, metrics: Dict[str, Any], params: Optional[int]) -> Dict[str, Any]:
-    return {"model": model, "role": role, "eval_accuracy": metrics.get("eval_accuracy"),
-            "eval_top5_accuracy": metrics.get("eval_top5_accuracy"), "params": params}
+RESULT_METRICS = ("eval_accuracy", "eval_top5_accuracy", "eval_loss", "eval_ece")
+
+
+def result_row(model: str, role: str, metrics: Dict[str, Any], params: Optional[int], **extra) -> Dict[str, Any]:
+    """One row of a results table: top-1, top-5, NLL and ECE of one model (``None`` where not measured)."""
+    if model.startswith("local-dir:"):  # a local folder: its name, not the whole path
+        model = os.path.basename(os.path.normpath(model[len("local-dir:"):]))
+    return {"model": model, "role": role, **{k: metrics.get(k) for k in RESULT_METRICS}, "params": params, **extra}
 
 
 def run_with_baseline(method: DistillationMethod, model_args: ModelArguments, data_args: DataArguments,
@@ -103,17 +108,19 @@ def run_with_baseline(method: DistillationMethod, model_args: ModelArguments, da
                                         resume_from_checkpoint=None)
         base_student = build_student(model_args, data, seed=args.seed)
         _, base_metrics = run(create_method("supervised"), base_student, [], data, base_args, data_args)
-        base_row = _row(base_student.name, "student, no KD (baseline)", base_metrics, base_student.num_parameters())
+        base_row = result_row(base_student.name, "student, no KD (baseline)", base_metrics,
+                              base_student.num_parameters())
     student = build_student(model_args, data, seed=args.seed)
     teachers = build_teachers(model_args, student, teacher_paths)
     baseline_metrics = {**base_metrics, "params": base_student.num_parameters()} if baseline else None
     trainer, metrics = run(method, student, teachers, data, args, data_args, baseline_metrics=baseline_metrics)
     for i, t in enumerate(teachers):
         m = trainer.teacher_metrics.get(f"teacher_{i}", {})
-        rows.append(_row(t.name, f"teacher {i + 1}", m, t.backbone.num_parameters()))
+        rows.append(result_row(t.name, f"teacher {i + 1}", m, t.backbone.num_parameters()))
     if "ensemble" in trainer.teacher_metrics:
-        rows.append(_row("mean of teachers' probabilities", "teacher ensemble", trainer.teacher_metrics["ensemble"], None))
+        rows.append(result_row("mean of teachers' probabilities", "teacher ensemble",
+                               trainer.teacher_metrics["ensemble"], None))
     if baseline:
         rows.append(base_row)
-    rows.append(_row(student.name, f"student, {method.name}", metrics, student.num_parameters()))
+    rows.append(result_row(student.name, f"student, {method.name}", metrics, student.num_parameters()))
     return rows

@@ -26,13 +26,14 @@ from hfkd import create_method
 from hfkd.cli import DataArguments, ModelArguments, parse_args
 from hfkd.data.default import DEFAULT_DATASET
 from hfkd.demo import DEMO_AUGMENT, DEMO_IMAGE_SIZE, DEMO_STUDENT, demo_teachers, results_table
-from hfkd.pipeline import build_student, build_teachers, load_data, run, write_results
+from hfkd.pipeline import RESULT_METRICS, build_student, build_teachers, load_data, result_row, run, write_results
 from hfkd.training.args import DistillationArguments
 
 
 @dataclass
 class FEEDArguments:
-    beta: float = field(default=500.0, metadata={"help": "Weight of the feature term (Factor Transfer's 500)."})
+    beta: float = field(default=500.0, metadata={
+        "help": "Weight of the feature term (Factor Transfer's 500; the demo defaults to 50)."})
     stage: str = field(default="last", metadata={"help": "Student feature stage: 'last' or a stage index."})
     teacher_stage: Optional[str] = field(default=None, metadata={"help": "Teachers' stage (default: --stage)."})
     kernel_size: int = field(default=3, metadata={"help": "Convolution size of the per-teacher transforms."})
@@ -44,14 +45,13 @@ class FEEDArguments:
     seeds: List[int] = field(default_factory=list, metadata={"help": "Several training seeds: report mean +- std."})
 
 
-DEFAULTS = dict(student=DEMO_STUDENT, image_size=DEMO_IMAGE_SIZE, output_dir="outputs/feed", num_train_epochs=4,
+# The embedded demo.  Its maps are 1x1 (32 px images), where Factor Transfer's beta = 500 swamps the CE
+# term.  A sweep on seed 42 (8 epochs, baseline 90.83 %) gave beta 10: 92.22, 50: 95.00, 200: 94.72 %, so
+# the demo uses 50; the seeds we report are others (docs/feed.md).  The CIFAR-100 config keeps 500.
+DEFAULTS = dict(student=DEMO_STUDENT, image_size=DEMO_IMAGE_SIZE, output_dir="outputs/feed", num_train_epochs=8,
+                beta=50.0,
                 learning_rate=2e-3, weight_decay=0.05, save_strategy="no", aug_scale=list(DEMO_AUGMENT.scale),
                 aug_hflip=DEMO_AUGMENT.hflip, aug_color_jitter=DEMO_AUGMENT.color_jitter)
-
-
-def _row(model: str, role: str, metrics: Dict[str, Any], params: Optional[int], seed: int) -> Dict[str, Any]:
-    return {"model": model, "role": role, "eval_accuracy": metrics.get("eval_accuracy"),
-            "eval_top5_accuracy": metrics.get("eval_top5_accuracy"), "params": params, "seed": seed}
 
 
 def feed_method(cfg: FEEDArguments):
@@ -75,7 +75,8 @@ def run_seed(model_args: ModelArguments, data_args: DataArguments, args: Distill
         trainer, metrics = run(create_method("supervised"), student, [], data, sub("baseline"), data_args)
         accelerator = trainer.accelerator
         baseline_path = os.path.join(args.output_dir, "baseline", "student")
-        rows.append(_row(student.name, "student, no KD (baseline)", metrics, student.num_parameters(), args.seed))
+        rows.append(result_row(student.name, "student, no KD (baseline)", metrics, student.num_parameters(),
+                               seed=args.seed))
 
     if cfg.parallel:
         student = build_student(model_args, data, seed=args.seed)
@@ -84,9 +85,9 @@ def run_seed(model_args: ModelArguments, data_args: DataArguments, args: Distill
         accelerator = trainer.accelerator
         for i, t in enumerate(teachers):
             m = trainer.teacher_metrics.get(f"teacher_{i}", {})
-            rows.insert(i, _row(t.name, f"teacher {i + 1}", m, t.backbone.num_parameters(), args.seed))
-        rows.append(_row(student.name, f"student, parallel FEED ({len(teachers)} teachers)", metrics,
-                         student.num_parameters(), args.seed))
+            rows.insert(i, result_row(t.name, f"teacher {i + 1}", m, t.backbone.num_parameters(), seed=args.seed))
+        rows.append(result_row(student.name, f"student, parallel FEED ({len(teachers)} teachers)", metrics,
+                               student.num_parameters(), seed=args.seed))
 
     previous = cfg.sequential_teacher or baseline_path
     for g in range(1, cfg.generations + 1):
@@ -97,8 +98,8 @@ def run_seed(model_args: ModelArguments, data_args: DataArguments, args: Distill
         teachers = build_teachers(model_args, student, [previous])
         trainer, metrics = run(feed_method(cfg), student, teachers, data, sub(f"generation_{g}"), data_args)
         accelerator = trainer.accelerator
-        rows.append(_row(student.name, f"student, sequential FEED gen {g}", metrics, student.num_parameters(),
-                         args.seed))
+        rows.append(result_row(student.name, f"student, sequential FEED gen {g}", metrics,
+                               student.num_parameters(), seed=args.seed))
         previous = os.path.join(args.output_dir, f"generation_{g}", "student")
     return rows, accelerator
 
@@ -112,7 +113,7 @@ def summarize(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     for (model, role), rs in groups.items():
         row: Dict[str, Any] = {"model": model, "role": role, "params": rs[0]["params"], "runs": len(rs),
                                "seeds": sorted({r["seed"] for r in rs})}
-        for key in ("eval_accuracy", "eval_top5_accuracy"):
+        for key in RESULT_METRICS:
             values = [r[key] for r in rs if r.get(key) is not None]
             row[key] = statistics.fmean(values) if values else None
             row[key + "_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
@@ -121,12 +122,14 @@ def summarize(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
 
 
 def summary_table(rows: List[Dict[str, Any]]) -> str:
-    lines = ["| model | role | top-1 (%) mean ± std | top-5 (%) mean ± std | runs |", "|---|---|---|---|---|"]
+    lines = ["| model | role | top-1 (%) | top-5 (%) | NLL | ECE (%) | runs |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         cells = []
-        for key in ("eval_accuracy", "eval_top5_accuracy"):
-            cells.append("-" if r[key] is None else f"{100 * r[key]:.2f} ± {100 * r[key + '_std']:.2f}")
-        lines.append(f"| {r['model']} | {r['role']} | {cells[0]} | {cells[1]} | {r['runs']} |")
+        for key in RESULT_METRICS:
+            scale, digits = (1, 3) if key == "eval_loss" else (100, 2)
+            cells.append("-" if r[key] is None else
+                         f"{scale * r[key]:.{digits}f} ± {scale * r[key + '_std']:.{digits}f}")
+        lines.append(f"| {r['model']} | {r['role']} | {' | '.join(cells)} | {r['runs']} |")
     return "\n".join(lines)
 
 

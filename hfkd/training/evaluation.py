@@ -1,4 +1,4 @@
-"""Top-1 / top-5 accuracy and loss over an eval loader, gathered across processes."""
+"""Top-1 / top-5 accuracy, cross-entropy (NLL) and calibration over an eval loader, gathered across processes."""
 from __future__ import annotations
 
 from typing import Callable, Dict
@@ -7,12 +7,35 @@ import torch
 import torch.nn.functional as F
 
 
+ECE_BINS = 15  # the usual choice (Guo et al. 2017), also PS-KD's
+
+
+def calibration_bins(probs: torch.Tensor, labels: torch.Tensor, num_bins: int = ECE_BINS) -> torch.Tensor:
+    """Per confidence bin ``(lo, hi]`` of width ``1 / num_bins``: ``[sum of confidences, number correct]``.
+
+    Sums, not means, so that batches (and processes) can be added before the ECE is taken.
+    """
+    confidence, predicted = probs.float().max(dim=-1)
+    correct = predicted.eq(labels).float()
+    bins = (confidence * num_bins).ceil().long().clamp_(1, num_bins) - 1
+    sums = torch.zeros(2, num_bins, dtype=torch.float64, device=probs.device)
+    sums[0].index_add_(0, bins, confidence.double())
+    sums[1].index_add_(0, bins, correct.double())
+    return sums
+
+
+def calibration_error(bins: torch.Tensor, total: int) -> float:
+    """Expected calibration error ``sum_b (n_b / N) |mean confidence_b - accuracy_b|`` from summed bins."""
+    return float((bins[0] - bins[1]).abs().sum() / total)
+
+
 @torch.no_grad()
 def evaluate_logits(accelerator, dataloader, predict: Callable[[torch.Tensor], torch.Tensor],
                     prefix: str = "eval") -> Dict[str, float]:
     """Run ``predict(pixel_values) -> logits`` over ``dataloader``; metrics over the whole eval set."""
     correct1 = correct5 = total = 0
     loss_sum = 0.0
+    bins = None
     for batch in dataloader:
         with accelerator.autocast():
             logits = predict(batch["pixel_values"])
@@ -23,8 +46,11 @@ def evaluate_logits(accelerator, dataloader, predict: Callable[[torch.Tensor], t
         correct1 += hits[:, 0].sum().item()
         correct5 += hits.any(dim=1).sum().item()
         loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+        batch_bins = calibration_bins(logits.softmax(-1), labels)
+        bins = batch_bins if bins is None else bins + batch_bins
         total += labels.numel()
     if total == 0:
         raise ValueError("the eval set is empty")
     return {f"{prefix}_accuracy": correct1 / total, f"{prefix}_top5_accuracy": correct5 / total,
-            f"{prefix}_loss": loss_sum / total, f"{prefix}_samples": total}
+            f"{prefix}_loss": loss_sum / total, f"{prefix}_ece": calibration_error(bins, total),
+            f"{prefix}_samples": total}
