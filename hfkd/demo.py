@@ -36,9 +36,12 @@ def demo_args(output_dir: str, **overrides):
 def train_supervised(model: str, data, output_dir: str, num_epochs: int, seed: int = 42,
                      image_size: int = DEMO_IMAGE_SIZE, **arg_overrides):
     """Train ``model`` from scratch with cross-entropy; returns (trainer, eval metrics)."""
+    from accelerate.utils import set_seed
+
     from .models.factory import create_backbone
     from .training.trainer import DistillationTrainer
 
+    set_seed(seed)  # the initialisation too, so that a cached teacher does not depend on what ran before
     student = create_backbone(model, num_classes=data.num_classes, pretrained=False, image_size=image_size,
                               label_names=data.label_names)
     args = demo_args(output_dir, num_train_epochs=num_epochs, seed=seed, **arg_overrides)
