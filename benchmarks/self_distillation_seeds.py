@@ -14,6 +14,8 @@ import os
 import statistics
 import sys
 
+from hfkd.results import METRIC_FORMATS, format_metric
+
 RECIPES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes")
 
 
@@ -27,8 +29,7 @@ def load_recipe(name: str):
     return module
 
 
-# table name: (result key, factor, decimals)
-METRICS = {"top-1 (%)": ("eval_accuracy", 100, 2), "NLL": ("eval_loss", 1, 3), "ECE (%)": ("eval_ece", 100, 2)}
+METRICS = ("eval_accuracy", "eval_loss", "eval_ece")
 
 
 def _mean_std(values):
@@ -45,30 +46,31 @@ def main(argv=None):
     recipe = load_recipe(known.method)
     root = known.output_dir or f"outputs/{known.method}_seeds"
     names = ("baseline", known.method)
-    results = {metric: {name: [] for name in names} for metric in METRICS}
+    results = {key: {name: [] for name in names} for key in METRICS}
     for seed in known.seeds:
         rows = recipe.main([*rest, "--seed", str(seed), "--output_dir", os.path.join(root, f"seed{seed}")])
         base = next(r for r in rows if r["role"].startswith("student, no KD"))
         ours = next(r for r in rows if r["role"] == f"student, {known.method}")
-        for metric, (key, scale, _) in METRICS.items():
-            results[metric]["baseline"].append(scale * base[key])
-            results[metric][known.method].append(scale * ours[key])
+        for key in METRICS:
+            results[key]["baseline"].append(base[key])
+            results[key][known.method].append(ours[key])
     lines = [f"| student | metric | mean ± std over seeds {known.seeds} | per seed |", "|---|---|---|---|"]
-    for metric, (_, _, digits) in METRICS.items():
-        per_name = results[metric]
-        diffs = [b - a for a, b in zip(per_name["baseline"], per_name[known.method])]
-        for name, values in (*per_name.items(), (f"{known.method} - baseline", diffs)):
+    for key in METRICS:
+        title = METRIC_FORMATS[key][0]
+        base, ours = results[key]["baseline"], results[key][known.method]
+        diffs = [b - a for a, b in zip(base, ours)]
+        for name, values, signed in (("baseline", base, False), (known.method, ours, False),
+                                     (f"{known.method} - baseline", diffs, True)):
             m, s = _mean_std(values)
-            sign = "+" if name.endswith("baseline") and name != "baseline" else ""
-            lines.append(f"| {name} | {metric} | {m:{sign}.{digits}f} ± {s:.{digits}f} | "
-                         f"{', '.join(f'{v:{sign}.{digits}f}' for v in values)} |")
+            per_seed = ", ".join(format_metric(key, v, signed=signed) for v in values)
+            lines.append(f"| {name} | {title} | {format_metric(key, m, s, signed=signed)} | {per_seed} |")
     table = "\n".join(lines)
     print("\n" + table + "\n", flush=True)
     os.makedirs(root, exist_ok=True)
     with open(os.path.join(root, "seeds.md"), "w", encoding="utf-8") as f:
         f.write(table + "\n")
     with open(os.path.join(root, "seeds.json"), "w", encoding="utf-8") as f:
-        json.dump({"seeds": known.seeds, **results}, f, indent=2)
+        json.dump({"seeds": known.seeds, **results}, f, indent=2)  # raw values (fractions, nats)
     return results
 
 

@@ -10,6 +10,7 @@ import os
 from typing import Any, Dict, List, Optional, Sequence
 
 from .data.transforms import AugmentConfig
+from .results import RESULT_METRICS, format_metric, metric_titles
 
 DEMO_IMAGE_SIZE = 32
 DEMO_STUDENT = "mobilenetv3_small_050"
@@ -66,19 +67,10 @@ def demo_teachers(data, names: Optional[Sequence[str]] = None, seed: int = 0, **
 
 def results_table(rows: Sequence[Dict[str, Any]]) -> str:
     """A Markdown table of result rows (``hfkd.pipeline.result_row``): top-1, top-5, NLL, ECE, parameters."""
-    lines = ["| model | role | top-1 (%) | top-5 (%) | NLL | ECE (%) | params |", "|---|---|---|---|---|---|---|"]
+    titles = ["model", "role", *metric_titles(), "params"]
+    lines = ["| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
     for r in rows:
-        cells = [_cell(r.get(key), scale) for key, scale in _TABLE_METRICS]
+        cells = [format_metric(key, r.get(key)) for key in RESULT_METRICS]
         params = f"{r['params'] / 1e6:.2f}M" if r.get("params") else "-"
         lines.append(f"| {r['model']} | {r['role']} | {' | '.join(cells)} | {params} |")
     return "\n".join(lines)
-
-
-# (key, factor): accuracies and ECE in percent, the NLL as it is.
-_TABLE_METRICS = (("eval_accuracy", 100), ("eval_top5_accuracy", 100), ("eval_loss", 1), ("eval_ece", 100))
-
-
-def _cell(value: Optional[float], scale: float) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.3f}" if scale == 1 else f"{scale * value:.2f}"

@@ -7,10 +7,12 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from .cli import DataArguments, ModelArguments
 from .data.loading import ImageClassificationData, load_image_dataset
+from .hub.card import local_checkpoint_name
 from .methods.base import DistillationMethod
 from .models.backbone import Backbone
 from .models.factory import create_backbone
 from .models.teacher import Teacher, create_teacher
+from .results import RESULT_METRICS
 from .training.args import DistillationArguments
 from .training.trainer import DistillationTrainer
 
@@ -79,13 +81,9 @@ def write_results(output_dir: str, table: str, rows: Sequence[Dict[str, Any]], a
         json.dump(list(rows), f, indent=2, default=str)
 
 
-RESULT_METRICS = ("eval_accuracy", "eval_top5_accuracy", "eval_loss", "eval_ece")
-
-
 def result_row(model: str, role: str, metrics: Dict[str, Any], params: Optional[int], **extra) -> Dict[str, Any]:
     """One row of a results table: top-1, top-5, NLL and ECE of one model (``None`` where not measured)."""
-    if model.startswith("local-dir:"):  # a local folder: its name, not the whole path
-        model = os.path.basename(os.path.normpath(model[len("local-dir:"):]))
+    model = local_checkpoint_name(model) or model
     return {"model": model, "role": role, **{k: metrics.get(k) for k in RESULT_METRICS}, "params": params, **extra}
 
 

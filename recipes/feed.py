@@ -26,7 +26,8 @@ from hfkd import create_method
 from hfkd.cli import DataArguments, ModelArguments, parse_args
 from hfkd.data.default import DEFAULT_DATASET
 from hfkd.demo import DEMO_AUGMENT, DEMO_IMAGE_SIZE, DEMO_STUDENT, demo_teachers, results_table
-from hfkd.pipeline import RESULT_METRICS, build_student, build_teachers, load_data, result_row, run, write_results
+from hfkd.pipeline import build_student, build_teachers, load_data, result_row, run, write_results
+from hfkd.results import RESULT_METRICS, format_metric, metric_titles
 from hfkd.training.args import DistillationArguments
 
 
@@ -122,13 +123,10 @@ def summarize(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
 
 
 def summary_table(rows: List[Dict[str, Any]]) -> str:
-    lines = ["| model | role | top-1 (%) | top-5 (%) | NLL | ECE (%) | runs |", "|---|---|---|---|---|---|---|"]
+    titles = ["model", "role", *metric_titles(), "runs"]
+    lines = ["| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
     for r in rows:
-        cells = []
-        for key in RESULT_METRICS:
-            scale, digits = (1, 3) if key == "eval_loss" else (100, 2)
-            cells.append("-" if r[key] is None else
-                         f"{scale * r[key]:.{digits}f} ± {scale * r[key + '_std']:.{digits}f}")
+        cells = [format_metric(key, r[key], r[key + "_std"]) for key in RESULT_METRICS]
         lines.append(f"| {r['model']} | {r['role']} | {' | '.join(cells)} | {r['runs']} |")
     return "\n".join(lines)
 

@@ -43,9 +43,18 @@ def _model_link(entry: Dict[str, Any]) -> str:
         suffix = f" (revision `{rev}`)" if rev else ""
         return f"[{hub}](https://huggingface.co/{hub}){suffix}"
     name = str(entry.get("name") or "?")
+    local = local_checkpoint_name(name)
+    return f"`{local}` (local checkpoint)" if local else f"`{name}`"
+
+
+def local_checkpoint_name(name: str) -> Optional[str]:
+    """The folder name of a local checkpoint (``local-dir:PATH`` or an absolute path); ``None`` otherwise.
+
+    Tables and cards show it instead of the path, which is the writer's machine's business.
+    """
     if name.startswith("local-dir:") or os.path.isabs(name):
-        return f"`{os.path.basename(name.rstrip('/')) or name}` (local checkpoint)"
-    return f"`{name}`"
+        return os.path.basename(name.rstrip("/")) or name
+    return None
 
 
 def _default_repo_id(lineage: Dict[str, Any]) -> str:

@@ -36,9 +36,9 @@ def parameters(prefix: str, module) -> dict:
     return {f"{prefix}.{k}": p.detach().clone().contiguous() for k, p in module.named_parameters()}
 
 
-def save_rank(tensors: dict, out_dir: str, accelerator, trainer=None) -> None:
-    """Write this rank's tensors (plus the world size and step count) to ``rank{i}.safetensors``."""
-    tensors = dict(tensors, num_processes=torch.tensor([accelerator.num_processes]))
-    if trainer is not None:
-        tensors["steps"] = torch.tensor([trainer.state.global_step])
+def save_rank(tensors: dict, out_dir: str, trainer) -> None:
+    """Write this rank's tensors, plus the world size and step count, to ``OUT_DIR/rank{i}.safetensors``."""
+    accelerator = trainer.accelerator
+    tensors = dict(tensors, num_processes=torch.tensor([accelerator.num_processes]),
+                   steps=torch.tensor([trainer.state.global_step]))
     save_file(tensors, os.path.join(out_dir, f"rank{accelerator.process_index}.safetensors"))

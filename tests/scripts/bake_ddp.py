@@ -7,12 +7,11 @@ Run by tests/test_bake.py through tests/helpers/launch.py::run_two_processes:
 Each rank writes, per step, the indices of its batch, its detached pooled features and logits, and the Q
 it trained against, so the test can rebuild Q over the union of both ranks' batches.
 """
-import os
 import sys
 
 import torch
 from accelerate.utils import set_seed
-from safetensors.torch import save_file
+from helpers.ddp import save_rank
 
 from hfkd import DistillationArguments, DistillationTrainer, create_backbone, load_image_dataset
 from hfkd.methods.bake import BAKE
@@ -43,9 +42,7 @@ def main(out_dir: str) -> None:
                                  eval_teachers=False, seed=0, logging_steps=1)
     trainer = DistillationTrainer(student, method=method, args=args, train_dataset=digits.train.select(range(32)))
     trainer.train()
-    acc = trainer.accelerator
-    save_file({k: v.cpu() for k, v in method.records.items()},
-              os.path.join(out_dir, f"rank{acc.process_index}.safetensors"))
+    save_rank({k: v.cpu() for k, v in method.records.items()}, out_dir, trainer)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ def main(out_dir: str) -> None:
     unwrapped = trainer.accelerator.unwrap_model(trainer._model)
     tensors = {**parameters("student", unwrapped.student), **parameters("transforms", unwrapped.method.transforms)}
     tensors.update({f"initial.{k}": v for k, v in {**initial, **built}.items()})
-    save_rank(tensors, out_dir, trainer.accelerator, trainer)
+    save_rank(tensors, out_dir, trainer)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ def main(out_dir: str) -> None:
     d_lrs = [g["lr"] for g in trainer.optimizer.param_groups
              if any(p is q for p in g["params"] for q in unwrapped.method.discriminator.parameters())]
     tensors["discriminator_group_lr"] = torch.tensor(d_lrs, dtype=torch.float64)
-    save_rank(tensors, out_dir, trainer.accelerator, trainer)
+    save_rank(tensors, out_dir, trainer)
 
 
 if __name__ == "__main__":

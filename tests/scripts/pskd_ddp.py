@@ -7,13 +7,12 @@ Run by tests/test_pskd.py through tests/helpers/launch.py::run_two_processes:
 44 images, 8 per process and step: 6 batches of which the last is short, so accelerate's even_batches
 pads it with images from the start of the epoch.  A checkpoint is written after epoch 0 (step 3).
 """
-import os
 import sys
 
 import torch
 import torch.nn.functional as F
 from accelerate.utils import set_seed
-from safetensors.torch import save_file
+from helpers.ddp import save_rank
 
 from hfkd import DistillationArguments, DistillationTrainer, create_backbone, load_image_dataset
 from hfkd.methods.pskd import PSKD
@@ -43,11 +42,9 @@ def main(out_dir: str) -> None:
                                  eval_strategy="no", disable_tqdm=True, eval_teachers=False, seed=0, logging_steps=1)
     trainer = DistillationTrainer(student, method=method, args=args, train_dataset=digits.train.select(range(44)))
     trainer.train()
-    acc = trainer.accelerator
     steps, index, probs = zip(*method.records)
-    save_file({"bank": method.bank, "seen": method.seen, "step": torch.tensor(steps), "index": torch.tensor(index),
-               "softmax": torch.stack(probs), "num_processes": torch.tensor([acc.num_processes])},
-              os.path.join(out_dir, f"rank{acc.process_index}.safetensors"))
+    save_rank({"bank": method.bank, "seen": method.seen, "step": torch.tensor(steps), "index": torch.tensor(index),
+               "softmax": torch.stack(probs)}, out_dir, trainer)
 
 
 if __name__ == "__main__":
