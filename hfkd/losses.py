@@ -5,7 +5,7 @@ targets it builds are detached.  All of them compute in float32 whatever the
 autocast dtype, because softmax/log-softmax of bf16 logits loses the small
 probabilities that distillation is about.
 
-Notation (see ``shared/docs/methods.md`` §0): ``z`` are logits of shape
+Notation (docs/methods.md): ``z`` are logits of shape
 ``[N, C]``, ``p = softmax(z / T)``; KL(p || q) = sum_c p_c (log p_c - log q_c).
 """
 from __future__ import annotations
@@ -33,10 +33,10 @@ def _f32(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.dtype != torch.float32 else x
 
 
-def _float32_region():
-    # Autocast would otherwise re-cast matmuls inside the losses to bf16.
-    device_type = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.autocast(device_type=device_type, enabled=False)
+def _float32_region(tensor: torch.Tensor):
+    # Autocast would otherwise re-cast matmuls inside the losses to bf16; it is per device type,
+    # so switch off the one the tensor lives on (cpu, cuda, mps, ...).
+    return torch.autocast(device_type=tensor.device.type, enabled=False)
 
 
 def soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
@@ -49,7 +49,7 @@ def soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor) -> torc
             f"soft_cross_entropy: logits {tuple(logits.shape)} and target_probs "
             f"{tuple(target_probs.shape)} must have the same [N, C] shape"
         )
-    with _float32_region():
+    with _float32_region(logits):
         log_p = F.log_softmax(_f32(logits), dim=-1)
         return -(_f32(target_probs).detach() * log_p).sum(dim=-1).mean()
 
@@ -63,7 +63,7 @@ def soft_kl_div(student_logits: torch.Tensor, target_probs: torch.Tensor, temper
             f"student logits {tuple(student_logits.shape)} and targets {tuple(target_probs.shape)} differ; "
             "do the teacher and student predict the same classes?"
         )
-    with _float32_region():
+    with _float32_region(student_logits):
         log_q = F.log_softmax(_f32(student_logits) / temperature, dim=-1)
         # kl_div(input=student log-probs, target=teacher probs) = KL(teacher || student)
         return F.kl_div(log_q, _f32(target_probs).detach(), reduction="batchmean") * temperature**2
@@ -73,7 +73,7 @@ def kd_kl_div(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temper
     """Hinton's soft term: ``T^2 * KL(softmax(t/T) || softmax(s/T))``, batch mean."""
     if temperature <= 0:
         raise ValueError(f"kd_kl_div: temperature must be > 0, got {temperature}")
-    with _float32_region():
+    with _float32_region(student_logits):
         target = F.softmax(_f32(teacher_logits).detach() / temperature, dim=-1)
     return soft_kl_div(student_logits, target, temperature)
 
@@ -96,16 +96,17 @@ def ensemble_probs(
         if (w < 0).any() or w.sum() <= 0:
             raise ValueError(f"ensemble_probs: weights must be non-negative with a positive sum, got {list(weights)}")
         w = w / w.sum()
-    with _float32_region():
+    with _float32_region(teacher_logits[0]):
         probs = torch.stack([F.softmax(_f32(t).detach() / temperature, dim=-1) for t in teacher_logits])
         return torch.einsum("k,knc->nc", w.to(probs.device), probs)
 
 
-def meal_v2_loss(student_logits: torch.Tensor, teacher_logits: Sequence[torch.Tensor]) -> torch.Tensor:
-    """MEAL V2 similarity loss: soft cross-entropy to the mean of the teachers' probabilities (T = 1)."""
+def meal_v2_loss(student_logits: torch.Tensor, teacher_logits: Sequence[torch.Tensor],
+                 weights: Optional[Sequence[float]] = None) -> torch.Tensor:
+    """MEAL V2 similarity loss: soft cross-entropy to the (weighted) mean of the teachers' probabilities (T = 1)."""
     if isinstance(teacher_logits, torch.Tensor):
         teacher_logits = [teacher_logits]
-    return soft_cross_entropy(student_logits, ensemble_probs(teacher_logits))
+    return soft_cross_entropy(student_logits, ensemble_probs(teacher_logits, weights))
 
 
 def pskd_alpha(epoch: int, num_epochs: int, alpha_T: float = 0.8) -> float:
@@ -143,7 +144,7 @@ def bake_targets(
     if features.shape[0] != logits.shape[0]:
         raise ValueError(f"bake_targets: {features.shape[0]} feature rows but {logits.shape[0]} logit rows")
     n = logits.shape[0]
-    with torch.no_grad(), _float32_region():
+    with torch.no_grad(), _float32_region(logits):
         p = F.softmax(_f32(logits) / temperature, dim=-1)
         if n < 2 or omega == 0.0:
             return p
@@ -169,7 +170,7 @@ def feed_loss(student_maps: Sequence[torch.Tensor], teacher_maps: Sequence[torch
             f"feed_loss: need one transformed student map per teacher, got {len(student_maps)} and {len(teacher_maps)}"
         )
     total = None
-    with _float32_region():
+    with _float32_region(student_maps[0]):
         for n, (s, t) in enumerate(zip(student_maps, teacher_maps)):
             if s.shape != t.shape:
                 raise ValueError(

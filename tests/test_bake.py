@@ -55,7 +55,7 @@ def test_closed_form_is_the_fixed_point_of_propagation():
 def test_loss_is_ce_plus_t2_kl_with_constant_targets_in_float32():
     f, z = _batch()
     labels = torch.tensor([0, 1, 2, 3, 0, 1])
-    method = BAKE(omega=0.5, temperature=4.0, weight=0.3)
+    method = BAKE(omega=0.5, temperature=4.0, kd_weight=0.3)
     features, logits = f.clone().requires_grad_(), z.clone().requires_grad_()
     out = method.compute_loss({"labels": labels}, types.SimpleNamespace(logits=logits, pooled=features), [])
     q = bake_targets(f, z, 0.5, 4.0)

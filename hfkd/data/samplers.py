@@ -11,8 +11,8 @@ Epoch handling: ``set_epoch(epoch)`` reseeds the draw.  Accelerate's
 ``DataLoaderShard.set_epoch`` calls it directly in one process, but in several
 processes the sampler sits inside ``BatchSamplerShard`` where accelerate 1.x
 does not forward ``set_epoch`` (it only looks for ``.batch_sampler.sampler``);
-the owner of the sampler must then call ``set_epoch`` itself (BAKE does it in
-``on_epoch_start``).
+``DistillationTrainer`` then calls ``set_epoch`` on the inner sampler itself, so a
+method only returns the sampler.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ __all__ = ["ClassAwareBatchSampler"]
 class ClassAwareBatchSampler(Sampler[List[int]]):
     """Batches of ``batch_size // (M + 1)`` anchors, each followed by ``M`` other images of its class.
 
-    BAKE's intra-class sampling (Ge et al. 2021; ``shared/docs/methods.md`` §5(c)):
+    BAKE's intra-class sampling (Ge et al. 2021; docs/methods.md, "BAKE"):
 
     * every training image is an anchor exactly once per epoch (a random permutation), so an epoch
       has ``ceil(N / anchors_per_batch)`` batches and shows ``(M + 1)`` times as many images as a

@@ -1,12 +1,15 @@
 """Distillation methods.  Importing this package registers the built-in ones."""
-from .base import DistillationMethod, LossOutput, MethodContext
-from .registry import create_method, get_method_class, list_methods, register_method
-from . import kd, supervised  # noqa: F401  (registration)
-from .meal_v2 import MEALv2Discriminator  # noqa: F401  (registers meal_v2; exported)
-from . import feed  # noqa: F401  (registration)
-from . import bake, pskd  # noqa: F401  (registration)
+from .base import DistillationMethod, LossOutput, MethodConfig, MethodContext
+from .registry import create_method, get_method_class, list_methods, normalize_name, register_method
+from .kd import KDConfig
+from .supervised import SupervisedConfig
+from .meal_v2 import MEALv2Config, MEALv2Discriminator  # noqa: F401  (registers meal_v2; exported)
+from .feed import FEEDConfig
+from .bake import BAKEConfig
+from .pskd import PSKDConfig
 
 __all__ = [
-    "DistillationMethod", "LossOutput", "MethodContext", "create_method", "get_method_class", "list_methods",
-    "register_method",
+    "DistillationMethod", "LossOutput", "MethodConfig", "MethodContext", "create_method", "get_method_class",
+    "list_methods", "normalize_name", "register_method", "KDConfig", "SupervisedConfig", "MEALv2Config",
+    "FEEDConfig", "BAKEConfig", "PSKDConfig",
 ]

@@ -2,7 +2,7 @@
 
 Soft targets without a teacher: each image's prediction is refined by those of the
 *other images in the batch* it resembles.  What the official code does and this
-module reproduces (``shared/docs/methods.md`` §5):
+module reproduces (docs/methods.md, "BAKE"):
 
 * ``A`` = row softmax of the cosine similarities of the L2-normalised pooled features
   (before the classifier), diagonal masked out, **no temperature on the affinity**;
@@ -21,6 +21,7 @@ to the baseline (2x the images per epoch; ``M = 3``, the CIFAR-100 setting, give
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import torch
@@ -29,24 +30,39 @@ import torch.nn.functional as F
 from ..data.samplers import ClassAwareBatchSampler
 from ..losses import bake_targets, soft_kl_div
 from ..models.backbone import OutputRequest
-from .base import DistillationMethod, LossOutput, check_positive, gather_rows
+from .base import DistillationMethod, LossOutput, MethodConfig, check_positive, gather_rows
 from .registry import register_method
 
-__all__ = ["BAKE"]
+__all__ = ["BAKE", "BAKEConfig"]
+
+
+@dataclass
+class BAKEConfig(MethodConfig):
+    """Settings of batch knowledge ensembling (method ``bake``)."""
+
+    omega: float = field(default=0.5, metadata={
+        "help": "Propagation weight w in [0, 1): 0.5 for ImageNet / CIFAR-100, 0.9 for TinyImageNet and fine-grained."})
+    temperature: float = field(default=4.0, metadata={"help": "T of the ensembled targets and of the KD term (> 0)."})
+    kd_weight: float = field(default=1.0, metadata={
+        "help": "lambda, weight of T^2 KL(Q || softmax(z/T)) (>= 0; 1.0 in every official config)."})
+    intra_class_images: int = field(default=1, metadata={
+        "help": "M same-class partners per anchor in each batch (0: shuffled batches)."})
+    global_ensemble: bool = field(default=False, metadata={
+        "help": "Build the ensemble over the batch of all processes instead of the local one."})
+
+    def __post_init__(self):
+        if not 0.0 <= float(self.omega) < 1.0:
+            raise ValueError(f"omega must be in [0, 1) (I - omega A must be invertible), got {self.omega}")
+        self.temperature = check_positive("temperature", self.temperature)
+        if float(self.kd_weight) < 0:
+            raise ValueError(f"kd_weight must be >= 0, got {self.kd_weight}")
+        if int(self.intra_class_images) < 0:
+            raise ValueError(f"intra_class_images must be >= 0, got {self.intra_class_images}")
 
 
 @register_method
 class BAKE(DistillationMethod):
-    """Batch knowledge ensembling.
-
-    Args:
-        omega: propagation weight ``w`` in ``[0, 1)`` (0.5 for ImageNet / CIFAR-100, 0.9 for
-            TinyImageNet and the fine-grained sets).
-        temperature: ``T`` of the propagated predictions and of the student's KD log-softmax (4).
-        weight: ``lambda``, the KD term's weight (1.0 in every official config).
-        intra_class_images: ``M`` same-class partners per anchor in each batch (0: shuffled batches).
-        global_ensemble: build ``Q`` over the batch of all processes instead of the local one.
-    """
+    """Batch knowledge ensembling; settings in :class:`BAKEConfig` (``kd_weight`` is ``lambda``)."""
 
     name = "bake"
     citation = (
@@ -57,44 +73,26 @@ class BAKE(DistillationMethod):
     )
     max_teachers = 0
     student_request = OutputRequest(pooled=True)
+    config_class = BAKEConfig
 
-    def __init__(self, omega: float = 0.5, temperature: float = 4.0, weight: float = 1.0,
-                 intra_class_images: int = 1, global_ensemble: bool = False):
-        super().__init__()
-        if not 0.0 <= float(omega) < 1.0:
-            raise ValueError(f"omega must be in [0, 1) (I - omega A must be invertible), got {omega}")
-        self.omega = float(omega)
-        self.temperature = check_positive("temperature", temperature)
-        if float(weight) < 0:
-            raise ValueError(f"weight must be >= 0, got {weight}")
-        self.weight = float(weight)
-        if int(intra_class_images) < 0:
-            raise ValueError(f"intra_class_images must be >= 0, got {intra_class_images}")
-        self.intra_class_images = int(intra_class_images)
-        self.global_ensemble = bool(global_ensemble)
-        self._sampler: Optional[ClassAwareBatchSampler] = None
+    def __init__(self, config: Optional[BAKEConfig] = None, **kwargs):
+        super().__init__(config, **kwargs)
 
     def train_batch_sampler(self, labels: Sequence[int], batch_size: int, seed: int):
-        if self.intra_class_images == 0:
+        # The trainer sets the sampler's epoch (also inside accelerate's BatchSamplerShard).
+        if self.config.intra_class_images == 0:
             return None
-        self._sampler = ClassAwareBatchSampler(labels, batch_size, self.intra_class_images, seed)
-        return self._sampler
-
-    def on_epoch_start(self, epoch: int) -> None:
-        super().on_epoch_start(epoch)
-        # In several processes accelerate's loader.set_epoch does not reach a custom batch sampler
-        # (it sits inside BatchSamplerShard), so the method that made it sets the epoch.
-        if self._sampler is not None:
-            self._sampler.set_epoch(epoch)
+        return ClassAwareBatchSampler(labels, batch_size, self.config.intra_class_images, seed)
 
     def targets(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """``Q`` for this process's rows, from the local or (``global_ensemble``) the global batch."""
         features, logits = features.detach(), logits.detach()
-        if self.global_ensemble:
+        cfg = self.config
+        if cfg.global_ensemble:
             all_features, all_logits, offset = gather_rows(self.context, features.float(), logits.float())
-            q = bake_targets(all_features, all_logits, self.omega, self.temperature)
+            q = bake_targets(all_features, all_logits, cfg.omega, cfg.temperature)
             return q[offset:offset + logits.shape[0]]
-        return bake_targets(features, logits, self.omega, self.temperature)
+        return bake_targets(features, logits, cfg.omega, cfg.temperature)
 
     def compute_loss(self, batch, student, teachers):
         if student.pooled is None:
@@ -103,9 +101,5 @@ class BAKE(DistillationMethod):
         logits = student.logits
         q = self.targets(student.pooled, logits)
         ce = F.cross_entropy(logits.float(), batch["labels"])
-        kd = soft_kl_div(logits, q, self.temperature)
-        return LossOutput(ce + self.weight * kd, {"ce": ce.detach(), "kd": kd.detach()})
-
-    def hparams(self):
-        return {"omega": self.omega, "temperature": self.temperature, "weight": self.weight,
-                "intra_class_images": self.intra_class_images, "global_ensemble": self.global_ensemble}
+        kd = soft_kl_div(logits, q, self.config.temperature)
+        return LossOutput(ce + self.config.kd_weight * kd, {"ce": ce.detach(), "kd": kd.detach()})

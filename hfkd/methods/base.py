@@ -5,16 +5,48 @@ feature connectors) are submodules, so the trainer optimises them, wraps them
 in DDP with the student and checkpoints them, but never saves them with the
 student.  State that is not a parameter (a prediction bank) goes through
 :meth:`extra_state`.  The trainer knows no method by name.
+
+A method's settings are one dataclass, a subclass of :class:`MethodConfig` declared in the
+method's own file (``KDConfig`` in ``kd.py``).  The constructor, :meth:`DistillationMethod.hparams`,
+the command line, YAML files and the model card all read that one declaration.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple, Type
 
 import torch
 from torch import nn
 
 from ..models.backbone import Backbone, BackboneOutput, OutputRequest
+
+
+@dataclass
+class MethodConfig:
+    """Base of every method's settings: fields with a default and ``metadata={"help": ...}``.
+
+    Values are checked in the subclass's ``__post_init__``, so a bad setting fails when it is
+    parsed or the method is built, before training.
+    """
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def build_config(config_class: Type[MethodConfig], config: Optional[MethodConfig], overrides: Dict[str, Any],
+                 method_name: str = "") -> MethodConfig:
+    """``config`` (or the defaults) with ``overrides`` applied; unknown names are an error listing the valid ones."""
+    names = [f.name for f in dataclasses.fields(config_class) if f.init]
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise ValueError(f"method {method_name!r} does not take {unknown}; its settings ({config_class.__name__}) "
+                         f"are {names}")
+    if config is None:
+        return config_class(**overrides)
+    if not isinstance(config, config_class):
+        raise TypeError(f"method {method_name!r} takes a {config_class.__name__}, not a {type(config).__name__}")
+    return dataclasses.replace(config, **overrides) if overrides else config
 
 
 @dataclass
@@ -66,9 +98,14 @@ class LossOutput:
 
 
 class DistillationMethod(nn.Module):
-    """Base class; subclasses set ``name`` and implement :meth:`compute_loss`."""
+    """Base class; subclasses set ``name`` and ``config_class`` and implement :meth:`compute_loss`.
+
+    ``Method(config)`` or ``Method(**settings)``: keyword arguments build the config or override
+    fields of the one given; the result is ``self.config``.
+    """
 
     name: ClassVar[str] = ""
+    config_class: ClassVar[Type[MethodConfig]] = MethodConfig
     citation: ClassVar[str] = ""
     min_teachers: ClassVar[int] = 0
     max_teachers: ClassVar[Optional[int]] = None
@@ -77,8 +114,9 @@ class DistillationMethod(nn.Module):
     student_request: OutputRequest = OutputRequest()
     teacher_request: OutputRequest = OutputRequest()
 
-    def __init__(self):
+    def __init__(self, config: Optional[MethodConfig] = None, **kwargs):
         super().__init__()
+        self.config = build_config(self.config_class, config, kwargs, self.name)
         self.context: Optional[MethodContext] = None
         self.epoch = 0
 
@@ -129,8 +167,8 @@ class DistillationMethod(nn.Module):
         pass
 
     def hparams(self) -> Dict[str, Any]:
-        """The method's hyper-parameters, for logs, checkpoints and model cards."""
-        return {}
+        """The method's settings (``self.config`` as a dict), for logs, checkpoints and model cards."""
+        return dataclasses.asdict(self.config)
 
     def teacher_weights(self) -> Optional[List[float]]:
         if self.context is None or not self.context.teachers:

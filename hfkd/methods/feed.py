@@ -11,7 +11,7 @@ averaged: each keeps its own transform, which is what makes the ensemble "featur
 Sequential FEED (Born-Again style generations) is this method with a single teacher of the
 student's architecture, driven by ``recipes/feed.py --generations G``.
 
-Where each piece comes from (``shared/docs/methods.md`` §6; no official FEED code exists):
+Where each piece comes from (docs/methods.md, "FEED"; no official FEED code exists):
 
 * paper: the loss above, one NTL per teacher, the NTLs dropped at test time, the last feature map
   before pooling, sequential FEED as recursive self-distillation;
@@ -31,8 +31,8 @@ Where each piece comes from (``shared/docs/methods.md`` §6; no official FEED co
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -40,10 +40,10 @@ from torch import nn
 
 from ..losses import feed_loss
 from ..models.backbone import LAST_STAGE, OutputRequest
-from .base import DistillationMethod, LossOutput, MethodContext, check_positive
+from .base import DistillationMethod, LossOutput, MethodConfig, MethodContext, check_positive
 from .registry import register_method
 
-__all__ = ["FEED", "FeatureLayout", "NonLinearTransform", "infer_layout", "to_channels_first", "match_spatial"]
+__all__ = ["FEED", "FEEDConfig", "FeatureLayout", "NonLinearTransform", "infer_layout", "to_channels_first", "match_spatial"]
 
 Stage = Union[int, str]
 # Prefix tokens ([CLS], distillation, register tokens) tried when a model does not declare them.
@@ -149,19 +149,38 @@ class NonLinearTransform(nn.Sequential):
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
 
 
+@dataclass
+class FEEDConfig(MethodConfig):
+    """Settings of FEED (method ``feed``).  Stages are ``"last"`` or a stage index (``"2"`` and ``2`` alike)."""
+
+    beta: float = field(default=500.0, metadata={
+        "help": "Weight of the feature term (> 0). 500 is Factor Transfer's value for the same L1 loss; "
+                "FEED's own is not known."})
+    stage: str = field(default=LAST_STAGE, metadata={
+        "help": "The student's feature stage: 'last' (the last map before pooling, the paper's choice) or a "
+                "timm / transformers stage index."})
+    teacher_stage: Optional[str] = field(default=None, metadata={
+        "help": "The teachers' stage (default: the same as stage). 'last' pairs any architectures."})
+    kernel_size: int = field(default=3, metadata={
+        "help": "Convolution size of the per-teacher transforms (odd; 3 as in Factor Transfer, 1: per-position)."})
+    ce_weight: float = field(default=1.0, metadata={"help": "Weight of the cross-entropy on the labels (>= 0)."})
+
+    def __post_init__(self):
+        self.beta = check_positive("beta", self.beta)
+        if self.ce_weight < 0:
+            raise ValueError(f"ce_weight must be >= 0, got {self.ce_weight}")
+        self.stage = _parse_stage(self.stage)
+        if self.teacher_stage is not None:
+            self.teacher_stage = _parse_stage(self.teacher_stage)
+        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd and >= 1, got {self.kernel_size}")
+
+
 @register_method
 class FEED(DistillationMethod):
     """Parallel FEED: ``CE + beta * sum_n mean|phi(NTL_n(F_s)) - phi(F_n)|``, one NTL per teacher.
 
-    Args:
-        beta: weight of the feature term.  500 is Factor Transfer's official value for the same
-            loss (L1 with mean reduction over B*D elements); FEED's own beta is not known.
-        stage: the student's feature stage: ``"last"`` (the last map before pooling, the paper's
-            choice) or a timm / transformers stage index.
-        teacher_stage: the teachers' stage (default: ``stage``).  ``"last"`` pairs any architectures;
-            integer indices mean different depths in different models.
-        kernel_size: the NTLs' convolution size (3 as in FT; 1 makes them per-position MLPs).
-        ce_weight: weight of the cross-entropy on the labels (1 in the paper).
+    Settings in :class:`FEEDConfig`; ``self.stage`` and ``self.teacher_stage`` are the resolved stages.
 
     The NTLs are built in :meth:`setup` from the channel counts of a dry forward of one dummy
     batch; they are submodules of the method, so they train with the student, are DDP-wrapped and
@@ -175,20 +194,13 @@ class FEED(DistillationMethod):
         "  author={Park, SeongUk and Kwak, Nojun},\n  journal={arXiv preprint arXiv:1909.10754},\n  year={2019}\n}"
     )
     min_teachers = 1
+    config_class = FEEDConfig
 
-    def __init__(self, beta: float = 500.0, stage: Stage = LAST_STAGE, teacher_stage: Optional[Stage] = None,
-                 kernel_size: int = 3, ce_weight: float = 1.0):
-        super().__init__()
-        self.beta = check_positive("beta", beta)
-        if ce_weight < 0:
-            raise ValueError(f"ce_weight must be >= 0, got {ce_weight}")
-        self.ce_weight = float(ce_weight)
-        self.uses_labels = self.ce_weight > 0
-        self.stage = _parse_stage(stage)
-        self.teacher_stage = self.stage if teacher_stage is None else _parse_stage(teacher_stage)
-        if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be odd and >= 1, got {kernel_size}")
-        self.kernel_size = int(kernel_size)
+    def __init__(self, config: Optional[FEEDConfig] = None, **kwargs):
+        super().__init__(config, **kwargs)
+        self.uses_labels = self.config.ce_weight > 0
+        self.stage: Stage = self.config.stage
+        self.teacher_stage: Stage = self.stage if self.config.teacher_stage is None else self.config.teacher_stage
         self.student_request = OutputRequest(feature_stages=(self.stage,))
         self.teacher_request = OutputRequest(feature_stages=(self.teacher_stage,))
         self.transforms = nn.ModuleList()
@@ -225,7 +237,7 @@ class FEED(DistillationMethod):
         if not len(self.transforms):
             for layout in self.teacher_layouts:
                 self.transforms.append(
-                    NonLinearTransform(self.student_layout.channels, layout.channels, self.kernel_size))
+                    NonLinearTransform(self.student_layout.channels, layout.channels, self.config.kernel_size))
         else:
             for n, (ntl, layout) in enumerate(zip(self.transforms, self.teacher_layouts)):
                 if (ntl.in_channels, ntl.out_channels) != (self.student_layout.channels, layout.channels):
@@ -252,16 +264,12 @@ class FEED(DistillationMethod):
         feature = torch.stack(terms).sum()
         logs: Dict[str, torch.Tensor] = {"feed": feature.detach()}
         logs.update({f"feed_{n}": term.detach() for n, term in enumerate(terms)})
-        loss = self.beta * feature
+        loss = self.config.beta * feature
         if self.uses_labels:
             ce = F.cross_entropy(student.logits.float(), batch["labels"])
-            loss = loss + self.ce_weight * ce
+            loss = loss + self.config.ce_weight * ce
             logs["ce"] = ce.detach()
         return LossOutput(loss, logs)
-
-    def hparams(self) -> Dict[str, Any]:
-        return {"beta": self.beta, "stage": self.stage, "teacher_stage": self.teacher_stage,
-                "kernel_size": self.kernel_size, "ce_weight": self.ce_weight}
 
 
 def _parse_stage(stage: Stage) -> Stage:

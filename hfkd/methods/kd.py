@@ -1,11 +1,27 @@
 """Classic knowledge distillation (Hinton, Vinyals & Dean, 2015)."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Optional
+
 import torch.nn.functional as F
 
 from ..losses import ensemble_probs, soft_kl_div
-from .base import DistillationMethod, LossOutput, check_positive, check_probability
+from .base import DistillationMethod, LossOutput, MethodConfig, check_positive, check_probability
 from .registry import register_method
+
+
+@dataclass
+class KDConfig(MethodConfig):
+    """Settings of classic knowledge distillation (method ``kd``)."""
+
+    temperature: float = field(default=4.0, metadata={"help": "T: softens teacher and student logits (> 0)."})
+    alpha: float = field(default=0.9, metadata={
+        "help": "Weight of the distillation term in [0, 1]; 1 - alpha weighs the cross-entropy on the labels."})
+
+    def __post_init__(self):
+        self.temperature = check_positive("temperature", self.temperature)
+        self.alpha = check_probability("alpha", self.alpha)
 
 
 @register_method
@@ -23,23 +39,20 @@ class KD(DistillationMethod):
         "  year={2015}\n}"
     )
     min_teachers = 1
+    config_class = KDConfig
 
-    def __init__(self, temperature: float = 4.0, alpha: float = 0.9):
-        super().__init__()
-        self.temperature = check_positive("temperature", temperature)
-        self.alpha = check_probability("alpha", alpha)
-        self.uses_labels = self.alpha < 1.0
+    def __init__(self, config: Optional[KDConfig] = None, **kwargs):
+        super().__init__(config, **kwargs)
+        self.uses_labels = self.config.alpha < 1.0
 
     def compute_loss(self, batch, student, teachers):
-        target = ensemble_probs([t.logits for t in teachers], self.teacher_weights(), self.temperature)
-        soft = soft_kl_div(student.logits, target, self.temperature)
+        cfg = self.config
+        target = ensemble_probs([t.logits for t in teachers], self.teacher_weights(), cfg.temperature)
+        soft = soft_kl_div(student.logits, target, cfg.temperature)
         logs = {"kd": soft.detach()}
-        loss = self.alpha * soft
+        loss = cfg.alpha * soft
         if self.uses_labels:
             hard = F.cross_entropy(student.logits.float(), batch["labels"])
-            loss = loss + (1.0 - self.alpha) * hard
+            loss = loss + (1.0 - cfg.alpha) * hard
             logs["ce"] = hard.detach()
         return LossOutput(loss, logs)
-
-    def hparams(self):
-        return {"temperature": self.temperature, "alpha": self.alpha}

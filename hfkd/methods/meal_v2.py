@@ -1,7 +1,7 @@
 """MEAL V2 (Shen & Savvides, 2020): ensemble distillation without hard labels, plus a discriminator.
 
 What the official code (szq0214/MEAL-V2, ``train.py``) does, and what this module reproduces
-(``shared/docs/methods.md`` §3):
+(docs/methods.md, "MEAL V2"):
 
 * the target is the **mean of the teachers' softmax probabilities** at temperature 1, not the
   softmax of their mean logits;
@@ -16,17 +16,18 @@ recipe's business (``--student_pretrained true`` or ``--student path/to/a/traine
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..losses import ensemble_probs, soft_cross_entropy
-from .base import DistillationMethod, LossOutput, MethodContext, check_positive
+from ..losses import meal_v2_loss
+from .base import DistillationMethod, LossOutput, MethodConfig, MethodContext, check_positive
 from .registry import register_method
 
-__all__ = ["MEALv2", "MEALv2Discriminator"]
+__all__ = ["MEALv2", "MEALv2Config", "MEALv2Discriminator"]
 
 # Row labels of the discriminator's two outputs, as in the official code: column 0 = "student", 1 = "teacher".
 STUDENT_TARGET = (1.0, 0.0)
@@ -77,19 +78,43 @@ def discriminator_targets(num_rows_per_side: int, device=None) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.float32, device=device)
 
 
+@dataclass
+class MEALv2Config(MethodConfig):
+    """Settings of MEAL V2 (method ``meal_v2``)."""
+
+    use_discriminator: bool = field(default=True, metadata={
+        "help": "Add the discriminator loss (the official train.py always does)."})
+    discriminator_weight: float = field(default=1.0, metadata={"help": "w_D, weight of the discriminator loss (>= 0)."})
+    discriminator_reduction: int = field(default=8, metadata={
+        "help": "Width reduction r of the discriminator's layers: C -> C/r -> C/r^2 -> 2 (>= 1)."})
+    discriminator_lr: Optional[float] = field(default=None, metadata={
+        "help": "The discriminator's own learning rate; default: the student's (what the official code ran)."})
+    hard_label_weight: float = field(default=0.0, metadata={
+        "help": "Weight of an extra cross-entropy on the labels (paper: 0, no hard labels)."})
+
+    def __post_init__(self):
+        if self.discriminator_weight < 0:
+            raise ValueError(f"discriminator_weight must be >= 0, got {self.discriminator_weight}")
+        if int(self.discriminator_reduction) < 1:
+            raise ValueError(f"discriminator_reduction must be >= 1, got {self.discriminator_reduction}")
+        if self.discriminator_lr is not None:
+            self.discriminator_lr = check_positive("discriminator_lr", self.discriminator_lr)
+        if self.hard_label_weight < 0:
+            raise ValueError(f"hard_label_weight must be >= 0, got {self.hard_label_weight}")
+
+
 @register_method
 class MEALv2(DistillationMethod):
     """``L = H(mean_k softmax(z_k), softmax(z_s)) + w_D * BCE(D([z_s; mean_k z_k]), [student; teacher])``.
 
+    Settings (:class:`MEALv2Config`): ``use_discriminator``, ``discriminator_weight`` (``w_D``, 1 in
+    the official code), ``discriminator_reduction`` (``r``, official 8), ``discriminator_lr`` (``None``
+    puts the discriminator at the student's rate and schedule, which is what the official code
+    effectively did: its ``--d_lr 1e-4`` is overwritten every epoch by the student's rate, issue #9)
+    and ``hard_label_weight`` (0, the paper's "the one-hot/hard label should not be used").
+
     Args:
-        use_discriminator: add the discriminator loss (the official ``train.py`` always does).
-        discriminator_weight: ``w_D``; 1 in the official code.
-        discriminator_reduction: width reduction ``r`` of the discriminator's layers (official: 8).
-        discriminator_lr: a separate learning rate for the discriminator.  ``None`` (default) puts it
-            at the student's learning rate and schedule.  That is what the official code effectively
-            did: its ``--d_lr 1e-4`` is overwritten every epoch by the student's rate (issue #9).
-        hard_label_weight: weight of an extra cross-entropy on the ground-truth labels.  0 (default)
-            is the paper's setting: "the one-hot/hard label should not be used".
+        config: the settings; keyword arguments build or override them.
         num_classes: build the discriminator now instead of in :meth:`setup` (for use outside the trainer).
 
     The logged ``meal_v2_ce`` is the soft cross-entropy, so it includes the target's entropy and
@@ -104,34 +129,22 @@ class MEALv2(DistillationMethod):
         "  year={2020}\n}"
     )
     min_teachers = 1
+    config_class = MEALv2Config
 
-    def __init__(self, use_discriminator: bool = True, discriminator_weight: float = 1.0,
-                 discriminator_reduction: int = 8, discriminator_lr: Optional[float] = None,
-                 hard_label_weight: float = 0.0, num_classes: Optional[int] = None):
-        super().__init__()
-        self.use_discriminator = bool(use_discriminator)
-        if discriminator_weight < 0:
-            raise ValueError(f"discriminator_weight must be >= 0, got {discriminator_weight}")
-        self.discriminator_weight = float(discriminator_weight)
-        self.discriminator_reduction = int(discriminator_reduction)
-        if self.discriminator_reduction < 1:
-            raise ValueError(f"discriminator_reduction must be >= 1, got {discriminator_reduction}")
-        self.discriminator_lr = None if discriminator_lr is None else check_positive("discriminator_lr", discriminator_lr)
-        if hard_label_weight < 0:
-            raise ValueError(f"hard_label_weight must be >= 0, got {hard_label_weight}")
-        self.hard_label_weight = float(hard_label_weight)
-        self.uses_labels = self.hard_label_weight > 0
+    def __init__(self, config: Optional[MEALv2Config] = None, num_classes: Optional[int] = None, **kwargs):
+        super().__init__(config, **kwargs)
+        self.uses_labels = self.config.hard_label_weight > 0
         self.discriminator: Optional[MEALv2Discriminator] = None
-        if self.use_discriminator and num_classes is not None:
-            self.discriminator = MEALv2Discriminator(num_classes, self.discriminator_reduction)
+        if self.config.use_discriminator and num_classes is not None:
+            self.discriminator = MEALv2Discriminator(num_classes, self.config.discriminator_reduction)
 
     def setup(self, context: MethodContext) -> None:
         super().setup(context)
-        if not self.use_discriminator:
+        if not self.config.use_discriminator:
             return
         if self.discriminator is None:
             # Built here, before the trainer creates the optimiser and wraps the module in DDP.
-            self.discriminator = MEALv2Discriminator(context.num_classes, self.discriminator_reduction)
+            self.discriminator = MEALv2Discriminator(context.num_classes, self.config.discriminator_reduction)
         elif self.discriminator.num_classes != context.num_classes:
             raise ValueError(
                 f"meal_v2: the discriminator was built for {self.discriminator.num_classes} classes but the student "
@@ -165,17 +178,17 @@ class MEALv2(DistillationMethod):
         teacher_logits = [t.logits for t in teachers]
         if not teacher_logits:
             raise ValueError("meal_v2 needs at least one teacher's outputs")
-        target = ensemble_probs(teacher_logits, self.teacher_weights())
-        similarity = soft_cross_entropy(student.logits, target)
+        cfg = self.config
+        similarity = meal_v2_loss(student.logits, teacher_logits, self.teacher_weights())
         loss = similarity
         logs: Dict[str, torch.Tensor] = {"meal_v2_ce": similarity.detach()}
-        if self.use_discriminator:
+        if cfg.use_discriminator:
             d_loss, d_acc = self.discriminator_loss(student.logits, self._mean_teacher_logits(teacher_logits))
-            loss = loss + self.discriminator_weight * d_loss
+            loss = loss + cfg.discriminator_weight * d_loss
             logs.update(discriminator=d_loss.detach(), discriminator_accuracy=d_acc)
         if self.uses_labels:
             hard = F.cross_entropy(student.logits.float(), batch["labels"])
-            loss = loss + self.hard_label_weight * hard
+            loss = loss + cfg.hard_label_weight * hard
             logs["ce"] = hard.detach()
         return LossOutput(loss, logs)
 
@@ -184,11 +197,6 @@ class MEALv2(DistillationMethod):
         if self.discriminator is None:
             return []
         group: Dict[str, Any] = {"params": list(self.discriminator.parameters())}
-        if self.discriminator_lr is not None:
-            group["lr"] = self.discriminator_lr
+        if self.config.discriminator_lr is not None:
+            group["lr"] = self.config.discriminator_lr
         return [group]
-
-    def hparams(self) -> Dict[str, Any]:
-        return {"use_discriminator": self.use_discriminator, "discriminator_weight": self.discriminator_weight,
-                "discriminator_reduction": self.discriminator_reduction, "discriminator_lr": self.discriminator_lr,
-                "hard_label_weight": self.hard_label_weight}

@@ -3,7 +3,7 @@
 The student is its own teacher: the target of a training image is
 ``(1 - a_t) onehot(y) + a_t p_prev``, with ``p_prev`` the softmax the model gave
 *the same image* in the previous epoch and ``a_t = alpha_T (t + 1) / E``.  What the
-official code does and this module reproduces (``shared/docs/methods.md`` §4):
+official code does and this module reproduces (docs/methods.md, "PS-KD"):
 
 * ``p_prev`` comes from the **training forward pass** of the previous epoch (its random
   augmentation, BatchNorm in train mode, weights before that step's update): the logits
@@ -25,28 +25,40 @@ the cost of ~3 significant digits per stored probability (values below 6e-8 flus
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Dict, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
 
 from ..losses import pskd_alpha, pskd_targets, soft_cross_entropy
-from .base import DistillationMethod, LossOutput, MethodContext, check_probability, gather_rows
+from .base import DistillationMethod, LossOutput, MethodConfig, MethodContext, check_probability, gather_rows
 from .registry import register_method
 
-__all__ = ["PSKD"]
+__all__ = ["PSKD", "PSKDConfig"]
 
 _BANK_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
+@dataclass
+class PSKDConfig(MethodConfig):
+    """Settings of progressive self-knowledge distillation (method ``pskd``)."""
+
+    alpha_T: float = field(default=0.8, metadata={
+        "help": "Weight of the past predictions in the last epoch, in [0, 1] (paper and code: 0.8)."})
+    bank_dtype: str = field(default="float32", metadata={
+        "help": "Storage of the N x C prediction bank: float32 (as the official code) or float16 (half the memory).",
+        "choices": sorted(_BANK_DTYPES)})
+
+    def __post_init__(self):
+        self.alpha_T = check_probability("alpha_T", self.alpha_T)
+        if self.bank_dtype not in _BANK_DTYPES:
+            raise ValueError(f"bank_dtype must be one of {sorted(_BANK_DTYPES)}, got {self.bank_dtype!r}")
+
+
 @register_method
 class PSKD(DistillationMethod):
-    """Progressive self-knowledge distillation.
-
-    Args:
-        alpha_T: the weight of the past predictions in the last epoch (paper and code: 0.8).
-        bank_dtype: ``"float32"`` (as the official code) or ``"float16"`` (half the memory).
-    """
+    """Progressive self-knowledge distillation; settings in :class:`PSKDConfig`."""
 
     name = "pskd"
     citation = (
@@ -56,13 +68,10 @@ class PSKD(DistillationMethod):
         "  pages={6567--6576},\n  year={2021}\n}"
     )
     max_teachers = 0
+    config_class = PSKDConfig
 
-    def __init__(self, alpha_T: float = 0.8, bank_dtype: str = "float32"):
-        super().__init__()
-        self.alpha_T = check_probability("alpha_T", alpha_T)
-        if bank_dtype not in _BANK_DTYPES:
-            raise ValueError(f"bank_dtype must be one of {sorted(_BANK_DTYPES)}, got {bank_dtype!r}")
-        self.bank_dtype = bank_dtype
+    def __init__(self, config: Optional[PSKDConfig] = None, **kwargs):
+        super().__init__(config, **kwargs)
         # Plain attributes (not buffers): CPU-resident, never broadcast by DDP, never moved by .to().
         self.bank: Optional[torch.Tensor] = None  # [N, C] softmax of the last training pass of each image
         self.seen: Optional[torch.Tensor] = None  # [N] bool: has the image a stored prediction?
@@ -76,7 +85,7 @@ class PSKD(DistillationMethod):
         if self.bank is not None:
             raise ValueError(f"pskd: the restored prediction bank has shape {tuple(self.bank.shape)} but this run "
                              f"has {shape[0]} training images and {shape[1]} classes; resume on the same data")
-        self.bank = torch.zeros(shape, dtype=_BANK_DTYPES[self.bank_dtype])
+        self.bank = torch.zeros(shape, dtype=_BANK_DTYPES[self.config.bank_dtype])
         self.seen = torch.zeros(shape[0], dtype=torch.bool)
 
     def extra_state(self) -> Dict[str, torch.Tensor]:
@@ -94,12 +103,12 @@ class PSKD(DistillationMethod):
         if self.bank is not None and bank.shape != self.bank.shape:
             raise ValueError(f"pskd: the checkpoint's prediction bank has shape {tuple(bank.shape)} but this run "
                              f"needs {tuple(self.bank.shape)}; resume on the same training data")
-        self.bank = bank.to(_BANK_DTYPES[self.bank_dtype]).clone()
+        self.bank = bank.to(_BANK_DTYPES[self.config.bank_dtype]).clone()
         self.seen = seen.clone()
 
     # -- the loss ---------------------------------------------------------------------------------
     def alpha(self) -> float:
-        return pskd_alpha(self.epoch, self.context.num_epochs, self.alpha_T)
+        return pskd_alpha(self.epoch, self.context.num_epochs, self.config.alpha_T)
 
     def previous_predictions(self, labels: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Each image's stored softmax; one-hot in epoch 0 and for images not seen yet."""
@@ -137,6 +146,3 @@ class PSKD(DistillationMethod):
         last = torch.zeros(len(unique), dtype=torch.long).scatter_reduce_(0, inverse, positions, "amax")
         self.bank[unique] = all_probs[last].to(self.bank.dtype)
         self.seen[unique] = True
-
-    def hparams(self):
-        return {"alpha_T": self.alpha_T, "bank_dtype": self.bank_dtype}

@@ -1,24 +1,34 @@
 """Plain cross-entropy: trains teachers and no-KD baselines."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Optional
+
 import torch.nn.functional as F
 
-from .base import DistillationMethod, LossOutput, check_probability
+from .base import DistillationMethod, LossOutput, MethodConfig, check_probability
 from .registry import register_method
+
+
+@dataclass
+class SupervisedConfig(MethodConfig):
+    """Settings of plain supervised training (method ``supervised``)."""
+
+    label_smoothing: float = field(default=0.0, metadata={"help": "Label smoothing of the cross-entropy, in [0, 1]."})
+
+    def __post_init__(self):
+        self.label_smoothing = check_probability("label_smoothing", self.label_smoothing)
 
 
 @register_method
 class Supervised(DistillationMethod):
     name = "supervised"
     max_teachers = 0
+    config_class = SupervisedConfig
 
-    def __init__(self, label_smoothing: float = 0.0):
-        super().__init__()
-        self.label_smoothing = check_probability("label_smoothing", label_smoothing)
+    def __init__(self, config: Optional[SupervisedConfig] = None, **kwargs):
+        super().__init__(config, **kwargs)
 
     def compute_loss(self, batch, student, teachers):
-        loss = F.cross_entropy(student.logits.float(), batch["labels"], label_smoothing=self.label_smoothing)
+        loss = F.cross_entropy(student.logits.float(), batch["labels"], label_smoothing=self.config.label_smoothing)
         return LossOutput(loss, {"ce": loss.detach()})
-
-    def hparams(self):
-        return {"label_smoothing": self.label_smoothing}
