@@ -10,7 +10,6 @@ import os
 from typing import Any, Dict, List, Optional, Sequence
 
 from .data.transforms import AugmentConfig
-from .results import RESULT_METRICS, format_metric, metric_titles
 
 DEMO_IMAGE_SIZE = 32
 DEMO_STUDENT = "mobilenetv3_small_050"
@@ -52,11 +51,16 @@ def train_supervised(model: str, data, output_dir: str, num_epochs: int, seed: i
     return trainer, trainer.evaluate()
 
 
+def demo_teacher_path(name: str, seed: int = 0) -> str:
+    """Where the demo teacher ``name`` is cached (it may not be trained yet)."""
+    return os.path.join(cache_dir(), "demo_teachers", f"{name}-digits{DEMO_IMAGE_SIZE}-seed{seed}")
+
+
 def demo_teachers(data, names: Optional[Sequence[str]] = None, seed: int = 0, **arg_overrides) -> List[str]:
     """Folders of the demo teachers, training (and caching) those that are missing."""
     paths = []
     for name in names or DEMO_TEACHERS:
-        path = os.path.join(cache_dir(), "demo_teachers", f"{name}-digits{DEMO_IMAGE_SIZE}-seed{seed}")
+        path = demo_teacher_path(name, seed)
         if not os.path.isfile(os.path.join(path, "model.safetensors")):
             trainer, _ = train_supervised(name, data, os.path.join(path + ".run"), DEMO_TEACHERS.get(name, 6),
                                           seed=seed, **arg_overrides)
@@ -65,12 +69,37 @@ def demo_teachers(data, names: Optional[Sequence[str]] = None, seed: int = 0, **
     return paths
 
 
-def results_table(rows: Sequence[Dict[str, Any]]) -> str:
-    """A Markdown table of result rows (``hfkd.pipeline.result_row``): top-1, top-5, NLL, ECE, parameters."""
-    titles = ["model", "role", *metric_titles(), "params"]
-    lines = ["| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
-    for r in rows:
-        cells = [format_metric(key, r.get(key)) for key in RESULT_METRICS]
-        params = f"{r['params'] / 1e6:.2f}M" if r.get("params") else "-"
-        lines.append(f"| {r['model']} | {r['role']} | {' | '.join(cells)} | {params} |")
-    return "\n".join(lines)
+# What ``hfkd distill --method NAME`` and ``recipes/NAME.py`` run with no other arguments: the embedded
+# digits at 32 px, the demo student, the cached demo teachers.  Any flag or YAML value overrides these.
+_DEMO_COMMON: Dict[str, Any] = dict(
+    student=DEMO_STUDENT, image_size=DEMO_IMAGE_SIZE, learning_rate=DEMO_LEARNING_RATE, weight_decay=0.05,
+    save_strategy="no", aug_scale=list(DEMO_AUGMENT.scale), aug_hflip=DEMO_AUGMENT.hflip,
+    aug_color_jitter=DEMO_AUGMENT.color_jitter)
+DEMO_DEFAULTS: Dict[str, Dict[str, Any]] = {
+    "kd": dict(num_train_epochs=4),
+    # MEAL V2 fine-tunes the demo student from its cached supervised weights, at half the from-scratch
+    # learning rate.  The crops are stronger than the teachers' (scale 0.25-1 instead of 0.6-1): the paper
+    # trains with RandomResizedCrop (0.08-1), where the teachers' soft labels describe what is left in the
+    # crop and the hard label may not.
+    "meal_v2": dict(num_train_epochs=6, learning_rate=1e-3, aug_scale=[0.25, 1.0]),
+    # PS-KD regularises a whole training run: with 8 epochs the student is still underfitting when a_t grows
+    # and PS-KD lost 2.9 points (3 seeds); 20 epochs let the baseline reach ~99 % first (docs/pskd.md, "Demo").
+    "pskd": dict(num_train_epochs=20, eval_strategy="no"),
+    # Batch 128 = 64 anchor+partner pairs, against a baseline at batch 64: both make 23 iterations per epoch.
+    "bake": dict(num_train_epochs=8, per_device_train_batch_size=128, learning_rate=4e-3, eval_strategy="no"),
+    # The demo's feature maps are 1x1 (32 px images), where Factor Transfer's beta = 500 swamps the CE term.
+    # A sweep on seed 42 (8 epochs, baseline 90.83 %) gave beta 10: 92.22, 50: 95.00, 200: 94.72 %, so the
+    # demo uses 50; the seeds we report are others (docs/feed.md).  The CIFAR-100 config keeps 500.
+    "feed": dict(num_train_epochs=8, beta=50.0),
+    # `hfkd train`: a demo teacher architecture, checkpointed every epoch.
+    "supervised": dict(student="resnet18", num_train_epochs=4, save_strategy="epoch"),
+}
+
+
+def demo_defaults(method: str) -> Dict[str, Any]:
+    """The demo's settings for ``method`` (output in ``outputs/<method>``; ``outputs/train`` for supervised)."""
+    from .methods.registry import normalize_name
+
+    key = normalize_name(method)
+    out = "train" if key == "supervised" else key
+    return {**_DEMO_COMMON, "output_dir": f"outputs/{out}", **DEMO_DEFAULTS.get(key, {})}

@@ -1,11 +1,12 @@
-"""What every recipe does with its parsed arguments: data, student, teachers, train, save, push."""
+"""What every recipe and ``hfkd`` command does with its parsed settings: data, student, teachers,
+train, save, push, and the results table."""
 from __future__ import annotations
 
 import json
 import os
 from typing import Any, Dict, List, Optional, Sequence
 
-from .cli import DataArguments, ModelArguments
+from .arguments import DataArguments, ModelArguments
 from .data.loading import ImageClassificationData, load_image_dataset
 from .hub.card import local_checkpoint_name
 from .methods.base import DistillationMethod
@@ -45,26 +46,32 @@ def build_teachers(model_args: ModelArguments, student: Backbone, paths: Optiona
     names = list(paths if paths is not None else model_args.teachers)
     revisions = list(model_args.teacher_revisions) + [None] * len(names)
     return [create_teacher(name, student.preprocess, student.num_classes, student.label_names,
+                           label_mapping=model_args.label_mapping_dict(),
                            align_labels_by_name=model_args.align_labels_by_name, revision=rev)
             for name, rev in zip(names, revisions)]
 
 
+def dataset_info(data: ImageClassificationData, data_args: DataArguments) -> Dict[str, Any]:
+    """What the lineage and the card say about the data (a local folder by its name, never its path)."""
+    return {"id": local_checkpoint_name(data.source) or data.source, "revision": data.revision,
+            "config": data_args.dataset_config, "train_split": data_args.train_split, "eval_split": data.eval_split,
+            "train_samples": len(data.train), "eval_samples": len(data.eval) if data.eval is not None else 0}
+
+
 def run(method: DistillationMethod, student: Backbone, teachers: Sequence[Any], data: ImageClassificationData,
         args: DistillationArguments, data_args: DataArguments, save: bool = True,
-        baseline_metrics: Optional[Dict[str, Any]] = None):
+        baseline_metrics: Optional[Dict[str, Any]] = None, license: Optional[str] = None):
     """Train, evaluate, save the student (and push it when asked); returns (trainer, metrics)."""
     trainer = DistillationTrainer(
         student, teachers=teachers, method=method, args=args, train_dataset=data.train, eval_dataset=data.eval,
-        augment=data_args.augment(),
-        dataset_info={"id": data.source, "revision": data.revision, "train_split": data_args.train_split,
-                      "eval_split": data_args.eval_split, "train_samples": len(data.train),
-                      "eval_samples": len(data.eval) if data.eval is not None else 0},
+        augment=data_args.augment(), dataset_info=dataset_info(data, data_args),
     )
     trainer.train()
     metrics = trainer.evaluate() if data.eval is not None else {}
     if save:
-        trainer.save_model(os.path.join(args.output_dir, "student"), baseline_metrics=baseline_metrics)
-        if args.push_to_hub and hasattr(trainer, "push_to_hub"):
+        trainer.save_model(os.path.join(args.output_dir, "student"), baseline_metrics=baseline_metrics,
+                           card_extras={"license": license} if license else None)
+        if args.push_to_hub:
             trainer.push_to_hub()
     return trainer, metrics
 
@@ -89,7 +96,7 @@ def result_row(model: str, role: str, metrics: Dict[str, Any], params: Optional[
 
 def run_with_baseline(method: DistillationMethod, model_args: ModelArguments, data_args: DataArguments,
                       args: DistillationArguments, teacher_paths: Optional[Sequence[str]] = None,
-                      baseline: bool = True) -> List[Dict[str, Any]]:
+                      baseline: bool = True, data: Optional[ImageClassificationData] = None) -> List[Dict[str, Any]]:
     """Distil the student and, for comparison, train the same student without KD; return table rows.
 
     ``teacher_paths`` (default ``model_args.teachers``) may be empty for self-distillation.
@@ -99,19 +106,21 @@ def run_with_baseline(method: DistillationMethod, model_args: ModelArguments, da
 
     from .methods.registry import create_method
 
-    data = load_data(data_args, seed=args.seed)
+    data = data or load_data(data_args, seed=args.seed)
     rows: List[Dict[str, Any]] = []
     if baseline:
         base_args = dataclasses.replace(args, output_dir=os.path.join(args.output_dir, "baseline"), push_to_hub=False,
                                         resume_from_checkpoint=None)
         base_student = build_student(model_args, data, seed=args.seed)
-        _, base_metrics = run(create_method("supervised"), base_student, [], data, base_args, data_args)
+        _, base_metrics = run(create_method("supervised"), base_student, [], data, base_args, data_args,
+                              license=model_args.license)
         base_row = result_row(base_student.name, "student, no KD (baseline)", base_metrics,
                               base_student.num_parameters())
     student = build_student(model_args, data, seed=args.seed)
     teachers = build_teachers(model_args, student, teacher_paths)
     baseline_metrics = {**base_metrics, "params": base_student.num_parameters()} if baseline else None
-    trainer, metrics = run(method, student, teachers, data, args, data_args, baseline_metrics=baseline_metrics)
+    trainer, metrics = run(method, student, teachers, data, args, data_args, baseline_metrics=baseline_metrics,
+                           license=model_args.license)
     for i, t in enumerate(teachers):
         m = trainer.teacher_metrics.get(f"teacher_{i}", {})
         rows.append(result_row(t.name, f"teacher {i + 1}", m, t.backbone.num_parameters()))

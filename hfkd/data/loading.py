@@ -24,6 +24,8 @@ class ImageClassificationData:
     label_names: Optional[List[str]]
     source: str = "in-memory"
     revision: Optional[str] = None
+    #: where the eval images come from: a split name, or the held-out part of train
+    eval_split: Optional[str] = None
 
     @property
     def num_classes(self) -> int:
@@ -130,6 +132,7 @@ def load_image_dataset(
         stratify = label_column if isinstance(train.features[label_column], ClassLabel) else None
         parts = train.train_test_split(test_size=validation_fraction, seed=seed, stratify_by_column=stratify)
         train, evaluation = parts["train"], parts["test"]
+        eval_split = f"{validation_fraction:g} of {train_split} (held out)"
     if evaluation is not None:
         find_columns(evaluation, image_column, label_column)
         if evaluation.features[label_column] != train.features[label_column]:
@@ -139,4 +142,5 @@ def load_image_dataset(
     return ImageClassificationData(
         train=train, eval=evaluation, image_column=image_column, label_column=label_column,
         label_names=_label_names(train, label_column), source=name, revision=revision,
+        eval_split=eval_split if evaluation is not None else None,
     )

@@ -43,26 +43,55 @@ def _model_link(entry: Dict[str, Any]) -> str:
         suffix = f" (revision `{rev}`)" if rev else ""
         return f"[{hub}](https://huggingface.co/{hub}){suffix}"
     name = str(entry.get("name") or "?")
-    local = local_checkpoint_name(name)
+    local = local_checkpoint_name(name) or (name if entry.get("local") else None)
     return f"`{local}` (local checkpoint)" if local else f"`{name}`"
 
 
 def local_checkpoint_name(name: str) -> Optional[str]:
-    """The folder name of a local checkpoint (``local-dir:PATH`` or an absolute path); ``None`` otherwise.
+    """A short stable name for a local checkpoint or folder (``local-dir:PATH`` or an absolute path); else ``None``.
 
-    Tables and cards show it instead of the path, which is the writer's machine's business.
+    Tables, cards and lineages show it instead of the path, which is the writer's machine's business:
+    the folder's name, with its parent's when the folder is a generic ``student``.
     """
-    if name.startswith("local-dir:") or os.path.isabs(name):
-        return os.path.basename(name.rstrip("/")) or name
-    return None
+    if not isinstance(name, str) or not (name.startswith("local-dir:") or os.path.isabs(name)):
+        return None
+    path = name[len("local-dir:"):] if name.startswith("local-dir:") else name
+    parts = [p for p in os.path.normpath(path).split(os.sep) if p]
+    if not parts:
+        return "local"
+    return "/".join(parts[-2:]) if parts[-1] == "student" and len(parts) > 1 else parts[-1]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^\w.-]+", "-", str(text)).strip("-")
+
+
+def default_model_name(lineage: Dict[str, Any]) -> str:
+    """``<architecture>-<method>-<dataset>``: what the model is, not where it was trained."""
+    student = lineage.get("student") or {}
+    arch = student.get("architecture") or local_checkpoint_name(str(student.get("name"))) or student.get("name")
+    method = (lineage.get("method") or {}).get("name", "kd")
+    dataset = (lineage.get("dataset") or {}).get("id")
+    dataset = (local_checkpoint_name(dataset) or dataset).split("/")[-1] if isinstance(dataset, str) else None
+    return "-".join(_slug(p) for p in (arch or "student", method, dataset) if p)
 
 
 def _default_repo_id(lineage: Dict[str, Any]) -> str:
     hub_model_id = (lineage.get("training_args") or {}).get("hub_model_id")
     if hub_model_id:
         return hub_model_id
-    student = re.sub(r"[^\w.-]+", "-", str((lineage.get("student") or {}).get("name") or "student")).strip("-")
-    return f"your-username/{student}-{(lineage.get('method') or {}).get('name', 'kd')}"
+    return f"your-username/{default_model_name(lineage)}"
+
+
+def _license(lineage: Dict[str, Any], license: Optional[str]):
+    """``(license id or None, sentence for the card)``: the user's choice, else the student source's."""
+    if license:
+        return license, f"`{license}`, chosen by the author of this run."
+    inherited = (lineage.get("student") or {}).get("license")
+    if inherited:
+        return inherited, f"`{inherited}`, inherited from the student's pretrained weights (timm's record)."
+    return None, ("not set. The author did not choose one (hfkd `--license`) and the student's source records "
+                  "none; check the licenses of the teachers, the data and the initial weights before reuse.")
 
 
 def _results_rows(lineage: Dict[str, Any], baseline: Optional[Dict[str, Any]]) -> List[Dict[str, str]]:
@@ -79,7 +108,8 @@ def _results_rows(lineage: Dict[str, Any], baseline: Optional[Dict[str, Any]]) -
                      "params": "-", "throughput": "-"})
     student = lineage.get("student") or {}
     if baseline:
-        rows.append({"model": f"`{student.get('name')}`", "role": "student without distillation (baseline)",
+        rows.append({"model": f"`{student.get('architecture') or student.get('name')}`",
+                     "role": "student without distillation (baseline)",
                      "top1": _pct(baseline.get("eval_accuracy")), "top5": _pct(baseline.get("eval_top5_accuracy")),
                      "params": _params(baseline.get("params") or student.get("num_parameters")), "throughput": "-"})
     m = lineage.get("metrics") or {}
@@ -90,7 +120,7 @@ def _results_rows(lineage: Dict[str, Any], baseline: Optional[Dict[str, Any]]) -
     return rows
 
 
-def _card_data(lineage: Dict[str, Any], repo_id: str, license: str, dataset_split: Optional[str]):
+def _card_data(lineage: Dict[str, Any], repo_id: str, license: Optional[str], dataset_split: Optional[str]):
     from huggingface_hub import EvalResult, ModelCardData
 
     student = lineage.get("student") or {}
@@ -103,9 +133,9 @@ def _card_data(lineage: Dict[str, Any], repo_id: str, license: str, dataset_spli
     hub_dataset = _hub_dataset(dataset)
     metrics = lineage.get("metrics") or {}
     eval_results = []
-    dataset_name = hub_dataset or str(dataset.get("id") or "custom")
+    dataset_name = hub_dataset or local_checkpoint_name(str(dataset.get("id"))) or str(dataset.get("id") or "custom")
     common = dict(task_type="image-classification", task_name="Image Classification", dataset_type=dataset_name,
-                  dataset_name=dataset_name, dataset_split=dataset_split or dataset.get("eval_split"),
+                  dataset_name=dataset_name, dataset_split=dataset_split or dataset.get("eval_split") or "eval",
                   dataset_revision=dataset.get("revision"), dataset_config=dataset.get("config"))
     if metrics.get("eval_accuracy") is not None:
         eval_results.append(EvalResult(metric_type="accuracy", metric_name="Top-1 accuracy",
@@ -128,7 +158,7 @@ def _citation(lineage: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def create_model_card(lineage: Dict[str, Any], baseline: Optional[Dict[str, Any]] = None, *,
-                      repo_id: Optional[str] = None, license: str = "apache-2.0",
+                      repo_id: Optional[str] = None, license: Optional[str] = None,
                       plot_filename: Optional[str] = None, dataset_split: Optional[str] = None,
                       extra_sections: Optional[Dict[str, str]] = None, template_path: Optional[str] = None):
     """A ``huggingface_hub.ModelCard`` describing a distilled student.
@@ -139,7 +169,9 @@ def create_model_card(lineage: Dict[str, Any], baseline: Optional[Dict[str, Any]
             (``eval_accuracy``, ``eval_top5_accuracy``, optional ``params``);
             defaults to ``lineage["baseline"]``.
         repo_id: the Hub id shown in the usage snippets (default: the run's
-            ``hub_model_id`` or a placeholder).
+            ``hub_model_id``, else ``your-username/<architecture>-<method>-<dataset>``).
+        license: the card's license; default: the student's pretrained weights' license when
+            known, else none (the card says so; hfkd never picks one for you).
         plot_filename: a PNG in the repository to show as the training curves.
         extra_sections: ``{title: markdown}`` appended before the citation.
     """
@@ -154,10 +186,14 @@ def create_model_card(lineage: Dict[str, Any], baseline: Optional[Dict[str, Any]
     args = lineage.get("training_args") or {}
     dataset = lineage.get("dataset") or {}
     pre = student.get("preprocess") or {}
+    license, license_text = _license(lineage, license)
     card_data = _card_data(lineage, repo_id, license, dataset_split)
     context = dict(
         repo_id=repo_id, model_name=repo_id.split("/")[-1], library=student.get("library", "timm"),
-        student=student, student_link=_model_link(student) if student.get("hub_id") else f"`{student.get('name')}`",
+        student=student, architecture=student.get("architecture") or student.get("name"), license_text=license_text,
+        student_link=_model_link(student),
+        mixed_precision=lineage.get("mixed_precision") or (lineage.get("hardware") or {}).get("mixed_precision")
+        or args.get("mixed_precision") or "no",
         teachers=[{**t, "link": _model_link(t), "top1": _pct((t.get("metrics") or {}).get("eval_accuracy")),
                    "top5": _pct((t.get("metrics") or {}).get("eval_top5_accuracy")),
                    "params": _params(t.get("num_parameters"))} for t in teachers],

@@ -7,16 +7,12 @@ import os
 from typing import Any, Callable, Dict, Optional, Union
 
 from ..models.backbone import Backbone
+from ..models.factory import is_timm_config
 from ..models.preprocess import PreprocessConfig
 from .save import HFKD_METADATA_FILE, PICKLE_SUFFIXES
 
 # What a student needs; pickled weights are never even downloaded.
 _ALLOW_PATTERNS = ["*.json", "*.safetensors", "README.md", "*.png"]
-
-
-def _is_timm_config(config: Dict[str, Any]) -> bool:
-    # transformers' own rule: a config with pretrained_cfg and no model_type is timm's (hub.md §2.4).
-    return "pretrained_cfg" in config and "model_type" not in config
 
 
 def _local_folder(repo_id_or_dir: str, revision: Optional[str], token, cache_dir) -> str:
@@ -74,7 +70,7 @@ def from_pretrained(repo_id_or_dir: str, revision: Optional[str] = None, *, toke
 
     folder = _local_folder(str(repo_id_or_dir), revision, token, cache_dir)
     config = _check_files(folder, repr(repo_id_or_dir))
-    if _is_timm_config(config):
+    if is_timm_config(config):
         # timm's local-dir loader picks model.safetensors before any pickle (timm _PREFERRED_FILES).
         backbone = create_backbone(f"local-dir:{folder}", pretrained=True)
     else:

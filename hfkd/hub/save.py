@@ -14,16 +14,6 @@ from .secrets import redact_secrets
 HFKD_METADATA_FILE = "hfkd.json"
 # Weight formats that unpickle (run code) on load: never written next to a student.
 PICKLE_SUFFIXES = (".bin", ".pth", ".pt", ".pkl", ".ckpt", ".pth.tar")
-# Bulky lineage parts kept in hfkd.json only, not duplicated into config.json.
-_CONFIG_EXCLUDED = ("log_history",)
-
-
-def _config_metadata(metadata: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
-    if not metadata:
-        return None
-    return {k: v for k, v in metadata.items() if k not in _CONFIG_EXCLUDED}
-
-
 @contextmanager
 def atomic_directory(path: str):
     """Yield a temporary sibling folder that replaces ``path`` only if the block succeeds."""
@@ -59,7 +49,7 @@ def _save_timm(student: Backbone, out: str, metadata: Optional[Dict[str, Any]]) 
     config_path = os.path.join(out, "config.json")
     with open(config_path, encoding="utf-8") as f:
         config = json.load(f)
-    # transformers' TimmWrapper passes num_classes itself and crashes on a duplicate (hub.md §2.3).
+    # transformers' TimmWrapper passes num_classes itself and crashes on a duplicate (docs/hub.md, "Format notes").
     config.get("model_args", {}).pop("num_classes", None)
     # The registry tag names the checkpoint the student started from, not the student.
     config.get("pretrained_cfg", {}).pop("tag", None)
@@ -110,8 +100,8 @@ def save_student(student: Backbone, save_directory: str, metadata: Optional[Dict
 
     timm students get timm's Hub layout (``config.json`` + ``model.safetensors``),
     transformers students ``save_pretrained`` output plus an image processor.
-    ``metadata`` (the distillation lineage) goes to ``hfkd.json`` and into the
-    config (key ``hfkd``), with credentials removed; ``extra_files`` (e.g. the
+    ``metadata`` (the distillation lineage) goes to ``hfkd.json``, with
+    credentials removed; ``extra_files`` (e.g. the
     ``README.md`` card, a plot) are written as given.  The folder is replaced
     atomically: a failure leaves the old one.
     """
@@ -122,7 +112,8 @@ def save_student(student: Backbone, save_directory: str, metadata: Optional[Dict
             f"cannot save a plain {type(student.model).__name__} in a native format; use a timm or transformers student"
         )
     with atomic_directory(save_directory) as tmp:
-        writers[student.library](student, tmp, _config_metadata(metadata))
+        # The lineage lives in hfkd.json only: config.json stays the model library's own file (docs/hub.md).
+        writers[student.library](student, tmp, None)
         if metadata is not None:
             with open(os.path.join(tmp, HFKD_METADATA_FILE), "w", encoding="utf-8") as f:
                 json.dump(metadata, f, indent=2, default=str)

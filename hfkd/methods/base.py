@@ -111,6 +111,8 @@ class DistillationMethod(nn.Module):
     max_teachers: ClassVar[Optional[int]] = None
     #: whether the loss reads the ground-truth labels
     uses_labels: bool = True
+    #: the method expects a trained (pretrained) student to start from; the demo then provides one
+    starts_from_trained_student: ClassVar[bool] = False
     student_request: OutputRequest = OutputRequest()
     teacher_request: OutputRequest = OutputRequest()
 

@@ -130,6 +130,7 @@ class MEALv2(DistillationMethod):
     )
     min_teachers = 1
     config_class = MEALv2Config
+    starts_from_trained_student = True  # the paper calls the pretrained initialisation critical
 
     def __init__(self, config: Optional[MEALv2Config] = None, num_classes: Optional[int] = None, **kwargs):
         super().__init__(config, **kwargs)

@@ -13,8 +13,8 @@ from .preprocess import IMAGENET_MEAN, IMAGENET_STD, PreprocessConfig
 ModelSource = Union[str, nn.Module, Backbone, "PretrainedConfig"]  # noqa: F821
 
 
-def _is_timm_config(cfg: Dict[str, Any]) -> bool:
-    # transformers' own rule: a config with pretrained_cfg and no model_type is timm's.
+def is_timm_config(cfg: Dict[str, Any]) -> bool:
+    # transformers' own rule: a config with pretrained_cfg and no model_type is timm's (docs/hub.md).
     return "pretrained_cfg" in cfg and "model_type" not in cfg
 
 
@@ -186,7 +186,7 @@ def _from_name(name: str, num_classes, revision, pretrained, model_kwargs) -> Ba
     local = name[len("local-dir:"):] if name.startswith("local-dir:") else name
     if os.path.isdir(local) or "/" in name and not timm.is_model(name):
         cfg = _read_config(local, revision)
-        if _is_timm_config(cfg):
+        if is_timm_config(cfg):
             prefix = "local-dir:" if os.path.isdir(local) else "hf-hub:"
             return _from_timm(prefix + local, num_classes, revision, pretrained, model_kwargs)
         return _from_transformers(local, num_classes, revision, pretrained, model_kwargs)

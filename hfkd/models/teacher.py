@@ -114,4 +114,7 @@ def create_teacher(
     perm = None
     if num_classes is not None:
         perm = check_teacher_labels(backbone, num_classes, label_names, label_mapping, align_labels_by_name)
-    return Teacher(backbone, student_preprocess, perm, weight)
+    teacher = Teacher(backbone, student_preprocess, perm, weight)
+    # The student labels it was checked (and aligned) against: the trainer keeps such a teacher as is.
+    teacher.checked_label_names = list(label_names) if num_classes is not None and label_names is not None else None
+    return teacher

@@ -21,23 +21,29 @@ class DistillationArguments:
     weight_decay: float = field(default=0.0, metadata={"help": "Weight decay (not applied to biases and norms)."})
     optim: str = field(default="adamw", metadata={"help": "Any timm optimizer name: adamw, sgd (Nesterov), momentum, ..."})
     momentum: float = field(default=0.9, metadata={"help": "Momentum for SGD-type optimizers."})
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_epsilon: float = 1e-8
+    adam_beta1: float = field(default=0.9, metadata={"help": "Adam-type optimizers: beta1."})
+    adam_beta2: float = field(default=0.999, metadata={"help": "Adam-type optimizers: beta2."})
+    adam_epsilon: float = field(default=1e-8, metadata={"help": "Adam-type optimizers: epsilon."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm; 0 disables clipping."})
-    lr_scheduler_type: str = field(default="cosine", metadata={"help": f"One of {', '.join(_SCHEDULERS)}."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "The learning-rate schedule.",
+                                                               "choices": list(_SCHEDULERS)})
     lr_milestones: List[float] = field(
         default_factory=list, metadata={"help": "multistep: epochs at which the lr is multiplied by lr_gamma."}
     )
     lr_gamma: float = field(default=0.1, metadata={"help": "multistep: the factor at each milestone."})
     warmup_steps: int = field(default=0, metadata={"help": "Linear warm-up steps."})
     warmup_ratio: float = field(default=0.0, metadata={"help": "Warm-up as a fraction of all steps (if warmup_steps=0)."})
-    mixed_precision: str = field(default="no", metadata={"help": "no, bf16 or fp16 (fp16 is a no-op on CPU)."})
+    # None: Accelerate decides (`accelerate launch --mixed_precision`, `accelerate config`, ACCELERATE_MIXED_PRECISION).
+    mixed_precision: Optional[str] = field(default=None, metadata={
+        "help": "no, bf16 or fp16 (fp16 is a no-op on CPU). Default: what `accelerate launch` / `accelerate config` "
+                "say (docs/launch.md).", "choices": list(_MIXED)})
     seed: int = field(default=42, metadata={"help": "Seed of initialisation, shuffling and augmentation."})
     logging_steps: int = field(default=10, metadata={"help": "Log the running loss every N optimiser steps."})
-    eval_strategy: str = field(default="epoch", metadata={"help": "no, steps or epoch."})
+    eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate the student.",
+                                                          "choices": list(_STRATEGIES)})
     eval_steps: int = field(default=500, metadata={"help": "Evaluate every N steps with eval_strategy=steps."})
-    save_strategy: str = field(default="steps", metadata={"help": "no, steps or epoch: when to write checkpoints."})
+    save_strategy: str = field(default="steps", metadata={"help": "When to write checkpoints.",
+                                                          "choices": list(_STRATEGIES)})
     save_steps: int = field(default=500, metadata={"help": "Write a checkpoint every N optimiser steps."})
     save_total_limit: Optional[int] = field(default=2, metadata={"help": "Keep at most this many checkpoints."})
     resume_from_checkpoint: Optional[str] = field(
@@ -45,17 +51,21 @@ class DistillationArguments:
     )
     report_to: List[str] = field(default_factory=list, metadata={"help": "Accelerate trackers: tensorboard, wandb, ..."})
     run_name: Optional[str] = field(default=None, metadata={"help": "Name of the run for trackers."})
-    dataloader_num_workers: int = 0
-    dataloader_drop_last: bool = False
-    use_cpu: bool = field(default=False, metadata={"help": "Train on the CPU even if a GPU is there."})
-    disable_tqdm: bool = False
-    ddp_find_unused_parameters: bool = False
+    dataloader_num_workers: int = field(default=0, metadata={"help": "Worker processes loading the data (0: in the "
+                                                                     "training process)."})
+    dataloader_drop_last: bool = field(default=False, metadata={"help": "Drop the last incomplete training batch."})
+    # None: Accelerate decides (`accelerate launch --cpu`, ACCELERATE_USE_CPU; else CUDA, MPS or CPU).
+    use_cpu: Optional[bool] = field(default=None, metadata={
+        "help": "Train on the CPU even if a GPU is there. Default: what `accelerate launch` / `accelerate config` say."})
+    disable_tqdm: bool = field(default=False, metadata={"help": "No progress bar."})
+    ddp_find_unused_parameters: bool = field(default=False, metadata={
+        "help": "DDP: look for parameters without gradient every step (slower; needed when some are unused)."})
     eval_teachers: bool = field(default=True, metadata={"help": "Measure the teachers' accuracy once before training."})
     push_to_hub: bool = field(default=False, metadata={"help": "Push the student to the Hub after training."})
     hub_model_id: Optional[str] = field(default=None, metadata={"help": "ORG/NAME of the Hub repository."})
-    hub_private_repo: bool = False
+    hub_private_repo: bool = field(default=False, metadata={"help": "Create the Hub repository private."})
     hub_revision: Optional[str] = field(default=None, metadata={"help": "Branch to push to."})
-    hub_create_pr: bool = False
+    hub_create_pr: bool = field(default=False, metadata={"help": "Open a pull request instead of committing."})
 
     def __post_init__(self):
         if isinstance(self.report_to, str):
@@ -78,7 +88,7 @@ class DistillationArguments:
             problems.append(f"warmup_ratio must be in [0, 1) (got {self.warmup_ratio})")
         if self.warmup_steps < 0:
             problems.append(f"warmup_steps must be >= 0 (got {self.warmup_steps})")
-        if self.mixed_precision not in _MIXED:
+        if self.mixed_precision is not None and self.mixed_precision not in _MIXED:
             problems.append(f"mixed_precision must be one of {_MIXED} (got {self.mixed_precision!r})")
         if self.lr_scheduler_type not in _SCHEDULERS:
             problems.append(f"lr_scheduler_type must be one of {_SCHEDULERS} (got {self.lr_scheduler_type!r})")

@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
+from ..hub.card import local_checkpoint_name
 from ..hub.secrets import redact_secrets
 
 # Keys of trainer.state.log_history worth keeping with the model (curves, not every callback field).
@@ -82,10 +83,42 @@ def measure_throughput(backbone, batch_size: int = 32, budget_seconds: float = 0
             "device": str(device), "torch_threads": torch.get_num_threads()}
 
 
+def architecture(backbone) -> str:
+    """The network's architecture (``resnet18``, ``vit``), whatever folder or repository it came from."""
+    if backbone.library == "timm":
+        arch = (getattr(backbone.model, "pretrained_cfg", None) or {}).get("architecture")
+    else:
+        arch = getattr(getattr(backbone.model, "config", None), "model_type", None)
+    return str(arch or type(backbone.model).__name__)
+
+
+def source_license(backbone) -> Optional[str]:
+    """The license of the pretrained weights the model started from, when timm records it."""
+    if not backbone.source.get("pretrained") or backbone.library != "timm":
+        return None
+    return (getattr(backbone.model, "pretrained_cfg", None) or {}).get("license")
+
+
 def _model_entry(backbone) -> Dict[str, Any]:
-    return {"name": backbone.name, "library": backbone.library, "revision": backbone.source.get("revision"),
-            "pretrained": backbone.source.get("pretrained"), "hub_id": hub_id(backbone),
+    return {"name": backbone.name, "architecture": architecture(backbone), "library": backbone.library,
+            "revision": backbone.source.get("revision"), "pretrained": backbone.source.get("pretrained"),
+            "hub_id": hub_id(backbone), "local": local_checkpoint_name(backbone.name) is not None,
+            "license": source_license(backbone),
             "num_parameters": backbone.num_parameters(), "preprocess": backbone.preprocess.to_dict()}
+
+
+def without_local_paths(value: Any) -> Any:
+    """``value`` with every absolute path (or ``local-dir:`` name) replaced by its short stable name.
+
+    A lineage is published with the model: it must not carry the writer's user name or folders.
+    """
+    if isinstance(value, dict):
+        return {k: without_local_paths(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [without_local_paths(v) for v in value]
+    if isinstance(value, str):
+        return local_checkpoint_name(value) or value
+    return value
 
 
 def _history(log_history: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -131,8 +164,10 @@ def build_lineage(trainer, measure_inference: bool = True) -> Dict[str, Any]:
         "train_samples_per_second": round(samples / runtime, 1) if runtime > 0 else None,
         "global_step": trainer.state.global_step,
         "num_processes": trainer.accelerator.num_processes,
+        # What Accelerate used (launcher, config or the argument), not what the argument said.
+        "mixed_precision": str(trainer.accelerator.mixed_precision),
         "hardware": hardware_info(trainer.accelerator),
         "log_history": _history(trainer.state.log_history),
         "versions": library_versions(),
     }
-    return redact_secrets(lineage)
+    return redact_secrets(without_local_paths(lineage))

@@ -73,22 +73,39 @@ def _destroy_process_group() -> None:
         torch.distributed.destroy_process_group()
 
 
+def _bind_teacher(teacher, student: Backbone) -> Teacher:
+    """A :class:`Teacher` for ``student``; one ``create_teacher`` checked against these labels is kept as is.
+
+    Re-creating it would drop its ``align_labels_by_name`` / ``label_mapping`` alignment.
+    """
+    if isinstance(teacher, Teacher):
+        checked = getattr(teacher, "checked_label_names", None)
+        if (teacher.backbone.num_classes == student.num_classes and checked is not None
+                and [str(n) for n in checked] == [str(n) for n in (student.label_names or [])]):
+            teacher.student_preprocess = student.preprocess
+            return teacher
+    return create_teacher(teacher, student.preprocess, student.num_classes, student.label_names)
+
+
 def create_accelerator(args: DistillationArguments):
+    """The run's ``Accelerator``: device and precision from Accelerate unless set in ``args`` (docs/launch.md)."""
     from accelerate import Accelerator, DataLoaderConfiguration
     from accelerate.utils import DistributedDataParallelKwargs
 
+    from .launch import accelerator_overrides, use_cpu_cores
+
     accelerator = Accelerator(
-        cpu=args.use_cpu or not torch.cuda.is_available(),
-        mixed_precision=args.mixed_precision,
+        **accelerator_overrides(args),
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=args.report_to or None,
         project_dir=args.output_dir,
-        # Exact mid-epoch resume needs a seedable sampler (shared/docs/accelerate.md §3).
+        # Exact mid-epoch resume needs a seedable sampler (docs/launch.md, "Exact resume").
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         step_scheduler_with_optimizer=False,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=args.ddp_find_unused_parameters)],
     )
     _check_launch(accelerator)
+    use_cpu_cores(accelerator)
     if accelerator.num_processes > 1:
         atexit.unregister(_destroy_process_group)
         atexit.register(_destroy_process_group)
@@ -135,10 +152,7 @@ class DistillationTrainer:
         self.label_names = self._check_labels(train_dataset)
         teachers = list(teachers or [])
         self.method.check_teachers(len(teachers))
-        self.teachers: List[Teacher] = [
-            create_teacher(t, self.student.preprocess, self.student.num_classes, self.student.label_names)
-            for t in teachers
-        ]
+        self.teachers: List[Teacher] = [_bind_teacher(t, self.student) for t in teachers]
         self.augment = augment or AugmentConfig()
         self.dataset_info = dict(dataset_info or _dataset_info(train_dataset, eval_dataset))
         self.train_dataset = self._wrap(train_dataset, training=True)
@@ -277,7 +291,7 @@ class DistillationTrainer:
             num_epochs = int(args.num_train_epochs)
             max_steps = num_epochs * steps_per_epoch
         for t in self.teachers:
-            t.to(acc.device)  # never prepare() a frozen teacher: DDP would wrap it (accelerate.md §8)
+            t.to(acc.device)  # never prepare() a frozen teacher: DDP would wrap it (docs/launch.md)
         self.student.to(acc.device)
         self.method.setup(MethodContext(
             num_classes=self.student.num_classes, num_train_samples=len(self.train_dataset), num_epochs=num_epochs,

@@ -1,0 +1,54 @@
+"""The ``hfkd`` command: ``hfkd distill|train|eval|push ...`` (also ``accelerate launch -m hfkd ...``).
+
+Each subcommand is a module with a ``main(argv)``; :data:`COMMANDS` maps its name to it, so adding
+one (``hfkd cache``) is one module and one line here.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Dict, List, Optional
+
+from ..arguments import DataArguments, ModelArguments
+from .parser import parse_args
+
+# name -> "module:function" taking argv (imported only when the subcommand runs)
+COMMANDS: Dict[str, str] = {
+    "distill": "hfkd.cli.distill:main",
+    "train": "hfkd.cli.train:main",
+    "eval": "hfkd.cli.evaluate:main",
+    "push": "hfkd.cli.push:main",
+}
+DESCRIPTIONS = {
+    "distill": "distil a student with any registered method (--method NAME; the embedded demo by default)",
+    "train": "train a model with cross-entropy (teachers, baselines)",
+    "eval": "top-1 / top-5 / NLL / ECE of a model on a dataset",
+    "push": "upload a saved student folder to the Hub in one commit",
+}
+
+
+def _usage() -> str:
+    lines = ["usage: hfkd <command> [options]   (hfkd <command> --help for its options)", "", "commands:"]
+    lines += [f"  {name:<10}{DESCRIPTIONS.get(name, '')}" for name in COMMANDS]
+    lines += ["", "Launch on several processes or in bf16 with Accelerate: accelerate launch -m hfkd distill ..."]
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return None
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        sys.exit(f"hfkd: unknown command {name!r}\n\n{_usage()}")
+    module, function = COMMANDS[name].split(":")
+    return getattr(importlib.import_module(module), function)(rest)
+
+
+__all__ = ["COMMANDS", "DataArguments", "ModelArguments", "main", "parse_args"]
+
+
+def cli() -> None:
+    """The console entry point (``[project.scripts]``): runs :func:`main`, returns nothing for the exit code."""
+    main()
