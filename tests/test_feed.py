@@ -275,8 +275,8 @@ def test_sequential_recipe_chains_generations(tmp_path):
                                          "student, sequential FEED gen 2"]
     for g in (1, 2):
         assert os.path.isfile(out / f"generation_{g}" / "student" / "model.safetensors")
-    with open(out / "generation_2" / "student" / "config.json") as f:
-        lineage = json.dumps(json.load(f).get("hfkd", {}))
+    with open(out / "generation_2" / "student" / "hfkd.json") as f:
+        lineage = json.dumps(json.load(f))
     assert "generation_1" in lineage and "baseline" not in lineage
     assert (out / "results.md").is_file()
 

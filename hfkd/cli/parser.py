@@ -85,11 +85,12 @@ def option_value(argv: Sequence[str], name: str) -> Optional[str]:
 
 def parse_args(dataclass_types: Sequence[Type], argv: Optional[Sequence[str]] = None,
                defaults: Optional[dict] = None, yaml_values: Optional[Dict[str, Any]] = None,
-               extra_options: Sequence[Tuple[Tuple[str, ...], Dict[str, Any]]] = (), **parser_kwargs) -> Tuple[Any, ...]:
+               extra_options: Sequence[Tuple[Tuple[str, ...], Dict[str, Any]]] = (), yaml_name: Optional[str] = None,
+               **parser_kwargs) -> Tuple[Any, ...]:
     """Parse ``--config file.yaml`` plus command-line overrides into instances of ``dataclass_types``.
 
-    ``yaml_values`` is the already-read YAML (when the caller needed a key such as ``method``
-    first; it is then given without ``--config`` in ``argv``).  ``extra_options`` are
+    ``yaml_values`` is the already-read YAML file ``yaml_name`` (when the caller needed a key such
+    as ``method`` first; it is then given without ``--config`` in ``argv``).  ``extra_options`` are
     ``(flags, argparse kwargs)`` shown in ``--help`` and handled by the caller (``--method``).
     Unknown YAML keys and values that fail a dataclass's checks raise ``ValueError``.
     """
@@ -108,7 +109,9 @@ def parse_args(dataclass_types: Sequence[Type], argv: Optional[Sequence[str]] = 
     if values:
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"{config_path or 'settings'}: unknown keys {unknown}; see --help for the options")
+            groups = ", ".join(_group_name(t) for t in dataclass_types)
+            raise ValueError(f"{config_path or yaml_name or 'settings'}: unknown keys {unknown}; the options are "
+                             f"those of {groups} (see --help)")
         parser.set_defaults(**values)
     namespace = vars(parser.parse_args(argv))
     outputs = []

@@ -89,7 +89,8 @@ def _license(lineage: Dict[str, Any], license: Optional[str]):
         return license, f"`{license}`, chosen by the author of this run."
     inherited = (lineage.get("student") or {}).get("license")
     if inherited:
-        return inherited, f"`{inherited}`, inherited from the student's pretrained weights (timm's record)."
+        return inherited, (f"`{inherited}`, inherited from the student's source: the timm configuration of the "
+                           "weights it started from records this license.")
     return None, ("not set. The author did not choose one (hfkd `--license`) and the student's source records "
                   "none; check the licenses of the teachers, the data and the initial weights before reuse.")
 
