@@ -4,7 +4,7 @@ It implements what the real ``huggingface_hub`` client needs to create a repo,
 upload a folder in one commit (all files "regular", i.e. base64 in the NDJSON
 commit: no Xet or LFS storage), create branches and pull requests, and
 download files (``hf_hub_download``, ``snapshot_download``, timm ``hf-hub:``,
-transformers ``from_pretrained``).  See shared/docs/hub.md §4 for the protocol.
+transformers ``from_pretrained``).  docs/hub.md ("Format notes") lists what it serves.
 
 It binds to 127.0.0.1 on a free port, answers a bounded number of requests and
 shuts itself down after ``max_seconds`` at the latest.

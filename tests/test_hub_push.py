@@ -30,7 +30,7 @@ def hub(tmp_path, monkeypatch):
             monkeypatch.setenv(k, v)
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
         monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-        # huggingface_hub read these at import (hub.md §4.3): patch the live values for this process.
+        # huggingface_hub reads these at import: patch the live values for this process.
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
         monkeypatch.setattr(constants, "ENDPOINT", server.endpoint)
         monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",

@@ -4,7 +4,7 @@ timm's random transforms draw from Python's ``random``, NumPy and torch's global
 generators.  Each sample is transformed with those generators seeded from
 ``(seed, epoch, index)`` and restored afterwards, so augmentation neither
 depends on nor disturbs the training RNG: a mid-epoch resume sees the same
-images (see shared/docs/accelerate.md §3).
+images (docs/launch.md, "Exact resume").
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Run a script in 2 CPU processes with real DDP (gloo), from inside pytest.
 
 torchrun in a subprocess, not a fork: forking a pytest process that already ran
-multi-threaded torch deadlocks (shared/docs/accelerate.md §2).
+multi-threaded torch deadlocks (docs/launch.md, "Testing").
 """
 import os
 import subprocess
