@@ -44,6 +44,15 @@ def _build_parser(dataclass_types: Sequence[Type], **kwargs):
     return GroupedParser(list(dataclass_types), **kwargs)
 
 
+def create_parser(dataclass_types: Sequence[Type], extra_options=(), **parser_kwargs):
+    """The argparse parser of ``dataclass_types`` plus ``--config`` and ``extra_options``."""
+    parser = _build_parser(dataclass_types, **parser_kwargs)
+    parser.add_argument("--config", metavar="YAML", help=CONFIG_HELP)
+    for flags, kwargs in extra_options:
+        parser.add_argument(*flags, **kwargs)
+    return parser
+
+
 def split_config(argv: Sequence[str]) -> Tuple[Optional[str], List[str]]:
     """``(yaml_path, argv without it)`` from ``--config X``, ``--config=X`` or a leading ``X.yaml``."""
     argv = list(argv)
@@ -96,10 +105,7 @@ def parse_args(dataclass_types: Sequence[Type], argv: Optional[Sequence[str]] = 
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     config_path, argv = split_config(argv)
-    parser = _build_parser(dataclass_types, **parser_kwargs)
-    parser.add_argument("--config", metavar="YAML", help=CONFIG_HELP)
-    for flags, kwargs in extra_options:
-        parser.add_argument(*flags, **kwargs)
+    parser = create_parser(dataclass_types, extra_options, **parser_kwargs)
     known = {a.dest for a in parser._actions} - {"help", "config"}
     if defaults:
         parser.set_defaults(**defaults)
