@@ -51,8 +51,10 @@ def _save_timm(student: Backbone, out: str, metadata: Optional[Dict[str, Any]]) 
         config = json.load(f)
     # transformers' TimmWrapper passes num_classes itself and crashes on a duplicate (docs/hub.md, "Format notes").
     config.get("model_args", {}).pop("num_classes", None)
-    # The registry tag names the checkpoint the student started from, not the student.
+    # The registry tag and license describe the checkpoint the student started from, not the student
+    # (its license is the model card's: docs/hub.md).
     config.get("pretrained_cfg", {}).pop("tag", None)
+    config.get("pretrained_cfg", {}).pop("license", None)
     if metadata:
         config["hfkd"] = metadata
     with open(config_path, "w", encoding="utf-8") as f:
