@@ -1,10 +1,11 @@
 """Wall time of the same short MEAL V2 run with plain ``python`` and with ``accelerate launch`` (1 process).
 
-    python benchmarks/launch_threads.py --rounds 3 --steps 40 [--before PATH_TO_AN_OLDER_CHECKOUT]
+    python benchmarks/launch_threads.py --rounds 3 --steps 40 [--before PATH_TO_AN_OLDER_CHECKOUT] [--concurrent]
 
 Each round runs every variant once, in turn (interleaved, so load from elsewhere on the machine hits
-all of them alike); the medians over rounds are printed with the train-loop time from each run's
-lineage (``train_runtime_seconds``).  ``--before`` adds the same two runs from another checkout of
+all of them alike), or with ``--concurrent`` all at the same time (side by side under the same load,
+for a machine too busy for sequential rounds); the medians over rounds are printed with the
+train-loop time from each run's lineage (``train_runtime_seconds``).  ``--before`` adds the same two runs from another checkout of
 hfkd (e.g. the commit before a change), each with its own ``PYTHONPATH``.
 """
 import argparse
@@ -19,7 +20,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run(root, launcher, steps, out):
+def start(root, launcher, steps, out):
     recipe = os.path.join(root, "recipes", "meal_v2.py")
     flags = ["--max_steps", str(steps), "--baseline", "false", "--eval_teachers", "false", "--eval_strategy", "no",
              "--disable_tqdm", "true", "--output_dir", out]
@@ -30,9 +31,15 @@ def run(root, launcher, steps, out):
         cmd = [sys.executable, recipe, *flags]
     env = dict(os.environ, PYTHONPATH=root, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     env.pop("OMP_NUM_THREADS", None)
-    start = time.perf_counter()
-    subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
-    wall = time.perf_counter() - start
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc, began, out):
+    while proc.poll() is None:  # its own end, not that of the runs started with it
+        time.sleep(0.2)
+    wall = time.perf_counter() - began
+    if proc.returncode:
+        raise RuntimeError(proc.stderr.read()[-2000:])
     with open(os.path.join(out, "student", "hfkd.json")) as f:
         lineage = json.load(f)
     return wall, lineage["train_runtime_seconds"], lineage["hardware"]["torch_threads"]
@@ -43,6 +50,7 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--before", default=None, help="another hfkd checkout to compare with")
+    p.add_argument("--concurrent", action="store_true", help="start the variants of a round together")
     a = p.parse_args(argv)
     variants = [("after", ROOT, "python"), ("after", ROOT, "accelerate")]
     if a.before:
@@ -50,10 +58,21 @@ def main(argv=None):
     results = {(tag, launcher): [] for tag, _, launcher in variants}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(a.rounds):
-            for tag, root, launcher in variants:
-                out = os.path.join(tmp, f"{tag}-{launcher}-{r}")
-                results[(tag, launcher)].append(run(root, launcher, a.steps, out))
-                print(tag, launcher, r, results[(tag, launcher)][-1], flush=True)
+            batches = [variants] if a.concurrent else [[v] for v in variants]
+            for batch in batches:
+                began, running = time.perf_counter(), []
+                for tag, root, launcher in batch:
+                    out = os.path.join(tmp, f"{tag}-{launcher}-{r}")
+                    running.append((tag, launcher, out, start(root, launcher, a.steps, out)))
+                while running:  # in the order they end
+                    done = next((x for x in running if x[3].poll() is not None), None)
+                    if done is None:
+                        time.sleep(0.2)
+                        continue
+                    running.remove(done)
+                    tag, launcher, out, proc = done
+                    results[(tag, launcher)].append(finish(proc, began, out))
+                    print(tag, launcher, r, results[(tag, launcher)][-1], flush=True)
     print("\n| code | launcher | wall (s), median | train loop (s), median | torch threads |")
     print("|---|---|---|---|---|")
     for (tag, launcher), rs in results.items():

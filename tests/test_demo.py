@@ -1,7 +1,7 @@
 """The demo's cached teachers must not depend on what the process did before training them."""
 import torch
 
-from hfkd.cli import DataArguments
+from hfkd.arguments import DataArguments
 from hfkd.demo import train_supervised
 from hfkd.pipeline import load_data
 

@@ -56,7 +56,8 @@ def test_timm_student_loads_with_timm_transformers_and_hfkd(tmp_path, image, mon
     pre = config["pretrained_cfg"]  # the student's own preprocessing, not the source checkpoint's
     assert pre["input_size"] == [3, 48, 48] and pre["mean"] == list(student.preprocess.mean)
     assert pre["crop_pct"] == student.preprocess.crop_pct and "tag" not in pre
-    assert config["hfkd"]["method"]["name"] == "kd"
+    assert "hfkd" not in config and "license" not in pre  # the lineage is in hfkd.json only; license: the card's
+    assert json.load(open(os.path.join(folder, "hfkd.json")))["method"]["name"] == "kd"
     for name in files:
         text = open(os.path.join(folder, name), "rb").read()
         assert TOKEN.encode() not in text and b"hub_token" not in text
@@ -104,7 +105,8 @@ def test_transformers_student_loads_with_pipeline_offline(tmp_path, image):
         hf = AutoModelForImageClassification.from_pretrained(folder).eval()
         assert torch.allclose(hf(pixel_values=x).logits, expected, atol=1e-6)
         assert hf.config.id2label == dict(enumerate(LABELS)) and hf.config.label2id["two"] == 2
-        assert hf.config.hfkd["method"]["name"] == "kd"
+        assert not hasattr(hf.config, "hfkd")  # the lineage stays in hfkd.json, not in every derived model
+        assert json.load(open(os.path.join(folder, "hfkd.json")))["method"]["name"] == "kd"
         processor = AutoImageProcessor.from_pretrained(folder)
         assert list(processor.image_mean) == list(student.preprocess.mean)
         assert list(processor.image_std) == list(student.preprocess.std)

@@ -153,7 +153,7 @@ def test_world_size_guard(monkeypatch):
 
 
 def test_cli_yaml_and_overrides(tmp_path):
-    from hfkd.cli import DataArguments, ModelArguments, parse_args
+    from hfkd.cli import DataArguments, ModelArguments, parse_args  # still exported where recipes found them
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text("student: resnet18\nlearning_rate: 0.01\nteachers: [a, b]\nlr_scheduler_type: multistep\n"
