@@ -31,7 +31,8 @@ def start(root, launcher, steps, out):
         cmd = [sys.executable, recipe, *flags]
     env = dict(os.environ, PYTHONPATH=root, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     env.pop("OMP_NUM_THREADS", None)
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # stderr to a file: a pipe nobody reads while polling could fill up and stall the run
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=open(out + ".err", "w"))
 
 
 def finish(proc, began, out):
@@ -39,7 +40,7 @@ def finish(proc, began, out):
         time.sleep(0.2)
     wall = time.perf_counter() - began
     if proc.returncode:
-        raise RuntimeError(proc.stderr.read()[-2000:])
+        raise RuntimeError(open(out + ".err").read()[-2000:])
     with open(os.path.join(out, "student", "hfkd.json")) as f:
         lineage = json.load(f)
     return wall, lineage["train_runtime_seconds"], lineage["hardware"]["torch_threads"]
