@@ -1,0 +1,162 @@
+"""Checks that turn silent nonsense into a clear error: labels, datasets, hyper-parameters, the loss.
+
+Run once before training where possible (labels of both splits, the image column, method settings),
+and at every step for the loss, which no up-front check can foresee.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from typing import Any, Dict, List, Mapping, Optional, Union
+
+import numpy as np
+import torch
+
+
+_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    origin, params = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Union:
+        return any(_type_ok(value, p) for p in params)
+    if origin in (list, List):
+        return isinstance(value, list) and all(_type_ok(v, params[0]) for v in value) if params else isinstance(value, list)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    return True  # a type this check does not know: left to the field's own validation
+
+
+def field_type_problems(obj) -> List[str]:
+    """Fields of the dataclass ``obj`` whose value has the wrong type (e.g. ``max_steps: 2.5`` or
+    ``learning_rate: [..]`` from a YAML file, where argparse does not convert) or is not finite."""
+    hints = typing.get_type_hints(type(obj))
+    problems = []
+    for f in dataclasses.fields(obj):
+        value, hint = getattr(obj, f.name), hints.get(f.name)
+        if hint is not None and not _type_ok(value, hint):
+            expected = _NAMES.get(hint) or str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
+            problems.append(f"{f.name} must be {expected}, got {value!r} ({type(value).__name__})")
+        elif isinstance(value, float) and not math.isfinite(value):
+            problems.append(f"{f.name} must be a finite number, got {value}")
+        elif isinstance(value, list) and any(isinstance(v, float) and not math.isfinite(v) for v in value):
+            problems.append(f"{f.name} must hold finite numbers, got {value}")
+    return problems
+
+
+def check_split(dataset, name: str) -> None:
+    """A single ``datasets.Dataset`` split, not a dict of splits."""
+    from datasets import DatasetDict, IterableDatasetDict
+
+    if isinstance(dataset, (DatasetDict, IterableDatasetDict, dict)):
+        raise TypeError(f"{name} is a {type(dataset).__name__} with splits {list(dataset)}; pass one split, "
+                        f"e.g. {name}=dataset['train'] (or use hfkd.load_image_dataset, which picks the splits)")
+
+
+def check_image_column(dataset, image_column: str, split: str) -> None:
+    """Refuse an image column of file paths or text before any image is read."""
+    feature = dataset.features[image_column]
+    if getattr(feature, "dtype", None) in ("string", "large_string"):
+        raise TypeError(
+            f"the {split} column {image_column!r} holds strings (file paths?), not images; decode it with "
+            f"dataset = dataset.cast_column({image_column!r}, datasets.Image())"
+        )
+
+
+def check_labels(dataset, label_column: str, split: str, num_classes: Optional[int] = None) -> None:
+    """Every label is an integer in ``[0, num_classes)``; the error names the first offending row and value."""
+    values = dataset[label_column]
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        row = next(i for i, v in enumerate(values) if not isinstance(v, (int, float, np.number)) or isinstance(v, bool))
+        raise ValueError(f"{split} label {label_column!r} at row {row} is {values[row]!r}, not a class index") from None
+    if array.ndim != 1:
+        raise ValueError(f"{split} label {label_column!r} is not one class index per row (shape {array.shape}); "
+                         "hfkd trains single-label classification")
+    bad = np.flatnonzero(~np.isfinite(array) | (array != np.round(array)))
+    if bad.size:
+        row = int(bad[0])
+        raise ValueError(f"{split} label {label_column!r} at row {row} is {values[row]!r}, not an integer class "
+                         f"index ({bad.size} such rows); encode the labels as integers 0..C-1")
+    low = np.flatnonzero(array < 0)
+    if low.size:
+        row = int(low[0])
+        raise ValueError(f"{split} label {label_column!r} at row {row} is {values[row]!r}: class indices start at 0 "
+                         f"({low.size} negative rows); drop or relabel those rows")
+    if num_classes is not None:
+        high = np.flatnonzero(array >= num_classes)
+        if high.size:
+            row = int(high[0])
+            raise ValueError(f"{split} label {label_column!r} at row {row} is {values[row]!r}, but there are "
+                             f"{num_classes} classes (0..{num_classes - 1}); {high.size} rows are out of range")
+
+
+def check_eval_label_names(train_names: Optional[List[str]], eval_dataset, label_column: str) -> None:
+    """The eval split's classes are the train split's, in the same order."""
+    from datasets import ClassLabel
+
+    feature = eval_dataset.features[label_column]
+    if train_names is None or not isinstance(feature, ClassLabel) or list(feature.names) == list(train_names):
+        return
+    names = list(feature.names)
+    missing = [n for n in train_names if n not in names]
+    extra = [n for n in names if n not in train_names]
+    detail = f"missing {missing[:5]}" if missing else ""
+    detail += (", " if detail and extra else "") + (f"unknown {extra[:5]}" if extra else "")
+    raise ValueError(
+        f"the eval split's label names differ from the train split's ({detail or 'same names in another order'}): "
+        f"train {train_names[:10]}, eval {names[:10]}; the eval split must use the train split's classes "
+        "(cast it with eval = eval.cast_column(label, train.features[label]) if only the encoding differs)"
+    )
+
+
+def check_finite_settings(settings: Mapping[str, Any], owner: str) -> None:
+    """Every float setting is finite (``inf``/``nan`` would train to NaN weights without a word)."""
+    bad = [f"{k}={v}" for k, v in settings.items() if isinstance(v, float) and not math.isfinite(v)]
+    bad += [f"{k}={v}" for k, v in settings.items()
+            if isinstance(v, (list, tuple)) and any(isinstance(x, float) and not math.isfinite(x) for x in v)]
+    if bad:
+        raise ValueError(f"{owner}: non-finite values {bad}; every numeric setting must be a finite number")
+
+
+def check_steps(num_batches: int, num_samples: int, batch_size: int, drop_last: bool, world_size: int) -> None:
+    """At least one batch per epoch, before training starts."""
+    if num_batches > 0:
+        return
+    raise ValueError(
+        f"0 training steps: {num_samples} train samples make no full batch of {batch_size} per process x "
+        f"{world_size} process(es) with dataloader_drop_last={drop_last}; lower per_device_train_batch_size "
+        "or set dataloader_drop_last=False"
+    )
+
+
+def nonfinite(loss: torch.Tensor, accelerator) -> bool:
+    """True when the loss is not finite on any process (every process agrees, so all skip or stop together)."""
+    bad = (~torch.isfinite(loss.detach())).any().float().reshape(1)
+    if accelerator.num_processes > 1:
+        bad = accelerator.reduce(bad, reduction="sum")
+    return bool(bad.item() > 0)
+
+
+def nonfinite_loss_error(step: int, loss: torch.Tensor, logs: Dict[str, torch.Tensor], output_dir: str) -> FloatingPointError:
+    from .checkpoint import list_checkpoints
+
+    terms = {"loss": float(loss.detach().float().mean()),
+             **{k: float(v.detach().float().mean()) for k, v in logs.items() if torch.is_tensor(v)}}
+    checkpoints = list_checkpoints(output_dir)
+    last = (f"the last checkpoint is {checkpoints[-1]} (resume_from_checkpoint='latest')" if checkpoints
+            else "no checkpoint was written")
+    return FloatingPointError(
+        f"the loss is not finite at step {step + 1}: {terms}; {last}. Lower the learning rate, check the data "
+        "and the method's settings, or set on_nonfinite_loss='skip' to skip such steps"
+    )
