@@ -24,6 +24,13 @@ class ModelArguments:
     image_size: Optional[int] = field(default=None, metadata={"help": "Training resolution of the student."})
     align_labels_by_name: bool = field(default=False, metadata={"help": "Reorder teacher classes by label name."})
 
+    def __post_init__(self):
+        if isinstance(self.teachers, str):  # `teachers: resnet18` in YAML means one teacher, not 8 letters
+            self.teachers = [self.teachers]
+        if self.image_size is not None and (isinstance(self.image_size, bool) or not isinstance(self.image_size, int)
+                                            or self.image_size <= 0):
+            raise ValueError(f"image_size must be a positive integer (got {self.image_size!r})")
+
 
 @dataclass
 class DataArguments:
@@ -63,6 +70,8 @@ def parse_args(dataclass_types: Sequence[Type], argv: Optional[Sequence[str]] = 
     config_path = None
     if "--config" in argv:
         i = argv.index("--config")
+        if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
+            raise ValueError("--config needs the path of a YAML file: --config recipes/configs/NAME.yaml")
         config_path = argv[i + 1]
         del argv[i:i + 2]
     elif argv and argv[0].endswith((".yaml", ".yml")):
@@ -74,4 +83,9 @@ def parse_args(dataclass_types: Sequence[Type], argv: Optional[Sequence[str]] = 
         if unknown:
             raise ValueError(f"{config_path}: unknown keys {unknown}")
         parser.set_defaults(**defaults)
-    return parser.parse_args_into_dataclasses(args=argv)
+    try:
+        return parser.parse_args_into_dataclasses(args=argv)
+    except (TypeError, ValueError) as e:  # a YAML value of the wrong type is only seen by __post_init__
+        if config_path:
+            raise ValueError(f"{e} (check {config_path} and the command line)") from e
+        raise

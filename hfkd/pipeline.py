@@ -70,8 +70,12 @@ def run(method: DistillationMethod, student: Backbone, teachers: Sequence[Any], 
 
 
 def write_results(output_dir: str, table: str, rows: Sequence[Dict[str, Any]], accelerator=None) -> None:
-    """Print the results table and keep it (Markdown and JSON) in ``output_dir``; main process only."""
-    if accelerator is not None and not accelerator.is_main_process:
+    """Print the results table and keep it (Markdown and JSON) in ``output_dir``; main process only.
+
+    Without ``accelerator`` the process is found from Accelerate's state (set up by the trainer) or,
+    before any, from the launcher's ``RANK``: every recipe may call this on every rank.
+    """
+    if not _is_main_process(accelerator):
         return
     print("\n" + table + "\n", flush=True)
     os.makedirs(output_dir, exist_ok=True)
@@ -79,6 +83,16 @@ def write_results(output_dir: str, table: str, rows: Sequence[Dict[str, Any]], a
         f.write(table + "\n")
     with open(os.path.join(output_dir, "results.json"), "w", encoding="utf-8") as f:
         json.dump(list(rows), f, indent=2, default=str)
+
+
+def _is_main_process(accelerator=None) -> bool:
+    if accelerator is not None:
+        return accelerator.is_main_process
+    from accelerate import PartialState
+
+    if PartialState._shared_state:  # initialised by the run's Accelerator: no process group is created here
+        return PartialState().is_main_process
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def result_row(model: str, role: str, metrics: Dict[str, Any], params: Optional[int], **extra) -> Dict[str, Any]:

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from typing import List, Optional, Union
 
+from .checks import check_eval_label_names, check_num_classes
 from .default import DEFAULT_DATASET, load_default_dataset
 
 _EVAL_SPLITS = ("validation", "valid", "val", "test")
@@ -85,6 +86,9 @@ def _load_source(source, revision, config_name, cache_dir):
         return load_dataset("parquet", data_files=files, cache_dir=cache_dir), source
     if os.path.exists(source):
         raise ValueError(f"{source!r} is a file hfkd cannot read; give a folder of images, parquet files or a saved dataset")
+    if source.startswith((".", "/", "~")) or source.count("/") > 1:
+        # a path, not a Hub id (ORG/NAME): say it is missing instead of failing to reach the Hub
+        raise FileNotFoundError(f"the dataset path {source!r} does not exist (resolved: {os.path.abspath(source)})")
     return load_dataset(source, config_name, revision=revision, cache_dir=cache_dir), source
 
 
@@ -126,6 +130,10 @@ def load_image_dataset(
     if not isinstance(train.features[label_column], ClassLabel) and train.features[label_column].dtype == "string":
         train = train.class_encode_column(label_column)
     evaluation = loaded[eval_split] if eval_split else None
+    names = _label_names(train, label_column)
+    check_num_classes(len(names) if names is not None else len(set(train[label_column])), name, label_column)
+    if evaluation is not None and label_column in evaluation.features:
+        check_eval_label_names(names, evaluation, label_column)
     if evaluation is None and validation_fraction > 0:
         stratify = label_column if isinstance(train.features[label_column], ClassLabel) else None
         parts = train.train_test_split(test_size=validation_fraction, seed=seed, stratify_by_column=stratify)

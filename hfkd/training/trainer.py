@@ -23,6 +23,7 @@ from .callbacks import CallbackHandler, ProgressCallback, TrainerCallback
 from .checkpoint import load_checkpoint, read_state, resolve_checkpoint, save_checkpoint
 from .resume import check_same_run, run_signature
 from . import validation
+from ..data import checks
 from .evaluation import evaluate_logits
 from .optim import create_optimizer, create_scheduler
 
@@ -134,8 +135,8 @@ class DistillationTrainer:
         self.student = student if isinstance(student, Backbone) else create_backbone(student)
         if train_dataset is None:
             raise ValueError("train_dataset is required (see hfkd.load_image_dataset)")
-        validation.check_split(train_dataset, "train_dataset")
-        validation.check_split(eval_dataset, "eval_dataset")
+        checks.check_split(train_dataset, "train_dataset")
+        checks.check_split(eval_dataset, "eval_dataset")
         validation.check_finite_settings(self.method.hparams(), f"method {self.method.name!r}")
         self.image_column, self.label_column = find_columns(train_dataset, image_column, label_column)
         self.label_names = self._check_labels(train_dataset, eval_dataset)
@@ -161,8 +162,8 @@ class DistillationTrainer:
 
         feature = dataset.features[self.label_column]
         names = list(feature.names) if isinstance(feature, ClassLabel) else None
-        validation.check_image_column(dataset, self.image_column, "train")
-        validation.check_labels(dataset, self.label_column, "train", len(names) if names is not None else None)
+        checks.check_image_column(dataset, self.image_column, "train")
+        checks.check_labels(dataset, self.label_column, "train", len(names) if names is not None else None)
         num = len(names) if names is not None else int(max(dataset[self.label_column])) + 1
         if num != self.student.num_classes:
             raise ValueError(
@@ -179,9 +180,9 @@ class DistillationTrainer:
                 )
         if eval_dataset is not None:
             find_columns(eval_dataset, self.image_column, self.label_column)
-            validation.check_image_column(eval_dataset, self.image_column, "eval")
-            validation.check_labels(eval_dataset, self.label_column, "eval", self.student.num_classes)
-            validation.check_eval_label_names(names, eval_dataset, self.label_column)
+            checks.check_image_column(eval_dataset, self.image_column, "eval")
+            checks.check_labels(eval_dataset, self.label_column, "eval", self.student.num_classes)
+            checks.check_eval_label_names(names, eval_dataset, self.label_column)
         return names
 
     def _wrap(self, dataset, training: bool) -> ImageClassificationDataset:

@@ -1,7 +1,8 @@
-"""Checks that turn silent nonsense into a clear error: labels, datasets, hyper-parameters, the loss.
+"""Checks that turn silent nonsense into a clear error: argument types, hyper-parameters, the loss.
 
-Run once before training where possible (labels of both splits, the image column, method settings),
-and at every step for the loss, which no up-front check can foresee.
+Run once before training where possible (arguments, method settings, the number of steps; the data
+checks are in :mod:`hfkd.data.checks`), and at every step for the loss, which no up-front check can
+foresee.
 """
 from __future__ import annotations
 
@@ -51,73 +52,6 @@ def field_type_problems(obj) -> List[str]:
         elif isinstance(value, list) and any(isinstance(v, float) and not math.isfinite(v) for v in value):
             problems.append(f"{f.name} must hold finite numbers, got {value}")
     return problems
-
-
-def check_split(dataset, name: str) -> None:
-    """A single ``datasets.Dataset`` split, not a dict of splits."""
-    from datasets import DatasetDict, IterableDatasetDict
-
-    if isinstance(dataset, (DatasetDict, IterableDatasetDict, dict)):
-        raise TypeError(f"{name} is a {type(dataset).__name__} with splits {list(dataset)}; pass one split, "
-                        f"e.g. {name}=dataset['train'] (or use hfkd.load_image_dataset, which picks the splits)")
-
-
-def check_image_column(dataset, image_column: str, split: str) -> None:
-    """Refuse an image column of file paths or text before any image is read."""
-    feature = dataset.features[image_column]
-    if getattr(feature, "dtype", None) in ("string", "large_string"):
-        raise TypeError(
-            f"the {split} column {image_column!r} holds strings (file paths?), not images; decode it with "
-            f"dataset = dataset.cast_column({image_column!r}, datasets.Image())"
-        )
-
-
-def check_labels(dataset, label_column: str, split: str, num_classes: Optional[int] = None) -> None:
-    """Every label is an integer in ``[0, num_classes)``; the error names the first offending row and value."""
-    values = dataset[label_column]
-    try:
-        array = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError):
-        row = next(i for i, v in enumerate(values) if not isinstance(v, (int, float, np.number)) or isinstance(v, bool))
-        raise ValueError(f"{split} label {label_column!r} at row {row} is {values[row]!r}, not a class index") from None
-    if array.ndim != 1:
-        raise ValueError(f"{split} label {label_column!r} is not one class index per row (shape {array.shape}); "
-                         "hfkd trains single-label classification")
-    bad = np.flatnonzero(~np.isfinite(array) | (array != np.round(array)))
-    if bad.size:
-        row = int(bad[0])
-        raise ValueError(f"{split} label {label_column!r} at row {row} is {values[row]!r}, not an integer class "
-                         f"index ({bad.size} such rows); encode the labels as integers 0..C-1")
-    low = np.flatnonzero(array < 0)
-    if low.size:
-        row = int(low[0])
-        raise ValueError(f"{split} label {label_column!r} at row {row} is {values[row]!r}: class indices start at 0 "
-                         f"({low.size} negative rows); drop or relabel those rows")
-    if num_classes is not None:
-        high = np.flatnonzero(array >= num_classes)
-        if high.size:
-            row = int(high[0])
-            raise ValueError(f"{split} label {label_column!r} at row {row} is {values[row]!r}, but there are "
-                             f"{num_classes} classes (0..{num_classes - 1}); {high.size} rows are out of range")
-
-
-def check_eval_label_names(train_names: Optional[List[str]], eval_dataset, label_column: str) -> None:
-    """The eval split's classes are the train split's, in the same order."""
-    from datasets import ClassLabel
-
-    feature = eval_dataset.features[label_column]
-    if train_names is None or not isinstance(feature, ClassLabel) or list(feature.names) == list(train_names):
-        return
-    names = list(feature.names)
-    missing = [n for n in train_names if n not in names]
-    extra = [n for n in names if n not in train_names]
-    detail = f"missing {missing[:5]}" if missing else ""
-    detail += (", " if detail and extra else "") + (f"unknown {extra[:5]}" if extra else "")
-    raise ValueError(
-        f"the eval split's label names differ from the train split's ({detail or 'same names in another order'}): "
-        f"train {train_names[:10]}, eval {names[:10]}; the eval split must use the train split's classes "
-        "(cast it with eval = eval.cast_column(label, train.features[label]) if only the encoding differs)"
-    )
 
 
 def check_finite_settings(settings: Mapping[str, Any], owner: str) -> None:
