@@ -78,7 +78,7 @@ def _load_source(source, revision, config_name, cache_dir):
         parquet = sorted(glob.glob(os.path.join(source, "**", "*.parquet"), recursive=True))
         if parquet:
             return load_dataset("parquet", data_files=parquet, cache_dir=cache_dir), source
-        return load_dataset("imagefolder", data_dir=source, cache_dir=cache_dir), source
+        return _image_folder(source, cache_dir), source
     if source.endswith(".parquet") or "*" in source:
         files = sorted(glob.glob(source))
         if not files:
@@ -90,6 +90,18 @@ def _load_source(source, revision, config_name, cache_dir):
         # a path, not a Hub id (ORG/NAME): say it is missing instead of failing to reach the Hub
         raise FileNotFoundError(f"the dataset path {source!r} does not exist (resolved: {os.path.abspath(source)})")
     return load_dataset(source, config_name, revision=revision, cache_dir=cache_dir), source
+
+
+def _image_folder(source: str, cache_dir):
+    from datasets import ClassLabel, load_dataset
+
+    data = load_dataset("imagefolder", data_dir=source, cache_dir=cache_dir)
+    # With a single class sub-folder, datasets drops the label column altogether.
+    if not any(isinstance(f, ClassLabel) for split in data.values() for f in split.features.values()):
+        folders = sorted(d for d in os.listdir(source) if os.path.isdir(os.path.join(source, d)))
+        raise ValueError(f"the image folder {source} has no class labels (its sub-folders: {folders}); classification "
+                         "needs at least 2 classes, one sub-folder per class (root/cat/*.png, root/dog/*.png)")
+    return data
 
 
 def load_image_dataset(
