@@ -72,8 +72,8 @@ def run(method: DistillationMethod, student: Backbone, teachers: Sequence[Any], 
 def write_results(output_dir: str, table: str, rows: Sequence[Dict[str, Any]], accelerator=None) -> None:
     """Print the results table and keep it (Markdown and JSON) in ``output_dir``; main process only.
 
-    Without ``accelerator`` the process is found from Accelerate's state (set up by the trainer) or,
-    before any, from the launcher's ``RANK``: every recipe may call this on every rank.
+    Without ``accelerator`` the process is found from the launcher's ``RANK`` and Accelerate's state
+    (set up by the trainer): every recipe may call this on every rank.
     """
     if not _is_main_process(accelerator):
         return
@@ -90,9 +90,10 @@ def _is_main_process(accelerator=None) -> bool:
         return accelerator.is_main_process
     from accelerate import PartialState
 
-    if PartialState._shared_state:  # initialised by the run's Accelerator: no process group is created here
-        return PartialState().is_main_process
-    return int(os.environ.get("RANK", "0")) == 0
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun / accelerate launch
+        return False
+    # Other launchers: Accelerate's state, when the run's Accelerator set it up (none is created here).
+    return not PartialState._shared_state or PartialState().is_main_process
 
 
 def result_row(model: str, role: str, metrics: Dict[str, Any], params: Optional[int], **extra) -> Dict[str, Any]:

@@ -185,6 +185,10 @@ def test_image_folder_with_one_class_is_refused(tmp_path):
     _image_folder(tmp_path / "one", ["cat"])
     with pytest.raises(ValueError, match="has no class labels.*cat.*one sub-folder per class"):
         hfkd.load_image_dataset(str(tmp_path / "one"), validation_fraction=0)
+    single = Dataset.from_dict({"image": [None] * 2, "label": [0, 0]},
+                               features=Features(image=Image(), label=ClassLabel(names=["cat"])))
+    with pytest.raises(ValueError, match="in-memory has 1 class in 'label': classification needs at least 2"):
+        hfkd.load_image_dataset(single, validation_fraction=0)
 
 
 def test_truncated_image_names_the_file_and_row(tmp_path):
