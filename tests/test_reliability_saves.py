@@ -88,9 +88,40 @@ def test_swap_is_one_step_and_a_kill_after_it_leaves_the_new_save(tmp_path, stud
     assert os.path.isfile(tmp_path / old / files.WRITER_MARKER)
 
 
+def _dead_pid():
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+
+
+def test_without_exchange_a_kill_between_renames_keeps_the_old_save(tmp_path, student, monkeypatch):
+    folder = str(tmp_path / "student")
+    hfkd.save_student(student, folder, metadata={"run": 1})
+    monkeypatch.setattr(files, "exchange", lambda a, b: False)  # e.g. not Linux
+    rename, calls = os.rename, []
+
+    def killed_at_second_rename(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        rename(src, dst)
+
+    monkeypatch.setattr(files.os, "rename", killed_at_second_rename)
+    with pytest.raises(KeyboardInterrupt):
+        hfkd.save_student(student, folder, metadata={"run": 2})
+    monkeypatch.undo()
+    (old,) = [n for n in os.listdir(tmp_path) if n.startswith(".student.old-")]
+    assert json.loads((tmp_path / old / "hfkd.json").read_text()) == {"run": 1}  # the old save is intact
+    dead = _dead_pid()
+    for name in os.listdir(tmp_path):  # the old save and the new one, both marked; their writer has died
+        if name.startswith("."):
+            marker = tmp_path / name / files.WRITER_MARKER
+            marker.write_text(json.dumps({**json.loads(marker.read_text()), "pid": dead}))
+    hfkd.save_student(student, folder, metadata={"run": 3})
+    assert sorted(os.listdir(tmp_path)) == ["student"]  # both leftovers of the killed save removed
+
+
 def test_stale_temporary_folders_are_removed_only_when_provably_abandoned(tmp_path, student):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    dead_pid = int(dead.stdout)
+    dead_pid = _dead_pid()
     abandoned = tmp_path / ".student.tmp-killed"
     abandoned.mkdir()
     (abandoned / files.WRITER_MARKER).write_text(json.dumps({"pid": dead_pid, "host": files.socket.gethostname()}))
