@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from ..data import checks
 from ..data.loading import find_columns
 from ..data.transforms import AugmentConfig, ImageClassificationDataset, create_image_transform
 from ..methods.base import DistillationMethod, MethodContext
@@ -18,14 +19,13 @@ from ..methods.registry import create_method
 from ..models.backbone import Backbone
 from ..models.factory import create_backbone
 from ..models.teacher import Teacher, create_teacher
+from . import validation
 from .args import DistillationArguments
 from .callbacks import CallbackHandler, ProgressCallback, TrainerCallback
 from .checkpoint import load_checkpoint, read_state, resolve_checkpoint, save_checkpoint
-from .resume import check_same_run, run_signature
-from . import validation
-from ..data import checks
 from .evaluation import evaluate_logits
 from .optim import create_optimizer, create_scheduler
+from .resume import check_same_run, run_signature
 
 
 @dataclass
@@ -346,7 +346,8 @@ class DistillationTrainer:
             out = self._model(batch, teacher_outputs)
             if validation.nonfinite(out.loss, acc):
                 if self.args.on_nonfinite_loss == "raise":
-                    raise validation.nonfinite_loss_error(self.state.global_step, out.loss, out.logs, self.args.output_dir)
+                    raise validation.nonfinite_loss_error(self.state.global_step, out.loss, out.logs,
+                                                          self.args.output_dir)
                 self._skip_nonfinite()
                 return out.loss.detach()
             acc.backward(out.loss)
