@@ -14,7 +14,8 @@ import re
 import shutil
 from typing import Any, Dict, List, Optional
 
-from ..files import abandoned_by_hfkd, file_manifest, manifest_problems, mark_writer, read_json, replace_folder
+from ..files import (abandoned_by_hfkd, file_manifest, manifest_problems, mark_writer, read_json, remove_abandoned,
+                     replace_folder)
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +105,7 @@ def save_checkpoint(accelerator, output_dir: str, step: int, state: Dict[str, An
     tmp = os.path.join(output_dir, f"{_TMP}{PREFIX}{step}")
     if accelerator.is_main_process:
         os.makedirs(output_dir, exist_ok=True)
+        remove_abandoned(output_dir, (f"{_TMP}{PREFIX}", f"{_OLD}{PREFIX}"))  # left by a killed run
         _prepare_tmp(tmp)
     accelerator.wait_for_everyone()
     accelerator.save_state(tmp)
