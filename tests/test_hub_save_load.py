@@ -98,7 +98,8 @@ def test_transformers_student_loads_with_pipeline_offline(tmp_path, image):
 
     student = _vit_student()
     folder = hfkd.save_student(student, str(tmp_path / "vit"), metadata={"method": {"name": "kd"}})
-    assert {"config.json", "model.safetensors", "preprocessor_config.json", "hfkd.json"} == set(os.listdir(folder))
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "hfkd.json",
+            ".hfkd-files.json"} == set(os.listdir(folder))
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         expected = student(x).logits
