@@ -36,6 +36,13 @@ class ModelArguments:
         "help": "License written in the student's model card (a Hub license id such as apache-2.0 or mit). "
                 "Default: the license of the student's pretrained weights when timm knows it, else none."})
 
+    def __post_init__(self):
+        if isinstance(self.teachers, str):  # `teachers: resnet18` in YAML means one teacher, not 8 letters
+            self.teachers = [self.teachers]
+        if self.image_size is not None and (isinstance(self.image_size, bool) or not isinstance(self.image_size, int)
+                                            or self.image_size <= 0):
+            raise ValueError(f"image_size must be a positive integer (got {self.image_size!r})")
+
     def label_mapping_dict(self):
         """``label_mapping`` as a dict (YAML gives one; the command line a ``a=b,c=d`` string)."""
         value = self.label_mapping

@@ -77,8 +77,12 @@ def run(method: DistillationMethod, student: Backbone, teachers: Sequence[Any], 
 
 
 def write_results(output_dir: str, table: str, rows: Sequence[Dict[str, Any]], accelerator=None) -> None:
-    """Print the results table and keep it (Markdown and JSON) in ``output_dir``; main process only."""
-    if accelerator is not None and not accelerator.is_main_process:
+    """Print the results table and keep it (Markdown and JSON) in ``output_dir``; main process only.
+
+    Without ``accelerator`` the process is found from the launcher's ``RANK`` and Accelerate's state
+    (set up by the trainer): every recipe may call this on every rank.
+    """
+    if not _is_main_process(accelerator):
         return
     print("\n" + table + "\n", flush=True)
     os.makedirs(output_dir, exist_ok=True)
@@ -86,6 +90,17 @@ def write_results(output_dir: str, table: str, rows: Sequence[Dict[str, Any]], a
         f.write(table + "\n")
     with open(os.path.join(output_dir, "results.json"), "w", encoding="utf-8") as f:
         json.dump(list(rows), f, indent=2, default=str)
+
+
+def _is_main_process(accelerator=None) -> bool:
+    if accelerator is not None:
+        return accelerator.is_main_process
+    from accelerate import PartialState
+
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun / accelerate launch
+        return False
+    # Other launchers: Accelerate's state, when the run's Accelerator set it up (none is created here).
+    return not PartialState._shared_state or PartialState().is_main_process
 
 
 def result_row(model: str, role: str, metrics: Dict[str, Any], params: Optional[int], **extra) -> Dict[str, Any]:

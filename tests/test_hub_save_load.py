@@ -47,7 +47,8 @@ def test_timm_student_loads_with_timm_transformers_and_hfkd(tmp_path, image, mon
     lineage = {"method": {"name": "kd"}, "training_args": {"hub_token": TOKEN, "note": f"token {TOKEN}"}}
     folder = hfkd.save_student(student, str(tmp_path / "student"), metadata=lineage)
     files = set(os.listdir(folder))
-    assert files == {"config.json", "model.safetensors", "hfkd.json"}  # safetensors only, no pickle
+    # .hfkd-files.json lists what this save wrote (hidden: never pushed)
+    assert files == {"config.json", "model.safetensors", "hfkd.json", ".hfkd-files.json"}  # safetensors only, no pickle
 
     config = json.load(open(os.path.join(folder, "config.json")))
     assert config["architecture"] == "test_resnet" and config["num_classes"] == 5
@@ -98,7 +99,8 @@ def test_transformers_student_loads_with_pipeline_offline(tmp_path, image):
 
     student = _vit_student()
     folder = hfkd.save_student(student, str(tmp_path / "vit"), metadata={"method": {"name": "kd"}})
-    assert {"config.json", "model.safetensors", "preprocessor_config.json", "hfkd.json"} == set(os.listdir(folder))
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "hfkd.json",
+            ".hfkd-files.json"} == set(os.listdir(folder))
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         expected = student(x).logits

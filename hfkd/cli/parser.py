@@ -123,7 +123,12 @@ def parse_args(dataclass_types: Sequence[Type], argv: Optional[Sequence[str]] = 
     outputs = []
     for dtype in dataclass_types:
         names = {f.name for f in dataclasses.fields(dtype) if f.init}
-        outputs.append(dtype(**{k: v for k, v in namespace.items() if k in names}))
+        try:
+            outputs.append(dtype(**{k: v for k, v in namespace.items() if k in names}))
+        except (TypeError, ValueError) as e:  # a YAML value of the wrong type is only seen by __post_init__
+            if config_path or yaml_name:
+                raise ValueError(f"{e} (check {config_path or yaml_name} and the command line)") from e
+            raise
     return tuple(outputs)
 
 

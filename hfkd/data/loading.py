@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from typing import List, Optional, Union
 
+from .checks import check_eval_label_names, check_num_classes
 from .default import DEFAULT_DATASET, load_default_dataset
 
 _EVAL_SPLITS = ("validation", "valid", "val", "test")
@@ -79,7 +80,7 @@ def _load_source(source, revision, config_name, cache_dir):
         parquet = sorted(glob.glob(os.path.join(source, "**", "*.parquet"), recursive=True))
         if parquet:
             return load_dataset("parquet", data_files=parquet, cache_dir=cache_dir), source
-        return load_dataset("imagefolder", data_dir=source, cache_dir=cache_dir), source
+        return _image_folder(source, cache_dir), source
     if source.endswith(".parquet") or "*" in source:
         files = sorted(glob.glob(source))
         if not files:
@@ -87,7 +88,22 @@ def _load_source(source, revision, config_name, cache_dir):
         return load_dataset("parquet", data_files=files, cache_dir=cache_dir), source
     if os.path.exists(source):
         raise ValueError(f"{source!r} is a file hfkd cannot read; give a folder of images, parquet files or a saved dataset")
+    if source.startswith((".", "/", "~")) or source.count("/") > 1:
+        # a path, not a Hub id (ORG/NAME): say it is missing instead of failing to reach the Hub
+        raise FileNotFoundError(f"the dataset path {source!r} does not exist (resolved: {os.path.abspath(source)})")
     return load_dataset(source, config_name, revision=revision, cache_dir=cache_dir), source
+
+
+def _image_folder(source: str, cache_dir):
+    from datasets import ClassLabel, load_dataset
+
+    data = load_dataset("imagefolder", data_dir=source, cache_dir=cache_dir)
+    # With a single class sub-folder, datasets drops the label column altogether.
+    if not any(isinstance(f, ClassLabel) for split in data.values() for f in split.features.values()):
+        folders = sorted(d for d in os.listdir(source) if os.path.isdir(os.path.join(source, d)))
+        raise ValueError(f"the image folder {source} has no class labels (its sub-folders: {folders}); classification "
+                         "needs at least 2 classes, one sub-folder per class (root/cat/*.png, root/dog/*.png)")
+    return data
 
 
 def load_image_dataset(
@@ -128,6 +144,10 @@ def load_image_dataset(
     if not isinstance(train.features[label_column], ClassLabel) and train.features[label_column].dtype == "string":
         train = train.class_encode_column(label_column)
     evaluation = loaded[eval_split] if eval_split else None
+    names = _label_names(train, label_column)
+    check_num_classes(len(names) if names is not None else len(set(train[label_column])), name, label_column)
+    if evaluation is not None and label_column in evaluation.features:
+        check_eval_label_names(names, evaluation, label_column)
     if evaluation is None and validation_fraction > 0:
         stratify = label_column if isinstance(train.features[label_column], ClassLabel) else None
         parts = train.train_test_split(test_size=validation_fraction, seed=seed, stratify_by_column=stratify)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..models.preprocess import PreprocessConfig
+from .checks import read_row
 
 
 @dataclass
@@ -97,13 +98,7 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         return self.dataset[self.label_column]
 
     def __getitem__(self, index: int):
-        row = self.dataset[int(index)]
-        image = row[self.image_column]
-        if not hasattr(image, "convert"):
-            from PIL import Image
-
-            image = Image.fromarray(np.asarray(image))
-        image = image.convert(self.image_mode)
+        image, row = read_row(self.dataset, int(index), self.image_column, self.image_mode)
         with seeded_rng(sample_seed(self.seed, self.epoch, int(index))):
             pixel_values = self.transform(image)
         return {"pixel_values": pixel_values, "labels": int(row[self.label_column]), "index": int(index)}

@@ -42,8 +42,22 @@ def _check_files(folder: str, source: str) -> Dict[str, Any]:
             "once in a trusted environment (e.g. model.save_pretrained(dir) or timm's save_for_hf(..., "
             "safe_serialization=True)) and load that"
         )
+    for path in glob.glob(os.path.join(folder, "*.safetensors")):
+        _check_safetensors(path)
     with open(config_path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def _check_safetensors(path: str) -> None:
+    """Read the header (it declares every tensor's byte range): a truncated or damaged file is named here."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            f.keys()
+    except Exception as e:  # noqa: BLE001 - SafetensorError and OSError alike: name the file
+        raise ValueError(f"{path} is damaged (truncated, emptied or not safetensors: {e}); save the student "
+                         "again or download it again") from e
 
 
 def load_lineage(repo_id_or_dir: str, revision: Optional[str] = None, token=None) -> Optional[Dict[str, Any]]:

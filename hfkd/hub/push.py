@@ -107,6 +107,8 @@ def push_to_hub(folder: str, repo_id: str, *, token: Union[str, bool, None] = No
     """
     from huggingface_hub import HfApi
 
+    if not isinstance(repo_id, str) or not repo_id.strip():
+        raise ValueError(f"push_to_hub needs the Hub repository as repo_id='ORG/NAME' (got {repo_id!r})")
     folder = os.path.abspath(folder)
     _check_folder(folder)
     card_path = os.path.join(folder, CARD_FILENAME)

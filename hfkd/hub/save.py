@@ -8,32 +8,63 @@ import tempfile
 from contextlib import contextmanager
 from typing import Any, Dict, Optional
 
+from ..files import (WRITER_MARKER, mark_writer, read_json, relative_files, remove_abandoned,
+                     replace_folder)
 from ..models.backbone import Backbone
 from .secrets import redact_secrets
 
 HFKD_METADATA_FILE = "hfkd.json"
+# The names of the files one save wrote (hidden, never pushed): a later save may replace the folder
+# only when it holds nothing else.
+SAVE_MANIFEST_FILE = ".hfkd-files.json"
 # Weight formats that unpickle (run code) on load: never written next to a student.
 PICKLE_SUFFIXES = (".bin", ".pth", ".pt", ".pkl", ".ckpt", ".pth.tar")
 @contextmanager
 def atomic_directory(path: str):
-    """Yield a temporary sibling folder that replaces ``path`` only if the block succeeds."""
+    """Yield a temporary sibling folder that replaces ``path`` only if the block succeeds.
+
+    The caller checks that ``path`` may be replaced (:func:`check_save_target`); the temporary folder
+    carries hfkd's writer marker until it is in place, so one left by a killed writer is removed by the
+    next save into the same parent, and nothing else is.
+    """
     path = os.path.abspath(path)
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
+    base = os.path.basename(path)
+    remove_abandoned(parent, (f".{base}.tmp-", f".{base}.old-"))
+    tmp = tempfile.mkdtemp(prefix=f".{base}.tmp-", dir=parent)
+    mark_writer(tmp)
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = None
-    if os.path.exists(path):
-        old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=parent)
-        os.rmdir(old)
-        os.rename(path, old)
-    os.rename(tmp, path)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
+    replace_folder(tmp, path, old_prefix=f".{base}.old-")
+
+
+def check_save_target(path: str) -> None:
+    """Refuse to save where replacing the folder would delete or replace something hfkd did not write."""
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise FileExistsError(f"{path} exists and is not a folder; hfkd saves a student into a folder and never "
+                              "replaces a file: choose another path or move the file")
+    if not os.path.isdir(path):
+        return
+    present = set(relative_files(path))
+    if not present:
+        return
+    recorded = read_json(os.path.join(path, SAVE_MANIFEST_FILE))
+    if recorded is None:
+        shown = ", ".join(sorted(present)[:5]) + (", ..." if len(present) > 5 else "")
+        raise FileExistsError(
+            f"{path} is not empty ({shown}) and is not a student hfkd saved; saving there would delete those files. "
+            f"Save into a new or empty folder (e.g. {os.path.join(path, 'student')}) or move the files away"
+        )
+    foreign = sorted(present - set(recorded.get("files", [])) - {SAVE_MANIFEST_FILE, WRITER_MARKER})
+    if foreign:
+        raise FileExistsError(
+            f"{path} is an hfkd save but also holds files hfkd did not write: {foreign}; replacing the save would "
+            "delete them. Move them out of the folder, or save into another folder"
+        )
 
 
 def _save_timm(student: Backbone, out: str, metadata: Optional[Dict[str, Any]]) -> None:
@@ -105,7 +136,9 @@ def save_student(student: Backbone, save_directory: str, metadata: Optional[Dict
     ``metadata`` (the distillation lineage) goes to ``hfkd.json``, with
     credentials removed; ``extra_files`` (e.g. the
     ``README.md`` card, a plot) are written as given.  The folder is replaced
-    atomically: a failure leaves the old one.
+    atomically: a failure leaves the old one.  An existing folder is replaced only
+    when it is an earlier hfkd save holding nothing but the files that save wrote;
+    any other non-empty folder, or a file, is refused (nothing is deleted).
     """
     writers = {"timm": _save_timm, "transformers": _save_transformers}
     metadata = redact_secrets(metadata) if metadata is not None else None
@@ -113,6 +146,7 @@ def save_student(student: Backbone, save_directory: str, metadata: Optional[Dict
         raise ValueError(
             f"cannot save a plain {type(student.model).__name__} in a native format; use a timm or transformers student"
         )
+    check_save_target(save_directory)
     with atomic_directory(save_directory) as tmp:
         # The lineage lives in hfkd.json only: config.json stays the model library's own file (docs/hub.md).
         writers[student.library](student, tmp, None)
@@ -127,4 +161,7 @@ def save_student(student: Backbone, save_directory: str, metadata: Optional[Dict
                 os.remove(os.path.join(tmp, f))
         if not any(f.endswith(".safetensors") for f in os.listdir(tmp)):
             raise RuntimeError(f"saving {student.name} wrote no .safetensors file; nothing was replaced at {save_directory}")
+        written = [f for f in relative_files(tmp) if f != WRITER_MARKER]
+        with open(os.path.join(tmp, SAVE_MANIFEST_FILE), "w", encoding="utf-8") as f:
+            json.dump({"writer": "hfkd", "files": written}, f, indent=2)
     return save_directory

@@ -141,6 +141,7 @@ def create_backbone(
     Hub ids and folders load theirs.  ``image_size`` overrides the training
     resolution recorded in the preprocessing.
     """
+    _check_sizes(num_classes, image_size)
     if isinstance(model, Backbone):
         backbone = model
     elif isinstance(model, nn.Module):
@@ -153,7 +154,7 @@ def create_backbone(
         backbone = _wrap_transformers(AutoModelForImageClassification.from_config(model),
                                       {"name": getattr(model, "model_type", "transformers"), "pretrained": False})
     elif isinstance(model, str):
-        backbone = _from_name(model, num_classes, revision, pretrained, model_kwargs)
+        backbone = _from_name_or_explain(model, num_classes, revision, pretrained, model_kwargs)
     else:
         raise TypeError(f"cannot build a model from {type(model).__name__}; pass a name, a folder or an nn.Module")
     if num_classes is not None and backbone.num_classes != num_classes:
@@ -163,6 +164,29 @@ def create_backbone(
     backbone.preprocess = backbone.preprocess.with_image_size(image_size)
     backbone.set_label_names(label_names)
     return backbone
+
+
+def _check_sizes(num_classes, image_size) -> None:
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1):
+        raise ValueError(f"num_classes must be a positive integer (got {num_classes!r})")
+    sizes = [image_size] if isinstance(image_size, (int, float)) else list(image_size or [])
+    if any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in sizes):
+        raise ValueError(f"image_size must be a positive integer or (height, width) (got {image_size!r})")
+
+
+def _from_name_or_explain(name: str, num_classes, revision, pretrained, model_kwargs) -> Backbone:
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    try:
+        return _from_name(name, num_classes, revision, pretrained, model_kwargs)
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as e:
+        what = "the pretrained weights" if pretrained else "the configuration"
+        fix = "Pass pretrained=False (--student_pretrained false) to start from random weights, or go" if pretrained \
+            else "Go"
+        raise OSError(
+            f"cannot load {what} of {name!r}: the Hub is unreachable (offline?) and they are not in the local "
+            f"cache. {fix} online once (HF_HUB_OFFLINE=0) to download them, or give a local folder"
+        ) from e
 
 
 def _wrap_module(model: nn.Module, preprocess: Optional[PreprocessConfig]) -> Backbone:

@@ -5,6 +5,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
 
 _MIXED = ("no", "bf16", "fp16")
+_NONFINITE = ("raise", "skip")
 _STRATEGIES = ("no", "steps", "epoch")
 _SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial", "multistep")
 
@@ -66,12 +67,29 @@ class DistillationArguments:
     hub_private_repo: bool = field(default=False, metadata={"help": "Create the Hub repository private."})
     hub_revision: Optional[str] = field(default=None, metadata={"help": "Branch to push to."})
     hub_create_pr: bool = field(default=False, metadata={"help": "Open a pull request instead of committing."})
+    # --- Reliability (issue 9): what a resume may change, and what a non-finite loss does ---
+    resume_allow_changes: List[str] = field(
+        default_factory=list,
+        metadata={"help": "Settings a resume may change from the checkpoint's run (e.g. max_steps, learning_rate); "
+                          "any other difference is refused. See docs/reliability.md."})
+    on_nonfinite_loss: str = field(
+        default="raise", metadata={"help": "raise: stop at a NaN/inf loss, naming the step, the loss terms and the "
+                                           "last checkpoint; skip: drop that batch's update and go on.",
+                                   "choices": _NONFINITE})
 
     def __post_init__(self):
+        from .validation import field_type_problems
+
         if isinstance(self.report_to, str):
             self.report_to = [self.report_to]
+        if isinstance(self.resume_allow_changes, str):
+            self.resume_allow_changes = [self.resume_allow_changes]
         self.report_to = [r for r in self.report_to if r not in ("none", "")]
-        problems = []
+        problems = field_type_problems(self)
+        if problems:  # the range checks below assume the types are right
+            raise ValueError("invalid DistillationArguments: " + "; ".join(problems))
+        if self.on_nonfinite_loss not in _NONFINITE:
+            problems.append(f"on_nonfinite_loss must be one of {_NONFINITE} (got {self.on_nonfinite_loss!r})")
         if self.learning_rate <= 0:
             problems.append(f"learning_rate must be > 0 (got {self.learning_rate})")
         if self.per_device_train_batch_size < 1 or self.per_device_eval_batch_size < 1:

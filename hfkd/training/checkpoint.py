@@ -1,20 +1,38 @@
-"""Checkpoints: Accelerate's state plus hfkd's own, written atomically by rename."""
+"""Checkpoints: Accelerate's state plus hfkd's own, written atomically and verified before use.
+
+A checkpoint is written into ``.tmp-checkpoint-N`` (marked as hfkd's while it is being written),
+its manifest (size and sha256 of every file) is written last, and only then is the folder renamed
+to ``checkpoint-N``.  Resuming verifies the manifest, so a damaged file is named instead of being
+loaded; ``resume_from_checkpoint="latest"`` falls back to the newest intact checkpoint.
+"""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
 from typing import Any, Dict, List, Optional
 
+from ..files import (abandoned_by_hfkd, file_manifest, manifest_problems, mark_writer, read_json, remove_abandoned,
+                     replace_folder)
+
+logger = logging.getLogger(__name__)
+
 PREFIX = "checkpoint-"
 STATE_FILE = "trainer_state.json"
 METHOD_STATE_FILE = "method_state.safetensors"
+MANIFEST_FILE = "checkpoint_manifest.json"
 _TMP = ".tmp-"
+_OLD = ".old-"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing files or whose files differ from what was written."""
 
 
 def list_checkpoints(output_dir: str) -> List[str]:
-    """Complete checkpoints in ``output_dir``, oldest first."""
+    """Checkpoints in ``output_dir`` (folders ``checkpoint-N`` with a trainer state), oldest first."""
     if not os.path.isdir(output_dir):
         return []
     found = []
@@ -26,17 +44,56 @@ def list_checkpoints(output_dir: str) -> List[str]:
     return [p for _, p in sorted(found)]
 
 
+def verify_checkpoint(path: str) -> None:
+    """Raise :class:`CheckpointError` naming each missing or altered file of the checkpoint ``path``."""
+    try:
+        manifest = read_json(os.path.join(path, MANIFEST_FILE))
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {MANIFEST_FILE} is damaged ({e})") from e
+    if manifest is None:
+        if not os.path.isfile(os.path.join(path, STATE_FILE)):
+            raise CheckpointError(f"{path} is not an hfkd checkpoint (no {MANIFEST_FILE}, no {STATE_FILE})")
+        logger.warning("%s has no %s (written by an older hfkd): its files cannot be verified", path, MANIFEST_FILE)
+        return
+    problems = manifest_problems(path, manifest.get("files", {}))
+    if problems:
+        raise CheckpointError(f"checkpoint {path} is damaged: " + "; ".join(problems))
+
+
 def resolve_checkpoint(resume_from: Optional[str], output_dir: str) -> Optional[str]:
+    """The checkpoint to resume from, verified.  ``"latest"`` skips damaged ones, saying which and why."""
     if not resume_from:
         return None
-    if str(resume_from).lower() in ("latest", "true", "last"):
-        found = list_checkpoints(output_dir)
-        if not found:
-            raise FileNotFoundError(f"resume_from_checkpoint={resume_from!r} but {output_dir} holds no checkpoint")
-        return found[-1]
-    if not os.path.isfile(os.path.join(resume_from, STATE_FILE)):
-        raise FileNotFoundError(f"{resume_from} is not a complete hfkd checkpoint (no {STATE_FILE})")
-    return resume_from
+    if str(resume_from).lower() not in ("latest", "true", "last"):
+        if not os.path.isdir(resume_from):
+            raise FileNotFoundError(f"resume_from_checkpoint={resume_from!r} does not exist")
+        verify_checkpoint(resume_from)
+        return resume_from
+    found = list_checkpoints(output_dir)
+    if not found:
+        raise FileNotFoundError(f"resume_from_checkpoint={resume_from!r} but {output_dir} holds no checkpoint")
+    skipped = []
+    for path in reversed(found):
+        try:
+            verify_checkpoint(path)
+        except CheckpointError as e:
+            logger.warning("skipping %s, resuming from an older checkpoint: %s", path, e)
+            skipped.append(str(e))
+            continue
+        if skipped:
+            logger.warning("resuming from %s, the newest intact checkpoint", path)
+        return path
+    raise CheckpointError(f"no intact checkpoint in {output_dir}:\n" + "\n".join(skipped))
+
+
+def _prepare_tmp(tmp: str) -> None:
+    if os.path.lexists(tmp):
+        if not abandoned_by_hfkd(tmp):
+            raise FileExistsError(f"{tmp} exists and is not a checkpoint left by a stopped hfkd run; "
+                                  "another run may be writing into the same output_dir. Remove it or use another output_dir")
+        shutil.rmtree(tmp)
+    os.makedirs(tmp)
+    mark_writer(tmp)
 
 
 def save_checkpoint(accelerator, output_dir: str, step: int, state: Dict[str, Any], method_state: Dict[str, Any],
@@ -47,8 +104,9 @@ def save_checkpoint(accelerator, output_dir: str, step: int, state: Dict[str, An
     final = os.path.join(output_dir, f"{PREFIX}{step}")
     tmp = os.path.join(output_dir, f"{_TMP}{PREFIX}{step}")
     if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
+        os.makedirs(output_dir, exist_ok=True)
+        remove_abandoned(output_dir, (f"{_TMP}{PREFIX}", f"{_OLD}{PREFIX}"))  # left by a killed run
+        _prepare_tmp(tmp)
     accelerator.wait_for_everyone()
     accelerator.save_state(tmp)
     if accelerator.is_main_process:
@@ -57,9 +115,11 @@ def save_checkpoint(accelerator, output_dir: str, step: int, state: Dict[str, An
                       os.path.join(tmp, METHOD_STATE_FILE))
         with open(os.path.join(tmp, STATE_FILE), "w", encoding="utf-8") as f:
             json.dump(state, f, indent=2, default=str)
-        if os.path.exists(final):
-            shutil.rmtree(final)
-        os.rename(tmp, final)
+        with open(os.path.join(tmp, MANIFEST_FILE), "w", encoding="utf-8") as f:  # last: marks completeness
+            json.dump({"files": file_manifest(tmp, exclude=(MANIFEST_FILE,))}, f, indent=2)
+        if os.path.lexists(final) and not os.path.isfile(os.path.join(final, STATE_FILE)):
+            raise FileExistsError(f"{final} exists and is not an hfkd checkpoint; move it out of {output_dir}")
+        replace_folder(tmp, final, old_prefix=f"{_OLD}{PREFIX}{step}-")
         if save_total_limit:
             for old in list_checkpoints(output_dir)[:-save_total_limit]:
                 shutil.rmtree(old, ignore_errors=True)
@@ -67,13 +127,16 @@ def save_checkpoint(accelerator, output_dir: str, step: int, state: Dict[str, An
     return final
 
 
+def read_state(path: str) -> Dict[str, Any]:
+    with open(os.path.join(path, STATE_FILE), encoding="utf-8") as f:
+        return json.load(f)
+
+
 def load_checkpoint(accelerator, path: str):
     """Restore Accelerate's state; return (trainer state, method state)."""
     from safetensors.torch import load_file
 
     accelerator.load_state(path)
-    with open(os.path.join(path, STATE_FILE), encoding="utf-8") as f:
-        state = json.load(f)
     method_file = os.path.join(path, METHOD_STATE_FILE)
     method_state = load_file(method_file) if os.path.exists(method_file) else {}
-    return state, method_state
+    return read_state(path), method_state

@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from ..data import checks
 from ..data.loading import find_columns
 from ..data.transforms import AugmentConfig, ImageClassificationDataset, create_image_transform
 from ..methods.base import DistillationMethod, MethodContext
@@ -18,11 +19,13 @@ from ..methods.registry import create_method
 from ..models.backbone import Backbone
 from ..models.factory import create_backbone
 from ..models.teacher import Teacher, create_teacher
+from . import validation
 from .args import DistillationArguments
 from .callbacks import CallbackHandler, ProgressCallback, TrainerCallback
-from .checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, read_state, resolve_checkpoint, save_checkpoint
 from .evaluation import evaluate_logits
 from .optim import create_optimizer, create_scheduler
+from .resume import check_same_run, run_signature
 
 
 @dataclass
@@ -35,6 +38,7 @@ class TrainerState:
     log_history: List[Dict[str, Any]] = field(default_factory=list)
     train_runtime: float = 0.0
     should_stop: bool = False
+    skipped_steps: int = 0  # batches whose loss was not finite (on_nonfinite_loss="skip")
 
 
 class DistillationModule(nn.Module):
@@ -148,9 +152,12 @@ class DistillationTrainer:
         self.student = student if isinstance(student, Backbone) else create_backbone(student)
         if train_dataset is None:
             raise ValueError("train_dataset is required (see hfkd.load_image_dataset)")
+        checks.check_split(train_dataset, "train_dataset")
+        checks.check_split(eval_dataset, "eval_dataset")
+        validation.check_finite_settings(self.method.hparams(), f"method {self.method.name!r}")
         self.image_column, self.label_column = find_columns(train_dataset, image_column, label_column)
-        self.label_names = self._check_labels(train_dataset)
-        teachers = list(teachers or [])
+        self.label_names = self._check_labels(train_dataset, eval_dataset)
+        teachers = [teachers] if isinstance(teachers, (str, nn.Module, Teacher)) else list(teachers or [])
         self.method.check_teachers(len(teachers))
         self.teachers: List[Teacher] = [_bind_teacher(t, self.student) for t in teachers]
         self.augment = augment or AugmentConfig()
@@ -164,11 +171,13 @@ class DistillationTrainer:
         self._eval_loader = None
 
     # -- set-up -----------------------------------------------------------------------------------
-    def _check_labels(self, dataset) -> Optional[List[str]]:
+    def _check_labels(self, dataset, eval_dataset=None) -> Optional[List[str]]:
         from datasets import ClassLabel
 
         feature = dataset.features[self.label_column]
         names = list(feature.names) if isinstance(feature, ClassLabel) else None
+        checks.check_image_column(dataset, self.image_column, "train")
+        checks.check_labels(dataset, self.label_column, "train", len(names) if names is not None else None)
         num = len(names) if names is not None else int(max(dataset[self.label_column])) + 1
         if num != self.student.num_classes:
             raise ValueError(
@@ -183,6 +192,11 @@ class DistillationTrainer:
                     f"the student's label names {self.student.label_names[:5]}... differ from the dataset's "
                     f"{names[:5]}...; relabel the student with label_names=dataset label names"
                 )
+        if eval_dataset is not None:
+            find_columns(eval_dataset, self.image_column, self.label_column)
+            checks.check_image_column(eval_dataset, self.image_column, "eval")
+            checks.check_labels(eval_dataset, self.label_column, "eval", self.student.num_classes)
+            checks.check_eval_label_names(names, eval_dataset, self.label_column)
         return names
 
     def _wrap(self, dataset, training: bool) -> ImageClassificationDataset:
@@ -283,6 +297,8 @@ class DistillationTrainer:
 
         set_seed(args.seed)  # before modules are built and the sampler is made (seedable sampler)
         train_loader = acc.prepare(self._train_loader())
+        validation.check_steps(len(train_loader), len(self.train_dataset), args.per_device_train_batch_size,
+                               args.dataloader_drop_last, acc.num_processes)
         steps_per_epoch = max(1, math.ceil(len(train_loader) / args.gradient_accumulation_steps))
         if args.max_steps > 0:
             max_steps = args.max_steps
@@ -315,10 +331,12 @@ class DistillationTrainer:
         path = resolve_checkpoint(self.args.resume_from_checkpoint, self.args.output_dir)
         if path is None:
             return
+        check_same_run(read_state(path).get("run"), run_signature(self), self.args.resume_allow_changes, path)
         state, method_state = load_checkpoint(self.accelerator, path)
         self.state.global_step = state["global_step"]
         self.state.epoch = state["epoch"]
         self.state.batches_in_epoch = state["batches_in_epoch"]
+        self.state.skipped_steps = state.get("skipped_steps", 0)
         self.state.log_history = state.get("log_history", [])
         self.teacher_metrics = state.get("teacher_metrics", {})
         self.method.load_extra_state(method_state)
@@ -326,7 +344,7 @@ class DistillationTrainer:
     def _save(self) -> str:
         state = {k: v for k, v in asdict(self.state).items() if k != "should_stop"}
         state.update(teacher_metrics=self.teacher_metrics, method=self.method.name,
-                     method_hparams=self.method.hparams(), args=self.args.to_dict())
+                     method_hparams=self.method.hparams(), args=self.args.to_dict(), run=run_signature(self))
         path = save_checkpoint(self.accelerator, self.args.output_dir, self.state.global_step, state,
                                self.method.extra_state(), self.args.save_total_limit)
         self.callbacks("on_save", self, path)
@@ -340,6 +358,12 @@ class DistillationTrainer:
                 with acc.autocast():
                     teacher_outputs = [t(batch["pixel_values"], self.method.teacher_request) for t in self.teachers]
             out = self._model(batch, teacher_outputs)
+            if validation.nonfinite(out.loss, acc):
+                if self.args.on_nonfinite_loss == "raise":
+                    raise validation.nonfinite_loss_error(self.state.global_step, out.loss, out.logs,
+                                                          self.args.output_dir)
+                self._skip_nonfinite()
+                return out.loss.detach()
             acc.backward(out.loss)
             if acc.sync_gradients and self.args.max_grad_norm > 0:
                 acc.clip_grad_norm_(self._model.parameters(), self.args.max_grad_norm)
@@ -347,6 +371,12 @@ class DistillationTrainer:
             self.optimizer.zero_grad(set_to_none=True)
         self._running.append({"loss": out.loss.detach(), **out.logs})
         return out.loss.detach()
+
+    def _skip_nonfinite(self) -> None:
+        # on_nonfinite_loss="skip": this batch updates nothing (gradients of the accumulation window dropped).
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.skipped_steps += 1
+        self._log({"nonfinite_loss_skipped": self.state.skipped_steps})
 
     def _log_running(self) -> None:
         keys = self._running[0].keys()
@@ -443,31 +473,41 @@ class DistillationTrainer:
         ``card_extras`` are keyword arguments of :func:`hfkd.hub.card.create_model_card`
         (``license``, ``dataset_split``, ``extra_sections``).
         """
+        output_dir = output_dir or os.path.join(self.args.output_dir, "student")
+        self.accelerator.wait_for_everyone()
+        error = None
+        if self.accelerator.is_main_process:
+            try:
+                self._save_student(output_dir, baseline_metrics, card_extras)
+            except Exception as e:  # noqa: BLE001 - re-raised after the barrier so no process waits forever
+                error = e
+        self.accelerator.wait_for_everyone()
+        if error is not None:
+            raise error
+        return output_dir
+
+    def _save_student(self, output_dir, baseline_metrics, card_extras) -> None:
         import tempfile
 
         from ..hub.card import PLOT_FILENAME, create_model_card, plot_training_curves
-        from ..hub.save import save_student
+        from ..hub.save import check_save_target, save_student
 
-        output_dir = output_dir or os.path.join(self.args.output_dir, "student")
-        self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
-            lineage = self.lineage()
-            if baseline_metrics:
-                lineage["baseline"] = {k: v for k, v in baseline_metrics.items() if isinstance(v, (int, float, str))}
-            card_options = dict(card_extras or {})
-            if card_options:
-                lineage["card_options"] = card_options
-            extra_files = {}
-            with tempfile.TemporaryDirectory() as tmp:
-                plot_path = os.path.join(tmp, PLOT_FILENAME)
-                if plot_training_curves(lineage.get("log_history", []), plot_path):
-                    with open(plot_path, "rb") as f:
-                        extra_files[PLOT_FILENAME] = f.read()
-            card = create_model_card(lineage, plot_filename=PLOT_FILENAME if extra_files else None, **card_options)
-            extra_files["README.md"] = str(card).encode("utf-8")
-            save_student(self.unwrapped_student(), output_dir, metadata=lineage, extra_files=extra_files)
-        self.accelerator.wait_for_everyone()
-        return output_dir
+        check_save_target(output_dir)  # before any work: refuses a folder holding files hfkd did not write
+        lineage = self.lineage()
+        if baseline_metrics:
+            lineage["baseline"] = {k: v for k, v in baseline_metrics.items() if isinstance(v, (int, float, str))}
+        card_options = dict(card_extras or {})
+        if card_options:
+            lineage["card_options"] = card_options
+        extra_files = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            plot_path = os.path.join(tmp, PLOT_FILENAME)
+            if plot_training_curves(lineage.get("log_history", []), plot_path):
+                with open(plot_path, "rb") as f:
+                    extra_files[PLOT_FILENAME] = f.read()
+        card = create_model_card(lineage, plot_filename=PLOT_FILENAME if extra_files else None, **card_options)
+        extra_files["README.md"] = str(card).encode("utf-8")
+        save_student(self.unwrapped_student(), output_dir, metadata=lineage, extra_files=extra_files)
 
     def push_to_hub(self, output_dir: Optional[str] = None, repo_id: Optional[str] = None,
                     commit_message: Optional[str] = None):

@@ -1,0 +1,115 @@
+"""Checks of a dataset split before training: one split, decoded images, integer labels in range.
+
+Each error names the split, the column, the offending row and value, and the fix.
+"""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import numpy as np
+
+
+def check_split(dataset, name: str) -> None:
+    """A single ``datasets.Dataset`` split, not a dict of splits."""
+    from datasets import DatasetDict, IterableDatasetDict
+
+    if isinstance(dataset, (DatasetDict, IterableDatasetDict, dict)):
+        raise TypeError(f"{name} is a {type(dataset).__name__} with splits {list(dataset)}; pass one split, "
+                        f"e.g. {name}=dataset['train'] (or use hfkd.load_image_dataset, which picks the splits)")
+
+
+def check_image_column(dataset, image_column: str, split: str) -> None:
+    """Refuse an image column of file paths or text before any image is read."""
+    feature = dataset.features[image_column]
+    if getattr(feature, "dtype", None) in ("string", "large_string"):
+        raise TypeError(
+            f"the {split} column {image_column!r} holds strings (file paths?), not images; decode it with "
+            f"dataset = dataset.cast_column({image_column!r}, datasets.Image())"
+        )
+
+
+def check_labels(dataset, label_column: str, split: str, num_classes: Optional[int] = None) -> None:
+    """Every label is an integer in ``[0, num_classes)``; the error names the first offending row and value."""
+    values = dataset[label_column]
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        row = next(i for i, v in enumerate(values) if not isinstance(v, (int, float, np.number)) or isinstance(v, bool))
+        raise ValueError(f"{split} label {label_column!r} at row {row} is {values[row]!r}, not a class index") from None
+    if array.ndim != 1:
+        raise ValueError(f"{split} label {label_column!r} is not one class index per row (shape {array.shape}); "
+                         "hfkd trains single-label classification")
+    bad = np.flatnonzero(~np.isfinite(array) | (array != np.round(array)))
+    if bad.size:
+        row = int(bad[0])
+        raise ValueError(f"{split} label {label_column!r} at row {row} is {values[row]!r}, not an integer class "
+                         f"index ({bad.size} such rows); encode the labels as integers 0..C-1")
+    low = np.flatnonzero(array < 0)
+    if low.size:
+        row = int(low[0])
+        raise ValueError(f"{split} label {label_column!r} at row {row} is {values[row]!r}: class indices start at 0 "
+                         f"({low.size} negative rows); drop or relabel those rows")
+    if num_classes is not None:
+        high = np.flatnonzero(array >= num_classes)
+        if high.size:
+            row = int(high[0])
+            raise ValueError(f"{split} label {label_column!r} at row {row} is {values[row]!r}, but there are "
+                             f"{num_classes} classes (0..{num_classes - 1}); {high.size} rows are out of range")
+
+
+def check_eval_label_names(train_names: Optional[List[str]], eval_dataset, label_column: str) -> None:
+    """The eval split's classes are the train split's, in the same order."""
+    from datasets import ClassLabel
+
+    feature = eval_dataset.features[label_column]
+    if train_names is None or not isinstance(feature, ClassLabel) or list(feature.names) == list(train_names):
+        return
+    names = list(feature.names)
+    missing = [n for n in train_names if n not in names]
+    extra = [n for n in names if n not in train_names]
+    detail = f"missing {missing[:5]}" if missing else ""
+    detail += (", " if detail and extra else "") + (f"unknown {extra[:5]}" if extra else "")
+    raise ValueError(
+        f"the eval split's label names differ from the train split's ({detail or 'same names in another order'}): "
+        f"train {train_names[:10]}, eval {names[:10]}; the eval split must use the train split's classes "
+        "(cast it with eval = eval.cast_column(label, train.features[label]) if only the encoding differs)"
+    )
+
+
+def check_num_classes(num_classes: int, source: str, label_column: str) -> None:
+    """Classification needs two classes; an imagefolder with one sub-folder has one."""
+    if num_classes < 2:
+        raise ValueError(
+            f"{source} has {num_classes} class in {label_column!r}: classification needs at least 2. An image "
+            "folder needs one sub-folder per class (root/cat/*.png, root/dog/*.png)"
+        )
+
+
+def read_row(dataset, index: int, image_column: str, mode: str):
+    """Row ``index`` and its image decoded in ``mode``; a missing or unreadable image is named."""
+    from PIL import Image
+
+    try:
+        row = dataset[index]
+        image = row[image_column]
+        if image is None:
+            raise ValueError(f"row {index} of column {image_column!r} has no image (None); drop such rows first")
+        if isinstance(image, (str, bytes)):
+            raise TypeError(f"row {index} of column {image_column!r} is a {type(image).__name__}, not an image; "
+                            f"cast the column with dataset.cast_column({image_column!r}, datasets.Image())")
+        if not hasattr(image, "convert"):
+            image = Image.fromarray(np.asarray(image))
+        return image.convert(mode), row
+    except (OSError, SyntaxError) as e:  # PIL: truncated or undecodable file
+        raise OSError(f"cannot read the image of row {index} ({_image_file(dataset, index, image_column)}): {e}; "
+                      "remove or replace that file") from e
+
+
+def _image_file(dataset, index: int, image_column: str) -> str:
+    from datasets import Image
+
+    try:
+        raw = dataset.cast_column(image_column, Image(decode=False))[index][image_column]
+        return (raw or {}).get("path") or "an embedded image"
+    except Exception:  # noqa: BLE001 - only used to enrich an error message
+        return "file unknown"
