@@ -23,6 +23,7 @@ from .callbacks import CallbackHandler, ProgressCallback, TrainerCallback
 from .checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from .evaluation import evaluate_logits
 from .optim import create_optimizer, create_scheduler
+from .syncbn import apply_sync_batchnorm
 
 
 @dataclass
@@ -278,6 +279,7 @@ class DistillationTrainer:
             max_steps = num_epochs * steps_per_epoch
         for t in self.teachers:
             t.to(acc.device)  # never prepare() a frozen teacher: DDP would wrap it (accelerate.md §8)
+        self.student = apply_sync_batchnorm(self.student, acc, args.sync_batchnorm)
         self.student.to(acc.device)
         self.method.setup(MethodContext(
             num_classes=self.student.num_classes, num_train_samples=len(self.train_dataset), num_epochs=num_epochs,
