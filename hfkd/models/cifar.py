@@ -27,8 +27,8 @@ timm name                   network and source                                  
 Where the official networks disagree with the textbook, the official code wins (it produced the
 papers' numbers): the PS-KD / BAKE network has a post-activated stem (conv-BN-ReLU), its identity
 shortcuts carry the *pre-activated* input ``relu(bn(x))``, and it has no BN-ReLU after the last stage.
-Initialisation follows timm's defaults (Kaiming-normal convolutions, unit BN weights), not each
-repository's; WRN's official code draws BN weights uniformly in [0, 1).
+Each family is initialised as its official code does (``init``: PyTorch's defaults for PS-KD, BAKE and
+Factor Transfer, He et al.'s for ResNet-20/56/110, Zagoruyko's for WRN).
 """
 from __future__ import annotations
 
@@ -122,7 +122,7 @@ class CifarNet(nn.Module):
 
     def __init__(self, block: str, depths: Tuple[int, ...], widths: Tuple[int, ...], stem_width: int,
                  stem_norm: bool = True, final_norm: bool = False, num_classes: int = 100, in_chans: int = 3,
-                 drop_rate: float = 0.0, global_pool: str = "avg", **block_kwargs: Any):
+                 drop_rate: float = 0.0, global_pool: str = "avg", init: str = "torch", **block_kwargs: Any):
         super().__init__()
         if len(depths) != len(widths):
             raise ValueError(f"one depth per stage width: got depths {depths} and widths {widths}")
@@ -147,12 +147,7 @@ class CifarNet(nn.Module):
         self.norm = nn.Sequential(nn.BatchNorm2d(c_in), nn.ReLU(inplace=True)) if final_norm else nn.Identity()
         self.num_features = self.head_hidden_size = c_in
         self.fc = nn.Linear(c_in, num_classes) if num_classes > 0 else nn.Identity()
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        _initialise(self, init)
 
     # -- timm's interface -----------------------------------------------------------------------------
     def get_classifier(self) -> nn.Module:
@@ -202,6 +197,29 @@ class CifarNet(nn.Module):
         return self.norm(x), intermediates
 
 
+def _initialise(model: nn.Module, init: str) -> None:
+    """The official initialisations: ``"torch"`` keeps PyTorch's defaults (PS-KD, BAKE and Factor Transfer
+    re-initialise nothing); ``"he"``: Kaiming-normal (fan-out) convolutions, unit BN (He et al. 2015/2016);
+    ``"wrn"``: Kaiming-normal (fan-in) convolutions and linear weights, BN weights uniform in [0, 1), zero
+    biases (Wide ResNet's pytorch/utils.py L17-29)."""
+    if init not in ("torch", "he", "wrn"):
+        raise ValueError(f"init must be 'torch', 'he' or 'wrn', got {init!r}")
+    if init == "torch":
+        return
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out" if init == "he" else "fan_in")
+        elif isinstance(m, nn.BatchNorm2d):
+            if init == "wrn":
+                nn.init.uniform_(m.weight)
+            else:
+                nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear) and init == "wrn":
+            nn.init.kaiming_normal_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 # -- registration --------------------------------------------------------------------------------------
 def _cfg(mean=CIFAR_MEAN, std=CIFAR_STD, pool_size=(4, 4)) -> Dict[str, Any]:
     return dict(num_classes=100, input_size=(3, 32, 32), pool_size=pool_size, crop_pct=1.0, interpolation="bilinear",
@@ -221,13 +239,13 @@ for _name, _depths in (("cifar_resnet10", (1, 1, 1, 1)), ("cifar_resnet18", (2, 
     _arch(_name, _cfg(), depths=_depths, **_PSKD_BAKE)
 for _n, _depth in ((20, 3), (56, 9), (110, 18)):
     _arch(f"cifar_resnet{_n}", _cfg(pool_size=(8, 8)), block="basic", depths=(_depth,) * 3, widths=(16, 32, 64),
-          stem_width=16, shortcut="A")
+          stem_width=16, shortcut="A", init="he")
     _arch(f"cifar_resnet{_n}_ft", _cfg(pool_size=(8, 8)), block="basic", depths=(_depth,) * 3,
           widths=(16, 32, 64), stem_width=16, shortcut="B")
 for _d, _k in ((16, 2), (16, 4), (40, 2), (28, 10)):
     _arch(f"cifar_wrn{_d}_{_k}", _cfg(WRN_MEAN, WRN_STD, pool_size=(8, 8)), block="preact",
           depths=((_d - 4) // 6,) * 3, widths=(16 * _k, 32 * _k, 64 * _k), stem_width=16, stem_norm=False,
-          final_norm=True)
+          final_norm=True, init="wrn")
 
 
 def _register_all() -> None:
