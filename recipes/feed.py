@@ -2,7 +2,7 @@
 
     python recipes/feed.py                     # demo: baseline vs pFEED (2 teachers) vs 2 sFEED generations
     python recipes/feed.py --seeds 0 1 2       # the same, mean +- std over 3 seeds
-    python recipes/feed.py --config recipes/configs/feed_cifar100.yaml
+    python recipes/feed.py --config recipes/configs/feed_resnet56_cifar100.yaml
     accelerate launch recipes/feed.py --student resnet18 --teachers org/resnet50-ft org/convnext-ft --generations 0
 
 What runs, per seed (output folders under ``--output_dir``, or ``--output_dir/seed_{s}`` with several seeds):
