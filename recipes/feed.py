@@ -2,6 +2,7 @@
 
     python recipes/feed.py                     # demo: baseline vs pFEED (2 teachers) vs 2 sFEED generations
     python recipes/feed.py --seeds 0 1 2       # the same, mean +- std over 3 seeds
+    python recipes/feed.py --demo_networks cifar --beta 500 --generations 0 --seeds 0 1 2   # 8x8 maps (docs/feed.md)
     python recipes/feed.py --config recipes/configs/feed_resnet56_cifar100.yaml
     accelerate launch recipes/feed.py --student resnet18 --teachers org/resnet50-ft org/convnext-ft --generations 0
 
@@ -44,6 +45,15 @@ class FEEDArguments:
         default=None, metadata={"help": "Generation 1's teacher (student architecture); default: the baseline."})
     baseline: bool = field(default=True, metadata={"help": "Train the student without KD for comparison."})
     seeds: List[int] = field(default_factory=list, metadata={"help": "Several training seeds: report mean +- std."})
+    demo_networks: str = field(default="default", metadata={
+        "help": "default (the shared demo networks, 1x1 maps at 32 px) or cifar (CIFAR ResNets, 8x8 maps)."})
+
+
+# `--demo_networks cifar`: stride-1 CIFAR ResNets (docs/cifar.md), so FEED transfers 64 x 8 x 8 maps: a ResNet-8
+# student (0.08M parameters) and two ResNet-20 teachers (0.27M, zero-padding and projection shortcuts), trained on
+# the digits and cached like the demo teachers.
+CIFAR_DEMO_STUDENT = "cifar_resnet8"
+CIFAR_DEMO_TEACHERS = ("cifar_resnet20", "cifar_resnet20_ft")
 
 
 # The embedded demo.  Its maps are 1x1 (32 px images), where Factor Transfer's beta = 500 swamps the CE
@@ -136,6 +146,10 @@ def main(argv=None):
                                                   argv, defaults=DEFAULTS)
     if cfg.generations < 0:
         raise ValueError(f"--generations must be >= 0, got {cfg.generations}")
+    if cfg.demo_networks not in ("default", "cifar"):
+        raise ValueError(f"--demo_networks must be 'default' or 'cifar', got {cfg.demo_networks!r}")
+    if cfg.demo_networks == "cifar" and model_args.student == DEMO_STUDENT:
+        model_args = dataclasses.replace(model_args, student=CIFAR_DEMO_STUDENT)
     # One data split for every seed: the seeds vary initialisation, shuffling and augmentation only.
     data = load_data(data_args, seed=args.seed)
     teacher_paths = list(model_args.teachers)
@@ -143,7 +157,7 @@ def main(argv=None):
         if data_args.dataset != DEFAULT_DATASET:
             raise ValueError(f"parallel FEED on {data_args.dataset} needs --teachers (models trained on it); "
                              "the cached demo teachers only know the embedded digits. Or pass --parallel false")
-        teacher_paths = demo_teachers(data)
+        teacher_paths = demo_teachers(data, names=CIFAR_DEMO_TEACHERS if cfg.demo_networks == "cifar" else None)
     seeds = list(cfg.seeds) or [args.seed]
     all_rows: List[Dict[str, Any]] = []
     accelerator = None

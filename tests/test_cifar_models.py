@@ -29,7 +29,8 @@ OFFICIAL_PARAMS_100 = {
     "cifar_wrn28_10": 36_536_884,
 }
 # He et al. 2016 (§4.2, Table 6) CIFAR-10 ResNets with option-A shortcuts: 0.27M, 0.85M, 1.7M parameters.
-HE_PAPER_PARAMS_10 = {"cifar_resnet20": 0.27e6, "cifar_resnet56": 0.85e6, "cifar_resnet110": 1.7e6}
+HE_PAPER_PARAMS_10 = {"cifar_resnet20": 0.27e6, "cifar_resnet32": 0.46e6, "cifar_resnet56": 0.85e6,
+                      "cifar_resnet110": 1.7e6}
 
 
 def _params(model) -> int:

@@ -16,9 +16,9 @@ timm name                   network and source                                  
                             resnet.py L109-133, L211-258)                            21.33M
 ``cifar_preact_resnet18``   PS-KD's ``CIFAR_ResNet18_preActBasic`` (models/          11.22M
                             preact_resnet.py L98-121, L228-267): the same network
-``cifar_resnet20/56/110``   He et al. 2016 §4.2, option A (parameter-free shortcuts)  0.28M / 0.86M /
-                                                                                     1.73M
-``cifar_resnet20/56/110_ft``  Factor Transfer's ``ResNet20/56/112`` (Models/resnet.py  0.28M / 0.86M /
+``cifar_resnet8/20/32/      He et al. 2016 §4.2, option A (parameter-free shortcuts)  0.08M / 0.28M /
+56/110``                                                                             0.47M / 0.86M / 1.73M
+``cifar_resnet*_ft``        Factor Transfer's ``ResNet20/56/112`` (Models/resnet.py  0.28M / 0.86M /
                             L15-37, L108-153): 1x1-conv + BN projection shortcuts    1.74M
 ``cifar_wrn16_2/16_4/       Zagoruyko & Komodakis 2016 (pytorch/resnet.py L6-61)     0.70M / 2.77M /
 40_2/28_10``                                                                         2.26M / 36.54M
@@ -237,7 +237,8 @@ _PSKD_BAKE = dict(block="preact", widths=(64, 128, 256, 512), stem_width=64, ide
 for _name, _depths in (("cifar_resnet10", (1, 1, 1, 1)), ("cifar_resnet18", (2, 2, 2, 2)),
                        ("cifar_resnet34", (3, 4, 6, 3)), ("cifar_preact_resnet18", (2, 2, 2, 2))):
     _arch(_name, _cfg(), depths=_depths, **_PSKD_BAKE)
-for _n, _depth in ((20, 3), (56, 9), (110, 18)):
+# He et al.'s depths 6n + 2; ResNet-8 (n = 1) is not in their table, a small student for demos.
+for _n, _depth in ((8, 1), (20, 3), (32, 5), (56, 9), (110, 18)):
     _arch(f"cifar_resnet{_n}", _cfg(pool_size=(8, 8)), block="basic", depths=(_depth,) * 3, widths=(16, 32, 64),
           stem_width=16, shortcut="A", init="he")
     _arch(f"cifar_resnet{_n}_ft", _cfg(pool_size=(8, 8)), block="basic", depths=(_depth,) * 3,
