@@ -76,3 +76,14 @@ def test_every_config_named_in_the_repository_exists():
         named |= set(re.findall(r"recipes/configs/([\w.-]+\.ya?ml)", path.read_text(encoding="utf-8")))
     missing = sorted(n for n in named if not (ROOT / "recipes" / "configs" / n).exists() and "*" not in n)
     assert not missing, f"configs named but absent: {missing}"
+
+
+def test_feed_demo_networks_are_checked_and_cifar_networks_have_spatial_maps():
+    feed = _recipe(ROOT / "recipes" / "configs" / "feed_resnet56_cifar100.yaml")
+    with pytest.raises(ValueError, match="--demo_networks must be"):
+        feed.main(["--demo_networks", "imagenet"])
+    student = describe_model(feed.CIFAR_DEMO_STUDENT, 10)
+    assert student["feature_map"] == (64, 8, 8)
+    for teacher in feed.CIFAR_DEMO_TEACHERS:
+        t = describe_model(teacher, 10)
+        assert t["feature_map"] == (64, 8, 8) and t["params"] > student["params"]
