@@ -87,3 +87,9 @@ def test_feed_demo_networks_are_checked_and_cifar_networks_have_spatial_maps():
     for teacher in feed.CIFAR_DEMO_TEACHERS:
         t = describe_model(teacher, 10)
         assert t["feature_map"] == (64, 8, 8) and t["params"] > student["params"]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+def test_configs_cite_sources_inside_the_repository_or_upstream(config):
+    text = config.read_text(encoding="utf-8")
+    assert "shared/" not in text, f"{config.name} points outside the repository"
