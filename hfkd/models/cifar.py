@@ -36,6 +36,8 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
 from torch import nn
 
 __all__ = ["CifarNet", "CIFAR_MEAN", "CIFAR_STD", "WRN_MEAN", "WRN_STD", "cifar_model_names", "describe_model"]
@@ -178,8 +180,6 @@ class CifarNet(nn.Module):
                               norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
                               intermediates_only: bool = False):
         """timm's API: the stage outputs at ``indices`` and, unless ``intermediates_only``, the final map."""
-        from timm.models._features import feature_take_indices
-
         if output_fmt != "NCHW":
             raise ValueError(f"{type(self).__name__} only gives NCHW feature maps, not {output_fmt}")
         take, max_index = feature_take_indices(len(self.stages), indices)
@@ -249,25 +249,21 @@ for _d, _k in ((16, 2), (16, 4), (40, 2), (28, 10)):
           final_norm=True, init="wrn")
 
 
-def _register_all() -> None:
-    from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+# register_model looks the entrypoint's default config up in its module's ``default_cfgs``.
+default_cfgs = generate_default_cfgs({name: spec["cfg"] for name, spec in _ARCHS.items()})
 
-    globals()["default_cfgs"] = generate_default_cfgs({name: spec["cfg"] for name, spec in _ARCHS.items()})
 
-    def entrypoint(name: str):
-        def create(pretrained: bool = False, **kwargs: Any) -> CifarNet:
-            args = {**_ARCHS[name]["arch"], **kwargs}
-            return build_model_with_cfg(CifarNet, name, pretrained,
-                                        feature_cfg=dict(flatten_sequential=True, out_indices=tuple(
-                                            range(len(_ARCHS[name]["arch"]["depths"])))), **args)
+def _entrypoint(name: str):
+    arch = _ARCHS[name]["arch"]
 
-        create.__name__ = create.__qualname__ = name
-        create.__module__ = __name__
-        create.__doc__ = f"{name}: see hfkd.models.cifar."
-        return create
+    def create(pretrained: bool = False, **kwargs: Any) -> CifarNet:
+        features = dict(flatten_sequential=True, out_indices=tuple(range(len(arch["depths"]))))
+        return build_model_with_cfg(CifarNet, name, pretrained, feature_cfg=features, **{**arch, **kwargs})
 
-    for name in _ARCHS:
-        register_model(entrypoint(name))
+    create.__name__ = create.__qualname__ = name
+    create.__module__ = __name__
+    create.__doc__ = f"{name}: see hfkd.models.cifar."
+    return create
 
 
 def cifar_model_names() -> List[str]:
@@ -289,4 +285,5 @@ def describe_model(name: str, num_classes: int = 100, image_size: int = 32) -> D
             "feature_map": tuple(feature_map.shape[1:]), "image_size": image_size}
 
 
-_register_all()
+for _name in _ARCHS:
+    register_model(_entrypoint(_name))
