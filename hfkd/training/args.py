@@ -111,6 +111,11 @@ class DistillationArguments:
         if problems:
             raise ValueError("invalid DistillationArguments: " + "; ".join(problems))
 
+    @property
+    def uses_epoch_schedule(self) -> bool:
+        """Whether the lr follows pycls's schedule (hfkd.training.optim.epoch_lr_factor)."""
+        return self.lr_step_per_epoch or self.warmup_epochs > 0 or self.warmup_start_factor > 0
+
     def _epoch_schedule_problems(self) -> List[str]:
         problems = []
         if self.warmup_epochs < 0:
@@ -119,7 +124,7 @@ class DistillationArguments:
             problems.append(f"warmup_start_factor must be in [0, 1) (got {self.warmup_start_factor})")
         if self.warmup_start_factor > 0 and self.warmup_epochs == 0:
             problems.append("warmup_start_factor needs warmup_epochs > 0")
-        epoch_style = self.lr_step_per_epoch or self.warmup_epochs > 0 or self.warmup_start_factor > 0
+        epoch_style = self.uses_epoch_schedule
         if epoch_style and (self.warmup_steps or self.warmup_ratio):
             problems.append("warmup_epochs / warmup_start_factor / lr_step_per_epoch use the pycls schedule: "
                             "give the warm-up as warmup_epochs, not warmup_steps / warmup_ratio")

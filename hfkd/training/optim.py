@@ -43,7 +43,7 @@ def create_scheduler(args: DistillationArguments, optimizer, total_steps: int, s
     With ``lr_step_per_epoch``, ``warmup_epochs`` or ``warmup_start_factor`` set, the pycls schedule instead
     (:func:`_epoch_schedule`).
     """
-    if uses_epoch_schedule(args):
+    if args.uses_epoch_schedule:
         return _epoch_schedule(args, optimizer, total_steps, steps_per_epoch)
     warmup = _warmup_steps(args, total_steps)
     if args.lr_scheduler_type != "multistep":
@@ -61,10 +61,6 @@ def create_scheduler(args: DistillationArguments, optimizer, total_steps: int, s
 
 
 # -- pycls-style schedule (BAKE's ImageNet code, imagenet/pycls/core/optimizer.py L57-90) ----------------
-def uses_epoch_schedule(args: DistillationArguments) -> bool:
-    return args.lr_step_per_epoch or args.warmup_epochs > 0 or args.warmup_start_factor > 0
-
-
 def epoch_lr_factor(args: DistillationArguments, t: float, total_epochs: float) -> float:
     """The lr multiplier at training time ``t`` (in epochs): the decay over all of training times the warm-up.
 
