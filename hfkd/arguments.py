@@ -77,10 +77,22 @@ class DataArguments:
     aug_color_jitter: Optional[float] = field(default=0.4, metadata={"help": "Colour jitter strength (null: none)."})
     aug_auto_augment: Optional[str] = field(default=None, metadata={"help": f"Auto-augment policy: {_AUTO_AUGMENT}."})
     aug_re_prob: float = field(default=0.0, metadata={"help": "Random erasing probability."})
+    # -- paper presets (docs/cifar.md) --
+    aug_preset: str = field(default="timm", metadata={
+        "help": "timm (RandomResizedCrop, the aug_* above) or cifar (RandomCrop with aug_crop_padding + flip).",
+        "choices": ["timm", "cifar"]})
+    aug_crop_padding: int = field(default=4, metadata={"help": "cifar preset: pixels of padding before the crop."})
+    aug_padding_mode: str = field(default="constant", metadata={
+        "help": "cifar preset: constant (zeros, PS-KD/BAKE/FT), reflect (Wide ResNet), edge or symmetric.",
+        "choices": ["constant", "reflect", "edge", "symmetric"]})
+    aug_pca_lighting: float = field(default=0.0, metadata={
+        "help": "AlexNet-style PCA lighting noise std (PS-KD/BAKE ImageNet: 0.1); 0 disables it."})
 
     def augment(self) -> AugmentConfig:
         return AugmentConfig(scale=tuple(self.aug_scale), hflip=self.aug_hflip, color_jitter=self.aug_color_jitter,
-                             auto_augment=self.aug_auto_augment, re_prob=self.aug_re_prob)
+                             auto_augment=self.aug_auto_augment, re_prob=self.aug_re_prob, preset=self.aug_preset,
+                             crop_padding=self.aug_crop_padding, padding_mode=self.aug_padding_mode,
+                             pca_lighting=self.aug_pca_lighting)
 
 
 @dataclass

@@ -30,6 +30,30 @@ class AugmentConfig:
     color_jitter: Optional[float] = 0.4
     auto_augment: Optional[str] = None
     re_prob: float = 0.0
+    # -- paper presets (docs/cifar.md) --
+    # "timm": timm's RandomResizedCrop pipeline (the fields above); "cifar": RandomCrop with `crop_padding`
+    # pixels of `padding_mode` padding + flip (+ colour jitter if set), as the CIFAR papers train.
+    preset: str = "timm"
+    crop_padding: int = 4
+    padding_mode: str = "constant"
+    # AlexNet-style PCA lighting noise with standard deviation `pca_lighting` (0.1 in PS-KD / BAKE on ImageNet).
+    pca_lighting: float = 0.0
+
+    def __post_init__(self):
+        problems = []
+        if self.preset not in AUGMENT_PRESETS:
+            problems.append(f"preset must be one of {AUGMENT_PRESETS} (got {self.preset!r})")
+        if self.crop_padding < 0:
+            problems.append(f"crop_padding must be >= 0 (got {self.crop_padding})")
+        if self.padding_mode not in _PADDING_MODES:
+            problems.append(f"padding_mode must be one of {_PADDING_MODES} (got {self.padding_mode!r})")
+        if self.pca_lighting < 0:
+            problems.append(f"pca_lighting must be >= 0 (got {self.pca_lighting})")
+        if self.preset == "cifar" and (self.auto_augment or self.re_prob):
+            problems.append("the cifar preset has no auto_augment / random erasing: set them to null / 0 or use "
+                            "preset 'timm'")
+        if problems:
+            raise ValueError("invalid augmentation: " + "; ".join(problems))
 
 
 def create_image_transform(preprocess: PreprocessConfig, is_training: bool,
@@ -41,11 +65,88 @@ def create_image_transform(preprocess: PreprocessConfig, is_training: bool,
         input_size=preprocess.input_size, interpolation=preprocess.interpolation,
         mean=preprocess.mean, std=preprocess.std, crop_pct=preprocess.crop_pct, crop_mode=preprocess.crop_mode,
     )
+    a = augment or AugmentConfig()
+    if is_training and a.preset == "cifar":
+        return _cifar_train_transform(preprocess, a)
     if is_training:
-        a = augment or AugmentConfig()
         kwargs.update(scale=tuple(a.scale), ratio=tuple(a.ratio), hflip=a.hflip, color_jitter=a.color_jitter,
                       auto_augment=a.auto_augment, re_prob=a.re_prob)
-    return create_transform(is_training=is_training, **kwargs)
+    transform = create_transform(is_training=is_training, **kwargs)
+    return _with_lighting(transform, a.pca_lighting) if is_training and a.pca_lighting else transform
+
+
+# -- paper presets: CIFAR crops and PCA lighting --------------------------------------------------------
+AUGMENT_PRESETS = ("timm", "cifar")
+_PADDING_MODES = ("constant", "edge", "reflect", "symmetric")
+# The ImageNet RGB covariance's eigen-decomposition used by AlexNet-style lighting, as in fb.resnet.torch, PS-KD
+# (loader/custom_dataloader.py L121-125) and pycls / BAKE (imagenet/pycls/datasets/imagenet.py L29-36).
+IMAGENET_PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
+IMAGENET_PCA_EIGVEC = ((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (-0.5836, -0.6948, 0.4203))
+
+
+class PCALighting:
+    """Add ``eigvec @ (alpha * eigval)`` to every pixel of a ``[3, H, W]`` tensor, ``alpha ~ N(0, alphastd^2)``.
+
+    Applied to the ``[0, 1]`` tensor before normalisation, as the official code does; the draw uses
+    torch's generator, so the per-sample seeding makes it reproducible.
+    """
+
+    def __init__(self, alphastd: float, eigval=IMAGENET_PCA_EIGVAL, eigvec=IMAGENET_PCA_EIGVEC):
+        self.alphastd = float(alphastd)
+        self.eigval = torch.tensor(eigval, dtype=torch.float32)
+        self.eigvec = torch.tensor(eigvec, dtype=torch.float32)
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        if self.alphastd == 0:
+            return img
+        alpha = torch.randn(3) * self.alphastd
+        rgb = self.eigvec @ (alpha * self.eigval)
+        return img + rgb.to(img.dtype).view(3, 1, 1)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(alphastd={self.alphastd})"
+
+
+class _FitSize:
+    """Resize to ``(height, width)`` only when the image has another size (CIFAR images pass untouched)."""
+
+    def __init__(self, size: Tuple[int, int], interpolation: str):
+        self.size, self.interpolation = tuple(size), interpolation
+
+    def __call__(self, img):
+        from timm.data.transforms import str_to_pil_interp
+
+        h, w = self.size
+        return img if img.size == (w, h) else img.resize((w, h), str_to_pil_interp(self.interpolation))
+
+
+def _cifar_train_transform(preprocess: PreprocessConfig, a: AugmentConfig) -> Callable:
+    """RandomCrop(size, padding) + horizontal flip (+ colour jitter) + to-tensor (+ lighting) + normalise."""
+    from torchvision import transforms
+
+    size = preprocess.image_size
+    steps: list = [_FitSize(size, preprocess.interpolation),
+                   transforms.RandomCrop(size, padding=a.crop_padding, padding_mode=a.padding_mode)]
+    if a.hflip > 0:
+        steps.append(transforms.RandomHorizontalFlip(a.hflip))
+    if a.color_jitter:
+        steps.append(transforms.ColorJitter(a.color_jitter, a.color_jitter, a.color_jitter))
+    steps.append(transforms.ToTensor())
+    if a.pca_lighting:
+        steps.append(PCALighting(a.pca_lighting))
+    steps.append(transforms.Normalize(preprocess.mean, preprocess.std))
+    return transforms.Compose(steps)
+
+
+def _with_lighting(transform, alphastd: float):
+    """timm's training pipeline with :class:`PCALighting` inserted just before its normalisation."""
+    from torchvision import transforms
+
+    steps = list(transform.transforms)
+    at = next((i for i, t in enumerate(steps) if isinstance(t, transforms.Normalize)), None)
+    if at is None:
+        raise ValueError("pca_lighting: the training transform has no Normalize step to insert the lighting before")
+    return transforms.Compose(steps[:at] + [PCALighting(alphastd)] + steps[at:])
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

@@ -1,3 +1,4 @@
+from . import cifar  # registers the CIFAR networks with timm
 from .backbone import LAST_STAGE, Backbone, BackboneOutput, ModuleBackbone, OutputRequest, TimmBackbone, TransformersBackbone
 from .factory import create_backbone
 from .preprocess import PreprocessConfig, adapt_batch

@@ -8,6 +8,7 @@ _MIXED = ("no", "bf16", "fp16")
 _NONFINITE = ("raise", "skip")
 _STRATEGIES = ("no", "steps", "epoch")
 _SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial", "multistep")
+_EPOCH_SCHEDULERS = ("constant", "linear", "cosine", "multistep")
 
 
 @dataclass
@@ -19,7 +20,8 @@ class DistillationArguments:
     per_device_eval_batch_size: int = field(default=128, metadata={"help": "Batch size per process for evaluation."})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Batches per optimiser step."})
     learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate."})
-    weight_decay: float = field(default=0.0, metadata={"help": "Weight decay (not applied to biases and norms)."})
+    weight_decay: float = field(default=0.0, metadata={
+        "help": "Weight decay (not applied to biases and norms unless weight_decay_norm_and_bias)."})
     optim: str = field(default="adamw", metadata={"help": "Any timm optimizer name: adamw, sgd (Nesterov), momentum, ..."})
     momentum: float = field(default=0.9, metadata={"help": "Momentum for SGD-type optimizers."})
     adam_beta1: float = field(default=0.9, metadata={"help": "Adam-type optimizers: beta1."})
@@ -76,6 +78,17 @@ class DistillationArguments:
         default="raise", metadata={"help": "raise: stop at a NaN/inf loss, naming the step, the loss terms and the "
                                            "last checkpoint; skip: drop that batch's update and go on.",
                                    "choices": _NONFINITE})
+    # -- paper-faithful optimisation (docs/cifar.md) --
+    weight_decay_norm_and_bias: bool = field(default=False, metadata={
+        "help": "Decay every parameter, norms and biases too, as PS-KD, BAKE and Factor Transfer do."})
+    lr_step_per_epoch: bool = field(default=False, metadata={
+        "help": "Set the lr once per epoch from the epoch index (pycls / BAKE ImageNet) instead of every step."})
+    warmup_epochs: int = field(default=0, metadata={
+        "help": "pycls warm-up over this many epochs (BAKE ImageNet: 5); excludes warmup_steps / warmup_ratio."})
+    warmup_start_factor: float = field(default=0.0, metadata={
+        "help": "The warm-up starts at this fraction of the lr (BAKE ImageNet: 0.1)."})
+    sync_batchnorm: bool = field(default=False, metadata={
+        "help": "Convert the student's BatchNorm to SyncBatchNorm (several GPU processes only)."})
 
     def __post_init__(self):
         from .validation import field_type_problems
@@ -120,10 +133,33 @@ class DistillationArguments:
                 problems.append(f"{name} must be >= 1 (got {getattr(self, name)})")
         if self.save_total_limit is not None and self.save_total_limit < 1:
             problems.append("save_total_limit must be >= 1 or None")
+        problems += self._epoch_schedule_problems()
         if self.push_to_hub and not self.hub_model_id:
             problems.append("push_to_hub needs hub_model_id=ORG/NAME")
         if problems:
             raise ValueError("invalid DistillationArguments: " + "; ".join(problems))
+
+    @property
+    def uses_epoch_schedule(self) -> bool:
+        """Whether the lr follows pycls's schedule (hfkd.training.optim.epoch_lr_factor)."""
+        return self.lr_step_per_epoch or self.warmup_epochs > 0 or self.warmup_start_factor > 0
+
+    def _epoch_schedule_problems(self) -> List[str]:
+        problems = []
+        if self.warmup_epochs < 0:
+            problems.append(f"warmup_epochs must be >= 0 (got {self.warmup_epochs})")
+        if not 0 <= self.warmup_start_factor < 1:
+            problems.append(f"warmup_start_factor must be in [0, 1) (got {self.warmup_start_factor})")
+        if self.warmup_start_factor > 0 and self.warmup_epochs == 0:
+            problems.append("warmup_start_factor needs warmup_epochs > 0")
+        epoch_style = self.uses_epoch_schedule
+        if epoch_style and (self.warmup_steps or self.warmup_ratio):
+            problems.append("warmup_epochs / warmup_start_factor / lr_step_per_epoch use the pycls schedule: "
+                            "give the warm-up as warmup_epochs, not warmup_steps / warmup_ratio")
+        if epoch_style and self.lr_scheduler_type not in _EPOCH_SCHEDULERS:
+            problems.append(f"with lr_step_per_epoch or warmup_epochs, lr_scheduler_type must be one of "
+                            f"{_EPOCH_SCHEDULERS} (got {self.lr_scheduler_type!r})")
+        return problems
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)

@@ -26,6 +26,7 @@ from .checkpoint import load_checkpoint, read_state, resolve_checkpoint, save_ch
 from .evaluation import evaluate_logits
 from .optim import create_optimizer, create_scheduler
 from .resume import check_same_run, run_signature
+from .syncbn import apply_sync_batchnorm
 
 
 @dataclass
@@ -308,6 +309,7 @@ class DistillationTrainer:
             max_steps = num_epochs * steps_per_epoch
         for t in self.teachers:
             t.to(acc.device)  # never prepare() a frozen teacher: DDP would wrap it (docs/launch.md)
+        self.student = apply_sync_batchnorm(self.student, acc, args.sync_batchnorm)
         self.student.to(acc.device)
         self.method.setup(MethodContext(
             num_classes=self.student.num_classes, num_train_samples=len(self.train_dataset), num_epochs=num_epochs,
