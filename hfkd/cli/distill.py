@@ -35,7 +35,7 @@ def parse_distill_args(argv: Optional[Sequence[str]] = None, method: Optional[st
     argv = list(sys.argv[1:] if argv is None else argv)
     config_path, argv = split_config(argv)
     values = load_yaml(config_path) if config_path else {}
-    chosen = option_value(argv, "method") or values.get("method")
+    chosen = option_value(argv, "method") or values.pop("method", None)  # read here, not an option of any group
     if fixed_method:
         if chosen and normalize_name(chosen) != normalize_name(method):
             raise ValueError(f"this recipe runs {method!r} but the settings ask for {chosen!r}; use "
