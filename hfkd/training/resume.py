@@ -23,9 +23,11 @@ TRAJECTORY_ARGS = (
     "max_steps", "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps", "seed",
     "learning_rate", "weight_decay", "optim", "momentum", "adam_beta1", "adam_beta2", "adam_epsilon",
     "max_grad_norm", "lr_scheduler_type", "lr_milestones", "lr_gamma", "warmup_steps", "warmup_ratio",
-    "mixed_precision", "dataloader_drop_last", "on_nonfinite_loss",
+    "dataloader_drop_last", "on_nonfinite_loss",
+    "weight_decay_norm_and_bias", "lr_step_per_epoch", "warmup_epochs", "warmup_start_factor", "sync_batchnorm",
 )
-OTHER_FIELDS = ("method", "method_hparams", "augment", "dataset", "train_samples", "world_size", "student", "teachers")
+OTHER_FIELDS = ("method", "method_hparams", "augment", "dataset", "train_samples", "world_size", "mixed_precision",
+                "student", "teachers")
 
 
 def dataset_fingerprint(dataset) -> str:
@@ -46,6 +48,7 @@ def run_signature(trainer) -> Dict[str, Any]:
         method=trainer.method.name, method_hparams=trainer.method.hparams(), augment=asdict(trainer.augment),
         dataset=dataset_fingerprint(getattr(train, "dataset", train)), train_samples=len(train),
         world_size=trainer.accelerator.num_processes,
+        mixed_precision=trainer.accelerator.mixed_precision,  # what runs, whether set here or by Accelerate
         student={"name": student.name, "num_classes": student.num_classes,
                  "input_size": list(student.preprocess.input_size),
                  "parameters": sum(p.numel() for p in student.parameters())},
