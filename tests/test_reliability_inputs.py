@@ -56,9 +56,9 @@ def test_yaml_values_of_the_wrong_type_name_the_file(tmp_path):
         cfg.write_text(text)
         with pytest.raises(ValueError, match=f"{match}.*c.yaml"):
             parse_args(PARSE, ["--config", str(cfg)])
-    with pytest.raises(ValueError, match="--config needs the path of a YAML file"):
+    with pytest.raises(ValueError, match="--config needs a YAML file"):
         parse_args(PARSE, ["--config"])
-    with pytest.raises(ValueError, match="--config needs the path"):
+    with pytest.raises(ValueError, match="--config needs a YAML file"):
         parse_args(PARSE, ["--config", "--learning_rate", "0.1"])
 
 
