@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, List, Type
 
 from ..arguments import DataArguments, DistillRunArguments, ModelArguments, RunArguments
 from ..methods.base import DistillationMethod, MethodConfig
-from ..methods.registry import create_method, normalize_name
+from ..methods.registry import create_method, get_method_class, normalize_name
 from ..training.args import DistillationArguments
 
 
@@ -58,7 +58,7 @@ def teacher_paths(settings: RunSettings, data) -> List[str]:
     from ..data.default import DEFAULT_DATASET
     from ..demo import demo_teachers
 
-    cls = type(settings.create_method())
+    cls = get_method_class(settings.method)
     teachers = list(settings.model.teachers)
     if teachers and cls.max_teachers == 0:
         raise ValueError(f"{settings.method} is self-distillation and takes no --teachers; use --method kd or "
