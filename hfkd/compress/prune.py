@@ -11,6 +11,7 @@ after pruning is reported with the layer where it broke.
 from __future__ import annotations
 
 import copy
+from importlib import metadata
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -187,7 +188,6 @@ def prune_backbone(backbone: Backbone, config: Optional[PruningConfig] = None,
     ``calibration_batch`` ``(pixel_values, labels)`` is needed by the ``taylor``
     criterion.  ``backbone`` itself is never modified, even when pruning fails.
     """
-    import torch_pruning as tp
 
     config = config or PruningConfig(**kwargs)
     if config.criterion == "taylor" and calibration_batch is None:
@@ -227,7 +227,7 @@ def prune_backbone(backbone: Backbone, config: Optional[PruningConfig] = None,
         else:
             low = mid
     after_macs, after_params = count_macs_params(best)
-    report = {"library": "torch-pruning", "library_version": getattr(tp, "__version__", "?"),
+    report = {"library": "torch-pruning", "library_version": metadata.version("torch-pruning"),
               "settings": dict(vars(config)), "layer_ratio": round(ratio, 4),
               "macs_before": before_macs, "macs_after": after_macs,
               "params_before": before_params, "params_after": after_params}
