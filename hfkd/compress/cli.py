@@ -49,6 +49,7 @@ def demo_student(data, teachers: Sequence[str], seed: int = 0) -> str:
         trainer = DistillationTrainer(student, teachers=list(teachers), method=create_method("kd"), args=args,
                                       train_dataset=data.train, eval_dataset=data.eval, augment=DEMO_AUGMENT)
         trainer.train()
+        trainer.evaluate()  # so the cached student's card and hfkd.json carry its accuracy
         trainer.save_model(path)
     return path
 
