@@ -21,7 +21,7 @@ def _ms(row: Dict[str, Any], key: str, ref: Optional[Dict[str, Any]]) -> str:
     if value is None:
         return "-"
     base = (ref or {}).get(key)
-    return f"{value:.2f} (x{value / base:.2f})" if base and ref is not row else f"{value:.2f}"
+    return f"{value:.2f} (x{value / base:.3g})" if base and ref is not row else f"{value:.2f}"
 
 
 def compression_table(rows: Sequence[Dict[str, Any]]) -> str:
