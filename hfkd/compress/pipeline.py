@@ -27,10 +27,15 @@ class CompressionArguments:
     calibration_samples: int = field(default=256, metadata={"help": "Training images that calibrate int8 ranges."})
     calibration_method: str = field(default="minmax", metadata={"help": "minmax, entropy or percentile."})
     latency_rounds: int = field(default=30, metadata={"help": "Rounds of the side-by-side latency measurement."})
+    latency_threads: int = field(default=1, metadata={
+        "help": "CPU threads of PyTorch and ONNX Runtime while timing (1: stable on a shared machine, where two "
+                "OpenMP threads can wait on each other for seconds)."})
 
     def __post_init__(self):
         if self.calibration_samples < 1:
             raise ValueError(f"calibration_samples must be >= 1 (got {self.calibration_samples})")
+        if self.latency_threads < 1:
+            raise ValueError(f"latency_threads must be >= 1 (got {self.latency_threads})")
         if self.latency_rounds < 1:
             raise ValueError(f"latency_rounds must be >= 1 (got {self.latency_rounds})")
 
@@ -121,7 +126,8 @@ def compress_student(student: Union[str, Backbone], data, output_dir: Optional[s
             summary["export"] = {**check_export(final, onnx_path, images), "onnx_file": ONNX_FILE, "int8_file": INT8_FILE}
             summary["quantization"] = quantize_onnx(onnx_path, int8_path, calib, compression.calibration_method)
             macs, params = rows[-1]["macs"], rows[-1]["params"]
-            predicts["ONNX fp32"], predicts["ONNX int8"] = onnx_predict(onnx_path), onnx_predict(int8_path)
+            threads = compression.latency_threads
+            predicts["ONNX fp32"], predicts["ONNX int8"] = onnx_predict(onnx_path, threads), onnx_predict(int8_path, threads)
             rows.append(_row("exported", "ONNX fp32", macs, params, os.path.getsize(onnx_path),
                              top1(predicts["ONNX fp32"], images, labels)))
             rows.append(_row("after int8", "ONNX int8 (QDQ)", macs, params, os.path.getsize(int8_path),
@@ -131,10 +137,15 @@ def compress_student(student: Union[str, Backbone], data, output_dir: Optional[s
                 with open(os.path.join(tmp, name), "rb") as f:
                     files[name] = f.read()
         # Every model in turn, in this process: the ratios to the unpruned student are what carries over.
-        latency = interleaved_latency(predicts, pre.input_size, rounds=compression.latency_rounds)
+        torch_threads = torch.get_num_threads()
+        torch.set_num_threads(compression.latency_threads)
+        try:
+            latency = interleaved_latency(predicts, pre.input_size, rounds=compression.latency_rounds)
+        finally:
+            torch.set_num_threads(torch_threads)
     for row, name in zip(rows, predicts):
         row["latency_b1_ms"], row["latency_b32_ms"] = latency[name]["b1"], latency[name]["b32"]
-    summary["latency"] = {"rounds": compression.latency_rounds, "threads": torch.get_num_threads(),
+    summary["latency"] = {"rounds": compression.latency_rounds, "threads": compression.latency_threads,
                           "batch_sizes": [1, 32], "statistic": "median"}
     summary["rows"] = rows
     result = CompressionResult(rows=rows, compression=summary, pruned=pruned, recovered=final if trainer else None)
