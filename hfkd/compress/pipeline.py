@@ -113,7 +113,10 @@ def compress_student(student: Union[str, Backbone], data, output_dir: Optional[s
         final = trainer.unwrapped_student().eval()
         rows.append(_torch_row(f"after {trainer.method.name} recovery", final, images, labels))
         predicts[rows[-1]["step"]] = torch_predict(final)
-        recovery = {"method": trainer.method.name, "teachers": [t.name for t in trainer.teachers],
+        from ..hub.card import local_checkpoint_name  # a folder name, not the writer's path
+
+        recovery = {"method": trainer.method.name,
+                    "teachers": [local_checkpoint_name(t.name) or t.name for t in trainer.teachers],
                     "epochs": training_args.num_train_epochs, "learning_rate": training_args.learning_rate}
     summary: Dict[str, Any] = {"pruning": report, "recovery": recovery, "pruning_file": PRUNING_FILE,
                                "library": final.library, "input_size": list(pre.input_size),
