@@ -18,12 +18,14 @@ COMMANDS: Dict[str, str] = {
     "train": "hfkd.cli.train:main",
     "eval": "hfkd.cli.evaluate:main",
     "push": "hfkd.cli.push:main",
+    "compress": "hfkd.compress.cli:main",
 }
 DESCRIPTIONS = {
     "distill": "distil a student with any registered method (--method NAME; the embedded demo by default)",
     "train": "train a model with cross-entropy (teachers, baselines)",
     "eval": "top-1 / top-5 / NLL / ECE of a model on a dataset",
     "push": "upload a saved student folder to the Hub in one commit",
+    "compress": "prune, recover with KD, quantize to int8 and export a distilled student (docs/compression.md)",
 }
 
 

@@ -189,6 +189,11 @@ def create_model_card(lineage: Dict[str, Any], baseline: Optional[Dict[str, Any]
     pre = student.get("preprocess") or {}
     license, license_text = _license(lineage, license)
     card_data = _card_data(lineage, repo_id, license, dataset_split)
+    sections = dict(extra_sections or {})
+    if lineage.get("compression"):  # written by hfkd.compress; its own template block
+        from ..compress.report import compression_section
+
+        sections = {"Compression": compression_section(lineage["compression"]), **sections}
     context = dict(
         repo_id=repo_id, model_name=repo_id.split("/")[-1], library=student.get("library", "timm"),
         student=student, architecture=student.get("architecture") or student.get("name"), license_text=license_text,
@@ -210,7 +215,7 @@ def create_model_card(lineage: Dict[str, Any], baseline: Optional[Dict[str, Any]
         samples_per_second=lineage.get("train_samples_per_second"), global_step=lineage.get("global_step"),
         num_processes=lineage.get("num_processes"), versions=lineage.get("versions") or {},
         is_distilled=method.get("name") != "supervised", citation=_citation(lineage),
-        plot_filename=plot_filename, extra_sections=extra_sections or {},
+        plot_filename=plot_filename, extra_sections=sections,
     )
     return ModelCard.from_template(card_data, template_path=template_path or TEMPLATE_PATH, **context)
 

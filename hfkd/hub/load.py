@@ -84,7 +84,11 @@ def from_pretrained(repo_id_or_dir: str, revision: Optional[str] = None, *, toke
 
     folder = _local_folder(str(repo_id_or_dir), revision, token, cache_dir)
     config = _check_files(folder, repr(repo_id_or_dir))
-    if is_timm_config(config):
+    if os.path.isfile(os.path.join(folder, "pruning.json")):  # a pruned student (hfkd.compress): narrower layers
+        from ..compress.serialization import load_pruned
+
+        backbone = load_pruned(folder, config)
+    elif is_timm_config(config):
         # timm's local-dir loader picks model.safetensors before any pickle (timm _PREFERRED_FILES).
         backbone = create_backbone(f"local-dir:{folder}", pretrained=True)
     else:
