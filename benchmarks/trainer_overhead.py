@@ -1,6 +1,6 @@
 """hfkd's DistillationTrainer against a minimal hand-written loop doing the same math, interleaved.
 
-    python benchmarks/trainer_overhead.py                       # KD and supervised, 5 rounds x 20 steps
+    python benchmarks/trainer_overhead.py                       # KD and supervised, 5 rounds x one epoch
     python benchmarks/trainer_overhead.py --rounds 7 --steps 20
     python benchmarks/trainer_overhead.py --options             # also torch_compile, channels_last, EMA, ...
     python benchmarks/trainer_overhead.py --profile hfkd-kd     # cProfile one arm, print the top functions
@@ -23,14 +23,17 @@ machine hits every arm alike; ratios are computed per round and reported as medi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
+import random
 import statistics
 import sys
 import tempfile
 import time
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -96,7 +99,47 @@ def hand_loop(student, teacher, train, transform, steps, batch_size, seeded, tem
     return float(loss)
 
 
-def hfkd_run(student, teacher, data, steps, batch_size, accelerator, out_dir, **overrides):
+def _before_getitems(self, indices):
+    """hfkd's data path before this benchmark existed: one row read and one seed/restore per sample."""
+    from hfkd.data.transforms import sample_seed
+
+    out = []
+    for index in indices:
+        row = self.dataset[int(index)]
+        image = self._image(row[self.image_column])
+        with _reference_seeded_rng(sample_seed(self.seed, self.epoch, int(index))):
+            pixels = self.transform(image)
+        out.append({"pixel_values": pixels, "labels": int(row[self.label_column]), "index": int(index)})
+    return out
+
+
+@contextlib.contextmanager
+def _reference_seeded_rng(seed):
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
+@contextlib.contextmanager
+def _before_data_path():
+    from hfkd.data.transforms import ImageClassificationDataset
+
+    current = ImageClassificationDataset.__getitems__
+    ImageClassificationDataset.__getitems__ = _before_getitems
+    try:
+        yield
+    finally:
+        ImageClassificationDataset.__getitems__ = current
+
+
+def hfkd_run(student, teacher, data, steps, batch_size, accelerator, out_dir, before=False, **overrides):
     args = DistillationArguments(
         output_dir=out_dir, max_steps=steps, per_device_train_batch_size=batch_size, learning_rate=LR,
         weight_decay=0.0, lr_scheduler_type="cosine", max_grad_norm=1.0, seed=SEED, save_strategy="no",
@@ -104,9 +147,10 @@ def hfkd_run(student, teacher, data, steps, batch_size, accelerator, out_dir, **
     method = create_method("kd", temperature=4.0, alpha=0.9) if teacher is not None else "supervised"
     trainer = DistillationTrainer(student, [teacher] if teacher is not None else [], method=method, args=args,
                                   train_dataset=data.train, augment=DEMO_AUGMENT, accelerator=accelerator)
-    start = time.perf_counter()
-    trainer.train()
-    return time.perf_counter() - start
+    with _before_data_path() if before else contextlib.nullcontext():
+        start = time.perf_counter()
+        trainer.train()
+        return time.perf_counter() - start
 
 
 def main(argv=None):
@@ -116,15 +160,23 @@ def main(argv=None):
     p.add_argument("--image_size", type=int, default=32)
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--steps", type=int, default=20, help="optimiser steps per arm and round")
+    p.add_argument("--steps", type=int, default=23,
+                   help="optimiser steps per arm and round (23 = one epoch of the digits at batch 64)")
     p.add_argument("--options", nargs="*", default=None,
                    help=f"also time these hfkd KD options (no value: all of {list(OPTIONS)})")
+    p.add_argument("--before", action="store_true",
+                   help="also time hfkd with its previous data path (per-row reads, seed/restore per sample)")
     p.add_argument("--no_seeded", action="store_true", help="skip the hand-seeded arms")
     p.add_argument("--profile", default=None, help="cProfile one arm (e.g. hfkd-kd, hand-kd) instead of timing")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: torch's); 1 is steadier on a machine shared with other jobs")
     p.add_argument("--json", default=None, help="also write the per-round timings here")
     a = p.parse_args(argv)
 
     from hfkd.training.trainer import create_accelerator
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
 
     data = load_image_dataset()
     torch.manual_seed(0)
@@ -143,12 +195,15 @@ def main(argv=None):
             seeded = name.startswith("hand-seeded")
             return lambda: _timed(hand_loop, copy.deepcopy(base.model), teacher.model if kd else None, data.train,
                                   transform, a.steps, a.batch_size, seeded)
-        option = name.split("+", 1)[1] if "+" in name else None
+        option = name[:-3].split("+", 1)[1] if "+" in name else None
         overrides = OPTIONS[option] if option else {}
         return lambda: hfkd_run(copy.deepcopy(base), copy.deepcopy(teacher) if kd else None, data, a.steps,
-                                a.batch_size, accelerator, out_dir, **overrides)
+                                a.batch_size, accelerator, out_dir, before=name.startswith("hfkd-before"),
+                                **overrides)
 
     names = ["hfkd-kd", "hand-kd", "hfkd-sup", "hand-sup"]
+    if a.before:
+        names += ["hfkd-before-kd", "hfkd-before-sup"]
     if not a.no_seeded:
         names += ["hand-seeded-kd", "hand-seeded-sup"]
     if a.options is not None:
@@ -179,6 +234,10 @@ def main(argv=None):
         if not a.no_seeded:
             ratios[f"hfkd / hand-seeded ({kind})"] = [
                 h / f for f, h in zip(times[f"hfkd-{kind}"], times[f"hand-seeded-{kind}"])]
+    if a.before:
+        for kind in ("kd", "sup"):
+            ratios[f"hfkd-before / hand ({kind})"] = [
+                h / f for f, h in zip(times[f"hfkd-before-{kind}"], times[f"hand-{kind}"])]
     for n in names:
         if "+" in n:
             ratios[f"{n.split('+')[1][:-3]} / plain hfkd (kd)"] = [
@@ -207,7 +266,9 @@ def _profile(run):
     prof.enable()
     run()
     prof.disable()
-    pstats.Stats(prof, stream=sys.stdout).sort_stats("cumulative").print_stats(45)
+    stats = pstats.Stats(prof, stream=sys.stdout)
+    stats.sort_stats("cumulative").print_stats(45)
+    stats.sort_stats("tottime").print_stats(30)
 
 
 if __name__ == "__main__":
