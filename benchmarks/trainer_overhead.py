@@ -4,6 +4,7 @@
     python benchmarks/trainer_overhead.py --rounds 7 --steps 20
     python benchmarks/trainer_overhead.py --options             # also torch_compile, channels_last, EMA, ...
     python benchmarks/trainer_overhead.py --profile hfkd-kd     # cProfile one arm, print the top functions
+    python benchmarks/trainer_overhead.py --data_path           # per-sample cost of the data paths
 
 Both sides train the demo student (mobilenetv3_small_050, 32 px, random init) on the embedded digits'
 train split through the same timm train transform, batch 64, AdamW (lr 2e-3, no weight decay), a
@@ -168,6 +169,7 @@ def main(argv=None):
     p.add_argument("--only_options", action="store_true", help="with --options: time hfkd-kd, hand-kd and the options only")
     p.add_argument("--no_seeded", action="store_true", help="skip the hand-seeded arms")
     p.add_argument("--profile", default=None, help="cProfile one arm (e.g. hfkd-kd, hand-kd) instead of timing")
+    p.add_argument("--data_path", action="store_true", help="only time the data paths per sample")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: torch's); 1 is steadier on a machine shared with other jobs")
     p.add_argument("--json", default=None, help="also write the per-round timings here")
@@ -212,6 +214,8 @@ def main(argv=None):
         names += [f"hfkd+{o}-kd" for o in (a.options or OPTIONS)]
     if a.profile:
         return _profile(arm(a.profile))
+    if a.data_path:
+        return data_path(data, transform)
     print(f"student {a.student}, teacher {a.teacher}, {a.image_size}px, batch {a.batch_size}, {a.rounds} rounds x "
           f"{a.steps} steps, {torch.get_num_threads()} threads, torch {torch.__version__}", flush=True)
     # Warm-up: first-call costs (allocator, oneDNN kernels for these shapes) stay out of the rounds; they are
@@ -253,6 +257,41 @@ def main(argv=None):
         with open(a.json, "w", encoding="utf-8") as f:
             json.dump({"config": vars(a), "seconds": times, "ratios": ratios}, f, indent=2)
     return times, ratios
+
+
+def data_path(data, transform, rounds=5, batch_size=64):
+    """Per-sample cost (us) of the previous and current hfkd data paths and of the hand loop's."""
+    from hfkd.data.transforms import ImageClassificationDataset, seed_global_rng
+
+    ds = ImageClassificationDataset(data.train, transform, "image", "label", seed=SEED)
+    n = len(ds) // batch_size * batch_size
+    batches = [list(range(i, i + batch_size)) for i in range(0, n, batch_size)]
+    hand = data.train.with_transform(
+        lambda rows: {"pixel_values": [transform(im.convert("RGB")) for im in rows["image"]], "label": rows["label"]})
+
+    def per_sample(fn, items, count):
+        runs = []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            for item in items:
+                fn(item)
+            runs.append((time.perf_counter() - start) / count * 1e6)
+        return statistics.median(runs)
+
+    def old_seeding(seed):
+        with _reference_seeded_rng(seed):
+            pass
+
+    rows = {
+        "hfkd, previous path (a row read and a seed/restore per sample)": per_sample(lambda b: _before_getitems(ds, b), batches, n),
+        "hfkd, current path (__getitems__, one restore per batch)": per_sample(ds.__getitems__, batches, n),
+        "hand loop: with_transform, no seeding": per_sample(hand.__getitems__, batches, n),
+        "seed + restore per sample, previous": per_sample(old_seeding, range(3000), 3000),
+        "per-sample seeding, current": per_sample(seed_global_rng, range(3000), 3000),
+    }
+    print("| data path, per sample | us (median of rounds) |\n|---|---|")
+    for name, us in rows.items():
+        print(f"| {name} | {us:.0f} |")
 
 
 def _timed(fn, *args):
