@@ -17,7 +17,7 @@ from hfkd.demo import DEMO_AUGMENT
 
 @contextmanager
 def _reference_seeded_rng(seed):
-    """The per-sample seeding of hfkd <= 0.x, kept verbatim as the slow reference."""
+    """The previous per-sample seeding (save, seed, transform, restore around every sample), kept as the reference."""
     py_state, np_state = random.getstate(), np.random.get_state()
     with torch.random.fork_rng(devices=[]):
         random.seed(seed)
