@@ -197,7 +197,7 @@ def main(argv=None):
         kd = name.endswith("-kd")
         if name.startswith("hand"):
             seeded = name.startswith("hand-seeded")
-            return lambda: _timed(hand_loop, copy.deepcopy(base.model), teacher.model if kd else None,
+            return lambda: _timed(hand_loop, copy.deepcopy(base.model), copy.deepcopy(teacher.model) if kd else None,
                                   indexed if seeded else data.train, transform, a.steps, a.batch_size, seeded)
         option = name[:-3].split("+", 1)[1] if "+" in name else None
         overrides = OPTIONS[option] if option else {}
