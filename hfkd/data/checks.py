@@ -4,7 +4,7 @@ Each error names the split, the column, the offending row and value, and the fix
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Sequence, List, Optional
 
 import numpy as np
 
@@ -87,22 +87,44 @@ def check_num_classes(num_classes: int, source: str, label_column: str) -> None:
 
 def read_row(dataset, index: int, image_column: str, mode: str):
     """Row ``index`` and its image decoded in ``mode``; a missing or unreadable image is named."""
-    from PIL import Image
-
     try:
         row = dataset[index]
-        image = row[image_column]
-        if image is None:
-            raise ValueError(f"row {index} of column {image_column!r} has no image (None); drop such rows first")
-        if isinstance(image, (str, bytes)):
-            raise TypeError(f"row {index} of column {image_column!r} is a {type(image).__name__}, not an image; "
-                            f"cast the column with dataset.cast_column({image_column!r}, datasets.Image())")
+    except (OSError, SyntaxError) as e:  # PIL: truncated or undecodable file
+        raise _unreadable(dataset, index, image_column, e) from e
+    return _image(row[image_column], dataset, index, image_column, mode), row
+
+
+def read_rows(dataset, indices: Sequence[int], image_column: str, mode: str):
+    """Rows ``indices`` in one ``datasets`` read (a dict of columns) and their images decoded in ``mode``."""
+    try:
+        rows = dataset[list(indices)]
+    except (OSError, SyntaxError):
+        for index in indices:  # one at a time, to name the row and file that cannot be read
+            read_row(dataset, index, image_column, mode)
+        raise
+    images = [_image(image, dataset, index, image_column, mode) for image, index in zip(rows[image_column], indices)]
+    return images, rows
+
+
+def _image(image, dataset, index: int, image_column: str, mode: str):
+    from PIL import Image
+
+    if image is None:
+        raise ValueError(f"row {index} of column {image_column!r} has no image (None); drop such rows first")
+    if isinstance(image, (str, bytes)):
+        raise TypeError(f"row {index} of column {image_column!r} is a {type(image).__name__}, not an image; "
+                        f"cast the column with dataset.cast_column({image_column!r}, datasets.Image())")
+    try:
         if not hasattr(image, "convert"):
             image = Image.fromarray(np.asarray(image))
-        return image.convert(mode), row
-    except (OSError, SyntaxError) as e:  # PIL: truncated or undecodable file
-        raise OSError(f"cannot read the image of row {index} ({_image_file(dataset, index, image_column)}): {e}; "
-                      "remove or replace that file") from e
+        return image.convert(mode)
+    except (OSError, SyntaxError) as e:  # PIL decodes lazily: a truncated file fails here
+        raise _unreadable(dataset, index, image_column, e) from e
+
+
+def _unreadable(dataset, index: int, image_column: str, error: Exception) -> OSError:
+    return OSError(f"cannot read the image of row {index} ({_image_file(dataset, index, image_column)}): {error}; "
+                   "remove or replace that file")
 
 
 def _image_file(dataset, index: int, image_column: str) -> str:

@@ -2,22 +2,29 @@
 
 timm's random transforms draw from Python's ``random``, NumPy and torch's global
 generators.  Each sample is transformed with those generators seeded from
-``(seed, epoch, index)`` and restored afterwards, so augmentation neither
-depends on nor disturbs the training RNG: a mid-epoch resume sees the same
-images (docs/launch.md, "Exact resume").
+``(seed, epoch, index)``, and the generators are restored afterwards, so
+augmentation neither depends on nor disturbs the training RNG: a mid-epoch
+resume, or a data-loader worker, sees the same images.
+
+Seeding is cheap (a few microseconds); saving and restoring the three global
+states is not (NumPy's alone costs ~65 us).  A batch is therefore transformed
+under one save/restore (:func:`seeded_batch`), and the data loader asks for
+whole batches (``__getitems__``), which also reads the rows from ``datasets``
+in one call.  The pixels are the same as seeding and restoring around every
+sample (docs/performance.md).
 """
 from __future__ import annotations
 
 import random
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Optional, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from ..models.preprocess import PreprocessConfig
-from .checks import read_row
+from .checks import read_rows
 
 
 @dataclass
@@ -153,19 +160,44 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return ((seed * 1_000_003 + epoch) * 1_000_033 + index) % (2**63 - 1)
 
 
+def seed_global_rng(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's CPU global generators for one sample."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    # The CPU generator only: torch.manual_seed also re-seeds every accelerator (~100 us per call on a
+    # CPU-only machine) and the transforms draw from the CPU generator alone.
+    torch.default_generator.manual_seed(seed)
+
+
+@contextmanager
+def preserved_global_rng():
+    """Restore Python's, NumPy's and torch's CPU global generators on exit."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    torch_state = torch.default_generator.get_state()
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        torch.default_generator.set_state(torch_state)
+
+
 @contextmanager
 def seeded_rng(seed: int):
-    """Run a block with Python, NumPy and torch CPU generators seeded, then restore them."""
-    py_state, np_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        torch.manual_seed(seed)
-        try:
-            yield
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
+    """Run a block with the global generators seeded, then restore them."""
+    with preserved_global_rng():
+        seed_global_rng(seed)
+        yield
+
+
+def seeded_batch(transform: Callable, images: Sequence, seed: int, epoch: int, indices: Sequence[int]) -> List:
+    """``transform`` each image with the generators seeded from ``(seed, epoch, index)``; restore them once."""
+    with preserved_global_rng():
+        out = []
+        for image, index in zip(images, indices):
+            seed_global_rng(sample_seed(seed, epoch, int(index)))
+            out.append(transform(image))
+    return out
 
 
 class ImageClassificationDataset(torch.utils.data.Dataset):
@@ -185,11 +217,25 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         self.image_column = image_column
         self.label_column = label_column
         self.seed = seed
-        self.epoch = 0
+        self._epoch = torch.zeros((), dtype=torch.int64)
         self.image_mode = image_mode
 
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+        self._epoch.fill_(int(epoch))
+
+    def share_epoch(self) -> "ImageClassificationDataset":
+        """Put the epoch in shared memory before data-loader workers start.
+
+        Workers hold copies of the dataset; persistent ones keep theirs across
+        epochs, so ``set_epoch`` in the main process reaches them only through
+        shared memory.  Without it they would augment every epoch like the first.
+        """
+        self._epoch.share_memory_()
+        return self
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -199,7 +245,12 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         return self.dataset[self.label_column]
 
     def __getitem__(self, index: int):
-        image, row = read_row(self.dataset, int(index), self.image_column, self.image_mode)
-        with seeded_rng(sample_seed(self.seed, self.epoch, int(index))):
-            pixel_values = self.transform(image)
-        return {"pixel_values": pixel_values, "labels": int(row[self.label_column]), "index": int(index)}
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> List[dict]:
+        """A batch of rows: the DataLoader calls this with a batch's indices (one ``datasets`` read)."""
+        indices = [int(i) for i in indices]
+        images, rows = read_rows(self.dataset, indices, self.image_column, self.image_mode)
+        pixels = seeded_batch(self.transform, images, self.seed, self.epoch, indices)
+        return [{"pixel_values": p, "labels": int(label), "index": i}
+                for p, label, i in zip(pixels, rows[self.label_column], indices)]

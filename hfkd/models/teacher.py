@@ -64,8 +64,17 @@ class Teacher(nn.Module):
         self.register_buffer("permutation", torch.as_tensor(permutation) if permutation is not None else None,
                              persistent=False)
         self.weight = float(weight)
+        # None: the caller's precision (autocast included); a dtype: weights and inputs in it, autocast off.
+        self.compute_dtype: Optional[torch.dtype] = None
         backbone.requires_grad_(False)
         super().train(False)
+
+    def set_compute_dtype(self, dtype: Optional[torch.dtype]) -> "Teacher":
+        """Run the teacher in ``dtype`` whatever the student's mixed precision; outputs stay float32."""
+        if dtype is not None:
+            self.backbone.to(dtype)
+        self.compute_dtype = dtype
+        return self
 
     @property
     def name(self) -> str:
@@ -83,16 +92,29 @@ class Teacher(nn.Module):
         return adapt_batch(pixel_values, self.student_preprocess, self.preprocess)
 
     def forward(self, pixel_values: torch.Tensor, request: OutputRequest = OutputRequest()) -> BackboneOutput:
+        # inference_mode frees each teacher's activations as soon as its forward ends: several teachers
+        # one after another never hold more than one teacher's activations at a time.
         with torch.inference_mode():
-            out = self.backbone(self.prepare_input(pixel_values), request)
-        # Inference tensors cannot be saved for backward; losses multiply by them, so copy them out.
-        logits = out.logits.clone()
+            x = self.prepare_input(pixel_values)
+            if self.compute_dtype is None:
+                out = self.backbone(x, request)
+            else:
+                with torch.autocast(x.device.type, enabled=False):
+                    out = self.backbone(x.to(self.compute_dtype), request)
+        # Inference tensors cannot be saved for backward; losses multiply by them, so copy them out
+        # (as float32 when the teacher ran in a dtype of its own).
+        dtype = torch.float32 if self.compute_dtype is not None else None
+
+        def copy(t: torch.Tensor) -> torch.Tensor:
+            return t.to(dtype or t.dtype, copy=True)
+
+        logits = copy(out.logits)
         if self.permutation is not None:
             logits = logits[:, self.permutation]
         return BackboneOutput(
             logits=logits,
-            pooled=out.pooled.clone() if out.pooled is not None else None,
-            feature_maps={k: v.clone() for k, v in out.feature_maps.items()},
+            pooled=copy(out.pooled) if out.pooled is not None else None,
+            feature_maps={k: copy(v) for k, v in out.feature_maps.items()},
         )
 
 

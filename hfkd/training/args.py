@@ -6,6 +6,7 @@ from typing import Any, Dict, List, Optional
 
 _MIXED = ("no", "bf16", "fp16")
 _NONFINITE = ("raise", "skip")
+_TEACHER_DTYPES = ("bf16", "fp16", "fp32")
 _STRATEGIES = ("no", "steps", "epoch")
 _SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial", "multistep")
 _EPOCH_SCHEDULERS = ("constant", "linear", "cosine", "multistep")
@@ -89,6 +90,32 @@ class DistillationArguments:
         "help": "The warm-up starts at this fraction of the lr (BAKE ImageNet: 0.1)."})
     sync_batchnorm: bool = field(default=False, metadata={
         "help": "Convert the student's BatchNorm to SyncBatchNorm (several GPU processes only)."})
+    # -- speed and memory (issue 13; measured in docs/performance.md) -------------------------------------
+    dataloader_persistent_workers: bool = field(
+        default=False, metadata={"help": "Keep data-loader workers alive between epochs (needs dataloader_num_workers > 0)."}
+    )
+    torch_compile: bool = field(default=False, metadata={"help": "torch.compile the student (slow first steps on CPU)."})
+    torch_compile_teachers: bool = field(default=False, metadata={"help": "torch.compile the frozen teachers too."})
+    torch_compile_mode: Optional[str] = field(
+        default=None, metadata={"help": "torch.compile mode: default, reduce-overhead, max-autotune, ..."}
+    )
+    channels_last: bool = field(
+        default=False, metadata={"help": "Student, teachers and batches in channels_last memory format."}
+    )
+    model_ema: bool = field(
+        default=False, metadata={"help": "Keep an EMA of the student's weights (timm ModelEmaV3); evaluated and checkpointed."}
+    )
+    model_ema_decay: float = field(default=0.999, metadata={"help": "EMA decay (the upper bound with warm-up)."})
+    model_ema_warmup: bool = field(
+        default=True, metadata={"help": "Warm the EMA decay up as 1 - (1 + step)^(-2/3), for short runs."}
+    )
+    model_ema_as_student: bool = field(
+        default=False, metadata={"help": "save_model saves the EMA weights as the student."}
+    )
+    teacher_dtype: Optional[str] = field(
+        default=None,
+        metadata={"help": "Run frozen teachers in bf16, fp16 or fp32, whatever the student's mixed precision."},
+    )
 
     def __post_init__(self):
         from .validation import field_type_problems
@@ -136,6 +163,7 @@ class DistillationArguments:
         problems += self._epoch_schedule_problems()
         if self.push_to_hub and not self.hub_model_id:
             problems.append("push_to_hub needs hub_model_id=ORG/NAME")
+        problems += _speed_problems(self)
         if problems:
             raise ValueError("invalid DistillationArguments: " + "; ".join(problems))
 
@@ -163,3 +191,18 @@ class DistillationArguments:
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
+
+
+def _speed_problems(args: DistillationArguments) -> List[str]:
+    problems = []
+    if args.dataloader_num_workers < 0:
+        problems.append(f"dataloader_num_workers must be >= 0 (got {args.dataloader_num_workers})")
+    if args.dataloader_persistent_workers and args.dataloader_num_workers == 0:
+        problems.append("dataloader_persistent_workers needs dataloader_num_workers > 0")
+    if not 0.0 < args.model_ema_decay < 1.0:
+        problems.append(f"model_ema_decay must be in (0, 1) (got {args.model_ema_decay})")
+    if args.model_ema_as_student and not args.model_ema:
+        problems.append("model_ema_as_student needs model_ema=True")
+    if args.teacher_dtype is not None and args.teacher_dtype not in _TEACHER_DTYPES:
+        problems.append(f"teacher_dtype must be one of {_TEACHER_DTYPES} or unset (got {args.teacher_dtype!r})")
+    return problems

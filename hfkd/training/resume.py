@@ -25,6 +25,7 @@ TRAJECTORY_ARGS = (
     "max_grad_norm", "lr_scheduler_type", "lr_milestones", "lr_gamma", "warmup_steps", "warmup_ratio",
     "dataloader_drop_last", "on_nonfinite_loss",
     "weight_decay_norm_and_bias", "lr_step_per_epoch", "warmup_epochs", "warmup_start_factor", "sync_batchnorm",
+    "channels_last", "model_ema", "model_ema_decay", "model_ema_warmup", "teacher_dtype",
 )
 OTHER_FIELDS = ("method", "method_hparams", "augment", "dataset", "train_samples", "world_size", "mixed_precision",
                 "student", "teachers")

@@ -23,9 +23,11 @@ from . import validation
 from .args import DistillationArguments
 from .callbacks import CallbackHandler, ProgressCallback, TrainerCallback
 from .checkpoint import load_checkpoint, read_state, resolve_checkpoint, save_checkpoint
+from .ema import create_model_ema, ema_state, load_ema_state, split_ema_state
 from .evaluation import evaluate_logits
 from .optim import create_optimizer, create_scheduler
 from .resume import check_same_run, run_signature
+from .speed import channels_last_batch, prepare_student, prepare_teachers
 from .syncbn import apply_sync_batchnorm
 
 
@@ -169,6 +171,7 @@ class DistillationTrainer:
         self.state = TrainerState()
         self.teacher_metrics: Dict[str, Dict[str, float]] = {}
         self._model = None  # the prepared DistillationModule
+        self.model_ema = None  # timm ModelEmaV3 of the student when args.model_ema
         self._eval_loader = None
 
     # -- set-up -----------------------------------------------------------------------------------
@@ -215,7 +218,10 @@ class DistillationTrainer:
         args = self.args
         labels = self.train_dataset.labels
         sampler = self.method.train_batch_sampler(labels, args.per_device_train_batch_size, args.seed)
-        common = dict(num_workers=args.dataloader_num_workers, pin_memory=torch.cuda.is_available())
+        common = dict(num_workers=args.dataloader_num_workers, pin_memory=torch.cuda.is_available(),
+                      persistent_workers=args.dataloader_persistent_workers)
+        if args.dataloader_num_workers > 0:
+            self.train_dataset.share_epoch()  # set_epoch must reach the workers' copies
         if sampler is not None:
             return DataLoader(self.train_dataset, batch_sampler=sampler, **common)
         return DataLoader(self.train_dataset, batch_size=args.per_device_train_batch_size, shuffle=True,
@@ -253,6 +259,10 @@ class DistillationTrainer:
                                       lambda x: student(x).logits)
         finally:
             student.train(was_training)
+        if self.model_ema is not None:
+            ema = self.model_ema.module
+            metrics.update(evaluate_logits(self.accelerator, self._eval_dataloader(eval_dataset),
+                                           lambda x: ema(x).logits, prefix="eval_ema"))
         metrics.update(step=self.state.global_step, epoch=self.state.epoch)
         self._log(metrics)
         self.callbacks("on_evaluate", self, metrics)
@@ -267,6 +277,7 @@ class DistillationTrainer:
         device = self.accelerator.device
         for t in self.teachers:
             t.to(device)
+        prepare_teachers(self.teachers, self.args)
         loader = self._eval_dataloader()
         results = {}
         for i, t in enumerate(self.teachers):
@@ -310,7 +321,10 @@ class DistillationTrainer:
         for t in self.teachers:
             t.to(acc.device)  # never prepare() a frozen teacher: DDP would wrap it (docs/launch.md)
         self.student = apply_sync_batchnorm(self.student, acc, args.sync_batchnorm)
+        prepare_teachers(self.teachers, args)
         self.student.to(acc.device)
+        self.model_ema = create_model_ema(args, self.student)
+        prepare_student(self.student, args)
         self.method.setup(MethodContext(
             num_classes=self.student.num_classes, num_train_samples=len(self.train_dataset), num_epochs=num_epochs,
             steps_per_epoch=steps_per_epoch, student=self.student, teachers=self.teachers, accelerator=acc,
@@ -341,6 +355,8 @@ class DistillationTrainer:
         self.state.skipped_steps = state.get("skipped_steps", 0)
         self.state.log_history = state.get("log_history", [])
         self.teacher_metrics = state.get("teacher_metrics", {})
+        method_state, model_ema = split_ema_state(method_state)
+        load_ema_state(self.model_ema, model_ema, path)
         self.method.load_extra_state(method_state)
 
     def _save(self) -> str:
@@ -348,12 +364,14 @@ class DistillationTrainer:
         state.update(teacher_metrics=self.teacher_metrics, method=self.method.name,
                      method_hparams=self.method.hparams(), args=self.args.to_dict(), run=run_signature(self))
         path = save_checkpoint(self.accelerator, self.args.output_dir, self.state.global_step, state,
-                               self.method.extra_state(), self.args.save_total_limit)
+                               {**self.method.extra_state(), **ema_state(self.model_ema)}, self.args.save_total_limit)
         self.callbacks("on_save", self, path)
         return path
 
     def _train_step(self, batch) -> torch.Tensor:
         acc = self.accelerator
+        if self.args.channels_last:
+            batch = channels_last_batch(batch)
         with acc.accumulate(self._model):
             teacher_outputs = []
             if self.teachers:
@@ -422,6 +440,8 @@ class DistillationTrainer:
                     continue
                 self.lr_scheduler.step()
                 self.state.global_step += 1
+                if self.model_ema is not None:
+                    self.model_ema.update(self._student_module(), step=self.state.global_step)
                 self._after_step()
                 if self.state.global_step >= self.state.max_steps or self.state.should_stop:
                     break
@@ -455,6 +475,9 @@ class DistillationTrainer:
 
     # -- outputs ----------------------------------------------------------------------------------
     def unwrapped_student(self) -> Backbone:
+        """The trained student: its EMA when ``model_ema_as_student``."""
+        if self.model_ema is not None and self.args.model_ema_as_student:
+            return self.model_ema.module
         return self._student_module()
 
     def lineage(self) -> Dict[str, Any]:
