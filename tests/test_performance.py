@@ -143,9 +143,12 @@ def test_ema_resumes_exactly_and_can_be_saved_as_the_student(tmp_path, small_dig
     a, b = full.model_ema.module.state_dict(), resumed.model_ema.module.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     _trainer(tmp_path, small_digits, "plain", max_steps=3, save_strategy="steps", save_steps=3).train()
-    with pytest.raises(ValueError, match="holds no EMA weights"):
-        _trainer(tmp_path, small_digits, "plain", max_steps=6, model_ema=True,
-                 resume_from_checkpoint=os.path.join(str(tmp_path / "plain"), "checkpoint-3")).train()
+    plain_ckpt = os.path.join(str(tmp_path / "plain"), "checkpoint-3")
+    with pytest.raises(ValueError, match="different run(.|\n)*model_ema"):  # turning EMA on changes the run
+        _trainer(tmp_path, small_digits, "plain", max_steps=6, model_ema=True, resume_from_checkpoint=plain_ckpt).train()
+    with pytest.raises(ValueError, match="holds no EMA weights"):  # allowed, but there is no EMA to restore
+        _trainer(tmp_path, small_digits, "plain", max_steps=6, model_ema=True, resume_from_checkpoint=plain_ckpt,
+                 resume_allow_changes=["model_ema", "max_steps"]).train()
     out = full.save_model(str(tmp_path / "student"))
     from safetensors.torch import load_file
 
