@@ -106,4 +106,7 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         image = image.convert(self.image_mode)
         with seeded_rng(sample_seed(self.seed, self.epoch, int(index))):
             pixel_values = self.transform(image)
-        return {"pixel_values": pixel_values, "labels": int(row[self.label_column]), "index": int(index)}
+        return {"pixel_values": pixel_values, "labels": self._target(row[self.label_column]), "index": int(index)}
+
+    def _target(self, value):
+        return int(value)  # a class index; regression datasets (hfkd.tasks.regression) return float vectors

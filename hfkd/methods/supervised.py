@@ -1,8 +1,6 @@
 """Plain cross-entropy: trains teachers and no-KD baselines."""
 from __future__ import annotations
 
-import torch.nn.functional as F
-
 from .base import DistillationMethod, LossOutput, check_probability
 from .registry import register_method
 
@@ -11,14 +9,16 @@ from .registry import register_method
 class Supervised(DistillationMethod):
     name = "supervised"
     max_teachers = 0
+    supported_tasks = ("classification", "regression")
 
     def __init__(self, label_smoothing: float = 0.0):
         super().__init__()
         self.label_smoothing = check_probability("label_smoothing", label_smoothing)
 
     def compute_loss(self, batch, student, teachers):
-        loss = F.cross_entropy(student.logits.float(), batch["labels"], label_smoothing=self.label_smoothing)
-        return LossOutput(loss, {"ce": loss.detach()})
+        task = self.task
+        loss = task.supervised_loss(student.logits, batch["labels"], label_smoothing=self.label_smoothing)
+        return LossOutput(loss, {"ce" if task.name == "classification" else "nll": loss.detach()})
 
     def hparams(self):
         return {"label_smoothing": self.label_smoothing}
