@@ -1,5 +1,5 @@
 """hfkd: knowledge distillation of image classifiers for the Hugging Face ecosystem."""
-from . import losses
+from . import losses, tasks
 from .data import ImageClassificationData, load_default_dataset, load_image_dataset
 from .hub import from_pretrained, push_to_hub, save_student
 from .methods import DistillationMethod, create_method, list_methods, register_method

@@ -27,6 +27,7 @@ __all__ = [
     "bake_targets",
     "feed_loss",
     "normalize_factor",
+    "soft_kl_rows",
     "gaussian_kl",
     "gaussian_nll",
     "split_gaussian",
@@ -71,6 +72,17 @@ def soft_kl_div(student_logits: torch.Tensor, target_probs: torch.Tensor, temper
         log_q = F.log_softmax(_f32(student_logits) / temperature, dim=-1)
         # kl_div(input=student log-probs, target=teacher probs) = KL(teacher || student)
         return F.kl_div(log_q, _f32(target_probs).detach(), reduction="batchmean") * temperature**2
+
+
+def soft_kl_rows(student_logits: torch.Tensor, target_probs: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Per-row ``T^2 * KL(p_i || softmax(s_i/T))``, shape ``[N]``; its mean is :func:`soft_kl_div`."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if student_logits.shape != target_probs.shape:
+        raise ValueError(f"student logits {tuple(student_logits.shape)} and targets {tuple(target_probs.shape)} differ")
+    with _float32_region():
+        log_q = F.log_softmax(_f32(student_logits) / temperature, dim=-1)
+        return F.kl_div(log_q, _f32(target_probs).detach(), reduction="none").sum(dim=-1) * temperature**2
 
 
 def kd_kl_div(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

@@ -4,7 +4,7 @@ from .registry import create_method, get_method_class, list_methods, register_me
 from . import kd, supervised  # noqa: F401  (registration)
 from .meal_v2 import MEALv2Discriminator  # noqa: F401  (registers meal_v2; exported)
 from . import feed  # noqa: F401  (registration)
-from . import bake, pskd  # noqa: F401  (registration)
+from . import bake, extracurricular, pskd  # noqa: F401  (registration)
 
 __all__ = [
     "DistillationMethod", "LossOutput", "MethodContext", "create_method", "get_method_class", "list_methods",
