@@ -10,7 +10,7 @@ import os
 from typing import Any, Dict, List, Optional, Sequence
 
 from .data.transforms import AugmentConfig
-from .results import RESULT_METRICS, format_metric, metric_titles
+from .results import RESULT_METRICS, markdown_table
 
 DEMO_IMAGE_SIZE = 32
 DEMO_STUDENT = "mobilenetv3_small_050"
@@ -65,12 +65,8 @@ def demo_teachers(data, names: Optional[Sequence[str]] = None, seed: int = 0, **
     return paths
 
 
-def results_table(rows: Sequence[Dict[str, Any]]) -> str:
-    """A Markdown table of result rows (``hfkd.pipeline.result_row``): top-1, top-5, NLL, ECE, parameters."""
-    titles = ["model", "role", *metric_titles(), "params"]
-    lines = ["| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
-    for r in rows:
-        cells = [format_metric(key, r.get(key)) for key in RESULT_METRICS]
-        params = f"{r['params'] / 1e6:.2f}M" if r.get("params") else "-"
-        lines.append(f"| {r['model']} | {r['role']} | {' | '.join(cells)} | {params} |")
-    return "\n".join(lines)
+def results_table(rows: Sequence[Dict[str, Any]], keys: Sequence[str] = RESULT_METRICS) -> str:
+    """A Markdown table of result rows (``hfkd.pipeline.result_row``): the metrics ``keys`` (top-1, top-5, NLL,
+    ECE by default), the gap closed vs KD when a row has one, and parameters."""
+    gap = ("gap_closed",) if any(r.get("gap_closed") is not None for r in rows) else ()
+    return markdown_table(rows, tuple(keys) + gap)

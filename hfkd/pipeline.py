@@ -81,10 +81,12 @@ def write_results(output_dir: str, table: str, rows: Sequence[Dict[str, Any]], a
         json.dump(list(rows), f, indent=2, default=str)
 
 
-def result_row(model: str, role: str, metrics: Dict[str, Any], params: Optional[int], **extra) -> Dict[str, Any]:
-    """One row of a results table: top-1, top-5, NLL and ECE of one model (``None`` where not measured)."""
+def result_row(model: str, role: str, metrics: Dict[str, Any], params: Optional[int], keys=RESULT_METRICS,
+               **extra) -> Dict[str, Any]:
+    """One row of a results table: the metrics ``keys`` of one model (top-1, top-5, NLL and ECE by default;
+    ``None`` where not measured)."""
     model = local_checkpoint_name(model) or model
-    return {"model": model, "role": role, **{k: metrics.get(k) for k in RESULT_METRICS}, "params": params, **extra}
+    return {"model": model, "role": role, **{k: metrics.get(k) for k in keys}, "params": params, **extra}
 
 
 def run_with_baseline(method: DistillationMethod, model_args: ModelArguments, data_args: DataArguments,

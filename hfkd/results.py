@@ -1,7 +1,8 @@
 """The metrics that results tables report, and how each is shown (one place for recipes and benchmarks)."""
 from __future__ import annotations
 
-from typing import Optional
+import statistics
+from typing import Any, Dict, List, Optional, Sequence
 
 # key -> (column title, factor, decimals): accuracies and ECE in percent, the NLL as it is.
 METRIC_FORMATS = {
@@ -9,8 +10,12 @@ METRIC_FORMATS = {
     "eval_top5_accuracy": ("top-5 (%)", 100, 2),
     "eval_loss": ("NLL", 1, 3),
     "eval_ece": ("ECE (%)", 100, 2),
+    "eval_mae": ("MAE", 1, 3),
+    "eval_rmse": ("RMSE", 1, 3),
+    "gap_closed": ("gap closed vs KD (%)", 100, 1),
 }
-RESULT_METRICS = tuple(METRIC_FORMATS)
+RESULT_METRICS = ("eval_accuracy", "eval_top5_accuracy", "eval_loss", "eval_ece")
+REGRESSION_METRICS = ("eval_mae", "eval_rmse", "eval_loss")
 
 
 def format_metric(key: str, value: Optional[float], std: Optional[float] = None, signed: bool = False) -> str:
@@ -24,3 +29,46 @@ def format_metric(key: str, value: Optional[float], std: Optional[float] = None,
 
 def metric_titles(keys=RESULT_METRICS) -> list:
     return [METRIC_FORMATS[k][0] for k in keys]
+
+
+def gap_closed(method: Optional[float], kd: Optional[float], teacher: Optional[float],
+               higher_is_better: bool = True) -> Optional[float]:
+    """The share of the teacher-student gap left by classic KD that a method closes.
+
+    Accuracy-like metrics: ``(m - kd) / (teacher - kd)``; error metrics (``higher_is_better=False``):
+    ``(kd - m) / (kd - teacher)`` -- the same number.  1 = the method reaches the teacher, 0 = no better
+    than KD, negative = worse.  ``None`` when a value is missing or KD already matches the teacher.
+    """
+    if method is None or kd is None or teacher is None or teacher == kd:
+        return None
+    return (method - kd) / (teacher - kd)  # the error form is the same ratio with both signs flipped
+
+
+def summarize_seeds(rows: Sequence[Dict[str, Any]], keys: Sequence[str]) -> List[Dict[str, Any]]:
+    """One row per (model, role): mean and sample standard deviation over the rows' ``seed``s of each key."""
+    groups: Dict[tuple, List[Dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["role"]), []).append(r)
+    out = []
+    for (model, role), rs in groups.items():
+        row: Dict[str, Any] = {"model": model, "role": role, "params": rs[0].get("params"), "runs": len(rs),
+                               "seeds": sorted({r["seed"] for r in rs})}
+        for key in keys:
+            values = [r[key] for r in rs if r.get(key) is not None]
+            row[key] = statistics.fmean(values) if values else None
+            row[key + "_std"] = statistics.stdev(values) if len(values) > 1 else (0.0 if values else None)
+        out.append(row)
+    return out
+
+
+def markdown_table(rows: Sequence[Dict[str, Any]], keys: Sequence[str], extra: Sequence[str] = ("params",)) -> str:
+    """Rows as a Markdown table: model, role, each metric (``± std`` when the row has ``<key>_std``), extras."""
+    titles = ["model", "role", *metric_titles(keys), *extra]
+    lines = ["| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
+    for r in rows:
+        cells = [format_metric(k, r.get(k), r.get(k + "_std")) for k in keys]
+        for e in extra:
+            v = r.get(e)
+            cells.append(f"{v / 1e6:.2f}M" if e == "params" and v else "-" if v is None else str(v))
+        lines.append(f"| {r['model']} | {r['role']} | {' | '.join(cells)} |")
+    return "\n".join(lines)
