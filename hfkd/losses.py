@@ -219,7 +219,8 @@ def gaussian_kl(mean_p: torch.Tensor, log_var_p: torch.Tensor, mean_q: torch.Ten
         raise ValueError(f"gaussian_kl: means and log-variances must share one shape, got {sorted(shapes)}")
     with _float32_region():
         mp, lp, mq, lq = (_f32(t) for t in (mean_p, log_var_p, mean_q, log_var_q))
-        return 0.5 * (lq - lp + (lp.exp() + (mp - mq) ** 2) * torch.exp(-lq) - 1.0)
+        # var_p / var_q as exp(lp - lq): exactly 1, so the KL exactly 0, for identical Gaussians
+        return 0.5 * (lq - lp + torch.exp(lp - lq) + (mp - mq) ** 2 * torch.exp(-lq) - 1.0)
 
 
 def gaussian_nll(mean: torch.Tensor, log_var: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -51,11 +51,14 @@ def build_teachers(model_args: ModelArguments, student: Backbone, paths: Optiona
 
 def run(method: DistillationMethod, student: Backbone, teachers: Sequence[Any], data: ImageClassificationData,
         args: DistillationArguments, data_args: DataArguments, save: bool = True,
-        baseline_metrics: Optional[Dict[str, Any]] = None):
-    """Train, evaluate, save the student (and push it when asked); returns (trainer, metrics)."""
+        baseline_metrics: Optional[Dict[str, Any]] = None, task=None, card_extras: Optional[Dict[str, Any]] = None):
+    """Train, evaluate, save the student (and push it when asked); returns (trainer, metrics).
+
+    ``task`` (default classification) and ``card_extras`` (e.g. ``{"kd_reference": metrics}``) go to the
+    trainer and to its model card."""
     trainer = DistillationTrainer(
         student, teachers=teachers, method=method, args=args, train_dataset=data.train, eval_dataset=data.eval,
-        augment=data_args.augment(),
+        augment=data_args.augment(), task=task, image_column=data.image_column, label_column=data.label_column,
         dataset_info={"id": data.source, "revision": data.revision, "train_split": data_args.train_split,
                       "eval_split": data_args.eval_split, "train_samples": len(data.train),
                       "eval_samples": len(data.eval) if data.eval is not None else 0},
@@ -63,7 +66,8 @@ def run(method: DistillationMethod, student: Backbone, teachers: Sequence[Any], 
     trainer.train()
     metrics = trainer.evaluate() if data.eval is not None else {}
     if save:
-        trainer.save_model(os.path.join(args.output_dir, "student"), baseline_metrics=baseline_metrics)
+        trainer.save_model(os.path.join(args.output_dir, "student"), baseline_metrics=baseline_metrics,
+                           card_extras=card_extras)
         if args.push_to_hub and hasattr(trainer, "push_to_hub"):
             trainer.push_to_hub()
     return trainer, metrics
