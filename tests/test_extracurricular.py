@@ -200,6 +200,7 @@ def _run(tmp_path, data, name, **kw):
     return trainer
 
 
+@pytest.mark.slow
 def test_mid_epoch_resume_is_bitwise_exact_with_mixing(tmp_path, small_digits):
     # 256 samples / 32 = 8 batches per epoch: checkpoint-3 is mid epoch 0, and the run crosses into epoch 1
     full = _run(tmp_path, small_digits, "full")
@@ -226,6 +227,7 @@ def test_rotated_digits_are_a_float_regression_task(rotated):
     assert angles.dtype == torch.float32 and angles.abs().max() <= 45.0 and angles.std() > 15.0
 
 
+@pytest.mark.slow
 def test_regression_run_loss_falls_and_reports_errors(tmp_path, rotated):
     torch.manual_seed(0)
     task = RegressionTask(num_targets=1, target_scale=45.0)
