@@ -12,7 +12,7 @@ from .demo import DEMO_AUGMENT, DEMO_IMAGE_SIZE, cache_dir, demo_args
 from .tasks import RegressionTask
 
 # Teacher architecture -> epochs (one teacher: the demo compares matching methods, not ensembles).
-REGRESSION_TEACHERS = {"resnet10t": 4}
+REGRESSION_TEACHERS = {"resnet10t": 3}
 
 
 def regression_task(max_angle: float) -> RegressionTask:
@@ -36,7 +36,7 @@ def regression_demo_teachers(data, task: RegressionTask, names: Optional[Sequenc
             set_seed(seed)
             model = create_backbone(name, num_classes=2 * task.num_targets, pretrained=False,
                                     image_size=DEMO_IMAGE_SIZE)
-            args = demo_args(path + ".run", num_train_epochs=REGRESSION_TEACHERS.get(name, 4), seed=seed)
+            args = demo_args(path + ".run", num_train_epochs=REGRESSION_TEACHERS.get(name, 3), seed=seed)
             trainer = DistillationTrainer(model, method="supervised", args=args, train_dataset=data.train,
                                           eval_dataset=data.eval, augment=DEMO_AUGMENT, task=task,
                                           image_column=data.image_column, label_column=data.label_column)
