@@ -9,7 +9,7 @@ from .training import DistillationArguments, DistillationTrainer, TrainerCallbac
 __version__ = "0.1.0"
 
 __all__ = [
-    "losses", "ImageClassificationData", "load_default_dataset", "load_image_dataset", "save_student",
+    "losses", "tasks", "ImageClassificationData", "load_default_dataset", "load_image_dataset", "save_student",
     "from_pretrained", "push_to_hub",
     "DistillationMethod", "create_method", "list_methods", "register_method", "Backbone", "PreprocessConfig",
     "Teacher", "create_backbone", "create_teacher", "DistillationArguments", "DistillationTrainer", "TrainerCallback",
