@@ -58,7 +58,7 @@ def test_regression_demo_runs_point_kd_and_gaussian_matching(tmp_path):
     assert all(r["eval_mae"] > 0 and "eval_accuracy" not in r for r in rows)
     kd = json.loads((tmp_path / "reg" / "kd" / "student" / "hfkd.json").read_text())
     assert kd["method"]["hparams"]["regression_match"] == "mean" and kd["method"]["hparams"]["extra_ratio"] == 0
-    assert kd["task"] == {"name": "regression", "num_targets": 1, "target_scale": 45.0}
+    assert kd["task"] == {"name": "regression", "num_targets": 1, "target_scale": 45.0, "log_var_bound": 6.0}
     assert "MAE" in (tmp_path / "reg" / "results.md").read_text()
 
 

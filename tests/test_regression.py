@@ -61,11 +61,20 @@ def test_split_gaussian_means_first_then_log_variances():
 def test_regression_ensemble_is_the_moment_matched_mixture():
     a = torch.tensor([[0.0, 0.0]])                   # N(0, 1)
     b = torch.tensor([[2.0, math.log(3.0)]])         # N(2, 3)
-    mean, log_var = split_gaussian(RegressionTask().ensemble([a, b]))
+    task = RegressionTask(log_var_bound=None)
+    mean, log_var = task.gaussian(task.ensemble([a, b]))
     assert mean.item() == pytest.approx(1.0)
     assert log_var.exp().item() == pytest.approx((1 + 3) / 2 + 1.0)  # mean variance + variance of the means
-    mean, _ = split_gaussian(RegressionTask().ensemble([a, b], weights=[3.0, 1.0]))
+    mean, _ = task.gaussian(task.ensemble([a, b], weights=[3.0, 1.0]))
     assert mean.item() == pytest.approx(0.5)
+
+
+def test_log_variance_is_bounded_smoothly_and_the_ensemble_round_trips():
+    task = RegressionTask(log_var_bound=6.0)
+    _, log_var = task.gaussian(torch.tensor([[0.0, -100.0], [0.0, 3.0]]))
+    assert log_var[0].item() == pytest.approx(-6.0) and log_var[1].item() == pytest.approx(6 * math.tanh(0.5))
+    one = torch.tensor([[0.3, -2.0]])
+    assert torch.allclose(task.gaussian(task.ensemble([one]))[1], task.gaussian(one)[1], atol=1e-5)
 
 
 def test_regression_supervised_loss_uses_the_target_scale():

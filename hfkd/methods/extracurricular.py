@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..data.transforms import sample_seed
-from ..losses import ensemble_probs, gaussian_kl, soft_kl_rows, split_gaussian
+from ..losses import ensemble_probs, gaussian_kl, soft_kl_rows
 from .base import DistillationMethod, LossOutput
 from .registry import register_method
 
@@ -153,8 +153,8 @@ class Extracurricular(DistillationMethod):
         """Per-row teacher-to-student divergence and per-row teacher uncertainty."""
         weights = self.teacher_weights()
         if self.task.name == "regression":
-            mean_t, log_var_t = split_gaussian(self.task.ensemble(teacher_outs, weights).detach())
-            mean_s, log_var_s = split_gaussian(student_out)
+            mean_t, log_var_t = self.task.gaussian(self.task.ensemble(teacher_outs, weights).detach())
+            mean_s, log_var_s = self.task.gaussian(student_out)
             if self.config.regression_match == "mean":
                 rows = (mean_s - mean_t).pow(2).sum(-1)
             else:

@@ -1,8 +1,11 @@
 """Regression with Gaussian outputs: a head gives a mean and a log-variance per target.
 
 A model for ``K`` targets is created with ``num_classes = 2 * K``: outputs ``[:K]`` are the means and
-``[K:]`` the log-variances (:func:`hfkd.losses.split_gaussian`), in units of ``target / target_scale``
-so that a head initialised near zero starts at a sensible scale.  Metrics are in the target's own units.
+``[K:]`` the raw log-variances (:func:`hfkd.losses.split_gaussian`), in units of ``target / target_scale``
+so that a head initialised near zero starts at a sensible scale.  :meth:`RegressionTask.gaussian` bounds
+the log-variance smoothly to ``[-b, b]`` (``b tanh(raw / b)``): unbounded, a fresh head can shrink a
+variance until ``(y - mean)^2 / var`` explodes (the demo student's NLL reached 1e19 by step 20).
+Metrics are in the target's own units.
 """
 from __future__ import annotations
 
@@ -36,16 +39,31 @@ class RegressionTask(Task):
     higher_is_better = False
     dataset_class = RegressionImageDataset
 
-    def __init__(self, num_targets: int = 1, target_scale: float = 1.0):
+    def __init__(self, num_targets: int = 1, target_scale: float = 1.0, log_var_bound: Optional[float] = 6.0):
         if int(num_targets) < 1:
             raise ValueError(f"num_targets must be >= 1, got {num_targets}")
         if not float(target_scale) > 0:
             raise ValueError(f"target_scale must be > 0, got {target_scale}")
+        if log_var_bound is not None and not float(log_var_bound) > 0:
+            raise ValueError(f"log_var_bound must be > 0 or None (unbounded), got {log_var_bound}")
         self.num_targets = int(num_targets)
         self.target_scale = float(target_scale)
+        self.log_var_bound = float(log_var_bound) if log_var_bound is not None else None
 
     def options(self):
-        return {"num_targets": self.num_targets, "target_scale": self.target_scale}
+        return {"num_targets": self.num_targets, "target_scale": self.target_scale,
+                "log_var_bound": self.log_var_bound}
+
+    def gaussian(self, outputs: torch.Tensor):
+        """``(mean, log_var)`` of a head's outputs, the log-variance bounded to ``[-b, b]``."""
+        mean, raw = split_gaussian(outputs)
+        b = self.log_var_bound
+        return mean, raw if b is None else b * torch.tanh(raw / b)
+
+    def _raw_log_var(self, log_var: torch.Tensor) -> torch.Tensor:
+        """The head output whose :meth:`gaussian` log-variance is ``log_var`` (clipped into the bound)."""
+        b = self.log_var_bound
+        return log_var if b is None else b * torch.atanh((log_var / b).clamp(-1 + 1e-6, 1 - 1e-6))
 
     def check_targets(self, trainer, dataset):
         from datasets import ClassLabel, Sequence as SequenceFeature, Value
@@ -71,7 +89,7 @@ class RegressionTask(Task):
     def supervised_loss(self, outputs, labels, label_smoothing: float = 0.0):
         if label_smoothing:
             raise ValueError("label_smoothing has no meaning for regression; leave it at 0")
-        mean, log_var = split_gaussian(outputs)
+        mean, log_var = self.gaussian(outputs)
         return gaussian_nll(mean, log_var, self.scaled(labels)).mean()
 
     @torch.no_grad()
@@ -82,7 +100,7 @@ class RegressionTask(Task):
             with accelerator.autocast():
                 outputs = predict(batch["pixel_values"])
             outputs, labels = accelerator.gather_for_metrics((outputs.float(), batch["labels"].float()))
-            mean, log_var = split_gaussian(outputs)
+            mean, log_var = self.gaussian(outputs)
             target = self.scaled(labels)
             error = (mean - target) * self.target_scale
             abs_sum += error.abs().sum().item()
@@ -95,11 +113,11 @@ class RegressionTask(Task):
                 f"{prefix}_loss": nll_sum / total, f"{prefix}_samples": total // self.num_targets}
 
     def ensemble(self, outputs: Sequence[torch.Tensor], weights: Optional[Sequence[float]] = None) -> torch.Tensor:
-        """The Gaussian with the mean and variance of the teachers' (weighted) mixture."""
-        means, log_vars = zip(*(split_gaussian(o) for o in outputs))
+        """Head outputs of the Gaussian with the mean and variance of the teachers' (weighted) mixture."""
+        means, log_vars = zip(*(self.gaussian(o) for o in outputs))
         w = torch.as_tensor(weights if weights is not None else [1.0] * len(outputs), dtype=torch.float32)
         w = (w / w.sum()).to(means[0].device).view(-1, 1, 1)
         m = torch.stack(means)
         mean = (w * m).sum(0)
         var = (w * (torch.stack(log_vars).exp() + (m - mean) ** 2)).sum(0)
-        return torch.cat([mean, var.log()], dim=-1)
+        return torch.cat([mean, self._raw_log_var(var.log())], dim=-1)
