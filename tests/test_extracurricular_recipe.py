@@ -73,3 +73,9 @@ def test_cifar100_config_parses_into_the_recipe_arguments():
     assert method.extra_ratio == 1.0 and method.mix == "both" and method.temperature == 4.0
     assert not data_args.max_train_samples and data_args.dataset == "uoft-cs/cifar100"
     assert args.num_train_epochs == 240 and not cfg.regression
+
+
+def test_regression_mode_has_its_own_defaults():
+    recipe = _recipe()
+    assert recipe._asks_regression(["--seeds", "0", "--regression", "true"])
+    assert not recipe._asks_regression(["--regression", "false"]) and not recipe._asks_regression(["--regression"])
