@@ -40,7 +40,7 @@ class RecipeArguments:
 
 # The embedded demo, sized for 2 shared CPU cores: the students train on the first 256 training digits
 # (--max_train_samples; the cached teacher saw all of them) for 6 epochs of 32 (48 steps), where a wide
-# teacher-student gap is left for KD to close; one teacher (resnet18), as in the paper.  Temperature and
+# teacher-student gap is left for KD to close; one teacher (resnet18), as in the paper's abstract.  Temperature and
 # alpha are classic KD's demo values (recipes/kd.py); nothing was chosen on the validation split.
 DEMO_TEACHER = "resnet18"
 DEFAULTS = dict(student=DEMO_STUDENT, image_size=DEMO_IMAGE_SIZE, output_dir="outputs/extracurricular",
