@@ -10,6 +10,7 @@ Notation (docs/methods.md): ``z`` are logits of shape
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import torch
@@ -26,6 +27,10 @@ __all__ = [
     "bake_targets",
     "feed_loss",
     "normalize_factor",
+    "soft_kl_rows",
+    "gaussian_kl",
+    "gaussian_nll",
+    "split_gaussian",
 ]
 
 
@@ -67,6 +72,17 @@ def soft_kl_div(student_logits: torch.Tensor, target_probs: torch.Tensor, temper
         log_q = F.log_softmax(_f32(student_logits) / temperature, dim=-1)
         # kl_div(input=student log-probs, target=teacher probs) = KL(teacher || student)
         return F.kl_div(log_q, _f32(target_probs).detach(), reduction="batchmean") * temperature**2
+
+
+def soft_kl_rows(student_logits: torch.Tensor, target_probs: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Per-row ``T^2 * KL(p_i || softmax(s_i/T))``, shape ``[N]``; its mean is :func:`soft_kl_div`."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if student_logits.shape != target_probs.shape:
+        raise ValueError(f"student logits {tuple(student_logits.shape)} and targets {tuple(target_probs.shape)} differ")
+    with _float32_region(student_logits):
+        log_q = F.log_softmax(_f32(student_logits) / temperature, dim=-1)
+        return F.kl_div(log_q, _f32(target_probs).detach(), reduction="none").sum(dim=-1) * temperature**2
 
 
 def kd_kl_div(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -179,3 +195,40 @@ def feed_loss(student_maps: Sequence[torch.Tensor], teacher_maps: Sequence[torch
             term = (normalize_factor(s) - normalize_factor(t.detach())).abs().mean()
             total = term if total is None else total + term
     return total
+
+
+def split_gaussian(outputs: torch.Tensor):
+    """``(mean, log_var)`` from a head with ``2 * K`` outputs: the first ``K`` are means, the last ``K`` log-variances."""
+    if outputs.dim() != 2 or outputs.shape[-1] % 2:
+        raise ValueError(
+            f"a Gaussian head outputs [N, 2K] (K means then K log-variances), got shape {tuple(outputs.shape)}; "
+            "create the model with num_classes = 2 * number of targets"
+        )
+    mean, log_var = _f32(outputs).chunk(2, dim=-1)
+    return mean, log_var
+
+
+def gaussian_kl(mean_p: torch.Tensor, log_var_p: torch.Tensor, mean_q: torch.Tensor,
+                log_var_q: torch.Tensor) -> torch.Tensor:
+    """Closed-form ``KL(N(mean_p, var_p) || N(mean_q, var_q))`` per element, in float32 (no reduction).
+
+    ``0.5 * (log var_q - log var_p + (var_p + (mean_p - mean_q)^2) / var_q - 1)``.  Not symmetric:
+    distillation puts the teacher in ``p`` and the student in ``q``, as with the categorical KL.
+    """
+    shapes = {tuple(t.shape) for t in (mean_p, log_var_p, mean_q, log_var_q)}
+    if len(shapes) != 1:
+        raise ValueError(f"gaussian_kl: means and log-variances must share one shape, got {sorted(shapes)}")
+    with _float32_region(mean_q):
+        mp, lp, mq, lq = (_f32(t) for t in (mean_p, log_var_p, mean_q, log_var_q))
+        # var_p / var_q as exp(lp - lq): exactly 1, so the KL exactly 0, for identical Gaussians
+        return 0.5 * (lq - lp + torch.exp(lp - lq) + (mp - mq) ** 2 * torch.exp(-lq) - 1.0)
+
+
+def gaussian_nll(mean: torch.Tensor, log_var: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-element negative log-likelihood of ``target`` under ``N(mean, exp(log_var))``, in float32."""
+    if mean.shape != log_var.shape or mean.shape != target.shape:
+        raise ValueError(f"gaussian_nll: mean {tuple(mean.shape)}, log_var {tuple(log_var.shape)} and target "
+                         f"{tuple(target.shape)} must have the same shape")
+    with _float32_region(mean):
+        m, lv, y = _f32(mean), _f32(log_var), _f32(target)
+        return 0.5 * (lv + (y - m) ** 2 * torch.exp(-lv) + math.log(2 * math.pi))

@@ -60,17 +60,22 @@ def dataset_info(data: ImageClassificationData, data_args: DataArguments) -> Dic
 
 def run(method: DistillationMethod, student: Backbone, teachers: Sequence[Any], data: ImageClassificationData,
         args: DistillationArguments, data_args: DataArguments, save: bool = True,
-        baseline_metrics: Optional[Dict[str, Any]] = None, license: Optional[str] = None):
-    """Train, evaluate, save the student (and push it when asked); returns (trainer, metrics)."""
+        baseline_metrics: Optional[Dict[str, Any]] = None, license: Optional[str] = None, task=None,
+        card_extras: Optional[Dict[str, Any]] = None):
+    """Train, evaluate, save the student (and push it when asked); returns (trainer, metrics).
+
+    ``task`` (default classification) and ``card_extras`` (e.g. ``{"kd_reference": metrics}``) go to the
+    trainer and to its model card."""
     trainer = DistillationTrainer(
         student, teachers=teachers, method=method, args=args, train_dataset=data.train, eval_dataset=data.eval,
-        augment=data_args.augment(), dataset_info=dataset_info(data, data_args),
+        augment=data_args.augment(), task=task, image_column=data.image_column, label_column=data.label_column,
+        dataset_info=dataset_info(data, data_args),
     )
     trainer.train()
     metrics = trainer.evaluate() if data.eval is not None else {}
     if save:
         trainer.save_model(os.path.join(args.output_dir, "student"), baseline_metrics=baseline_metrics,
-                           card_extras={"license": license} if license else None)
+                           card_extras={**({"license": license} if license else {}), **(card_extras or {})} or None)
         if args.push_to_hub:
             trainer.push_to_hub()
     return trainer, metrics
@@ -103,10 +108,12 @@ def _is_main_process(accelerator=None) -> bool:
     return not PartialState._shared_state or PartialState().is_main_process
 
 
-def result_row(model: str, role: str, metrics: Dict[str, Any], params: Optional[int], **extra) -> Dict[str, Any]:
-    """One row of a results table: top-1, top-5, NLL and ECE of one model (``None`` where not measured)."""
+def result_row(model: str, role: str, metrics: Dict[str, Any], params: Optional[int], keys=RESULT_METRICS,
+               **extra) -> Dict[str, Any]:
+    """One row of a results table: the metrics ``keys`` of one model (top-1, top-5, NLL and ECE by default;
+    ``None`` where not measured)."""
     model = local_checkpoint_name(model) or model
-    return {"model": model, "role": role, **{k: metrics.get(k) for k in RESULT_METRICS}, "params": params, **extra}
+    return {"model": model, "role": role, **{k: metrics.get(k) for k in keys}, "params": params, **extra}
 
 
 def run_with_baseline(method: DistillationMethod, model_args: ModelArguments, data_args: DataArguments,

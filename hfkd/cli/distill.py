@@ -49,7 +49,7 @@ def parse_distill_args(argv: Optional[Sequence[str]] = None, method: Optional[st
     description = (f"{method_class.__name__}: {(method_class.__doc__ or '').strip().splitlines()[0]}"
                    if method_class.__doc__ else None)
     model, data, training, method_config, run = parse_args(
-        types, argv, defaults=demo_defaults(name), yaml_values=values, yaml_name=config_path, extra_options=extra, prog=prog,
+        types, argv, defaults=demo_defaults(name, argv), yaml_values=values, yaml_name=config_path, extra_options=extra, prog=prog,
         description=description)
     return RunSettings(name, model, data, training, method_config, run)
 

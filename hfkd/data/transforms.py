@@ -252,5 +252,8 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         indices = [int(i) for i in indices]
         images, rows = read_rows(self.dataset, indices, self.image_column, self.image_mode)
         pixels = seeded_batch(self.transform, images, self.seed, self.epoch, indices)
-        return [{"pixel_values": p, "labels": int(label), "index": i}
+        return [{"pixel_values": p, "labels": self._target(label), "index": i}
                 for p, label, i in zip(pixels, rows[self.label_column], indices)]
+
+    def _target(self, value):
+        return int(value)  # a class index; regression datasets (hfkd.tasks.regression) return float vectors

@@ -10,6 +10,7 @@ import os
 import re
 from typing import Any, Dict, List, Optional, Sequence
 
+from .card_sections import task_sections
 from .secrets import redact_secrets
 
 TEMPLATE_PATH = os.path.join(os.path.dirname(__file__), "templates", "student_card.md.j2")
@@ -161,7 +162,8 @@ def _citation(lineage: Dict[str, Any]) -> Dict[str, Any]:
 def create_model_card(lineage: Dict[str, Any], baseline: Optional[Dict[str, Any]] = None, *,
                       repo_id: Optional[str] = None, license: Optional[str] = None,
                       plot_filename: Optional[str] = None, dataset_split: Optional[str] = None,
-                      extra_sections: Optional[Dict[str, str]] = None, template_path: Optional[str] = None):
+                      extra_sections: Optional[Dict[str, str]] = None, template_path: Optional[str] = None,
+                      kd_reference: Optional[Dict[str, Any]] = None):
     """A ``huggingface_hub.ModelCard`` describing a distilled student.
 
     Args:
@@ -175,6 +177,7 @@ def create_model_card(lineage: Dict[str, Any], baseline: Optional[Dict[str, Any]
             known, else none (the card says so; hfkd never picks one for you).
         plot_filename: a PNG in the repository to show as the training curves.
         extra_sections: ``{title: markdown}`` appended before the citation.
+        kd_reference: metrics of the same student trained with classic KD; adds the gap closed vs KD.
     """
     from huggingface_hub import ModelCard
 
@@ -215,7 +218,7 @@ def create_model_card(lineage: Dict[str, Any], baseline: Optional[Dict[str, Any]
         samples_per_second=lineage.get("train_samples_per_second"), global_step=lineage.get("global_step"),
         num_processes=lineage.get("num_processes"), versions=lineage.get("versions") or {},
         is_distilled=method.get("name") != "supervised", citation=_citation(lineage),
-        plot_filename=plot_filename, extra_sections=sections,
+        plot_filename=plot_filename, extra_sections={**task_sections(lineage, baseline, kd_reference), **sections},
     )
     return ModelCard.from_template(card_data, template_path=template_path or TEMPLATE_PATH, **context)
 

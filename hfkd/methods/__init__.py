@@ -7,9 +7,10 @@ from .meal_v2 import MEALv2Config, MEALv2Discriminator  # noqa: F401  (registers
 from .feed import FEEDConfig
 from .bake import BAKEConfig
 from .pskd import PSKDConfig
+from .extracurricular import ExtracurricularConfig
 
 __all__ = [
     "DistillationMethod", "LossOutput", "MethodConfig", "MethodContext", "create_method", "get_method_class",
     "list_methods", "normalize_name", "register_method", "KDConfig", "SupervisedConfig", "MEALv2Config",
-    "FEEDConfig", "BAKEConfig", "PSKDConfig",
+    "FEEDConfig", "BAKEConfig", "PSKDConfig", "ExtracurricularConfig",
 ]

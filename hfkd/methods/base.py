@@ -60,6 +60,9 @@ class MethodContext:
     student: Backbone
     teachers: Sequence[Any] = ()
     accelerator: Any = None
+    #: the run's :class:`hfkd.tasks.Task` (``None``: classification) and seed (for per-sample draws)
+    task: Any = None
+    seed: int = 0
 
     @property
     def num_processes(self) -> int:
@@ -113,6 +116,8 @@ class DistillationMethod(nn.Module):
     uses_labels: bool = True
     #: the method expects a trained (pretrained) student to start from; the demo then provides one
     starts_from_trained_student: ClassVar[bool] = False
+    #: the tasks (``hfkd.tasks``) whose outputs the loss understands
+    supported_tasks: ClassVar[Tuple[str, ...]] = ("classification",)
     student_request: OutputRequest = OutputRequest()
     teacher_request: OutputRequest = OutputRequest()
 
@@ -135,7 +140,17 @@ class DistillationMethod(nn.Module):
     def setup(self, context: MethodContext) -> None:
         """Called once before training; build modules that depend on the models here."""
         self.check_teachers(len(context.teachers))
+        task = getattr(context.task, "name", "classification")
+        if task not in self.supported_tasks:
+            raise ValueError(f"method {self.name!r} supports {list(self.supported_tasks)} tasks, not {task!r}")
         self.context = context
+
+    @property
+    def task(self):
+        """The run's task (classification until :meth:`setup` says otherwise)."""
+        from ..tasks import create_task  # lazy: the tasks import the data package
+
+        return create_task(self.context.task if self.context is not None else None)
 
     def on_epoch_start(self, epoch: int) -> None:
         self.epoch = epoch
@@ -143,7 +158,16 @@ class DistillationMethod(nn.Module):
     def on_epoch_end(self, epoch: int) -> None:
         pass
 
-    # -- the loss ---------------------------------------------------------------------------------
+    # -- the batch and the loss ---------------------------------------------------------------------
+    def prepare_batch(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Transform a training batch before the teachers and the student see it (default: unchanged).
+
+        A method that trains on more inputs than the loader gives (extra samples made from the batch)
+        returns the enlarged batch here; the trainer runs the teachers and the student on
+        ``batch["pixel_values"]`` of what this returns.
+        """
+        return batch
+
     def compute_loss(self, batch: Mapping[str, torch.Tensor], student: BackboneOutput,
                      teachers: Sequence[BackboneOutput]) -> LossOutput:
         raise NotImplementedError

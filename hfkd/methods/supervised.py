@@ -4,8 +4,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-import torch.nn.functional as F
-
 from .base import DistillationMethod, LossOutput, MethodConfig, check_probability
 from .registry import register_method
 
@@ -25,10 +23,12 @@ class Supervised(DistillationMethod):
     name = "supervised"
     max_teachers = 0
     config_class = SupervisedConfig
+    supported_tasks = ("classification", "regression")
 
     def __init__(self, config: Optional[SupervisedConfig] = None, **kwargs):
         super().__init__(config, **kwargs)
 
     def compute_loss(self, batch, student, teachers):
-        loss = F.cross_entropy(student.logits.float(), batch["labels"], label_smoothing=self.config.label_smoothing)
-        return LossOutput(loss, {"ce": loss.detach()})
+        task = self.task
+        loss = task.supervised_loss(student.logits, batch["labels"], label_smoothing=self.config.label_smoothing)
+        return LossOutput(loss, {"ce" if task.name == "classification" else "nll": loss.detach()})

@@ -13,7 +13,8 @@ from ..hub.card import local_checkpoint_name
 from ..hub.secrets import redact_secrets
 
 # Keys of trainer.state.log_history worth keeping with the model (curves, not every callback field).
-_HISTORY_KEYS = ("step", "epoch", "loss", "learning_rate", "eval_accuracy", "eval_top5_accuracy", "eval_loss")
+_HISTORY_KEYS = ("step", "epoch", "loss", "learning_rate", "eval_accuracy", "eval_top5_accuracy", "eval_loss",
+                 "eval_mae", "eval_rmse")
 
 
 def library_versions() -> Dict[str, str]:
@@ -125,14 +126,14 @@ def _history(log_history: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     out = []
     for entry in log_history:
         kept = {k: entry[k] for k in _HISTORY_KEYS if isinstance(entry.get(k), (int, float))}
-        if "loss" in kept or "eval_accuracy" in kept:
+        if "loss" in kept or "eval_accuracy" in kept or "eval_mae" in kept:
             out.append(kept)
     return out
 
 
 def build_lineage(trainer, measure_inference: bool = True) -> Dict[str, Any]:
     """Everything that made the student, as JSON-ready data with no credentials in it."""
-    evals = [e for e in trainer.state.log_history if "eval_accuracy" in e]
+    evals = [e for e in trainer.state.log_history if "eval_samples" in e]  # the student's evaluations, any task
     teachers = []
     for i, t in enumerate(trainer.teachers):
         entry = _model_entry(t.backbone)
@@ -152,6 +153,7 @@ def build_lineage(trainer, measure_inference: bool = True) -> Dict[str, Any]:
         "format_version": 1,
         "method": {"name": trainer.method.name, "hparams": trainer.method.hparams(),
                    "citation": trainer.method.citation},
+        "task": {"name": trainer.task.name, **trainer.task.options()},
         "student": student_entry,
         "label_names": trainer.student.label_names,
         "teachers": teachers,

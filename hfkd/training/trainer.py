@@ -19,12 +19,12 @@ from ..methods.registry import create_method
 from ..models.backbone import Backbone
 from ..models.factory import create_backbone
 from ..models.teacher import Teacher, create_teacher
+from ..tasks import Task, create_task
 from . import validation
 from .args import DistillationArguments
 from .callbacks import CallbackHandler, ProgressCallback, TrainerCallback
 from .checkpoint import load_checkpoint, read_state, resolve_checkpoint, save_checkpoint
 from .ema import create_model_ema, ema_state, load_ema_state, split_ema_state
-from .evaluation import evaluate_logits
 from .optim import create_optimizer, create_scheduler
 from .resume import check_same_run, run_signature
 from .speed import channels_last_batch, prepare_student, prepare_teachers
@@ -130,6 +130,7 @@ class DistillationTrainer:
         train_dataset / eval_dataset: ``datasets.Dataset`` splits with an image and a label column.
         callbacks: extra :class:`TrainerCallback` objects.
         augment: training augmentation on top of the student's preprocessing.
+        task: ``"classification"`` (default), ``"regression"`` or a :class:`hfkd.tasks.Task`.
     """
 
     def __init__(
@@ -146,6 +147,7 @@ class DistillationTrainer:
         label_column: Optional[str] = None,
         accelerator=None,
         dataset_info: Optional[Dict[str, Any]] = None,
+        task: Union[None, str, Task] = None,
     ):
         self.args = args or DistillationArguments()
         self.accelerator = accelerator or create_accelerator(self.args)
@@ -159,7 +161,8 @@ class DistillationTrainer:
         checks.check_split(eval_dataset, "eval_dataset")
         validation.check_finite_settings(self.method.hparams(), f"method {self.method.name!r}")
         self.image_column, self.label_column = find_columns(train_dataset, image_column, label_column)
-        self.label_names = self._check_labels(train_dataset, eval_dataset)
+        self.task = create_task(task)
+        self.label_names = self.task.check_targets(self, train_dataset, eval_dataset)
         teachers = [teachers] if isinstance(teachers, (str, nn.Module, Teacher)) else list(teachers or [])
         self.method.check_teachers(len(teachers))
         self.teachers: List[Teacher] = [_bind_teacher(t, self.student) for t in teachers]
@@ -209,7 +212,7 @@ class DistillationTrainer:
         find_columns(dataset, self.image_column, self.label_column)
         transform = create_image_transform(self.student.preprocess, training, self.augment)
         mode = "RGB" if self.student.preprocess.input_size[0] == 3 else "L"
-        return ImageClassificationDataset(dataset, transform, self.image_column, self.label_column,
+        return self.task.dataset_class(dataset, transform, self.image_column, self.label_column,
                                           seed=self.args.seed, image_mode=mode)
 
     def _train_loader(self):
@@ -255,14 +258,14 @@ class DistillationTrainer:
         was_training = student.training
         student.eval()
         try:
-            metrics = evaluate_logits(self.accelerator, self._eval_dataloader(eval_dataset),
-                                      lambda x: student(x).logits)
+            metrics = self.task.evaluate(self.accelerator, self._eval_dataloader(eval_dataset),
+                                         lambda x: student(x).logits)
         finally:
             student.train(was_training)
         if self.model_ema is not None:
             ema = self.model_ema.module
-            metrics.update(evaluate_logits(self.accelerator, self._eval_dataloader(eval_dataset),
-                                           lambda x: ema(x).logits, prefix="eval_ema"))
+            metrics.update(self.task.evaluate(self.accelerator, self._eval_dataloader(eval_dataset),
+                                              lambda x: ema(x).logits, prefix="eval_ema"))
         metrics.update(step=self.state.global_step, epoch=self.state.epoch)
         self._log(metrics)
         self.callbacks("on_evaluate", self, metrics)
@@ -270,8 +273,6 @@ class DistillationTrainer:
 
     def evaluate_teachers(self) -> Dict[str, Dict[str, float]]:
         """Each teacher's accuracy, and the ensemble's when there are several (measured once)."""
-        from ..losses import ensemble_probs
-
         if not self.teachers or self.eval_dataset is None:
             return {}
         device = self.accelerator.device
@@ -281,15 +282,15 @@ class DistillationTrainer:
         loader = self._eval_dataloader()
         results = {}
         for i, t in enumerate(self.teachers):
-            results[f"teacher_{i}"] = {"name": t.name, **evaluate_logits(self.accelerator, loader,
-                                                                          lambda x, t=t: t(x).logits)}
+            results[f"teacher_{i}"] = {"name": t.name, **self.task.evaluate(self.accelerator, loader,
+                                                                            lambda x, t=t: t(x).logits)}
         if len(self.teachers) > 1:
             weights = [t.weight for t in self.teachers]
-            results["ensemble"] = evaluate_logits(
-                self.accelerator, loader,
-                lambda x: ensemble_probs([t(x).logits for t in self.teachers], weights).log())
+            results["ensemble"] = self.task.evaluate(
+                self.accelerator, loader, lambda x: self.task.ensemble([t(x).logits for t in self.teachers], weights))
         self.teacher_metrics = results
-        flat = {f"{k}_accuracy": v["eval_accuracy"] for k, v in results.items()}
+        metric = self.task.main_metric
+        flat = {f"{k}_{metric}": v[f"eval_{metric}"] for k, v in results.items()}
         self._log(flat)
         return results
 
@@ -328,6 +329,7 @@ class DistillationTrainer:
         self.method.setup(MethodContext(
             num_classes=self.student.num_classes, num_train_samples=len(self.train_dataset), num_epochs=num_epochs,
             steps_per_epoch=steps_per_epoch, student=self.student, teachers=self.teachers, accelerator=acc,
+            task=self.task, seed=args.seed,
         ))
         module = DistillationModule(self.student, self.method).to(acc.device)
         optimizer = create_optimizer(args, self.student, self.method.param_groups(args.learning_rate))
@@ -370,6 +372,7 @@ class DistillationTrainer:
 
     def _train_step(self, batch) -> torch.Tensor:
         acc = self.accelerator
+        batch = self.method.prepare_batch(batch)
         if self.args.channels_last:
             batch = channels_last_batch(batch)
         with acc.accumulate(self._model):

@@ -3,7 +3,8 @@
 Most methods share :func:`distill`: the teachers (the cached demo teachers on the embedded
 digits when none are given), a no-KD baseline, the distilled student, a results table.
 A method whose recipe does more registers its own workflow with extra run options
-(``bake``: the baseline protocol; ``feed``: sequential generations and seeds).
+(``bake``: the baseline protocol; ``feed``: sequential generations and seeds; ``extracurricular``:
+classic KD as a reference, seeds, the regression demo, the gap closed vs KD).
 """
 from __future__ import annotations
 
@@ -106,4 +107,4 @@ def train(settings: RunSettings) -> Dict[str, float]:
 
 
 register_workflow("supervised", train, RunArguments)
-from . import bake, feed  # noqa: E402,F401  (registration)
+from . import bake, extracurricular, feed  # noqa: E402,F401  (registration)

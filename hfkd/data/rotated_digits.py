@@ -1,0 +1,38 @@
+"""An embedded regression task: how far was this digit rotated?
+
+Each embedded digit (``hfkd.data.default``) is rotated by an angle drawn uniformly from
+``[-max_angle, max_angle]`` degrees (one fixed draw per image, from ``seed``); the target column
+``angle`` holds it.  The train/validation split is the digits' own, so no rotated copy of a
+validation digit is ever trained on.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+ROTATION_COLUMN = "angle"
+DEFAULT_MAX_ANGLE = 45.0
+
+
+def load_rotated_digits(image_size: int = 32, max_angle: float = DEFAULT_MAX_ANGLE, validation_fraction: float = 0.2,
+                        seed: int = 0):
+    """``ImageClassificationData`` with an ``image`` column and a float ``angle`` target (degrees)."""
+    from datasets import Dataset, Features, Image, Value
+    from PIL import Image as PILImage
+
+    from .default import DEFAULT_DATASET, load_default_dataset
+    from .loading import ImageClassificationData
+
+    if not 0 < max_angle <= 180:
+        raise ValueError(f"max_angle must be in (0, 180] degrees, got {max_angle}")
+    digits = load_default_dataset(image_size=image_size, validation_fraction=validation_fraction, seed=seed)
+    features = Features({"image": Image(), ROTATION_COLUMN: Value("float32")})
+    splits = {}
+    for offset, (name, split) in enumerate(digits.items()):
+        rng = np.random.default_rng([seed, offset])
+        angles = rng.uniform(-max_angle, max_angle, len(split)).astype(np.float32)
+        images = [img.convert("RGB").rotate(float(a), resample=PILImage.BILINEAR)
+                  for img, a in zip(split["image"], angles)]
+        splits[name] = Dataset.from_dict({"image": images, ROTATION_COLUMN: angles.tolist()}, features=features)
+    return ImageClassificationData(train=splits["train"], eval=splits["validation"], image_column="image",
+                                   label_column=ROTATION_COLUMN, label_names=None,
+                                   source=f"{DEFAULT_DATASET}-rotation")

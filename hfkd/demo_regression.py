@@ -1,0 +1,47 @@
+"""The embedded regression demo: how far was a digit rotated (``hfkd.data.rotated_digits``)?
+
+Models have a Gaussian head (a mean and a log-variance of the angle, in units of ``max_angle``);
+the teacher is trained once with the Gaussian NLL and cached beside the classification demo teachers.
+"""
+from __future__ import annotations
+
+import os
+from typing import List, Optional, Sequence
+
+from .demo import DEMO_AUGMENT, DEMO_IMAGE_SIZE, cache_dir, demo_args
+from .tasks import RegressionTask
+
+# Teacher architecture -> epochs (one teacher: the demo compares matching methods, not ensembles).
+REGRESSION_TEACHERS = {"resnet10t": 3}
+
+
+def regression_task(max_angle: float) -> RegressionTask:
+    """One target, the angle in degrees, predicted in units of ``max_angle``."""
+    return RegressionTask(num_targets=1, target_scale=max_angle)
+
+
+def regression_demo_teachers(data, task: RegressionTask, names: Optional[Sequence[str]] = None,
+                             seed: int = 0) -> List[str]:
+    """Folders of the Gaussian-head demo teachers, training (and caching) those that are missing."""
+    from accelerate.utils import set_seed
+
+    from .models.factory import create_backbone
+    from .training.trainer import DistillationTrainer
+
+    paths = []
+    for name in names or REGRESSION_TEACHERS:
+        tag = f"rotation{task.target_scale:g}-digits{DEMO_IMAGE_SIZE}-seed{seed}"
+        path = os.path.join(cache_dir(), "demo_teachers", f"{name}-{tag}")
+        if not os.path.isfile(os.path.join(path, "model.safetensors")):
+            set_seed(seed)
+            model = create_backbone(name, num_classes=2 * task.num_targets, pretrained=False,
+                                    image_size=DEMO_IMAGE_SIZE)
+            args = demo_args(path + ".run", num_train_epochs=REGRESSION_TEACHERS.get(name, 3), seed=seed)
+            trainer = DistillationTrainer(model, method="supervised", args=args, train_dataset=data.train,
+                                          eval_dataset=data.eval, augment=DEMO_AUGMENT, task=task,
+                                          image_column=data.image_column, label_column=data.label_column)
+            trainer.train()
+            trainer.evaluate()
+            trainer.save_model(path)
+        paths.append(path)
+    return paths

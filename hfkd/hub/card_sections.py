@@ -1,0 +1,59 @@
+"""Card sections that depend on the task and on a classic-KD reference run: regression results, gap closed."""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+from ..results import REGRESSION_METRICS, format_metric, gap_closed, metric_titles
+
+
+def reference_teacher(lineage: Dict[str, Any]) -> Dict[str, Any]:
+    """The metrics of what the student learned from: the teachers' ensemble when there are several."""
+    ensemble = lineage.get("ensemble_metrics") or {}
+    if ensemble.get("eval_samples"):
+        return ensemble
+    teachers = lineage.get("teachers") or []
+    return (teachers[0].get("metrics") or {}) if teachers else {}
+
+
+def _regression_table(lineage: Dict[str, Any], baseline, kd_reference) -> str:
+    rows: List[tuple] = [(f"`{t.get('name')}`", f"teacher {i + 1}", t.get("metrics") or {})
+                         for i, t in enumerate(lineage.get("teachers") or [])]
+    if (lineage.get("ensemble_metrics") or {}).get("eval_samples"):
+        rows.append(("moment-matched Gaussian of the teachers", "teacher ensemble", lineage["ensemble_metrics"]))
+    name = f"`{(lineage.get('student') or {}).get('name')}`"
+    if baseline:
+        rows.append((name, "student without distillation (baseline)", baseline))
+    if kd_reference:
+        rows.append((name, "student, classic KD (reference)", kd_reference))
+    rows.append(("**this model**", f"student, {(lineage.get('method') or {}).get('name')}", lineage.get("metrics") or {}))
+    lines = ["| model | role | " + " | ".join(metric_titles(REGRESSION_METRICS)) + " |",
+             "|---|---|" + "---|" * len(REGRESSION_METRICS)]
+    for model, role, m in rows:
+        lines.append(f"| {model} | {role} | " + " | ".join(format_metric(k, m.get(k)) for k in REGRESSION_METRICS) + " |")
+    task = lineage.get("task") or {}
+    note = (f"Errors in the target's units on the evaluation split; NLL is the Gaussian negative log-likelihood of "
+            f"the target divided by {task.get('target_scale', 1.0)} (the scale the model predicts in).")
+    return "\n".join(lines) + "\n\n" + note
+
+
+def task_sections(lineage: Dict[str, Any], baseline: Optional[Dict[str, Any]],
+                  kd_reference: Optional[Dict[str, Any]]) -> Dict[str, str]:
+    """``{title: markdown}``: a regression results table for regression students, and the gap closed vs KD."""
+    sections: Dict[str, str] = {}
+    regression = (lineage.get("task") or {}).get("name") == "regression"
+    if regression:
+        sections["Regression results"] = _regression_table(lineage, baseline, kd_reference)
+    if kd_reference:
+        key = "eval_mae" if regression else "eval_accuracy"
+        teacher = reference_teacher(lineage).get(key)
+        mine = (lineage.get("metrics") or {}).get(key)
+        gap = gap_closed(mine, kd_reference.get(key), teacher)
+        formula = ("(MAE_KD - MAE_this) / (MAE_KD - MAE_teacher)" if regression
+                   else "(top1_this - top1_KD) / (top1_teacher - top1_KD)")
+        who = "the teachers' ensemble" if len(lineage.get("teachers") or []) > 1 else "the teacher"
+        sections["Gap closed vs classic KD"] = (
+            f"**{format_metric('gap_closed', gap)} %** of the teacher-student gap that classic KD leaves is closed "
+            f"by this model: {formula}, with {key} = {format_metric(key, mine)} (this model), "
+            f"{format_metric(key, kd_reference.get(key))} (the same student trained with classic KD) and "
+            f"{format_metric(key, teacher)} ({who}).")
+    return sections
