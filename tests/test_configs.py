@@ -13,7 +13,8 @@ from hfkd.training.args import DistillationArguments
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "recipes" / "configs").glob("*.yaml"))
-RECIPES = {"pskd": "pskd", "bake": "bake", "feed": "feed", "meal": "meal_v2", "kd": "kd", "train": "train"}
+RECIPES = {"pskd": "pskd", "bake": "bake", "feed": "feed", "meal": "meal_v2", "kd": "kd", "train": "train",
+           "extracurricular": "extracurricular"}
 
 
 def _method(config: pathlib.Path) -> str:
