@@ -55,7 +55,8 @@ def run(method: DistillationMethod, student: Backbone, teachers: Sequence[Any], 
     """Train, evaluate, save the student (and push it when asked); returns (trainer, metrics)."""
     trainer = DistillationTrainer(
         student, teachers=teachers, method=method, args=args, train_dataset=data.train, eval_dataset=data.eval,
-        augment=data_args.augment(),
+        # From a teacher cache the views, hence the augmentation, are the cache's.
+        augment=None if args.teacher_cache else data_args.augment(),
         dataset_info={"id": data.source, "revision": data.revision, "train_split": data_args.train_split,
                       "eval_split": data_args.eval_split, "train_samples": len(data.train),
                       "eval_samples": len(data.eval) if data.eval is not None else 0},
@@ -103,7 +104,7 @@ def run_with_baseline(method: DistillationMethod, model_args: ModelArguments, da
     rows: List[Dict[str, Any]] = []
     if baseline:
         base_args = dataclasses.replace(args, output_dir=os.path.join(args.output_dir, "baseline"), push_to_hub=False,
-                                        resume_from_checkpoint=None)
+                                        resume_from_checkpoint=None, teacher_cache=None)
         base_student = build_student(model_args, data, seed=args.seed)
         _, base_metrics = run(create_method("supervised"), base_student, [], data, base_args, data_args)
         base_row = result_row(base_student.name, "student, no KD (baseline)", base_metrics,

@@ -2,6 +2,7 @@
 
     python recipes/kd.py                      # demo: cached digit teachers, baseline vs KD student
     accelerate launch recipes/kd.py --teachers resnet18 --student resnet10t --temperature 4 --alpha 0.9
+    python recipes/kd.py --teacher_cache outputs/teacher_cache   # no teacher run: see recipes/cache_teachers.py
 """
 from dataclasses import dataclass
 
@@ -27,7 +28,9 @@ DEFAULTS = dict(student=DEMO_STUDENT, image_size=DEMO_IMAGE_SIZE, output_dir="ou
 def main(argv=None):
     model_args, data_args, args, kd = parse_args((ModelArguments, DataArguments, DistillationArguments, KDArguments),
                                                  argv, defaults=DEFAULTS)
-    teachers = model_args.teachers or demo_teachers(load_data(data_args, seed=args.seed))
+    teachers = model_args.teachers
+    if not teachers and not args.teacher_cache:  # the demo
+        teachers = demo_teachers(load_data(data_args, seed=args.seed))
     method = create_method("kd", temperature=kd.temperature, alpha=kd.alpha)
     rows = run_with_baseline(method, model_args, data_args, args, teachers, baseline=kd.baseline)
     write_results(args.output_dir, results_table(rows), rows)

@@ -3,6 +3,7 @@
     python recipes/meal_v2.py                 # demo, offline: cached digit teachers, baseline vs MEAL V2 student
     accelerate launch recipes/meal_v2.py --config recipes/configs/meal_v2_resnet50_imagenet.yaml
     python recipes/meal_v2.py --teachers resnet18 convnext_atto --student resnet10t --use_discriminator false
+    python recipes/meal_v2.py --teacher_cache outputs/teacher_cache   # no teacher run: see recipes/cache_teachers.py
 
 Any flag overrides the YAML file.  The paper's student starts from pretrained weights, which the
 paper calls critical: ``--student_pretrained true`` loads timm's / the Hub's weights, or a folder's
@@ -47,9 +48,9 @@ def main(argv=None):
     model_args, data_args, args, meal = parse_args(
         (ModelArguments, DataArguments, DistillationArguments, MEALv2Arguments), argv, defaults=DEFAULTS)
     teachers = model_args.teachers
-    if not teachers:  # the demo
+    if not teachers:  # the demo (from a teacher cache: no teacher is loaded, only the student's initialisation)
         data = load_data(data_args, seed=args.seed)
-        teachers = demo_teachers(data)
+        teachers = [] if args.teacher_cache else demo_teachers(data)
         if model_args.student == DEMO_STUDENT and not model_args.student_pretrained:
             # MEAL V2 starts from a trained student: the demo's stand-in for timm's pretrained weights.
             (initialisation,) = demo_teachers(data, names=[DEMO_STUDENT], seed=0)

@@ -71,11 +71,13 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
 
     ``index`` is the row's position in the split: PS-KD keys its prediction
     bank on it.  ``set_epoch`` (called through ``DataLoader.set_epoch``) changes
-    the augmentation draw.
+    the augmentation draw.  ``view_provider(epoch, index) -> (seed, extra)``, when set, picks
+    the seed of the sample's view instead of ``sample_seed(seed, epoch, index)`` and adds the
+    ``extra`` fields to the row (a teacher cache uses it to replay stored views with their soft labels).
     """
 
     def __init__(self, dataset, transform: Callable, image_column: str, label_column: str, seed: int = 0,
-                 image_mode: str = "RGB"):
+                 image_mode: str = "RGB", view_provider: Optional[Callable[[int, int], Tuple[int, dict]]] = None):
         if len(dataset) == 0:
             raise ValueError("the dataset is empty: there is nothing to train or evaluate on")
         self.dataset = dataset.select_columns([image_column, label_column])
@@ -85,6 +87,7 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         self.seed = seed
         self.epoch = 0
         self.image_mode = image_mode
+        self.view_provider = view_provider
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -104,6 +107,8 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
 
             image = Image.fromarray(np.asarray(image))
         image = image.convert(self.image_mode)
-        with seeded_rng(sample_seed(self.seed, self.epoch, int(index))):
+        seed, extra = ((sample_seed(self.seed, self.epoch, int(index)), {}) if self.view_provider is None
+                       else self.view_provider(self.epoch, int(index)))
+        with seeded_rng(seed):
             pixel_values = self.transform(image)
-        return {"pixel_values": pixel_values, "labels": int(row[self.label_column]), "index": int(index)}
+        return {"pixel_values": pixel_values, "labels": int(row[self.label_column]), "index": int(index), **extra}

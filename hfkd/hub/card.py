@@ -174,6 +174,7 @@ def create_model_card(lineage: Dict[str, Any], baseline: Optional[Dict[str, Any]
         num_processes=lineage.get("num_processes"), versions=lineage.get("versions") or {},
         is_distilled=method.get("name") != "supervised", citation=_citation(lineage),
         plot_filename=plot_filename, extra_sections=extra_sections or {},
+        teacher_cache=lineage.get("teacher_cache") or {},
     )
     return ModelCard.from_template(card_data, template_path=template_path or TEMPLATE_PATH, **context)
 

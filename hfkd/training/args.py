@@ -56,6 +56,9 @@ class DistillationArguments:
     hub_private_repo: bool = False
     hub_revision: Optional[str] = field(default=None, metadata={"help": "Branch to push to."})
     hub_create_pr: bool = False
+    # Teacher soft-label cache (hfkd/cache): distil from stored teacher outputs instead of running teachers.
+    teacher_cache: Optional[str] = field(
+        default=None, metadata={"help": "A teacher cache (folder or Hub dataset id) to distil from, no teacher run."})
 
     def __post_init__(self):
         if isinstance(self.report_to, str):
