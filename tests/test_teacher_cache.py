@@ -208,3 +208,19 @@ def test_two_processes_write_the_one_process_cache(tmp_path):
 
 
 test_two_processes_write_the_one_process_cache = pytest.mark.slow(test_two_processes_write_the_one_process_cache)
+
+
+def test_fixed_labels_train_on_the_unaugmented_images(setup, tmp_path):
+    folder, train, student = str(tmp_path / "fixed"), setup["train"].select(range(8)), setup["student"]
+    with pytest.raises(ValueError, match="identical views"):
+        cache_teacher_outputs(setup["teachers"], train, folder, student=student, augment=None, num_views=2)
+    cache_teacher_outputs(setup["teachers"], train, folder, student=student, augment=None, seed=0)
+    with pytest.raises(FileExistsError, match="never overwrites"):
+        cache_teacher_outputs(setup["teachers"], train, folder, student=student, augment=None, seed=0)
+    trainer = DistillationTrainer(copy.deepcopy(student), None, "kd", _args(tmp_path), train_dataset=train,
+                                  teacher_cache=folder)
+    plain = create_image_transform(student.preprocess, False)
+    for epoch in (0, 3):
+        trainer.train_dataset.set_epoch(epoch)
+        row = trainer.train_dataset[2]
+        assert torch.equal(row["pixel_values"], plain(train[2]["image"].convert("RGB")))
