@@ -16,6 +16,7 @@ import os
 import shlex
 import shutil
 import sys
+from contextlib import contextmanager
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
@@ -56,6 +57,20 @@ def _rows_table(columns: Dict[str, np.ndarray]):
 def _block(num_samples: int, batch_size: int, rank: int, world: int) -> range:
     per_process = math.ceil(math.ceil(num_samples / world) / batch_size) * batch_size
     return range(min(num_samples, rank * per_process), min(num_samples, (rank + 1) * per_process))
+
+
+@contextmanager
+def _quiet_datasets():
+    """No progress bar per shard (one per view and process would flood the log); restored after."""
+    from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    was_disabled = are_progress_bars_disabled()
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            enable_progress_bars()
 
 
 def _default_command() -> str:
@@ -178,13 +193,15 @@ def cache_teacher_outputs(
                 parts.setdefault(k, []).append(v)
         if parts:
             table = _rows_table({k: np.concatenate(v) for k, v in parts.items()})
-            Dataset(InMemoryTable(table)).save_to_disk(os.path.join(partial, f"rank{rank:05d}-view{view:05d}"))
+            with _quiet_datasets():
+                Dataset(InMemoryTable(table)).save_to_disk(os.path.join(partial, f"rank{rank:05d}-view{view:05d}"))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         pieces = [load_from_disk(os.path.join(partial, d)) for d in sorted(os.listdir(partial))]
         merged = concatenate_datasets(pieces).sort(["index", "view"])
         staging = output_dir + ".staging"
-        merged.save_to_disk(staging)
+        with _quiet_datasets():
+            merged.save_to_disk(staging)
         metadata.save(staging)
         write_dataset_card(staging, metadata)
         os.replace(staging, output_dir)  # appears complete or not at all
