@@ -2,6 +2,7 @@
 
     python benchmarks/teacher_cache.py --section throughput   # cached MEAL V2 vs plain training vs online MEAL V2
     python benchmarks/teacher_cache.py --section storage      # generation cost, bytes/image/view: full/top-k x fp32/fp16
+    python benchmarks/teacher_cache.py --section disk         # bytes/view on disk, 10 and 1000 classes, no teacher run
     python benchmarks/teacher_cache.py --section accuracy     # cached vs online MEAL V2 and KD, 3 seeds, R = 1 and 4
 
 All on the embedded demo: student mobilenetv3_small_050, the demo teachers resnet18 + convnext_atto
@@ -107,6 +108,33 @@ def storage(a, tmp, data, teachers, init):
     return {"images": len(sub), "classes": 10, "teachers": len(teachers), "rows": rows}
 
 
+def disk(a, tmp, data, teachers, init):
+    """Arrow bytes per stored view for 2 teachers, from random logits (sizes do not depend on the values)."""
+    import numpy as np
+    import torch
+    from datasets import Dataset
+    from datasets.table import InMemoryTable
+
+    from hfkd.cache.format import encode_logits
+    from hfkd.cache.generate import _rows_table
+
+    rows, out = 2000, []
+    for classes in (10, 1000):
+        for top_k in (None, 5, 10):
+            for dtype in ("float32", "float16"):
+                if top_k and top_k >= classes:
+                    continue
+                index = np.arange(rows)
+                columns = {"index": index, "view": np.zeros(rows, np.int32), "seed": index, "label": index,
+                           **encode_logits(torch.randn(rows, 2, classes), top_k, dtype)}
+                folder = os.path.join(tmp, f"bytes_{classes}_{top_k}_{dtype}")
+                Dataset(InMemoryTable(_rows_table(columns))).save_to_disk(folder)
+                size = sum(os.path.getsize(p) for p in glob.glob(os.path.join(folder, "*.arrow")))
+                out.append({"classes": classes, "storage": f"top-{top_k}" if top_k else "full", "dtype": dtype,
+                            "bytes_per_view": round(size / rows, 1)})
+    return out
+
+
 def accuracy(a, tmp, data, teachers, init):
     student = _student(init)
     caches = {}
@@ -148,7 +176,7 @@ def accuracy(a, tmp, data, teachers, init):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--section", choices=["throughput", "storage", "accuracy", "all"], default="all")
+    p.add_argument("--section", choices=["throughput", "storage", "disk", "accuracy", "all"], default="all")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps", type=int, default=15, help="timed training steps per set-up and round")
     p.add_argument("--storage_images", type=int, default=512)
@@ -159,7 +187,7 @@ def main(argv=None):
     data = _data()
     teachers = demo_teachers(data)
     (init,) = demo_teachers(data, names=[DEMO_STUDENT], seed=0)  # the MEAL V2 demo's initialisation
-    sections = ["throughput", "storage", "accuracy"] if a.section == "all" else [a.section]
+    sections = ["throughput", "storage", "disk", "accuracy"] if a.section == "all" else [a.section]
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         for section in sections:
