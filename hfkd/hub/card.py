@@ -76,6 +76,12 @@ def default_model_name(lineage: Dict[str, Any]) -> str:
     return "-".join(_slug(p) for p in (arch or "student", method, dataset) if p)
 
 
+def _cache_entry(cache: Dict[str, Any]) -> Dict[str, Any]:
+    """The teacher cache a student was trained from, named without the writer's local paths."""
+    source = cache.get("source")
+    return {**cache, "source": local_checkpoint_name(source) or source} if source else cache
+
+
 def _default_repo_id(lineage: Dict[str, Any]) -> str:
     hub_model_id = (lineage.get("training_args") or {}).get("hub_model_id")
     if hub_model_id:
@@ -216,6 +222,7 @@ def create_model_card(lineage: Dict[str, Any], baseline: Optional[Dict[str, Any]
         num_processes=lineage.get("num_processes"), versions=lineage.get("versions") or {},
         is_distilled=method.get("name") != "supervised", citation=_citation(lineage),
         plot_filename=plot_filename, extra_sections=sections,
+        teacher_cache=_cache_entry(lineage.get("teacher_cache") or {}),
     )
     return ModelCard.from_template(card_data, template_path=template_path or TEMPLATE_PATH, **context)
 
