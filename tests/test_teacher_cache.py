@@ -224,3 +224,30 @@ def test_fixed_labels_train_on_the_unaugmented_images(setup, tmp_path):
         trainer.train_dataset.set_epoch(epoch)
         row = trainer.train_dataset[2]
         assert torch.equal(row["pixel_values"], plain(train[2]["image"].convert("RGB")))
+
+
+def test_resume_with_another_cache_is_refused(setup, tmp_path):
+    """The cache is part of the run's signature: a checkpoint resumes only from the same stored outputs."""
+    import shutil
+
+    other = str(tmp_path / "other")  # same teachers and views, stored top-3: other soft labels
+    cache_teacher_outputs(setup["teachers"], setup["train"], other, student=setup["student"], augment=AUGMENT,
+                          num_views=1, seed=0, top_k=3, batch_size=16)
+    moved = str(tmp_path / "moved")  # the same cache read from elsewhere is the same run
+    shutil.copytree(setup["folder"], moved)
+
+    def trainer(cache, **kw):
+        return DistillationTrainer(copy.deepcopy(setup["student"]), None, create_method("kd"),
+                                   _args(tmp_path, **{"save_strategy": "steps", "save_steps": 2, "max_steps": 2, **kw}),
+                                   train_dataset=setup["train"], augment=AUGMENT, teacher_cache=cache)
+
+    trainer(setup["folder"]).train()
+    ckpt = str(tmp_path / "run" / "checkpoint-2")
+    with pytest.raises(ValueError, match=r"(?s)different run.*teacher_cache"):
+        trainer(other, resume_from_checkpoint=ckpt).train()
+    with pytest.raises(ValueError, match=r"(?s)different run.*teacher_cache"):  # online teachers instead
+        DistillationTrainer(copy.deepcopy(setup["student"]), setup["teachers"], create_method("kd"),
+                            _args(tmp_path, save_strategy="steps", save_steps=2, max_steps=2,
+                                  resume_from_checkpoint=ckpt),
+                            train_dataset=setup["train"], augment=AUGMENT).train()
+    trainer(moved, resume_from_checkpoint=ckpt, max_steps=3, resume_allow_changes=["max_steps"]).train()
