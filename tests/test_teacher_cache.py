@@ -251,3 +251,31 @@ def test_resume_with_another_cache_is_refused(setup, tmp_path):
                                   resume_from_checkpoint=ckpt),
                             train_dataset=setup["train"], augment=AUGMENT).train()
     trainer(moved, resume_from_checkpoint=ckpt, max_steps=3, resume_allow_changes=["max_steps"]).train()
+
+
+def test_lineage_and_cards_name_a_local_cache_without_its_path(setup, tmp_path, monkeypatch):
+    """issue 15's rule: what is published with a student (or a cache) names local folders, never locates them."""
+    import json
+
+    from hfkd.cache.card import render_dataset_card
+
+    where = str(tmp_path / "home" / "someone")
+    folder = os.path.join(where, "digits_cache")
+    command = f"python recipes/cache_teachers.py --teachers {where}/teacher_a --output_dir={folder} --num_views 1"
+    cache_teacher_outputs(setup["teachers"], setup["train"], folder, student=setup["student"], augment=AUGMENT,
+                          num_views=1, seed=0, batch_size=16, command=command)
+    monkeypatch.chdir(where)  # a relative folder, as on the command line
+    trainer = DistillationTrainer(copy.deepcopy(setup["student"]), None, create_method("kd"),
+                                  _args(tmp_path, max_steps=1), train_dataset=setup["train"], augment=AUGMENT,
+                                  teacher_cache="digits_cache")
+    trainer.train()
+    out = trainer.save_model(str(tmp_path / "student"))
+    lineage = json.load(open(os.path.join(out, "hfkd.json"), encoding="utf-8"))
+    student_card = open(os.path.join(out, "README.md"), encoding="utf-8").read()
+    assert lineage["teacher_cache"]["source"] == "digits_cache"
+    assert lineage["teacher_cache"]["command"] == ("python recipes/cache_teachers.py --teachers teacher_a "
+                                                   "--output_dir=digits_cache --num_views 1")
+    assert "read from the teacher cache `digits_cache`" in student_card
+    dataset_card = render_dataset_card(CacheMetadata.load(folder), folder, repo_id="ORG/NAME")
+    for text in (json.dumps(lineage), student_card, dataset_card):
+        assert where not in text and str(tmp_path) not in text

@@ -33,6 +33,8 @@ def _augmentation(a) -> str:
 def render_dataset_card(metadata: CacheMetadata, folder: str, repo_id: Optional[str] = None) -> str:
     from huggingface_hub import DatasetCardData
 
+    from ..hub.card import command_without_local_paths
+
     m = metadata
     source = repo_id or os.path.relpath(folder)
     size = sum(os.path.getsize(p) for p in glob.glob(os.path.join(folder, "*.arrow")))
@@ -66,7 +68,7 @@ so that a student can be distilled without loading or running the teachers (FKD,
 - **Classes:** {m.num_classes}
 - **Size:** {size / 1e6:.2f} MB of Arrow data, {bytes_per_view(m)} bytes of teacher outputs per view
 - **Training split fingerprint:** `{m.train_fingerprint}`
-- **Made by:** hfkd {m.hfkd_version}: `{m.command}`
+- **Made by:** hfkd {m.hfkd_version}: `{command_without_local_paths(m.command)}`
 
 ## Train from it
 

@@ -15,6 +15,7 @@ The trainer calls three things (``hfkd/training/trainer.py``):
 from __future__ import annotations
 
 import bisect
+import os
 import random
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -136,10 +137,16 @@ class TeacherCache:
         return [BackboneOutput(logits=logits[:, k]) for k in range(logits.shape[1])]
 
     def lineage(self) -> Dict[str, Any]:
+        from ..hub.card import command_without_local_paths, local_checkpoint_name
+
         m = self.metadata
-        return {"source": self.source, "teachers": m.teachers, "num_views": m.num_views, "top_k": m.top_k,
+        # Published with the student: a local folder is named, not located (like local teachers).
+        source = str(self.source)
+        if os.path.isdir(source):
+            source = local_checkpoint_name(os.path.abspath(source)) or source
+        return {"source": source, "teachers": m.teachers, "num_views": m.num_views, "top_k": m.top_k,
                 "dtype": m.dtype, "ensembled": m.ensembled, "augmentation": m.augmentation,
-                "train_fingerprint": m.train_fingerprint, "command": m.command}
+                "train_fingerprint": m.train_fingerprint, "command": command_without_local_paths(m.command)}
 
     # -- fitness --------------------------------------------------------------------------------
     def check(self, method, train_dataset, image_column: str, label_column: str, student,

@@ -62,6 +62,24 @@ def local_checkpoint_name(name: str) -> Optional[str]:
     return "/".join(parts[-2:]) if parts[-1] == "student" and len(parts) > 1 else parts[-1]
 
 
+def command_without_local_paths(command: str) -> str:
+    """A shell command with each absolute path argument (``/x/y`` or ``--opt=/x/y``) shown as its short name."""
+    import shlex
+
+    try:
+        words = shlex.split(command)
+    except ValueError:  # not shell syntax: leave it
+        return command
+
+    def short(word: str) -> str:
+        flag, eq, value = word.partition("=")
+        if eq and flag.startswith("-"):
+            return flag + "=" + (local_checkpoint_name(value) or value)
+        return local_checkpoint_name(word) or word
+
+    return shlex.join(short(w) for w in words)
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^\w.-]+", "-", str(text)).strip("-")
 
@@ -78,7 +96,8 @@ def default_model_name(lineage: Dict[str, Any]) -> str:
 
 def _cache_entry(cache: Dict[str, Any]) -> Dict[str, Any]:
     """The teacher cache a student was trained from, named without the writer's local paths."""
-    source = cache.get("source")
+    source, command = cache.get("source"), cache.get("command")
+    cache = {**cache, "command": command_without_local_paths(command)} if command else cache
     return {**cache, "source": local_checkpoint_name(source) or source} if source else cache
 
 
