@@ -41,22 +41,26 @@ class CacheArguments:
 
 
 def _demo_defaults():
-    from ..demo import DEMO_AUGMENT, DEMO_IMAGE_SIZE, DEMO_STUDENT
+    from ..demo import demo_defaults
 
-    # The MEAL V2 demo's student and augmentation (recipes/meal_v2.py), one view per epoch of it.
-    return dict(student=DEMO_STUDENT, image_size=DEMO_IMAGE_SIZE, aug_scale=[0.25, 1.0], aug_hflip=DEMO_AUGMENT.hflip,
-                aug_color_jitter=DEMO_AUGMENT.color_jitter, num_views=6)
+    # The MEAL V2 demo's student and augmentation (hfkd/demo.py DEMO_DEFAULTS), one view per epoch of it.
+    meal_v2 = demo_defaults("meal_v2")
+    return dict({k: meal_v2[k] for k in ("student", "image_size", "aug_scale", "aug_hflip", "aug_color_jitter")},
+                num_views=meal_v2["num_train_epochs"])
 
 
 def main(argv=None) -> str:
-    from ..cli import DataArguments, ModelArguments, parse_args
+    from ..arguments import DataArguments, ModelArguments
+    from ..cli.parser import parse_args
     from ..demo import demo_teachers
     from ..pipeline import build_student, load_data
     from .generate import cache_teacher_outputs
     from .hub import push_teacher_cache
 
+    # ``hfkd cache`` passes its argv; recipes/cache_teachers.py reads sys.argv (argparse names the script).
+    prog = {"prog": "hfkd cache"} if argv is not None else {}
     model_args, data_args, cache = parse_args((ModelArguments, DataArguments, CacheArguments), argv,
-                                              defaults=_demo_defaults())
+                                              defaults=_demo_defaults(), **prog)
     data = load_data(data_args, seed=cache.seed)
     teachers = model_args.teachers or demo_teachers(data)
     student = build_student(model_args, data)
