@@ -68,8 +68,9 @@ def run(method: DistillationMethod, student: Backbone, teachers: Sequence[Any], 
     trainer and to its model card."""
     trainer = DistillationTrainer(
         student, teachers=teachers, method=method, args=args, train_dataset=data.train, eval_dataset=data.eval,
-        augment=data_args.augment(), task=task, image_column=data.image_column, label_column=data.label_column,
-        dataset_info=dataset_info(data, data_args),
+        # From a teacher cache the views, hence the augmentation, are the cache's.
+        augment=None if args.teacher_cache else data_args.augment(), task=task, image_column=data.image_column,
+        label_column=data.label_column, dataset_info=dataset_info(data, data_args),
     )
     trainer.train()
     metrics = trainer.evaluate() if data.eval is not None else {}
@@ -132,7 +133,7 @@ def run_with_baseline(method: DistillationMethod, model_args: ModelArguments, da
     rows: List[Dict[str, Any]] = []
     if baseline:
         base_args = dataclasses.replace(args, output_dir=os.path.join(args.output_dir, "baseline"), push_to_hub=False,
-                                        resume_from_checkpoint=None)
+                                        resume_from_checkpoint=None, teacher_cache=None)
         base_student = build_student(model_args, data, seed=args.seed)
         _, base_metrics = run(create_method("supervised"), base_student, [], data, base_args, data_args,
                               license=model_args.license)

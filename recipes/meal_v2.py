@@ -3,6 +3,7 @@
     python recipes/meal_v2.py                 # demo, offline: cached digit teachers, baseline vs MEAL V2 student
     accelerate launch recipes/meal_v2.py --config recipes/configs/meal_v2_resnet50_imagenet.yaml
     python recipes/meal_v2.py --teachers resnet18 convnext_atto --student resnet10t --use_discriminator false
+    python recipes/meal_v2.py --teacher_cache outputs/teacher_cache   # no teacher run: see recipes/cache_teachers.py
 
 The same as ``hfkd distill --method meal_v2``.  Any flag overrides the YAML file.  The paper's
 student starts from pretrained weights, which the paper calls critical: ``--student_pretrained true``

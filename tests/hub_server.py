@@ -4,7 +4,9 @@ It implements what the real ``huggingface_hub`` client needs to create a repo,
 upload a folder in one commit (all files "regular", i.e. base64 in the NDJSON
 commit: no Xet or LFS storage), create branches and pull requests, and
 download files (``hf_hub_download``, ``snapshot_download``, timm ``hf-hub:``,
-transformers ``from_pretrained``).  docs/hub.md ("Format notes") lists what it serves.
+transformers ``from_pretrained``).  Dataset repositories (``repo_type="dataset"``) are kept
+under the key ``datasets/ORG/NAME`` and served at ``/api/datasets/...`` and ``/datasets/...``.
+docs/hub.md ("Format notes") lists what it serves.
 
 It binds to 127.0.0.1 on a free port, answers a bounded number of requests and
 shuts itself down after ``max_seconds`` at the latest.
@@ -147,6 +149,10 @@ class _Handler(BaseHTTPRequestHandler):
             return self._create_repo(json.loads(body or b"{}"))
         if path == "/api/validate-yaml" and self.command == "POST":
             return self._json(200, {"errors": [], "warnings": []})
+        if len(parts) >= 4 and parts[0] == "api" and parts[1] == "datasets":
+            return self._api_model(f"datasets/{parts[2]}/{parts[3]}", parts[4:], query, body)
+        if len(parts) >= 6 and parts[0] == "datasets" and parts[3] == "resolve":
+            return self._resolve(f"datasets/{parts[1]}/{parts[2]}", parts[4], "/".join(parts[5:]))
         if len(parts) >= 4 and parts[0] == "api" and parts[1] == "models":
             repo_id = f"{parts[2]}/{parts[3]}"
             return self._api_model(repo_id, parts[4:], query, body)
@@ -157,6 +163,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _create_repo(self, payload) -> None:
         state = self.server.state
         repo_id = f"{payload.get('organization') or 'user'}/{payload['name']}"
+        if payload.get("type") == "dataset":
+            repo_id = f"datasets/{repo_id}"
         url = {"url": f"{self.endpoint}/{repo_id}"}
         if repo_id in state.repos:
             return self._json(409, {**url, "error": "You already created this model repo"})
@@ -182,7 +190,7 @@ class _Handler(BaseHTTPRequestHandler):
             if sha is None:
                 return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
             return self._json(200, {
-                "id": repo_id, "modelId": repo_id, "sha": sha, "private": repo.private,
+                "id": repo_id.removeprefix("datasets/"), "modelId": repo_id, "sha": sha, "private": repo.private,
                 "siblings": [{"rfilename": p} for p in sorted(repo.commits[sha])],
                 "lastModified": "2026-01-01T00:00:00.000Z", "createdAt": "2026-01-01T00:00:00.000Z",
             })

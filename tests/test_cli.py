@@ -188,3 +188,30 @@ def test_python_m_hfkd_runs_the_command():
     proc = subprocess.run([sys.executable, "-m", "hfkd", "nope"], env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode != 0 and "unknown command 'nope'" in proc.stderr
+
+
+# -- teacher cache (issue 10) --------------------------------------------------------------------------
+def test_hfkd_cache_is_a_command(capsys):
+    assert COMMANDS["cache"] == "hfkd.cache.cli:main"
+    with pytest.raises(SystemExit) as exit_info:
+        hfkd_main(["cache", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: hfkd cache") and "--num_views" in out and "--teacher_cache" not in out
+
+
+def test_a_teacher_cache_builds_no_demo_teachers(monkeypatch, capsys):
+    import hfkd.demo
+    from hfkd.workflows import teacher_paths
+
+    def no_demo_teachers(*args, **kwargs):
+        raise AssertionError("the demo teachers were built although a teacher cache was given")
+
+    monkeypatch.setattr(hfkd.demo, "demo_teachers", no_demo_teachers)
+    for method in ("kd", "meal_v2"):
+        settings = parse_distill_args(["--method", method, "--teacher_cache", "ORG/soft-labels"])
+        assert settings.training.teacher_cache == "ORG/soft-labels"
+        assert teacher_paths(settings, data=None) == []
+    report = parse_and_dry("meal_v2", "--teacher_cache", "ORG/soft-labels")
+    assert report["teachers"] == [] and report["teacher_cache"] == "ORG/soft-labels"
+    assert "teacher cache: ORG/soft-labels (no teacher is loaded)" in capsys.readouterr().out

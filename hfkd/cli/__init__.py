@@ -1,4 +1,4 @@
-"""The ``hfkd`` command: ``hfkd distill|train|eval|push ...`` (also ``accelerate launch -m hfkd ...``).
+"""The ``hfkd`` command: ``hfkd distill|train|eval|push|compress|cache ...`` (also ``accelerate launch -m hfkd ...``).
 
 Each subcommand is a module with a ``main(argv)``; :data:`COMMANDS` maps its name to it, so adding
 one (``hfkd cache``) is one module and one line here.
@@ -19,6 +19,7 @@ COMMANDS: Dict[str, str] = {
     "eval": "hfkd.cli.evaluate:main",
     "push": "hfkd.cli.push:main",
     "compress": "hfkd.compress.cli:main",
+    "cache": "hfkd.cache.cli:main",
 }
 DESCRIPTIONS = {
     "distill": "distil a student with any registered method (--method NAME; the embedded demo by default)",
@@ -26,6 +27,7 @@ DESCRIPTIONS = {
     "eval": "top-1 / top-5 / NLL / ECE of a model on a dataset",
     "push": "upload a saved student folder to the Hub in one commit",
     "compress": "prune, recover with KD, quantize to int8 and export a distilled student (docs/compression.md)",
+    "cache": "run the teachers once and store their soft labels, to distil from without them (docs/teacher_cache.md)",
 }
 
 

@@ -5,6 +5,7 @@ import math
 import os
 from typing import Any, Dict
 
+from ..hub.card import local_checkpoint_name
 from ..workflows import RunSettings
 from .parser import settings_text
 
@@ -49,9 +50,13 @@ def dry_run(settings: RunSettings) -> Dict[str, Any]:
         student = create_backbone(settings.model.student, pretrained=False, image_size=settings.model.image_size)
     report["student"] = {"name": settings.model.student, "parameters": student.num_parameters()}
     teachers = list(settings.model.teachers)
-    if not teachers and method.min_teachers > 0:
+    if not teachers and method.min_teachers > 0 and not settings.training.teacher_cache:
         teachers = [demo_teacher_path(n) for n in DEMO_TEACHERS]  # trained first if not cached
     report["teachers"] = []
+    if settings.training.teacher_cache:  # its stored outputs stand in for the teachers: none is loaded
+        source = settings.training.teacher_cache
+        report["teacher_cache"] = local_checkpoint_name(os.path.abspath(source)) if os.path.isdir(source) else source
+        print(f"teacher cache: {report['teacher_cache']} (no teacher is loaded)")
     for name in teachers:
         try:
             params = create_backbone(name, pretrained=False).num_parameters()

@@ -29,7 +29,7 @@ class CompressModelArguments:
         "help": "Instead of one run: prune once, then compare KD recovery with plain fine-tuning over these seeds."})
 
 
-DEFAULTS = dict(output_dir="outputs/compress", num_train_epochs=1, learning_rate=1e-3, weight_decay=0.05,
+DEFAULTS = dict(output_dir="outputs/compress", num_train_epochs=4, learning_rate=1e-3, weight_decay=0.05,
                 save_strategy="no", aug_scale=list(DEMO_AUGMENT.scale), aug_hflip=DEMO_AUGMENT.hflip,
                 aug_color_jitter=DEMO_AUGMENT.color_jitter)
 

@@ -31,7 +31,7 @@ def export_onnx(backbone, path: str, opset: int = 18) -> str:
     example = torch.randn(2, *backbone.preprocess.input_size)
     try:
         program = torch.onnx.export(
-            LogitsModule(backbone), (example,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            LogitsModule(backbone).eval(), (example,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
             dynamic_shapes={"pixel_values": {0: torch.export.Dim("batch", min=1)}}, opset_version=opset,
             dynamo=True, external_data=False, verbose=False)
         program.save(path)

@@ -190,12 +190,18 @@ def seeded_rng(seed: int):
         yield
 
 
-def seeded_batch(transform: Callable, images: Sequence, seed: int, epoch: int, indices: Sequence[int]) -> List:
-    """``transform`` each image with the generators seeded from ``(seed, epoch, index)``; restore them once."""
+def seeded_batch(transform: Callable, images: Sequence, seed: int, epoch: int, indices: Sequence[int],
+                 seeds: Optional[Sequence[int]] = None) -> List:
+    """``transform`` each image with the generators seeded from ``(seed, epoch, index)``; restore them once.
+
+    ``seeds``, when given, are the images' own seeds instead (a view provider's, e.g. a teacher cache's).
+    """
+    if seeds is None:
+        seeds = [sample_seed(seed, epoch, int(index)) for index in indices]
     with preserved_global_rng():
         out = []
-        for image, index in zip(images, indices):
-            seed_global_rng(sample_seed(seed, epoch, int(index)))
+        for image, image_seed in zip(images, seeds):
+            seed_global_rng(int(image_seed))
             out.append(transform(image))
     return out
 
@@ -205,11 +211,13 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
 
     ``index`` is the row's position in the split: PS-KD keys its prediction
     bank on it.  ``set_epoch`` (called through ``DataLoader.set_epoch``) changes
-    the augmentation draw.
+    the augmentation draw.  ``view_provider(epoch, index) -> (seed, extra)``, when set, picks
+    the seed of the sample's view instead of ``sample_seed(seed, epoch, index)`` and adds the
+    ``extra`` fields to the row (a teacher cache uses it to replay stored views with their soft labels).
     """
 
     def __init__(self, dataset, transform: Callable, image_column: str, label_column: str, seed: int = 0,
-                 image_mode: str = "RGB"):
+                 image_mode: str = "RGB", view_provider: Optional[Callable[[int, int], Tuple[int, dict]]] = None):
         if len(dataset) == 0:
             raise ValueError("the dataset is empty: there is nothing to train or evaluate on")
         self.dataset = dataset.select_columns([image_column, label_column])
@@ -219,6 +227,7 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         self.seed = seed
         self._epoch = torch.zeros((), dtype=torch.int64)
         self.image_mode = image_mode
+        self.view_provider = view_provider
 
     @property
     def epoch(self) -> int:
@@ -251,9 +260,15 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         """A batch of rows: the DataLoader calls this with a batch's indices (one ``datasets`` read)."""
         indices = [int(i) for i in indices]
         images, rows = read_rows(self.dataset, indices, self.image_column, self.image_mode)
-        pixels = seeded_batch(self.transform, images, self.seed, self.epoch, indices)
-        return [{"pixel_values": p, "labels": self._target(label), "index": i}
-                for p, label, i in zip(pixels, rows[self.label_column], indices)]
+        if self.view_provider is None:
+            pixels = seeded_batch(self.transform, images, self.seed, self.epoch, indices)
+            extras = [{}] * len(indices)
+        else:  # the provider picks each view's seed (and adds its fields, e.g. the cached soft labels)
+            epoch = self.epoch
+            seeds, extras = zip(*(self.view_provider(epoch, i) for i in indices))
+            pixels = seeded_batch(self.transform, images, self.seed, epoch, indices, seeds=seeds)
+        return [{"pixel_values": p, "labels": self._target(label), "index": i, **extra}
+                for p, label, i, extra in zip(pixels, rows[self.label_column], indices, extras)]
 
     def _target(self, value):
         return int(value)  # a class index; regression datasets (hfkd.tasks.regression) return float vectors

@@ -63,6 +63,24 @@ def local_checkpoint_name(name: str) -> Optional[str]:
     return "/".join(parts[-2:]) if parts[-1] == "student" and len(parts) > 1 else parts[-1]
 
 
+def command_without_local_paths(command: str) -> str:
+    """A shell command with each absolute path argument (``/x/y`` or ``--opt=/x/y``) shown as its short name."""
+    import shlex
+
+    try:
+        words = shlex.split(command)
+    except ValueError:  # not shell syntax: leave it
+        return command
+
+    def short(word: str) -> str:
+        flag, eq, value = word.partition("=")
+        if eq and flag.startswith("-"):
+            return flag + "=" + (local_checkpoint_name(value) or value)
+        return local_checkpoint_name(word) or word
+
+    return shlex.join(short(w) for w in words)
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^\w.-]+", "-", str(text)).strip("-")
 
@@ -75,6 +93,13 @@ def default_model_name(lineage: Dict[str, Any]) -> str:
     dataset = (lineage.get("dataset") or {}).get("id")
     dataset = (local_checkpoint_name(dataset) or dataset).split("/")[-1] if isinstance(dataset, str) else None
     return "-".join(_slug(p) for p in (arch or "student", method, dataset) if p)
+
+
+def _cache_entry(cache: Dict[str, Any]) -> Dict[str, Any]:
+    """The teacher cache a student was trained from, named without the writer's local paths."""
+    source, command = cache.get("source"), cache.get("command")
+    cache = {**cache, "command": command_without_local_paths(command)} if command else cache
+    return {**cache, "source": local_checkpoint_name(source) or source} if source else cache
 
 
 def _default_repo_id(lineage: Dict[str, Any]) -> str:
@@ -219,6 +244,7 @@ def create_model_card(lineage: Dict[str, Any], baseline: Optional[Dict[str, Any]
         num_processes=lineage.get("num_processes"), versions=lineage.get("versions") or {},
         is_distilled=method.get("name") != "supervised", citation=_citation(lineage),
         plot_filename=plot_filename, extra_sections={**task_sections(lineage, baseline, kd_reference), **sections},
+        teacher_cache=_cache_entry(lineage.get("teacher_cache") or {}),
     )
     return ModelCard.from_template(card_data, template_path=template_path or TEMPLATE_PATH, **context)
 

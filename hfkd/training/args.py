@@ -116,6 +116,9 @@ class DistillationArguments:
         default=None,
         metadata={"help": "Run frozen teachers in bf16, fp16 or fp32, whatever the student's mixed precision."},
     )
+    # -- teacher soft-label cache (issue 10; hfkd/cache, docs/teacher_cache.md) --
+    teacher_cache: Optional[str] = field(
+        default=None, metadata={"help": "A teacher cache (folder or Hub dataset id) to distil from, no teacher run."})
 
     def __post_init__(self):
         from .validation import field_type_problems

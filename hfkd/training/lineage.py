@@ -140,6 +140,9 @@ def build_lineage(trainer, measure_inference: bool = True) -> Dict[str, Any]:
         entry["weight"] = t.weight
         entry["metrics"] = {k: v for k, v in trainer.teacher_metrics.get(f"teacher_{i}", {}).items() if k != "name"}
         teachers.append(entry)
+    cache = getattr(trainer, "teacher_cache", None)
+    if cache is not None:  # the teachers are the cache's: name them, and the cache itself (lineage)
+        teachers = [{**t, "metrics": {}} for t in cache.metadata.teachers]
     student = trainer.unwrapped_student()
     student_entry = _model_entry(student)
     if measure_inference:
@@ -159,6 +162,7 @@ def build_lineage(trainer, measure_inference: bool = True) -> Dict[str, Any]:
         "teachers": teachers,
         "ensemble_metrics": trainer.teacher_metrics.get("ensemble", {}),
         "dataset": trainer.dataset_info,
+        "teacher_cache": cache.lineage() if cache is not None else None,
         "training_args": args.to_dict(),
         "augmentation": dict(vars(trainer.augment)),
         "metrics": evals[-1] if evals else {},

@@ -28,7 +28,7 @@ TRAJECTORY_ARGS = (
     "channels_last", "model_ema", "model_ema_decay", "model_ema_warmup", "teacher_dtype",
 )
 OTHER_FIELDS = ("method", "method_hparams", "augment", "dataset", "train_samples", "world_size", "mixed_precision",
-                "student", "teachers")
+                "student", "teachers", "teacher_cache")
 
 
 def dataset_fingerprint(dataset) -> str:
@@ -38,6 +38,16 @@ def dataset_fingerprint(dataset) -> str:
         return str(fingerprint)
     labels = [int(v) for v in dataset.labels] if hasattr(dataset, "labels") else []
     return "labels-sha256:" + hashlib.sha256(json.dumps([len(dataset), labels]).encode()).hexdigest()[:16]
+
+
+def cache_signature(cache) -> Optional[Dict[str, Any]]:
+    """What identifies a teacher cache's contents (not where it is read from); ``None`` without one."""
+    if cache is None:
+        return None
+    m = cache.metadata
+    return {"teachers": [{k: t.get(k) for k in ("name", "revision", "weight")} for t in m.teachers],
+            "num_views": m.num_views, "seed": m.seed, "top_k": m.top_k, "dtype": m.dtype, "ensembled": m.ensembled,
+            "augmentation": m.augmentation, "train_fingerprint": m.train_fingerprint}
 
 
 def run_signature(trainer) -> Dict[str, Any]:
@@ -54,6 +64,8 @@ def run_signature(trainer) -> Dict[str, Any]:
                  "input_size": list(student.preprocess.input_size),
                  "parameters": sum(p.numel() for p in student.parameters())},
         teachers=[t.name for t in trainer.teachers],
+        # The stored outputs that stand in for the teachers: another cache is another trajectory.
+        teacher_cache=cache_signature(getattr(trainer, "teacher_cache", None)),
     )
     return json.loads(json.dumps(signature, default=str))  # tuples -> lists, as read back from the checkpoint
 

@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from ..cache.lookup import open_teacher_cache
 from ..data import checks
 from ..data.loading import find_columns
 from ..data.transforms import AugmentConfig, ImageClassificationDataset, create_image_transform
@@ -131,6 +132,8 @@ class DistillationTrainer:
         callbacks: extra :class:`TrainerCallback` objects.
         augment: training augmentation on top of the student's preprocessing.
         task: ``"classification"`` (default), ``"regression"`` or a :class:`hfkd.tasks.Task`.
+        teacher_cache: a teacher cache (folder or Hub dataset id, see :mod:`hfkd.cache`) to distil from
+            instead of ``teachers``; default ``args.teacher_cache``.
     """
 
     def __init__(
@@ -148,6 +151,7 @@ class DistillationTrainer:
         accelerator=None,
         dataset_info: Optional[Dict[str, Any]] = None,
         task: Union[None, str, Task] = None,
+        teacher_cache: Optional[str] = None,
     ):
         self.args = args or DistillationArguments()
         self.accelerator = accelerator or create_accelerator(self.args)
@@ -164,11 +168,17 @@ class DistillationTrainer:
         self.task = create_task(task)
         self.label_names = self.task.check_targets(self, train_dataset, eval_dataset)
         teachers = [teachers] if isinstance(teachers, (str, nn.Module, Teacher)) else list(teachers or [])
-        self.method.check_teachers(len(teachers))
+        # A teacher cache stands in for the teachers; it refuses a run it does not fit (hfkd/cache/lookup.py).
+        self.teacher_cache = open_teacher_cache(teacher_cache or self.args.teacher_cache, self, teachers,
+                                                train_dataset, augment)
+        if self.teacher_cache is None:
+            self.method.check_teachers(len(teachers))
         self.teachers: List[Teacher] = [_bind_teacher(t, self.student) for t in teachers]
-        self.augment = augment or AugmentConfig()
+        self.augment = augment or getattr(self.teacher_cache, "augment", None) or AugmentConfig()
         self.dataset_info = dict(dataset_info or _dataset_info(train_dataset, eval_dataset))
         self.train_dataset = self._wrap(train_dataset, training=True)
+        if self.teacher_cache is not None:
+            self.teacher_cache.attach(self.train_dataset, self.student.preprocess)
         self.eval_dataset = self._wrap(eval_dataset, training=False) if eval_dataset is not None else None
         self.callbacks = CallbackHandler([ProgressCallback(), *(callbacks or [])])
         self.state = TrainerState()
@@ -328,7 +338,8 @@ class DistillationTrainer:
         prepare_student(self.student, args)
         self.method.setup(MethodContext(
             num_classes=self.student.num_classes, num_train_samples=len(self.train_dataset), num_epochs=num_epochs,
-            steps_per_epoch=steps_per_epoch, student=self.student, teachers=self.teachers, accelerator=acc,
+            steps_per_epoch=steps_per_epoch, student=self.student, accelerator=acc,
+            teachers=self.teacher_cache.teachers if self.teacher_cache is not None else self.teachers,
             task=self.task, seed=args.seed,
         ))
         module = DistillationModule(self.student, self.method).to(acc.device)
@@ -376,7 +387,7 @@ class DistillationTrainer:
         if self.args.channels_last:
             batch = channels_last_batch(batch)
         with acc.accumulate(self._model):
-            teacher_outputs = []
+            teacher_outputs = self.teacher_cache.teacher_outputs(batch) if self.teacher_cache is not None else []
             if self.teachers:
                 with acc.autocast():
                     teacher_outputs = [t(batch["pixel_values"], self.method.teacher_request) for t in self.teachers]

@@ -55,7 +55,10 @@ def get_workflow(method_name: str) -> Workflow:
 
 
 def teacher_paths(settings: RunSettings, data) -> List[str]:
-    """The teachers to load: the given ones, or the cached demo teachers for the demo dataset."""
+    """The teachers to load: the given ones, or the cached demo teachers for the demo dataset.
+
+    None with ``--teacher_cache``: the cache's stored outputs stand in for the teachers.
+    """
     from ..data.default import DEFAULT_DATASET
     from ..demo import demo_teachers
 
@@ -64,7 +67,8 @@ def teacher_paths(settings: RunSettings, data) -> List[str]:
     if teachers and cls.max_teachers == 0:
         raise ValueError(f"{settings.method} is self-distillation and takes no --teachers; use --method kd or "
                          "meal_v2 to distil teachers")
-    if teachers or cls.min_teachers == 0:
+    if teachers or cls.min_teachers == 0 or settings.training.teacher_cache:
+        # From a teacher cache no teacher is loaded (the trainer refuses --teachers with a cache).
         return teachers
     if settings.data.dataset != DEFAULT_DATASET:
         raise ValueError(f"{settings.method} on {settings.data.dataset} needs --teachers (models trained on it); the "

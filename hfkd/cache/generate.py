@@ -1,0 +1,211 @@
+"""Run the frozen teachers once over R seeded views of every training image and store their logits.
+
+Views are made by the same :class:`ImageClassificationDataset` and the same timm transform the
+trainer uses: view ``v`` of image ``i`` is the dataset's row ``i`` at epoch ``v`` with seed
+``seed``, so training can re-create it bitwise from ``sample_seed(seed, v, i)``.
+
+With N processes, process ``r`` takes a contiguous block of the images whose size is a multiple
+of the batch size, so every batch is a batch of the 1-process run: the teachers see the same
+tensors and the merged cache is bitwise the 1-process one.  Each process writes one shard per
+view; the main process merges them in ``(index, view)`` order.
+"""
+from __future__ import annotations
+
+import math
+import os
+import shlex
+import shutil
+import sys
+from contextlib import contextmanager
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from ..data.loading import find_columns
+from ..data.transforms import AugmentConfig, ImageClassificationDataset, create_image_transform, sample_seed
+from ..models.backbone import Backbone
+from ..models.preprocess import PreprocessConfig
+from .format import CacheMetadata, augmentation_dict, dataset_fingerprint, encode_logits
+
+KEY_COLUMNS = ("index", "view", "seed", "label")
+
+
+def _teacher_entry(teacher) -> Dict[str, Any]:
+    from ..training.lineage import hub_id
+
+    backbone = teacher.backbone
+    return {"name": backbone.name, "library": backbone.library, "revision": backbone.source.get("revision"),
+            "hub_id": hub_id(backbone), "weight": teacher.weight, "num_parameters": backbone.num_parameters(),
+            "preprocess": backbone.preprocess.to_dict()}
+
+
+def _rows_table(columns: Dict[str, np.ndarray]):
+    """An Arrow table: integer key columns, and fixed-size lists for the stored outputs (zero-copy to read)."""
+    import pyarrow as pa
+
+    arrays, names = [], []
+    for name, values in columns.items():
+        if values.ndim == 1:
+            arrays.append(pa.array(values))
+        else:
+            arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), values.shape[1]))
+        names.append(name)
+    return pa.Table.from_arrays(arrays, names=names)
+
+
+def _block(num_samples: int, batch_size: int, rank: int, world: int) -> range:
+    per_process = math.ceil(math.ceil(num_samples / world) / batch_size) * batch_size
+    return range(min(num_samples, rank * per_process), min(num_samples, (rank + 1) * per_process))
+
+
+@contextmanager
+def _quiet_datasets():
+    """No progress bar per shard (one per view and process would flood the log); restored after."""
+    from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    was_disabled = are_progress_bars_disabled()
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            enable_progress_bars()
+
+
+def _default_command() -> str:
+    from ..hub.secrets import redact_secrets
+
+    return redact_secrets(shlex.join([os.path.basename(sys.executable), *sys.argv]))
+
+
+@torch.no_grad()
+def cache_teacher_outputs(
+    teachers: Sequence[Any],
+    train_dataset,
+    output_dir: str,
+    *,
+    student: Union[Backbone, PreprocessConfig],
+    augment: Optional[AugmentConfig] = None,
+    num_views: int = 1,
+    top_k: Optional[int] = None,
+    dtype: str = "float32",
+    ensemble: bool = False,
+    seed: int = 42,
+    batch_size: int = 64,
+    image_column: Optional[str] = None,
+    label_column: Optional[str] = None,
+    dataset_info: Optional[Dict[str, Any]] = None,
+    command: Optional[str] = None,
+    accelerator=None,
+    num_workers: int = 0,
+) -> str:
+    """Write a teacher cache of ``train_dataset`` to ``output_dir`` (a new folder); returns its path.
+
+    Args:
+        teachers: teachers (names, folders, Hub ids, :class:`Backbone` or :class:`Teacher`).
+        student: the student (or its :class:`PreprocessConfig`): views are made in its preprocessing,
+            exactly as the trainer makes them, and each teacher adapts them to its own.
+        augment: the student's training augmentation; ``None`` with ``num_views=1`` stores fixed labels
+            of the un-augmented images.
+        num_views: R, views per image (view ``v`` = the view an online run with ``seed`` sees at epoch ``v``).
+        top_k: store only the top-k logits plus the logsumexp (FKD's marginal smoothing on load);
+            ``None`` stores the full logits.
+        dtype: ``"float32"`` or ``"float16"`` storage.
+        ensemble: store one pre-ensembled target (log of the weighted mean of the teachers' T = 1
+            probabilities: MEAL V2's target) instead of each teacher's logits.
+        seed: the augmentation seed, the training run's ``seed`` for its epochs to coincide with views.
+        accelerator: an ``accelerate.Accelerator``; made from the launch environment when ``None``
+            (``accelerate launch`` / ``torchrun`` give one shard per process).
+    """
+    from datasets import Dataset, concatenate_datasets, load_from_disk
+    from datasets.table import InMemoryTable
+    from torch.utils.data import DataLoader, Subset
+
+    from .. import __version__
+    from ..losses import ensemble_probs
+    from ..models.teacher import create_teacher
+    from .card import write_dataset_card
+
+    if num_views < 1:
+        raise ValueError(f"num_views must be >= 1, got {num_views}")
+    if augment is None and num_views > 1:
+        raise ValueError(f"num_views={num_views} without augmentation would store {num_views} identical views; "
+                         "pass an augmentation (AugmentConfig) or num_views=1 for fixed labels")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1 or None (full logits), got {top_k}")
+    if accelerator is None:
+        from ..training.args import DistillationArguments
+        from ..training.trainer import create_accelerator
+
+        accelerator = create_accelerator(DistillationArguments(output_dir=output_dir))
+    preprocess = student.preprocess if isinstance(student, Backbone) else student
+    image_column, label_column = find_columns(train_dataset, image_column, label_column)
+    feature = train_dataset.features[label_column]
+    label_names = list(feature.names) if hasattr(feature, "names") else None
+    num_classes = len(label_names) if label_names else int(max(train_dataset[label_column])) + 1
+    if top_k is not None and top_k > num_classes:
+        raise ValueError(f"top_k={top_k} is more than the {num_classes} classes; use top_k=None for full logits")
+    teachers = [create_teacher(t, preprocess, num_classes, label_names) for t in teachers]
+    if not teachers:
+        raise ValueError("cache_teacher_outputs needs at least one teacher")
+    metadata = CacheMetadata(
+        teachers=[_teacher_entry(t) for t in teachers], num_classes=num_classes, num_samples=len(train_dataset),
+        num_views=int(num_views), seed=int(seed), student_preprocess=preprocess.to_dict(),
+        augmentation=augmentation_dict(augment), train_fingerprint=dataset_fingerprint(train_dataset, image_column,
+                                                                                         label_column),
+        top_k=top_k, dtype=dtype, ensembled=bool(ensemble), label_names=label_names,
+        dataset=dict(dataset_info or {}), hfkd_version=__version__, command=command or _default_command(),
+    )
+    output_dir = os.path.abspath(output_dir)
+    if os.path.exists(output_dir):
+        raise FileExistsError(f"{output_dir} already exists; hfkd never overwrites a folder: choose another "
+                              "output_dir or remove it yourself")
+    encode_logits(torch.zeros(1, 1, num_classes), top_k, dtype)  # validates dtype before the teachers run
+
+    rank, world = accelerator.process_index, accelerator.num_processes
+    partial = output_dir + ".partial"
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        os.makedirs(partial, exist_ok=False)
+    accelerator.wait_for_everyone()
+    transform = create_image_transform(preprocess, augment is not None, augment)
+    mode = "RGB" if preprocess.input_size[0] == 3 else "L"
+    views = ImageClassificationDataset(train_dataset, transform, image_column, label_column, seed=seed, image_mode=mode)
+    block = _block(len(views), batch_size, rank, world)
+    weights = [t.weight for t in teachers]
+    for t in teachers:
+        t.to(accelerator.device)
+    for view in range(num_views):
+        views.set_epoch(view)
+        loader = DataLoader(Subset(views, list(block)), batch_size=batch_size, num_workers=num_workers)
+        parts: Dict[str, List[np.ndarray]] = {}
+        for batch in loader:
+            x = batch["pixel_values"].to(accelerator.device)
+            logits = [t(x).logits.float() for t in teachers]
+            stacked = (ensemble_probs(logits, weights).log().unsqueeze(1) if ensemble
+                       else torch.stack(logits, dim=1)).cpu()
+            index = batch["index"].numpy().astype(np.int64)
+            columns = {"index": index, "view": np.full_like(index, view, dtype=np.int32),
+                       "seed": np.array([sample_seed(seed, view, int(i)) for i in index], dtype=np.int64),
+                       "label": batch["labels"].numpy().astype(np.int64), **encode_logits(stacked, top_k, dtype)}
+            for k, v in columns.items():
+                parts.setdefault(k, []).append(v)
+        if parts:
+            table = _rows_table({k: np.concatenate(v) for k, v in parts.items()})
+            with _quiet_datasets():
+                Dataset(InMemoryTable(table)).save_to_disk(os.path.join(partial, f"rank{rank:05d}-view{view:05d}"))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        pieces = [load_from_disk(os.path.join(partial, d)) for d in sorted(os.listdir(partial))]
+        merged = concatenate_datasets(pieces).sort(["index", "view"])
+        staging = output_dir + ".staging"
+        with _quiet_datasets():
+            merged.save_to_disk(staging)
+        metadata.save(staging)
+        write_dataset_card(staging, metadata)
+        os.replace(staging, output_dir)  # appears complete or not at all
+        del pieces, merged
+        shutil.rmtree(partial)
+    accelerator.wait_for_everyone()
+    return output_dir

@@ -1,0 +1,201 @@
+"""Train from a teacher cache: check it fits the run, replay its views, hand stored logits to the method.
+
+The trainer calls three things (``hfkd/training/trainer.py``):
+
+* :func:`open_teacher_cache` once, before anything is built: it opens the cache (a folder or a Hub
+  dataset id) and refuses one that does not fit: other data, other student preprocessing or
+  augmentation, other classes, or a method that needs more than logits;
+* :meth:`TeacherCache.attach` on the wrapped training set: each epoch, image ``i`` gets one of its
+  R stored views, drawn without replacement over each block of R epochs by a permutation seeded
+  from ``(seed, epoch // R, i)`` (so a resumed run draws the same), and the row carries the
+  stored outputs of that view (``cache_*`` fields);
+* :meth:`TeacherCache.teacher_outputs` per step: the stored outputs as one ``BackboneOutput`` per
+  stored teacher, in place of the teachers' forward pass.
+"""
+from __future__ import annotations
+
+import bisect
+import os
+import random
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from ..data.transforms import AugmentConfig, ImageClassificationDataset, create_image_transform, sample_seed
+from ..methods.base import DistillationMethod
+from ..models.backbone import BackboneOutput, OutputRequest
+from .format import CacheMetadata, augmentation_dict, dataset_fingerprint, decode_logits
+from .hub import resolve_cache
+
+STORED_COLUMNS = ("logits", "topk_values", "topk_indices", "logsumexp")
+BATCH_PREFIX = "cache_"
+
+
+@dataclass
+class CachedTeacher:
+    """What a method may read of a teacher that is not there: its name and ensemble weight."""
+
+    name: str
+    weight: float = 1.0
+
+
+def method_temperature(method) -> float:
+    config = getattr(method, "config", None)
+    return float(getattr(method, "temperature", None) or getattr(config, "temperature", None) or 1.0)
+
+
+class _Columns:
+    """The stored columns as NumPy views of the memory-mapped Arrow shards (no copy, no pickle)."""
+
+    def __init__(self, folder: str, metadata: CacheMetadata):
+        from datasets import load_from_disk
+
+        table = load_from_disk(folder).data.table
+        self.names = [n for n in STORED_COLUMNS if n in table.column_names]
+        self.chunks: Dict[str, List[np.ndarray]] = {}
+        for name in self.names:
+            self.chunks[name] = [c.flatten().to_numpy(zero_copy_only=True).reshape(len(c), -1)
+                                 for c in table.column(name).chunks]
+        lengths = [len(c) for c in table.column(self.names[0]).chunks]
+        self.starts = np.cumsum([0] + lengths[:-1]).tolist()
+        index = table.column("index").to_numpy()
+        view = table.column("view").to_numpy()
+        self.seeds = table.column("seed").to_numpy()
+        r, n = metadata.num_views, metadata.num_samples
+        if len(index) != n * r:
+            raise ValueError(f"the cache holds {len(index)} rows, not {n} images x {r} views: it is incomplete")
+        self.position = np.full(n * r, -1, dtype=np.int64)
+        self.position[index * r + view] = np.arange(len(index))
+        if (self.position < 0).any():
+            raise ValueError("the cache misses some (index, view) rows: it is incomplete; generate it again")
+
+    def row(self, position: int) -> Dict[str, torch.Tensor]:
+        chunk = bisect.bisect_right(self.starts, position) - 1
+        offset = position - self.starts[chunk]
+        return {BATCH_PREFIX + name: torch.from_numpy(np.array(self.chunks[name][chunk][offset]))
+                for name in self.names}
+
+
+class TeacherCache:
+    """A teacher cache opened for training (see the module docstring)."""
+
+    def __init__(self, folder: str, source: Optional[str] = None, draw_seed: int = 0):
+        self.folder = folder
+        self.source = source or folder
+        self.metadata = CacheMetadata.load(folder)
+        self.draw_seed = int(draw_seed)
+        self._columns: Optional[_Columns] = None
+
+    def __getstate__(self):  # DataLoader workers re-open the memory map instead of copying it
+        return {**self.__dict__, "_columns": None}
+
+    @property
+    def columns(self) -> _Columns:
+        if self._columns is None:
+            self._columns = _Columns(self.folder, self.metadata)
+        return self._columns
+
+    @property
+    def augment(self) -> Optional[AugmentConfig]:
+        a = self.metadata.augmentation
+        return None if a is None else AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in a.items()})
+
+    @property
+    def teachers(self) -> List[CachedTeacher]:
+        """Stand-ins for the method's context: one per stored output (one if pre-ensembled)."""
+        if self.metadata.ensembled:
+            return [CachedTeacher("ensemble of " + ", ".join(t["name"] for t in self.metadata.teachers))]
+        return [CachedTeacher(t["name"], float(t.get("weight", 1.0))) for t in self.metadata.teachers]
+
+    # -- the views ------------------------------------------------------------------------------
+    def view_of(self, epoch: int, index: int) -> int:
+        """The stored view image ``index`` is trained on at ``epoch``: without replacement within R epochs."""
+        r = self.metadata.num_views
+        if r == 1:
+            return 0
+        order = list(range(r))
+        random.Random(sample_seed(self.draw_seed, epoch // r, index)).shuffle(order)
+        return order[epoch % r]
+
+    def __call__(self, epoch: int, index: int) -> Tuple[int, Dict[str, Any]]:
+        """The dataset's view provider: the view's seed, and its stored outputs for the batch."""
+        view = self.view_of(epoch, index)
+        position = int(self.columns.position[index * self.metadata.num_views + view])
+        return int(self.columns.seeds[position]), {BATCH_PREFIX + "view": view, **self.columns.row(position)}
+
+    def attach(self, dataset: ImageClassificationDataset, preprocess) -> None:
+        """Make ``dataset`` replay the stored views; un-augmented caches (fixed labels) get the eval transform."""
+        augment = self.augment
+        dataset.transform = create_image_transform(preprocess, augment is not None, augment)
+        dataset.view_provider = self
+
+    # -- the outputs ----------------------------------------------------------------------------
+    def teacher_outputs(self, batch: Dict[str, torch.Tensor]) -> List[BackboneOutput]:
+        columns = {k[len(BATCH_PREFIX):]: v for k, v in batch.items() if k.startswith(BATCH_PREFIX)}
+        logits = decode_logits(columns, self.metadata.num_stored_teachers, self.metadata.num_classes)
+        return [BackboneOutput(logits=logits[:, k]) for k in range(logits.shape[1])]
+
+    def lineage(self) -> Dict[str, Any]:
+        from ..hub.card import command_without_local_paths, local_checkpoint_name
+
+        m = self.metadata
+        # Published with the student: a local folder is named, not located (like local teachers).
+        source = str(self.source)
+        if os.path.isdir(source):
+            source = local_checkpoint_name(os.path.abspath(source)) or source
+        return {"source": source, "teachers": m.teachers, "num_views": m.num_views, "top_k": m.top_k,
+                "dtype": m.dtype, "ensembled": m.ensembled, "augmentation": m.augmentation,
+                "train_fingerprint": m.train_fingerprint, "command": command_without_local_paths(m.command)}
+
+    # -- fitness --------------------------------------------------------------------------------
+    def check(self, method, train_dataset, image_column: str, label_column: str, student,
+              augment: Optional[AugmentConfig], label_names: Optional[Sequence[str]]) -> None:
+        """Raise ``ValueError`` naming the first way this cache does not fit the run, and the fix."""
+        m, where = self.metadata, f"the teacher cache {self.source}"
+        if method.teacher_request != OutputRequest():
+            raise ValueError(
+                f"method {method.name!r} needs the teachers' {method.teacher_request} (feature maps or pooled "
+                f"features), which {where} does not store (it has logits only); train it with the teachers")
+        if type(method).prepare_batch is not DistillationMethod.prepare_batch:
+            raise ValueError(
+                f"method {method.name!r} builds new images every step (prepare_batch, e.g. mixed pairs), and the "
+                f"teachers' outputs on them are in no cache ({where} holds stored views only); train it with the teachers")
+        temperature = method_temperature(method)
+        if m.ensembled and len(m.teachers) > 1 and temperature != 1.0:
+            raise ValueError(
+                f"{where} holds the teachers pre-ensembled at temperature 1, but {method.name!r} softens each "
+                f"teacher at temperature {temperature}; use a per-teacher cache (ensemble=False) or temperature=1")
+        try:
+            method.check_teachers(m.num_stored_teachers)
+        except ValueError as e:
+            raise ValueError(f"{where} stores {m.num_stored_teachers} teacher output(s): {e}") from None
+        if student.num_classes != m.num_classes or (label_names and m.label_names and list(label_names) != m.label_names):
+            raise ValueError(f"{where} was made for {m.num_classes} classes {(m.label_names or [])[:5]}...; the student "
+                             f"predicts {student.num_classes} {list(label_names or [])[:5]}...: other data")
+        if len(train_dataset) != m.num_samples or \
+                dataset_fingerprint(train_dataset, image_column, label_column) != m.train_fingerprint:
+            raise ValueError(f"{where} was made from another training split ({m.num_samples} images, fingerprint "
+                             f"{m.train_fingerprint[:12]}); this one has {len(train_dataset)} images and other "
+                             "content or order. Generate a cache of this split (recipes/cache_teachers.py)")
+        if student.preprocess.to_dict() != m.student_preprocess:
+            raise ValueError(f"{where} holds views in the preprocessing {m.student_preprocess}, but the student "
+                             f"expects {student.preprocess.to_dict()}; generate the cache with this student")
+        if augment is not None and augmentation_dict(augment) != m.augmentation:
+            raise ValueError(f"{where} holds views augmented with {m.augmentation}, but the run asks for "
+                             f"{augmentation_dict(augment)}; pass augment=None to train on the cache's views")
+
+
+def open_teacher_cache(source: Optional[str], trainer, teachers: Sequence[Any], train_dataset,
+                       augment: Optional[AugmentConfig]) -> Optional[TeacherCache]:
+    """The trainer's teacher cache, checked against the run; ``None`` when there is none."""
+    if not source:
+        return None
+    if teachers:
+        raise ValueError("pass either teachers or teacher_cache, not both: a cache replaces the teachers")
+    folder = resolve_cache(source)
+    cache = TeacherCache(folder, source=str(source), draw_seed=trainer.args.seed)
+    cache.check(trainer.method, train_dataset, trainer.image_column, trainer.label_column, trainer.student, augment,
+                trainer.label_names)
+    return cache
