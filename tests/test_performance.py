@@ -13,6 +13,7 @@ from hfkd import DistillationArguments, DistillationTrainer, TrainerCallback, cr
 from hfkd.data import AugmentConfig
 from hfkd.data.transforms import ImageClassificationDataset, create_image_transform, sample_seed
 from hfkd.demo import DEMO_AUGMENT
+from tests.helpers.models import tiny_student, tiny_teacher
 
 
 @contextmanager
@@ -67,16 +68,6 @@ def test_augmentation_pixels_match_the_reference_seeding(small_digits, augment):
     assert not torch.equal(ds[100]["pixel_values"], _reference_pixels(small_digits.train, transform, 42, 0, 100))
 
 
-def _student(seed=0):
-    torch.manual_seed(seed)
-    return create_backbone("test_resnet", num_classes=10, pretrained=False, image_size=32)
-
-
-def _teacher():
-    torch.manual_seed(100)
-    return create_backbone("test_convnext", num_classes=10, pretrained=False, image_size=32)
-
-
 def _args(tmp_path, name="run", **kw):
     base = dict(output_dir=str(tmp_path / name), per_device_train_batch_size=32, learning_rate=3e-3,
                 save_strategy="no", eval_strategy="no", disable_tqdm=True, eval_teachers=False, logging_steps=1)
@@ -85,7 +76,7 @@ def _args(tmp_path, name="run", **kw):
 
 
 def _trainer(tmp_path, data, name="run", teachers=True, **kw):
-    return DistillationTrainer(_student(), [_teacher()] if teachers else [], method="kd" if teachers else "supervised",
+    return DistillationTrainer(tiny_student(), [tiny_teacher()] if teachers else [], method="kd" if teachers else "supervised",
                                args=_args(tmp_path, name, **kw), train_dataset=data.train, eval_dataset=data.eval,
                                augment=AugmentConfig(scale=(0.5, 1.0), hflip=0.5, color_jitter=0.3))
 
@@ -191,14 +182,14 @@ def test_teacher_dtype_is_used(tmp_path, small_digits):
     x = torch.randn(3, 3, 32, 32)
     out = trainer.teachers[0](x)
     assert out.logits.dtype == torch.float32 and not out.logits.is_inference()
-    ref = _teacher().eval()(x).logits
+    ref = tiny_teacher().eval()(x).logits
     assert torch.allclose(out.logits, ref, atol=0.1, rtol=0.05)  # bf16 rounding, not another model
 
 
 def test_fp32_teacher_ignores_the_students_autocast():
     from hfkd.models import Teacher
 
-    teacher = Teacher(_teacher())
+    teacher = Teacher(tiny_teacher())
     stem = next(m for m in teacher.modules() if isinstance(m, torch.nn.Conv2d))
     outputs = []
     stem.register_forward_hook(lambda m, a, out: outputs.append(out.dtype))
@@ -216,7 +207,7 @@ def test_torch_compile_flag_compiles_in_place(tmp_path, small_digits):
     benchmarks/trainer_overhead.py --options compile runs it for real."""
     trainer = _trainer(tmp_path, small_digits, max_steps=1, torch_compile=True, torch_compile_teachers=True)
     trainer._setup_training()
-    keys = set(_student().state_dict())
+    keys = set(tiny_student().state_dict())
     assert trainer.student.model._compiled_call_impl is not None
     assert trainer.teachers[0].backbone.model._compiled_call_impl is not None
     assert set(trainer.student.state_dict()) == keys  # checkpoints and saved students are unchanged

@@ -7,16 +7,7 @@ import torch
 import hfkd
 from hfkd import DistillationArguments, DistillationTrainer, TrainerCallback, create_backbone
 from hfkd.data import AugmentConfig
-
-
-def _student(seed=0):
-    torch.manual_seed(seed)
-    return create_backbone("test_resnet", num_classes=10, pretrained=False, image_size=32)
-
-
-def _teacher():
-    torch.manual_seed(100)
-    return create_backbone("test_convnext", num_classes=10, pretrained=False, image_size=32)
+from tests.helpers.models import tiny_student, tiny_teacher
 
 
 def _args(tmp_path, **kw):
@@ -43,21 +34,21 @@ def test_nonsense_arguments_are_rejected(kwargs, match):
 def test_bad_setups_fail_before_training(tmp_path, small_digits):
     args = _args(tmp_path)
     with pytest.raises(ValueError, match="unknown method 'nope'; available methods: .*kd"):
-        DistillationTrainer(_student(), [_teacher()], method="nope", args=args, train_dataset=small_digits.train)
+        DistillationTrainer(tiny_student(), [tiny_teacher()], method="nope", args=args, train_dataset=small_digits.train)
     with pytest.raises(ValueError, match="does not take \\['temprature'\\]"):
         hfkd.create_method("kd", temprature=2.0)
     with pytest.raises(ValueError, match="temperature must be > 0"):
         hfkd.create_method("kd", temperature=-1.0)
     with pytest.raises(ValueError, match="needs at least 1 teacher"):
-        DistillationTrainer(_student(), [], method="kd", args=args, train_dataset=small_digits.train)
+        DistillationTrainer(tiny_student(), [], method="kd", args=args, train_dataset=small_digits.train)
     with pytest.raises(ValueError, match="teacher .* predicts 7 classes but the student predicts 10"):
-        DistillationTrainer(_student(), [create_backbone("test_resnet", num_classes=7, pretrained=False)],
+        DistillationTrainer(tiny_student(), [create_backbone("test_resnet", num_classes=7, pretrained=False)],
                             method="kd", args=args, train_dataset=small_digits.train)
     with pytest.raises(ValueError, match="the dataset has 10 classes but the student .* predicts 3"):
         DistillationTrainer(create_backbone("test_resnet", num_classes=3, pretrained=False), method="supervised",
                             args=args, train_dataset=small_digits.train)
     with pytest.raises(ValueError, match="no label column"):
-        DistillationTrainer(_student(), method="supervised", args=args,
+        DistillationTrainer(tiny_student(), method="supervised", args=args,
                             train_dataset=small_digits.train.remove_columns("label"))
 
 
@@ -76,10 +67,10 @@ class _Watch(TrainerCallback):
 
 
 def test_kd_training_loss_falls_teacher_stays_frozen(tmp_path, small_digits):
-    teacher = _teacher()
+    teacher = tiny_teacher()
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     watch = _Watch()
-    trainer = DistillationTrainer(_student(), [teacher], method=hfkd.create_method("kd", temperature=2.0, alpha=0.5),
+    trainer = DistillationTrainer(tiny_student(), [teacher], method=hfkd.create_method("kd", temperature=2.0, alpha=0.5),
                                   args=_args(tmp_path, max_steps=24), train_dataset=small_digits.train,
                                   eval_dataset=small_digits.eval, callbacks=[watch],
                                   augment=AugmentConfig(scale=(0.8, 1.0), hflip=0.0, color_jitter=None))
@@ -97,7 +88,7 @@ def test_kd_training_loss_falls_teacher_stays_frozen(tmp_path, small_digits):
 def _resume_run(tmp_path, small_digits, name, **kw):
     args = _args(tmp_path, output_dir=str(tmp_path / name), max_steps=10, save_strategy="steps", save_steps=3,
                  save_total_limit=None, **kw)
-    trainer = DistillationTrainer(_student(), [_teacher()], method="kd", args=args, train_dataset=small_digits.train,
+    trainer = DistillationTrainer(tiny_student(), [tiny_teacher()], method="kd", args=args, train_dataset=small_digits.train,
                                   augment=AugmentConfig(scale=(0.5, 1.0), hflip=0.5, color_jitter=0.3))
     trainer.train()
     return trainer
@@ -126,7 +117,7 @@ def test_resume_negative_control(tmp_path, small_digits):
 
 
 def test_save_model_writes_native_student_only(tmp_path, small_digits):
-    trainer = DistillationTrainer(_student(), [_teacher()], method="kd", args=_args(tmp_path, max_steps=2),
+    trainer = DistillationTrainer(tiny_student(), [tiny_teacher()], method="kd", args=_args(tmp_path, max_steps=2),
                                   train_dataset=small_digits.train)
     trainer.train()
     out = trainer.save_model(str(tmp_path / "student"))
