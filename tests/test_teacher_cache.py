@@ -281,3 +281,17 @@ def test_lineage_and_cards_name_a_local_cache_without_its_path(setup, tmp_path, 
     dataset_card = render_dataset_card(CacheMetadata.load(folder), folder, repo_id="ORG/NAME")
     for text in (json.dumps(lineage), student_card, dataset_card):
         assert where not in text and str(tmp_path) not in text
+
+
+def test_generation_never_writes_into_existing_folders(setup, tmp_path):
+    """The cache's folder and its two staging folders must be new: a folder that is there is refused, untouched."""
+    for suffix in ("", ".partial", ".staging"):
+        target = tmp_path / f"cache{len(suffix)}"
+        occupied = tmp_path / f"cache{len(suffix)}{suffix}"
+        occupied.mkdir()
+        (occupied / "notes.txt").write_text("mine")
+        with pytest.raises(FileExistsError, match="never overwrites"):
+            cache_teacher_outputs(setup["teachers"], setup["train"], str(target), student=setup["student"],
+                                  augment=AUGMENT, num_views=1, seed=0, batch_size=16)
+        assert sorted(p.name for p in occupied.iterdir()) == ["notes.txt"]
+        assert (occupied / "notes.txt").read_text() == "mine"

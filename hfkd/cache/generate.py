@@ -158,9 +158,10 @@ def cache_teacher_outputs(
         dataset=dict(dataset_info or {}), hfkd_version=__version__, command=command or _default_command(),
     )
     output_dir = os.path.abspath(output_dir)
-    if os.path.exists(output_dir):
-        raise FileExistsError(f"{output_dir} already exists; hfkd never overwrites a folder: choose another "
-                              "output_dir or remove it yourself")
+    for path in (output_dir, output_dir + ".partial", output_dir + ".staging"):  # the final folder and its two stages
+        if os.path.exists(path):
+            raise FileExistsError(f"{path} already exists; hfkd never overwrites a folder: choose another "
+                                  "output_dir or remove it yourself")
     encode_logits(torch.zeros(1, 1, num_classes), top_k, dtype)  # validates dtype before the teachers run
 
     rank, world = accelerator.process_index, accelerator.num_processes
