@@ -14,10 +14,10 @@ import torch
 def main(argv=None):
     from hfkd.compress.export import INT8_FILE, ONNX_FILE, onnx_predict
     from hfkd.compress.measure import interleaved_latency, torch_predict
-    from hfkd.demo import DEMO_IMAGE_SIZE, DEMO_STUDENT, cache_dir
+    from hfkd.compress.cli import demo_student_path
     from hfkd.hub import from_pretrained
 
-    demo = os.path.join(cache_dir(), "demo_students", f"{DEMO_STUDENT}-kd-digits{DEMO_IMAGE_SIZE}-seed0")
+    demo = demo_student_path(seed=0)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--student", default=demo, help="the unpruned student folder")
     parser.add_argument("--compressed", default="outputs/compress/student", help="the folder compress_student wrote")

@@ -1,6 +1,6 @@
 """Training-step time of parallel FEED vs plain supervised training and vs classic KD, side by side.
 
-    python benchmarks/feed_overhead.py      # mobilenetv3_small_050 <- resnet18 + convnext_atto, 32 px
+    python benchmarks/feed_overhead.py      # the demo networks: cifar_resnet8 <- cifar_resnet20 + cifar_wrn16_2, 32 px
     python benchmarks/feed_overhead.py --image_size 64 --rounds 7 --steps 10
 
 The three set-ups (same student architecture and initial weights, same teachers, same batch) are
@@ -20,6 +20,7 @@ import time
 import torch
 
 from hfkd import DistillationArguments, create_backbone, create_method
+from hfkd.demo import DEMO_STUDENT, DEMO_TEACHERS
 from hfkd.methods.base import MethodContext
 from hfkd.models import Teacher
 from hfkd.training.optim import create_optimizer
@@ -46,8 +47,8 @@ def step(module, optimizer, teachers, batch):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--student", default="mobilenetv3_small_050")
-    p.add_argument("--teachers", nargs="+", default=["resnet18", "convnext_atto"])
+    p.add_argument("--student", default=DEMO_STUDENT)
+    p.add_argument("--teachers", nargs="+", default=list(DEMO_TEACHERS))
     p.add_argument("--image_size", type=int, default=32)
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--num_classes", type=int, default=10)

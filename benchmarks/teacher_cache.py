@@ -5,8 +5,8 @@
     python benchmarks/teacher_cache.py --section disk         # bytes/view on disk, 10 and 1000 classes, no teacher run
     python benchmarks/teacher_cache.py --section accuracy     # cached vs online MEAL V2 and KD, 3 seeds, R = 1 and 4
 
-All on the embedded demo: student mobilenetv3_small_050, the demo teachers resnet18 + convnext_atto
-(trained and cached by hfkd.demo), digits at 32 px, the MEAL V2 demo's augmentation.
+All on the embedded demo: the demo student and teachers (hfkd/demo.py: cifar_resnet8 <- cifar_resnet20 +
+cifar_wrn16_2, trained and cached by hfkd.demo), digits at 32 px, the MEAL V2 demo's augmentation and learning rates.
 
 * throughput: whole trainer steps (data loading and augmentation included, as a user sees them),
   the three set-ups timed in interleaved rounds whose order rotates, so that the load of a shared
@@ -29,7 +29,7 @@ import time
 
 from hfkd import DistillationArguments, DistillationTrainer, cache_teacher_outputs, create_method
 from hfkd.data.transforms import AugmentConfig
-from hfkd.demo import DEMO_STUDENT, demo_teachers
+from hfkd.demo import DEMO_LEARNING_RATE, DEMO_STUDENT, demo_teachers
 from hfkd.pipeline import load_data
 
 AUGMENT = AugmentConfig(scale=(0.25, 1.0), hflip=0.0, color_jitter=None)  # recipes/meal_v2.py's demo
@@ -49,7 +49,7 @@ def _student(init: str):
 
 
 def _args(out, **kw):
-    kwargs = dict(output_dir=out, per_device_train_batch_size=64, learning_rate=1e-3, weight_decay=0.05,
+    kwargs = dict(output_dir=out, per_device_train_batch_size=64, learning_rate=DEMO_LEARNING_RATE / 2, weight_decay=0.05,
                   save_strategy="no", eval_strategy="no", logging_steps=1000, disable_tqdm=True, eval_teachers=False)
     kwargs.update(kw)
     return DistillationArguments(**kwargs)
@@ -141,8 +141,8 @@ def accuracy(a, tmp, data, teachers, init):
     for r in (1, 4):
         caches[r] = os.path.join(tmp, f"acc_r{r}")
         _make_cache(caches[r], teachers, data, student, num_views=r)
-    plans = {"meal_v2": dict(epochs=6, lr=1e-3, init=init, kwargs={}),
-             "kd": dict(epochs=4, lr=2e-3, init=None, kwargs={"temperature": 4.0, "alpha": 0.9})}
+    plans = {"meal_v2": dict(epochs=6, lr=DEMO_LEARNING_RATE / 2, init=init, kwargs={}),
+             "kd": dict(epochs=4, lr=DEMO_LEARNING_RATE, init=None, kwargs={"temperature": 4.0, "alpha": 0.9})}
     results = []
     for method, plan in plans.items():
         if method not in a.methods:

@@ -6,7 +6,7 @@
     python benchmarks/trainer_overhead.py --profile hfkd-kd     # cProfile one arm, print the top functions
     python benchmarks/trainer_overhead.py --data_path           # per-sample cost of the data paths
 
-Both sides train the demo student (mobilenetv3_small_050, 32 px, random init) on the embedded digits'
+Both sides train mobilenetv3_small_050 (--student; 32 px, random init) on the embedded digits'
 train split through the same timm train transform, batch 64, AdamW (lr 2e-3, no weight decay), a
 cosine schedule, gradient clipping at 1.0, and either KD (one resnet18 teacher, T = 4, alpha = 0.9)
 or plain cross-entropy.  Each arm starts from the same weights and is timed from the call that

@@ -2,7 +2,6 @@
 
     python recipes/feed.py                     # demo: baseline vs pFEED (2 teachers) vs 2 sFEED generations
     python recipes/feed.py --seeds 0 1 2       # the same, mean +- std over 3 seeds
-    python recipes/feed.py --demo_networks cifar --beta 500 --generations 0 --seeds 0 1 2   # 8x8 maps (docs/feed.md)
     python recipes/feed.py --config recipes/configs/feed_resnet56_cifar100.yaml
     accelerate launch recipes/feed.py --student resnet18 --teachers org/resnet50-ft org/convnext-ft --generations 0
 

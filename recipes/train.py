@@ -1,6 +1,6 @@
 """Supervised training (teachers, no-KD baselines): ``hfkd train``.
 
-    python recipes/train.py                                   # resnet18 on the embedded digits
+    python recipes/train.py                                   # cifar_resnet20 on the embedded digits
     accelerate launch recipes/train.py --student convnext_atto --num_train_epochs 8
     python recipes/train.py --dataset path/to/imagefolder --student resnet18 --dry_run
 """

@@ -66,7 +66,7 @@ def test_the_demo_command_equals_the_recipe():
     assert recipe.distill is distill_main
     command = parse_distill_args(["--method", "meal_v2"])
     assert command == parse_distill_args([], method="meal_v2", fixed_method=True)
-    assert command.model.student == "mobilenetv3_small_050" and command.training.num_train_epochs == 6
+    assert command.model.student == "cifar_resnet8" and command.training.num_train_epochs == 6
     assert command.data.aug_scale == [0.25, 1.0] and command.training.output_dir == "outputs/meal_v2"
     assert set(COMMANDS) >= {"distill", "train", "eval", "push"}
 

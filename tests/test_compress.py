@@ -45,7 +45,10 @@ def _assert_untouched(backbone, state):
 
 
 @pytest.mark.parametrize("make", [lambda: _timm("test_resnet"), lambda: _timm("test_efficientnet"),
-                                  lambda: _timm("test_convnext"), _vit], ids=["resnet", "efficientnet", "convnext", "vit"])
+                                  lambda: _timm("test_convnext"), _vit,
+                                  # the demo networks: parameter-free (zero-padded) and pre-activation shortcuts
+                                  lambda: _timm("cifar_resnet8"), lambda: _timm("cifar_wrn16_2")],
+                         ids=["resnet", "efficientnet", "convnext", "vit", "cifar_resnet8", "cifar_wrn16_2"])
 def test_pruning_removes_channels_and_keeps_output_shape(make):
     student = make()
     state = _state(student)

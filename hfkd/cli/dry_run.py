@@ -41,7 +41,7 @@ def dry_run(settings: RunSettings) -> Dict[str, Any]:
         data = load_data(settings.data, seed=settings.training.seed)
     except Exception as e:  # noqa: BLE001 - a dry run reports what it cannot check instead of failing
         print(f"dataset {settings.data.dataset!r} could not be loaded here ({type(e).__name__}: {e}); the "
-              "parameter counts below use the models' own heads and the step counts are unknown")
+              "parameter counts below use the models' own heads and the step counts follow from its size")
         data = None
     if data is not None:
         student = build_student(settings.model, data)
@@ -71,8 +71,23 @@ def dry_run(settings: RunSettings) -> Dict[str, Any]:
         print(f"{report['train_images']} training images, {report['processes']} process(es): "
               f"{report['steps_per_epoch']} optimizer steps per epoch, {report['total_steps']} in total "
               f"({report['epochs']} epochs)")
+    else:  # the dataset is not here (e.g. offline): the formula, with the numbers it does know
+        report.update(_step_formula(settings))
+        print(report["step_formula"])
     print("dry run: nothing was trained")
     return report
+
+
+def _step_formula(settings: RunSettings) -> Dict[str, Any]:
+    args = settings.training
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    batch = args.per_device_train_batch_size * world * args.gradient_accumulation_steps
+    length = f"{args.max_steps} optimizer steps" if args.max_steps > 0 else f"{int(args.num_train_epochs)} epochs"
+    text = (f"{world} process(es) x {args.per_device_train_batch_size} images x "
+            f"{args.gradient_accumulation_steps} accumulation = {batch} images per optimizer step: "
+            f"ceil(N / {batch}) steps per epoch for N training images (an approximation for methods with their "
+            f"own batch sampler), {length}")
+    return {"processes": world, "images_per_step": batch, "step_formula": text}
 
 
 def _count(n) -> str:

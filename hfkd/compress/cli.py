@@ -13,7 +13,8 @@ from typing import List, Optional, Sequence
 
 from ..arguments import DataArguments
 from ..cli.parser import parse_args
-from ..demo import DEMO_AUGMENT, DEMO_IMAGE_SIZE, DEMO_STUDENT, cache_dir, demo_args, demo_teachers
+from ..demo import (DEMO_AUGMENT, DEMO_IMAGE_SIZE, DEMO_LEARNING_RATE, DEMO_STUDENT, cache_dir, demo_args,
+                    demo_teachers)
 from ..training.args import DistillationArguments
 from .pipeline import CompressionArguments, compress_student, recover
 from .prune import PruningConfig, prune_backbone
@@ -29,9 +30,16 @@ class CompressModelArguments:
         "help": "Instead of one run: prune once, then compare KD recovery with plain fine-tuning over these seeds."})
 
 
-DEFAULTS = dict(output_dir="outputs/compress", num_train_epochs=4, learning_rate=1e-3, weight_decay=0.05,
-                save_strategy="no", aug_scale=list(DEMO_AUGMENT.scale), aug_hflip=DEMO_AUGMENT.hflip,
+# Recovery fine-tunes a trained student: half the from-scratch learning rate, as the MEAL V2 demo does.
+DEFAULTS = dict(output_dir="outputs/compress", num_train_epochs=4, learning_rate=DEMO_LEARNING_RATE / 2,
+                weight_decay=0.05, save_strategy="no", aug_scale=list(DEMO_AUGMENT.scale), aug_hflip=DEMO_AUGMENT.hflip,
                 aug_color_jitter=DEMO_AUGMENT.color_jitter)
+
+
+def demo_student_path(seed: int = 0) -> str:
+    """Where the demo's KD student is cached; the folder names its training settings (see demo_teacher_path)."""
+    tag = f"kd-digits{DEMO_IMAGE_SIZE}-e4-lr{DEMO_LEARNING_RATE:g}-seed{seed}"
+    return os.path.join(cache_dir(), "demo_students", f"{DEMO_STUDENT}-{tag}")
 
 
 def demo_student(data, teachers: Sequence[str], seed: int = 0) -> str:
@@ -41,7 +49,7 @@ def demo_student(data, teachers: Sequence[str], seed: int = 0) -> str:
     from ..training.trainer import DistillationTrainer
     from accelerate.utils import set_seed
 
-    path = os.path.join(cache_dir(), "demo_students", f"{DEMO_STUDENT}-kd-digits{DEMO_IMAGE_SIZE}-seed{seed}")
+    path = demo_student_path(seed)
     if not os.path.isfile(os.path.join(path, "model.safetensors")):
         set_seed(seed)
         student = create_backbone(DEMO_STUDENT, num_classes=data.num_classes, pretrained=False,

@@ -30,22 +30,10 @@ class FEEDRunArguments(DistillRunArguments):
     sequential_teacher: Optional[str] = field(default=None, metadata={
         "help": "Generation 1's teacher (a model of the student's architecture); default: the baseline."})
     seeds: List[int] = field(default_factory=list, metadata={"help": "Several training seeds: report mean +- std."})
-    demo_networks: str = field(default="default", metadata={
-        "help": "default (the shared demo networks, 1x1 maps at 32 px) or cifar (CIFAR ResNets, 8x8 maps).",
-        "choices": ["default", "cifar"]})
 
     def __post_init__(self):
         if self.generations < 0:
             raise ValueError(f"generations must be >= 0, got {self.generations}")
-        if self.demo_networks not in ("default", "cifar"):
-            raise ValueError(f"demo_networks must be 'default' or 'cifar', got {self.demo_networks!r}")
-
-
-# `--demo_networks cifar`: stride-1 CIFAR ResNets (docs/cifar.md), so FEED transfers 64 x 8 x 8 maps: a ResNet-8
-# student (0.08M parameters) and two ResNet-20 teachers (0.27M, zero-padding and projection shortcuts), trained on
-# the digits and cached like the demo teachers.
-CIFAR_DEMO_STUDENT = "cifar_resnet8"
-CIFAR_DEMO_TEACHERS = ("cifar_resnet20", "cifar_resnet20_ft")
 
 
 def run_seed(settings: RunSettings, args: DistillationArguments, data, teacher_paths: List[str]):
@@ -100,11 +88,7 @@ def run_feed(settings: RunSettings) -> List[Dict[str, Any]]:
     from ..pipeline import load_data, write_results
     from ..results import results_table, summarize, summary_table
 
-    from ..demo import DEMO_STUDENT
-
     args, cfg = settings.training, settings.run
-    if cfg.demo_networks == "cifar" and settings.model.student == DEMO_STUDENT:
-        settings = dataclasses.replace(settings, model=dataclasses.replace(settings.model, student=CIFAR_DEMO_STUDENT))
     # One data split for every seed: the seeds vary initialisation, shuffling and augmentation only.
     data = load_data(settings.data, seed=args.seed)
     teachers = list(settings.model.teachers)
@@ -112,7 +96,7 @@ def run_feed(settings: RunSettings) -> List[Dict[str, Any]]:
         if settings.data.dataset != DEFAULT_DATASET:
             raise ValueError(f"parallel FEED on {settings.data.dataset} needs --teachers (models trained on it); "
                              "the cached demo teachers only know the embedded digits. Or pass --parallel false")
-        teachers = demo_teachers(data, names=CIFAR_DEMO_TEACHERS if cfg.demo_networks == "cifar" else None)
+        teachers = demo_teachers(data)
     seeds = list(cfg.seeds) or [args.seed]
     all_rows: List[Dict[str, Any]] = []
     accelerator = None
