@@ -126,6 +126,9 @@ def test_paper_configs_dry_run(config, params, epochs, capsys):
     # CIFAR-100 is not on this offline machine: the step count is given as its formula, with the papers' batch
     assert "128 images per optimizer step: ceil(N / 128) steps per epoch" in out and f"{epochs} epochs" in out
     assert "nothing was trained" in out
+    assert "digits" not in out  # no demo teacher stands in for CIFAR-100 teachers
+    if config.startswith("feed"):  # FEED needs teachers: the dry run says so, as the run would
+        assert "no --teachers given: feed on uoft-cs/cifar100 needs teachers" in out
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)

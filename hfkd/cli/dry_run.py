@@ -30,6 +30,7 @@ def _steps(settings: RunSettings, data, method) -> Dict[str, Any]:
 
 def dry_run(settings: RunSettings) -> Dict[str, Any]:
     """Print the resolved settings, the parameter counts of student and teachers and the step counts."""
+    from ..data.default import DEFAULT_DATASET
     from ..demo import DEMO_TEACHERS, demo_teacher_path
     from ..models.factory import create_backbone
     from ..pipeline import build_student, load_data
@@ -50,9 +51,14 @@ def dry_run(settings: RunSettings) -> Dict[str, Any]:
         student = create_backbone(settings.model.student, pretrained=False, image_size=settings.model.image_size)
     report["student"] = {"name": settings.model.student, "parameters": student.num_parameters()}
     teachers = list(settings.model.teachers)
-    if not teachers and method.min_teachers > 0 and not settings.training.teacher_cache:
-        teachers = [demo_teacher_path(n) for n in DEMO_TEACHERS]  # trained first if not cached
     report["teachers"] = []
+    if not teachers and method.min_teachers > 0 and not settings.training.teacher_cache:
+        if settings.data.dataset == DEFAULT_DATASET:
+            teachers = [demo_teacher_path(n) for n in DEMO_TEACHERS]  # trained first if not cached
+        else:  # what the run itself refuses: the demo teachers only know the embedded digits
+            report["missing_teachers"] = True
+            print(f"no --teachers given: {settings.method} on {settings.data.dataset} needs teachers trained on it "
+                  "(pass --teachers PATH ...); the run would stop here")
     if settings.training.teacher_cache:  # its stored outputs stand in for the teachers: none is loaded
         source = settings.training.teacher_cache
         report["teacher_cache"] = local_checkpoint_name(os.path.abspath(source)) if os.path.isdir(source) else source
