@@ -127,6 +127,7 @@ def test_paper_configs_dry_run(config, params, epochs, capsys):
     assert "128 images per optimizer step: ceil(N / 128) steps per epoch" in out and f"{epochs} epochs" in out
     assert "nothing was trained" in out
     assert "digits" not in out  # no demo teacher stands in for CIFAR-100 teachers
+    assert "aug_scale is not used by aug_preset 'cifar'" in out
     if config.startswith("feed"):  # FEED needs teachers: the dry run says so, as the run would
         assert "no --teachers given: feed on uoft-cs/cifar100 needs teachers" in out
 

@@ -36,6 +36,8 @@ def dry_run(settings: RunSettings) -> Dict[str, Any]:
     from ..pipeline import build_student, load_data
 
     print(f"method: {settings.method}\n{settings_text(settings.groups())}\n")
+    if getattr(settings.data, "aug_preset", "timm") == "cifar":  # every field is printed; say which one is idle
+        print("aug_scale is not used by aug_preset 'cifar' (RandomCrop after padding, no resized crop)")
     report: Dict[str, Any] = {"method": settings.method}
     method = settings.create_method()
     try:
