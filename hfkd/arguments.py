@@ -22,7 +22,8 @@ class ModelArguments:
 
     _argument_group_name: ClassVar[str] = "model"
 
-    student: str = field(default="cifar_resnet8", metadata={"help": "timm name, Hub id or folder."})
+    student: str = field(default="cifar_resnet8", metadata={
+        "help": "timm name, Hub id or folder (default: the demo's 32 px CIFAR ResNet-8; name yours for other data)."})
     student_pretrained: bool = field(default=False, metadata={"help": "Start from the student's pretrained weights."})
     teachers: List[str] = field(default_factory=list, metadata={"help": "Teachers: timm names, Hub ids or folders."})
     teacher_revisions: List[str] = field(default_factory=list, metadata={"help": "Hub revisions, one per teacher."})

@@ -98,8 +98,9 @@ DEMO_DEFAULTS: Dict[str, Dict[str, Any]] = {
     # trains with RandomResizedCrop (0.08-1), where the teachers' soft labels describe what is left in the
     # crop and the hard label may not.
     "meal_v2": dict(num_train_epochs=6, learning_rate=DEMO_LEARNING_RATE / 2, aug_scale=[0.25, 1.0]),
-    # PS-KD regularises a whole training run: with 8 epochs the student is still underfitting when a_t grows
-    # and PS-KD lost 2.9 points (3 seeds); 20 epochs let the baseline reach ~99 % first (docs/pskd.md, "Demo").
+    # PS-KD regularises a whole training run: with 8 epochs the (earlier, mobilenetv3_small_050) student was still
+    # underfitting when a_t grew and PS-KD lost 2.9 points (3 seeds); 20 epochs let the baseline reach ~99 % first
+    # (docs/pskd.md, "Demo").
     "pskd": dict(num_train_epochs=20, eval_strategy="no"),
     # Batch 128 = 64 anchor+partner pairs, against a baseline at batch 64: both make 23 iterations per epoch.
     "bake": dict(num_train_epochs=8, per_device_train_batch_size=128, learning_rate=2 * DEMO_LEARNING_RATE,

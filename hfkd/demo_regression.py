@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from typing import List, Optional, Sequence
 
-from .demo import DEMO_AUGMENT, DEMO_IMAGE_SIZE, DEMO_LEARNING_RATE, cache_dir, demo_args
+from .demo import DEFAULT_TEACHER_EPOCHS, DEMO_AUGMENT, DEMO_IMAGE_SIZE, DEMO_LEARNING_RATE, cache_dir, demo_args
 from .tasks import RegressionTask
 
 # Teacher architecture -> epochs (one teacher: the demo compares matching methods, not ensembles).  Trained for 6
@@ -32,14 +32,15 @@ def regression_demo_teachers(data, task: RegressionTask, names: Optional[Sequenc
 
     paths = []
     for name in names or REGRESSION_TEACHERS:
-        tag = (f"rotation{task.target_scale:g}-digits{DEMO_IMAGE_SIZE}-e{REGRESSION_TEACHERS.get(name, 3)}"
+        epochs = REGRESSION_TEACHERS.get(name, DEFAULT_TEACHER_EPOCHS)
+        tag = (f"rotation{task.target_scale:g}-digits{DEMO_IMAGE_SIZE}-e{epochs}"
                f"-lr{DEMO_LEARNING_RATE:g}-seed{seed}")
         path = os.path.join(cache_dir(), "demo_teachers", f"{name}-{tag}")
         if not os.path.isfile(os.path.join(path, "model.safetensors")):
             set_seed(seed)
             model = create_backbone(name, num_classes=2 * task.num_targets, pretrained=False,
                                     image_size=DEMO_IMAGE_SIZE)
-            args = demo_args(path + ".run", num_train_epochs=REGRESSION_TEACHERS.get(name, 3), seed=seed)
+            args = demo_args(path + ".run", num_train_epochs=epochs, seed=seed)
             trainer = DistillationTrainer(model, method="supervised", args=args, train_dataset=data.train,
                                           eval_dataset=data.eval, augment=DEMO_AUGMENT, task=task,
                                           image_column=data.image_column, label_column=data.label_column)

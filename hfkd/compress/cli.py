@@ -36,9 +36,12 @@ DEFAULTS = dict(output_dir="outputs/compress", num_train_epochs=4, learning_rate
                 aug_color_jitter=DEMO_AUGMENT.color_jitter)
 
 
+DEMO_KD_EPOCHS = 4  # the demo's KD student: recipes/kd.py's demo settings
+
+
 def demo_student_path(seed: int = 0) -> str:
     """Where the demo's KD student is cached; the folder names its training settings (see demo_teacher_path)."""
-    tag = f"kd-digits{DEMO_IMAGE_SIZE}-e4-lr{DEMO_LEARNING_RATE:g}-seed{seed}"
+    tag = f"kd-digits{DEMO_IMAGE_SIZE}-e{DEMO_KD_EPOCHS}-lr{DEMO_LEARNING_RATE:g}-seed{seed}"
     return os.path.join(cache_dir(), "demo_students", f"{DEMO_STUDENT}-{tag}")
 
 
@@ -54,7 +57,7 @@ def demo_student(data, teachers: Sequence[str], seed: int = 0) -> str:
         set_seed(seed)
         student = create_backbone(DEMO_STUDENT, num_classes=data.num_classes, pretrained=False,
                                   image_size=DEMO_IMAGE_SIZE, label_names=data.label_names)
-        args = demo_args(path + ".run", num_train_epochs=4, seed=seed)
+        args = demo_args(path + ".run", num_train_epochs=DEMO_KD_EPOCHS, seed=seed)
         trainer = DistillationTrainer(student, teachers=list(teachers), method=create_method("kd"), args=args,
                                       train_dataset=data.train, eval_dataset=data.eval, augment=DEMO_AUGMENT)
         trainer.train()
