@@ -60,13 +60,18 @@ def train_supervised(model: str, data, output_dir: str, num_epochs: int, seed: i
     return trainer, trainer.evaluate()
 
 
-def demo_teacher_path(name: str, seed: int = 0) -> str:
-    """Where the demo teacher ``name`` is cached (it may not be trained yet).
+def demo_cache_path(folder: str, name: str, epochs: int, seed: int = 0, task: str = "") -> str:
+    """Where a model the demo trains is cached: ``$HFKD_CACHE/<folder>/<name>-<task>digits32-e<epochs>-lr<lr>-seed<s>``.
 
     The folder names the training settings, so a cache made with other demo settings is never reused.
     """
-    tag = f"digits{DEMO_IMAGE_SIZE}-e{DEMO_TEACHERS.get(name, DEFAULT_TEACHER_EPOCHS)}-lr{DEMO_LEARNING_RATE:g}"
-    return os.path.join(cache_dir(), "demo_teachers", f"{name}-{tag}-seed{seed}")
+    tag = f"{task}digits{DEMO_IMAGE_SIZE}-e{epochs}-lr{DEMO_LEARNING_RATE:g}-seed{seed}"
+    return os.path.join(cache_dir(), folder, f"{name}-{tag}")
+
+
+def demo_teacher_path(name: str, seed: int = 0) -> str:
+    """Where the demo teacher ``name`` is cached (it may not be trained yet)."""
+    return demo_cache_path("demo_teachers", name, DEMO_TEACHERS.get(name, DEFAULT_TEACHER_EPOCHS), seed)
 
 
 def demo_teachers(data, names: Optional[Sequence[str]] = None, seed: int = 0) -> List[str]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from typing import List, Optional, Sequence
 
-from .demo import DEFAULT_TEACHER_EPOCHS, DEMO_AUGMENT, DEMO_IMAGE_SIZE, DEMO_LEARNING_RATE, cache_dir, demo_args
+from .demo import DEFAULT_TEACHER_EPOCHS, DEMO_AUGMENT, DEMO_IMAGE_SIZE, demo_args, demo_cache_path
 from .tasks import RegressionTask
 
 # Teacher architecture -> epochs (one teacher: the demo compares matching methods, not ensembles).  Trained for 6
@@ -33,9 +33,7 @@ def regression_demo_teachers(data, task: RegressionTask, names: Optional[Sequenc
     paths = []
     for name in names or REGRESSION_TEACHERS:
         epochs = REGRESSION_TEACHERS.get(name, DEFAULT_TEACHER_EPOCHS)
-        tag = (f"rotation{task.target_scale:g}-digits{DEMO_IMAGE_SIZE}-e{epochs}"
-               f"-lr{DEMO_LEARNING_RATE:g}-seed{seed}")
-        path = os.path.join(cache_dir(), "demo_teachers", f"{name}-{tag}")
+        path = demo_cache_path("demo_teachers", name, epochs, seed, task=f"rotation{task.target_scale:g}-")
         if not os.path.isfile(os.path.join(path, "model.safetensors")):
             set_seed(seed)
             model = create_backbone(name, num_classes=2 * task.num_targets, pretrained=False,

@@ -106,8 +106,6 @@ def test_demo_cache_folders_name_the_settings_they_were_trained_with(monkeypatch
     monkeypatch.setitem(demo.DEMO_TEACHERS, "cifar_resnet20", 9)
     assert demo.demo_teacher_path("cifar_resnet20").endswith("cifar_resnet20-digits32-e9-lr0.005-seed0")
     assert demo.demo_teacher_path(demo.DEMO_STUDENT) != init
-    import hfkd.compress.cli as compress_cli
-    monkeypatch.setattr(compress_cli, "DEMO_LEARNING_RATE", 5e-3)
     assert demo_student_path() != student
 
 

@@ -12,7 +12,7 @@ from .parser import settings_text
 
 def _steps(settings: RunSettings, data, method) -> Dict[str, Any]:
     args = settings.training
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = _processes()
     labels = data.train[data.label_column]
     sampler = method.train_batch_sampler(labels, args.per_device_train_batch_size, args.seed)
     if sampler is not None:
@@ -36,7 +36,7 @@ def dry_run(settings: RunSettings) -> Dict[str, Any]:
     from ..pipeline import build_student, load_data
 
     print(f"method: {settings.method}\n{settings_text(settings.groups())}\n")
-    if getattr(settings.data, "aug_preset", "timm") == "cifar":  # every field is printed; say which one is idle
+    if settings.data.aug_preset == "cifar":  # every field is printed; say which one is idle
         print("aug_scale is not used by aug_preset 'cifar' (RandomCrop after padding, no resized crop)")
     report: Dict[str, Any] = {"method": settings.method}
     method = settings.create_method()
@@ -88,7 +88,7 @@ def dry_run(settings: RunSettings) -> Dict[str, Any]:
 
 def _step_formula(settings: RunSettings) -> Dict[str, Any]:
     args = settings.training
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = _processes()
     batch = args.per_device_train_batch_size * world * args.gradient_accumulation_steps
     length = f"{args.max_steps} optimizer steps" if args.max_steps > 0 else f"{int(args.num_train_epochs)} epochs"
     text = (f"{world} process(es) x {args.per_device_train_batch_size} images x "
@@ -96,6 +96,11 @@ def _step_formula(settings: RunSettings) -> Dict[str, Any]:
             f"ceil(N / {batch}) steps per epoch for N training images (an approximation for methods with their "
             f"own batch sampler), {length}")
     return {"processes": world, "images_per_step": batch, "step_formula": text}
+
+
+def _processes() -> int:
+    """The number of processes the launcher started (1 without a launcher)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def _count(n) -> str:

@@ -13,7 +13,7 @@ from typing import List, Optional, Sequence
 
 from ..arguments import DataArguments
 from ..cli.parser import parse_args
-from ..demo import (DEMO_AUGMENT, DEMO_IMAGE_SIZE, DEMO_LEARNING_RATE, DEMO_STUDENT, cache_dir, demo_args,
+from ..demo import (DEMO_AUGMENT, DEMO_IMAGE_SIZE, DEMO_LEARNING_RATE, DEMO_STUDENT, demo_args, demo_cache_path,
                     demo_teachers)
 from ..training.args import DistillationArguments
 from .pipeline import CompressionArguments, compress_student, recover
@@ -41,8 +41,7 @@ DEMO_KD_EPOCHS = 4  # the demo's KD student: recipes/kd.py's demo settings
 
 def demo_student_path(seed: int = 0) -> str:
     """Where the demo's KD student is cached; the folder names its training settings (see demo_teacher_path)."""
-    tag = f"kd-digits{DEMO_IMAGE_SIZE}-e{DEMO_KD_EPOCHS}-lr{DEMO_LEARNING_RATE:g}-seed{seed}"
-    return os.path.join(cache_dir(), "demo_students", f"{DEMO_STUDENT}-{tag}")
+    return demo_cache_path("demo_students", DEMO_STUDENT, DEMO_KD_EPOCHS, seed, task="kd-")
 
 
 def demo_student(data, teachers: Sequence[str], seed: int = 0) -> str:
