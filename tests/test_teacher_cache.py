@@ -295,3 +295,27 @@ def test_generation_never_writes_into_existing_folders(setup, tmp_path):
                                   augment=AUGMENT, num_views=1, seed=0, batch_size=16)
         assert sorted(p.name for p in occupied.iterdir()) == ["notes.txt"]
         assert (occupied / "notes.txt").read_text() == "mine"
+
+
+def test_a_teacher_aligned_by_name_keeps_its_alignment_in_the_cache(setup, tmp_path):
+    """Generation keeps a teacher that create_teacher aligned by label name, as the trainer does."""
+    train, student = setup["train"], setup["student"]
+    names = train.features["label"].names
+    torch.manual_seed(3)
+    backbone = create_backbone("test_convnext", num_classes=10, pretrained=False, image_size=32,
+                               label_names=list(reversed(names)))  # the digits' classes in reverse order
+    teacher = create_teacher(backbone, student.preprocess, 10, names, align_labels_by_name=True)
+    folder = str(tmp_path / "aligned")
+    cache_teacher_outputs([teacher], train, folder, student=student, augment=AUGMENT, num_views=1, seed=0,
+                          batch_size=16)
+    cache = TeacherCache(folder, draw_seed=0)
+    replay = ImageClassificationDataset(train, create_image_transform(student.preprocess, True, AUGMENT),
+                                        "image", "label", seed=0)
+    cache.attach(replay, student.preprocess)
+    rows = [replay[i] for i in range(8)]
+    x = torch.stack([r["pixel_values"] for r in rows])
+    (stored,) = cache.teacher_outputs({"cache_logits": torch.stack([r["cache_logits"] for r in rows])})
+    with torch.no_grad():
+        aligned, raw = teacher(x).logits, create_teacher(backbone, student.preprocess)(x).logits  # raw: no alignment
+    torch.testing.assert_close(stored.logits, aligned, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(stored.logits, raw.flip(-1), atol=1e-5, rtol=1e-5)  # stored in the student's order

@@ -53,7 +53,7 @@ def main(argv=None) -> str:
     from ..arguments import DataArguments, ModelArguments
     from ..cli.parser import parse_args
     from ..demo import demo_teachers
-    from ..pipeline import build_student, load_data
+    from ..pipeline import build_student, build_teachers, load_data
     from .generate import cache_teacher_outputs
     from .hub import push_teacher_cache
 
@@ -64,12 +64,7 @@ def main(argv=None) -> str:
     data = load_data(data_args, seed=cache.seed)
     teachers = model_args.teachers or demo_teachers(data)
     student = build_student(model_args, data)
-    revisions = list(model_args.teacher_revisions) + [None] * len(teachers)
-    from ..models.teacher import create_teacher
-
-    teachers = [create_teacher(t, student.preprocess, student.num_classes, student.label_names,
-                               align_labels_by_name=model_args.align_labels_by_name, revision=rev)
-                for t, rev in zip(teachers, revisions)]
+    teachers = build_teachers(model_args, student, teachers)
     folder = cache_teacher_outputs(
         teachers, data.train, cache.output_dir, student=student,
         augment=None if cache.no_augment else data_args.augment(), num_views=cache.num_views,

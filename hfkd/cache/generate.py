@@ -124,7 +124,7 @@ def cache_teacher_outputs(
 
     from .. import __version__
     from ..losses import ensemble_probs
-    from ..models.teacher import create_teacher
+    from ..models.teacher import bind_teacher
     from .card import write_dataset_card
 
     if num_views < 1:
@@ -146,7 +146,7 @@ def cache_teacher_outputs(
     num_classes = len(label_names) if label_names else int(max(train_dataset[label_column])) + 1
     if top_k is not None and top_k > num_classes:
         raise ValueError(f"top_k={top_k} is more than the {num_classes} classes; use top_k=None for full logits")
-    teachers = [create_teacher(t, preprocess, num_classes, label_names) for t in teachers]
+    teachers = [bind_teacher(t, preprocess, num_classes, label_names) for t in teachers]
     if not teachers:
         raise ValueError("cache_teacher_outputs needs at least one teacher")
     metadata = CacheMetadata(

@@ -118,6 +118,22 @@ class Teacher(nn.Module):
         )
 
 
+def bind_teacher(teacher: Union[ModelSource, Teacher], student_preprocess: Optional[PreprocessConfig],
+                 num_classes: Optional[int], label_names: Optional[Sequence[str]]) -> Teacher:
+    """A :class:`Teacher` for a student with this preprocessing and these classes.
+
+    A ``create_teacher`` result already checked against these labels is kept as it is: re-creating it would drop
+    its ``align_labels_by_name`` / ``label_mapping`` alignment.
+    """
+    if isinstance(teacher, Teacher):
+        checked = getattr(teacher, "checked_label_names", None)
+        if (teacher.backbone.num_classes == num_classes and checked is not None
+                and [str(n) for n in checked] == [str(n) for n in (label_names or [])]):
+            teacher.student_preprocess = student_preprocess
+            return teacher
+    return create_teacher(teacher, student_preprocess, num_classes, label_names)
+
+
 def create_teacher(
     model: Union[ModelSource, Teacher],
     student_preprocess: Optional[PreprocessConfig] = None,

@@ -19,7 +19,7 @@ from ..methods.base import DistillationMethod, MethodContext
 from ..methods.registry import create_method
 from ..models.backbone import Backbone
 from ..models.factory import create_backbone
-from ..models.teacher import Teacher, create_teacher
+from ..models.teacher import Teacher, bind_teacher
 from ..tasks import Task, create_task
 from . import validation
 from .args import DistillationArguments
@@ -79,20 +79,6 @@ def _destroy_process_group() -> None:
     # process aborts ("terminate called without an active exception") after a run that succeeded.
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
-
-
-def _bind_teacher(teacher, student: Backbone) -> Teacher:
-    """A :class:`Teacher` for ``student``; one ``create_teacher`` checked against these labels is kept as is.
-
-    Re-creating it would drop its ``align_labels_by_name`` / ``label_mapping`` alignment.
-    """
-    if isinstance(teacher, Teacher):
-        checked = getattr(teacher, "checked_label_names", None)
-        if (teacher.backbone.num_classes == student.num_classes and checked is not None
-                and [str(n) for n in checked] == [str(n) for n in (student.label_names or [])]):
-            teacher.student_preprocess = student.preprocess
-            return teacher
-    return create_teacher(teacher, student.preprocess, student.num_classes, student.label_names)
 
 
 def create_accelerator(args: DistillationArguments):
@@ -173,7 +159,8 @@ class DistillationTrainer:
                                                 train_dataset, augment)
         if self.teacher_cache is None:
             self.method.check_teachers(len(teachers))
-        self.teachers: List[Teacher] = [_bind_teacher(t, self.student) for t in teachers]
+        self.teachers: List[Teacher] = [bind_teacher(t, self.student.preprocess, self.student.num_classes,
+                                                     self.student.label_names) for t in teachers]
         self.augment = augment or getattr(self.teacher_cache, "augment", None) or AugmentConfig()
         self.dataset_info = dict(dataset_info or _dataset_info(train_dataset, eval_dataset))
         self.train_dataset = self._wrap(train_dataset, training=True)
