@@ -43,19 +43,24 @@ def demo_args(output_dir: str, **overrides):
 
 
 def train_supervised(model: str, data, output_dir: str, num_epochs: int, seed: int = 42,
-                     image_size: int = DEMO_IMAGE_SIZE, **arg_overrides):
-    """Train ``model`` from scratch with cross-entropy; returns (trainer, eval metrics)."""
+                     image_size: int = DEMO_IMAGE_SIZE, task=None, **arg_overrides):
+    """Train ``model`` from scratch with cross-entropy (or ``task``'s loss, e.g. a regression task's Gaussian NLL
+    with its 2 outputs per target); returns (trainer, eval metrics)."""
     from accelerate.utils import set_seed
 
     from .models.factory import create_backbone
     from .training.trainer import DistillationTrainer
 
     set_seed(seed)  # the initialisation too, so that a cached teacher does not depend on what ran before
-    student = create_backbone(model, num_classes=data.num_classes, pretrained=False, image_size=image_size,
-                              label_names=data.label_names)
+    if task is None:
+        student = create_backbone(model, num_classes=data.num_classes, pretrained=False, image_size=image_size,
+                                  label_names=data.label_names)
+    else:
+        student = create_backbone(model, num_classes=2 * task.num_targets, pretrained=False, image_size=image_size)
     args = demo_args(output_dir, num_train_epochs=num_epochs, seed=seed, **arg_overrides)
     trainer = DistillationTrainer(student, method="supervised", args=args, train_dataset=data.train,
-                                  eval_dataset=data.eval, augment=DEMO_AUGMENT)
+                                  eval_dataset=data.eval, augment=DEMO_AUGMENT, task=task,
+                                  image_column=data.image_column, label_column=data.label_column)
     trainer.train()
     return trainer, trainer.evaluate()
 

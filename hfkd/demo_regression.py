@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from typing import List, Optional, Sequence
 
-from .demo import DEFAULT_TEACHER_EPOCHS, DEMO_AUGMENT, DEMO_IMAGE_SIZE, demo_args, demo_cache_path
+from .demo import DEFAULT_TEACHER_EPOCHS, demo_cache_path, train_supervised
 from .tasks import RegressionTask
 
 # Teacher architecture -> epochs (one teacher: the demo compares matching methods, not ensembles).  Trained for 6
@@ -25,25 +25,12 @@ def regression_task(max_angle: float) -> RegressionTask:
 def regression_demo_teachers(data, task: RegressionTask, names: Optional[Sequence[str]] = None,
                              seed: int = 0) -> List[str]:
     """Folders of the Gaussian-head demo teachers, training (and caching) those that are missing."""
-    from accelerate.utils import set_seed
-
-    from .models.factory import create_backbone
-    from .training.trainer import DistillationTrainer
-
     paths = []
     for name in names or REGRESSION_TEACHERS:
         epochs = REGRESSION_TEACHERS.get(name, DEFAULT_TEACHER_EPOCHS)
         path = demo_cache_path("demo_teachers", name, epochs, seed, task=f"rotation{task.target_scale:g}-")
         if not os.path.isfile(os.path.join(path, "model.safetensors")):
-            set_seed(seed)
-            model = create_backbone(name, num_classes=2 * task.num_targets, pretrained=False,
-                                    image_size=DEMO_IMAGE_SIZE)
-            args = demo_args(path + ".run", num_train_epochs=epochs, seed=seed)
-            trainer = DistillationTrainer(model, method="supervised", args=args, train_dataset=data.train,
-                                          eval_dataset=data.eval, augment=DEMO_AUGMENT, task=task,
-                                          image_column=data.image_column, label_column=data.label_column)
-            trainer.train()
-            trainer.evaluate()
+            trainer, _ = train_supervised(name, data, path + ".run", epochs, seed=seed, task=task)
             trainer.save_model(path)
         paths.append(path)
     return paths

@@ -51,33 +51,6 @@ def gap_closed(method: Optional[float], kd: Optional[float], teacher: Optional[f
     return (method - kd) / (teacher - kd)  # the error form is the same ratio with both signs flipped
 
 
-def summarize(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """One row per (model, role): the mean and sample standard deviation over seeds."""
-    groups: Dict[tuple, List[Dict[str, Any]]] = {}
-    for r in rows:
-        groups.setdefault((r["model"], r["role"]), []).append(r)
-    out = []
-    for (model, role), rs in groups.items():
-        row: Dict[str, Any] = {"model": model, "role": role, "params": rs[0]["params"], "runs": len(rs),
-                               "seeds": sorted({r["seed"] for r in rs})}
-        for key in RESULT_METRICS:
-            values = [r[key] for r in rs if r.get(key) is not None]
-            row[key] = statistics.fmean(values) if values else None
-            row[key + "_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
-        out.append(row)
-    return out
-
-
-def summary_table(rows: List[Dict[str, Any]]) -> str:
-    """A Markdown table of :func:`summarize` rows: mean ± std per metric and the number of runs."""
-    titles = ["model", "role", *metric_titles(), "runs"]
-    lines = ["| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
-    for r in rows:
-        cells = [format_metric(key, r[key], r[key + "_std"]) for key in RESULT_METRICS]
-        lines.append(f"| {r['model']} | {r['role']} | {' | '.join(cells)} | {r['runs']} |")
-    return "\n".join(lines)
-
-
 def summarize_seeds(rows: Sequence[Dict[str, Any]], keys: Sequence[str]) -> List[Dict[str, Any]]:
     """One row per (model, role): mean and sample standard deviation over the rows' ``seed``s of each key."""
     groups: Dict[tuple, List[Dict[str, Any]]] = {}

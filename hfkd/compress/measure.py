@@ -6,7 +6,6 @@ alike, so the ratios between rows are what to read, not the milliseconds.
 """
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from typing import Callable, Dict, Optional, Sequence, Tuple
@@ -68,7 +67,3 @@ def interleaved_latency(predicts: Dict[str, Predict], input_shape: Sequence[int]
         for n in names:
             out[n][f"b{bs}"] = 1000 * statistics.median(times[n])
     return out
-
-
-def file_size(path: str) -> int:
-    return os.path.getsize(path)

@@ -86,7 +86,7 @@ def run_feed(settings: RunSettings) -> List[Dict[str, Any]]:
     from ..data.default import DEFAULT_DATASET
     from ..demo import demo_teachers
     from ..pipeline import load_data, write_results
-    from ..results import results_table, summarize, summary_table
+    from ..results import RESULT_METRICS, markdown_table, results_table, summarize_seeds
 
     args, cfg = settings.training, settings.run
     # One data split for every seed: the seeds vary initialisation, shuffling and augmentation only.
@@ -106,8 +106,8 @@ def run_feed(settings: RunSettings) -> List[Dict[str, Any]]:
         write_results(out, results_table(rows), rows, accelerator)
         all_rows += rows
     if len(seeds) > 1:
-        summary = summarize(all_rows)
-        write_results(args.output_dir, summary_table(summary), summary, accelerator)
+        summary = summarize_seeds(all_rows, RESULT_METRICS)
+        write_results(args.output_dir, markdown_table(summary, RESULT_METRICS, extra=("runs",)), summary, accelerator)
         return summary
     return all_rows
 
