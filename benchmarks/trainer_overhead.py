@@ -175,7 +175,7 @@ def main(argv=None):
     p.add_argument("--json", default=None, help="also write the per-round timings here")
     a = p.parse_args(argv)
 
-    from hfkd.training.trainer import create_accelerator
+    from hfkd.launch import create_accelerator
 
     if a.threads:
         torch.set_num_threads(a.threads)

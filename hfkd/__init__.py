@@ -1,18 +1,38 @@
-"""hfkd: knowledge distillation of image classifiers for the Hugging Face ecosystem."""
-from . import losses, tasks
-from .cache import cache_teacher_outputs, push_teacher_cache
-from .compress import compress_student
-from .data import ImageClassificationData, load_default_dataset, load_image_dataset
-from .hub import from_pretrained, push_to_hub, save_student
-from .methods import DistillationMethod, create_method, list_methods, register_method
-from .models import Backbone, PreprocessConfig, Teacher, create_backbone, create_teacher
-from .training import DistillationArguments, DistillationTrainer, TrainerCallback
+"""hfkd: knowledge distillation of image classifiers for the Hugging Face ecosystem.
 
-__version__ = "0.1.0"
+Every name below loads its module on first use (:mod:`hfkd.lazy`): ``import hfkd`` imports neither
+torch nor timm, so the ``hfkd`` command answers ``--help`` at once.  The CIFAR networks register with
+timm when :mod:`hfkd.models` is imported (``import hfkd.models``, or any model-building call).
+"""
+from .lazy import lazy_exports
+from .version import __version__
 
-__all__ = [
-    "losses", "tasks", "cache_teacher_outputs", "push_teacher_cache", "ImageClassificationData",
-    "load_default_dataset", "load_image_dataset", "save_student", "from_pretrained", "push_to_hub", "compress_student",
-    "DistillationMethod", "create_method", "list_methods", "register_method", "Backbone", "PreprocessConfig",
-    "Teacher", "create_backbone", "create_teacher", "DistillationArguments", "DistillationTrainer", "TrainerCallback",
-]
+_EXPORTS = {
+    # modules
+    "losses": ".losses", "tasks": ".tasks", "methods": ".methods", "models": ".models", "data": ".data",
+    "training": ".training", "hub": ".hub", "cache": ".cache", "compress": ".compress",
+    # models
+    "Backbone": ".models", "PreprocessConfig": ".models", "Teacher": ".models", "create_backbone": ".models",
+    "create_teacher": ".models",
+    # data
+    "AugmentConfig": ".data", "ImageClassificationData": ".data", "load_default_dataset": ".data",
+    "load_image_dataset": ".data",
+    # tasks
+    "Task": ".tasks", "ClassificationTask": ".tasks", "RegressionTask": ".tasks", "create_task": ".tasks",
+    # methods and their configs
+    "DistillationMethod": ".methods", "MethodConfig": ".methods", "create_method": ".methods",
+    "list_methods": ".methods", "register_method": ".methods",
+    "KD": ".methods", "KDConfig": ".methods", "MEALv2": ".methods", "MEALv2Config": ".methods",
+    "FEED": ".methods", "FEEDConfig": ".methods", "PSKD": ".methods", "PSKDConfig": ".methods",
+    "BAKE": ".methods", "BAKEConfig": ".methods", "Extracurricular": ".methods",
+    "ExtracurricularConfig": ".methods", "Supervised": ".methods", "SupervisedConfig": ".methods",
+    # training
+    "DistillationArguments": ".training", "DistillationTrainer": ".training", "TrainerCallback": ".training",
+    # sharing
+    "from_pretrained": ".hub", "push_to_hub": ".hub", "save_student": ".hub",
+    # teacher cache and compression
+    "cache_teacher_outputs": ".cache", "push_teacher_cache": ".cache",
+    "compress_student": ".compress", "CompressionArguments": ".compress", "PruningConfig": ".compress",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = ["__version__", *_EXPORTS]

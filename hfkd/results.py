@@ -38,17 +38,16 @@ def results_table(rows: Sequence[Dict[str, Any]], keys: Sequence[str] = RESULT_M
     return markdown_table(rows, tuple(keys) + gap)
 
 
-def gap_closed(method: Optional[float], kd: Optional[float], teacher: Optional[float],
-               higher_is_better: bool = True) -> Optional[float]:
-    """The share of the teacher-student gap left by classic KD that a method closes.
+def gap_closed(method: Optional[float], kd: Optional[float], teacher: Optional[float]) -> Optional[float]:
+    """The share of the teacher-student gap left by classic KD that a method closes: ``(m - kd) / (teacher - kd)``.
 
-    Accuracy-like metrics: ``(m - kd) / (teacher - kd)``; error metrics (``higher_is_better=False``):
-    ``(kd - m) / (kd - teacher)`` -- the same number.  1 = the method reaches the teacher, 0 = no better
-    than KD, negative = worse.  ``None`` when a value is missing or KD already matches the teacher.
+    The same number for accuracy-like and error metrics (for an error, ``(kd - m) / (kd - teacher)`` is this
+    ratio with both signs flipped).  1 = the method reaches the teacher, 0 = no better than KD, negative =
+    worse.  ``None`` when a value is missing or KD already matches the teacher.
     """
     if method is None or kd is None or teacher is None or teacher == kd:
         return None
-    return (method - kd) / (teacher - kd)  # the error form is the same ratio with both signs flipped
+    return (method - kd) / (teacher - kd)
 
 
 def summarize_seeds(rows: Sequence[Dict[str, Any]], keys: Sequence[str]) -> List[Dict[str, Any]]:

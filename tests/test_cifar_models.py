@@ -3,7 +3,7 @@ import pytest
 import timm
 import torch
 
-import hfkd  # noqa: F401  (registers the networks with timm)
+import hfkd.models  # noqa: F401  (registers the networks with timm)
 from hfkd.models import OutputRequest, create_backbone
 from hfkd.models.cifar import CIFAR_MEAN, CIFAR_STD, WRN_MEAN, cifar_model_names, describe_model
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from hfkd.training.evaluation import calibration_bins, calibration_error, evaluate_logits
+from hfkd.tasks.evaluation import calibration_bins, calibration_error, evaluate_logits
 
 # confidence 0.9 right, 0.6 wrong, 0.8 right, 0.95 wrong
 PROBS = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.95, 0.05]])

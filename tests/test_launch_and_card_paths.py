@@ -10,7 +10,7 @@ import torch
 
 import hfkd
 from hfkd import DistillationArguments, DistillationTrainer, create_backbone, create_teacher
-from hfkd.training import launch
+from hfkd import launch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -133,14 +133,14 @@ def test_save_model_writes_native_student_only(tmp_path, small_digits):
 
 
 def test_world_size_guard(monkeypatch):
-    from hfkd.training.trainer import _check_launch
+    from hfkd.launch import check_launch
 
     class One:
         num_processes = 1
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(RuntimeError, match="ACCELERATE_USE_CPU=1"):
-        _check_launch(One())
+        check_launch(One())
 
 
 def test_cli_yaml_and_overrides(tmp_path):

@@ -24,16 +24,18 @@ import torch
 
 from ..data.loading import find_columns
 from ..data.transforms import AugmentConfig, ImageClassificationDataset, create_image_transform, sample_seed
-from ..models.backbone import Backbone
+from ..hub.secrets import redact_secrets
+from ..launch import create_accelerator
+from ..losses import ensemble_probs
+from ..models.backbone import Backbone, hub_id
 from ..models.preprocess import PreprocessConfig
+from ..models.teacher import bind_teacher
+from ..version import __version__
+from .card import write_dataset_card
 from .format import CacheMetadata, augmentation_dict, dataset_fingerprint, encode_logits
-
-KEY_COLUMNS = ("index", "view", "seed", "label")
 
 
 def _teacher_entry(teacher) -> Dict[str, Any]:
-    from ..training.lineage import hub_id
-
     backbone = teacher.backbone
     return {"name": backbone.name, "library": backbone.library, "revision": backbone.source.get("revision"),
             "hub_id": hub_id(backbone), "weight": teacher.weight, "num_parameters": backbone.num_parameters(),
@@ -74,8 +76,6 @@ def _quiet_datasets():
 
 
 def _default_command() -> str:
-    from ..hub.secrets import redact_secrets
-
     return redact_secrets(shlex.join([os.path.basename(sys.executable), *sys.argv]))
 
 
@@ -122,11 +122,6 @@ def cache_teacher_outputs(
     from datasets.table import InMemoryTable
     from torch.utils.data import DataLoader, Subset
 
-    from .. import __version__
-    from ..losses import ensemble_probs
-    from ..models.teacher import bind_teacher
-    from .card import write_dataset_card
-
     if num_views < 1:
         raise ValueError(f"num_views must be >= 1, got {num_views}")
     if augment is None and num_views > 1:
@@ -135,10 +130,7 @@ def cache_teacher_outputs(
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1 or None (full logits), got {top_k}")
     if accelerator is None:
-        from ..training.args import DistillationArguments
-        from ..training.trainer import create_accelerator
-
-        accelerator = create_accelerator(DistillationArguments(output_dir=output_dir))
+        accelerator = create_accelerator()
     preprocess = student.preprocess if isinstance(student, Backbone) else student
     image_column, label_column = find_columns(train_dataset, image_column, label_column)
     feature = train_dataset.features[label_column]

@@ -4,6 +4,10 @@ from __future__ import annotations
 import os
 from typing import Optional, Union
 
+from huggingface_hub import HfApi, snapshot_download
+
+from ..hub.push import HubPushError, explain_error
+from .card import refresh_dataset_card
 from .format import CACHE_METADATA_FILE
 
 
@@ -14,7 +18,6 @@ def resolve_cache(source: str, revision: Optional[str] = None, token: Union[str,
         return source
     if os.path.exists(source) or source.count("/") != 1:
         raise FileNotFoundError(f"teacher cache {source!r} is neither a folder nor a Hub dataset id (ORG/NAME)")
-    from huggingface_hub import snapshot_download
 
     folder = snapshot_download(source, repo_type="dataset", revision=revision, token=token)
     if not os.path.isfile(os.path.join(folder, CACHE_METADATA_FILE)):
@@ -30,11 +33,6 @@ def push_teacher_cache(folder: str, repo_id: str, *, token: Union[str, bool, Non
     The card (``README.md``) is re-rendered to name ``repo_id`` when hfkd wrote it.  A failure
     raises :class:`hfkd.hub.HubPushError` (what failed, HTTP status) and leaves the folder intact.
     """
-    from huggingface_hub import HfApi
-
-    from ..hub.push import HubPushError, _explain
-    from .card import refresh_dataset_card
-
     folder = os.path.abspath(folder)
     if not os.path.isfile(os.path.join(folder, CACHE_METADATA_FILE)):
         raise FileNotFoundError(f"{folder} is not an hfkd teacher cache (no {CACHE_METADATA_FILE})")
@@ -54,6 +52,6 @@ def push_teacher_cache(folder: str, repo_id: str, *, token: Union[str, bool, Non
         if previous is not None:
             with open(os.path.join(folder, "README.md"), "wb") as f:
                 f.write(previous)
-        message, status = _explain(error, api.endpoint, step)
+        message, status = explain_error(error, api.endpoint, step)
         raise HubPushError(f"pushing the teacher cache failed while {message}. The folder {folder} is intact; "
                            f"retry with hfkd.push_teacher_cache({folder!r}, {repo_id!r})", status) from error

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ..data.transforms import AugmentConfig, ImageClassificationDataset, create_image_transform, sample_seed
+from ..hub.card import command_without_local_paths, local_checkpoint_name
 from ..methods.base import DistillationMethod
 from ..models.backbone import BackboneOutput, OutputRequest
 from .format import CacheMetadata, augmentation_dict, dataset_fingerprint, decode_logits
@@ -138,8 +139,6 @@ class TeacherCache:
         return [BackboneOutput(logits=logits[:, k]) for k in range(logits.shape[1])]
 
     def lineage(self) -> Dict[str, Any]:
-        from ..hub.card import command_without_local_paths, local_checkpoint_name
-
         m = self.metadata
         # Published with the student: a local folder is named, not located (like local teachers).
         source = str(self.source)
@@ -187,15 +186,18 @@ class TeacherCache:
                              f"{augmentation_dict(augment)}; pass augment=None to train on the cache's views")
 
 
-def open_teacher_cache(source: Optional[str], trainer, teachers: Sequence[Any], train_dataset,
-                       augment: Optional[AugmentConfig]) -> Optional[TeacherCache]:
-    """The trainer's teacher cache, checked against the run; ``None`` when there is none."""
+def open_teacher_cache(source: Optional[str], *, teachers: Sequence[Any], method, student, train_dataset,
+                       image_column: str, label_column: str, label_names: Optional[Sequence[str]],
+                       augment: Optional[AugmentConfig], seed: int) -> Optional[TeacherCache]:
+    """A run's teacher cache, checked against the run; ``None`` when there is none.
+
+    ``seed`` (the run's) draws which stored view each image gets at each epoch.
+    """
     if not source:
         return None
     if teachers:
         raise ValueError("pass either teachers or teacher_cache, not both: a cache replaces the teachers")
     folder = resolve_cache(source)
-    cache = TeacherCache(folder, source=str(source), draw_seed=trainer.args.seed)
-    cache.check(trainer.method, train_dataset, trainer.image_column, trainer.label_column, trainer.student, augment,
-                trainer.label_names)
+    cache = TeacherCache(folder, source=str(source), draw_seed=seed)
+    cache.check(method, train_dataset, image_column, label_column, student, augment, label_names)
     return cache

@@ -14,9 +14,8 @@ from typing import Any, Dict, Optional
 import numpy as np
 import torch
 
-from .measure import Predict
-from .prune import CompressionError
-from .structure import LogitsModule
+from .measure import Predict, torch_predict
+from .prune import CompressionError, LogitsModule
 
 INPUT_NAME, OUTPUT_NAME = "pixel_values", "logits"
 ONNX_FILE, INT8_FILE = "model.onnx", "model.int8.onnx"
@@ -66,8 +65,6 @@ def compare(reference: Predict, candidate: Predict, images: np.ndarray) -> Dict[
 
 def check_export(backbone, path: str, images: np.ndarray, atol: float = EXPORT_ATOL) -> Dict[str, float]:
     """The exported file must give the PyTorch logits within ``atol``; else :class:`CompressionError`."""
-    from .measure import torch_predict
-
     result = compare(torch_predict(backbone), onnx_predict(path), images)
     if result["max_abs_diff"] > atol:
         raise CompressionError(f"{path} differs from PyTorch by {result['max_abs_diff']:.2e} > {atol:.0e}")

@@ -13,14 +13,14 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from ..data.transforms import ImageClassificationDataset, create_image_transform
+
 Predict = Callable[[np.ndarray], np.ndarray]  # float32 NCHW images -> logits
 
 
 def eval_arrays(dataset, preprocess, image_column: str, label_column: str,
                 limit: Optional[int] = None, seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
     """The split as (images, labels) arrays after the student's eval transform; ``limit`` rows drawn with ``seed``."""
-    from ..data.transforms import ImageClassificationDataset, create_image_transform
-
     if limit is not None and limit < len(dataset):
         dataset = dataset.shuffle(seed=seed).select(range(limit))
     rows = ImageClassificationDataset(dataset, create_image_transform(preprocess, is_training=False),

@@ -10,13 +10,18 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 
+from ..hub.card import create_model_card, local_checkpoint_name
+from ..hub.card_sections import compression_table
+from ..hub.load import from_pretrained
+from ..hub.save import save_student
 from ..models.backbone import Backbone
+from ..models.pruned import PRUNING_FILE
+from ..training.lineage import library_versions, model_entry
+from ..training.trainer import DistillationTrainer
 from .export import INT8_FILE, ONNX_FILE, check_export, compare, export_onnx, onnx_predict, quantize_onnx
 from .measure import eval_arrays, interleaved_latency, top1, torch_predict
 from .prune import PruningConfig, _attention_heads, count_macs_params, prune_backbone
-from .report import compression_table
 from .serialization import pruning_record, state_dict_bytes
-from .structure import PRUNING_FILE
 
 
 @dataclass
@@ -54,8 +59,6 @@ class CompressionResult:
 
 def recover(pruned: Backbone, data, teachers: Sequence[Any], method: Union[str, Any], args, augment=None):
     """Fine-tune a copy of ``pruned`` with any hfkd method through the ordinary trainer; returns the trainer."""
-    from ..training.trainer import DistillationTrainer
-
     trainer = DistillationTrainer(copy.deepcopy(pruned), teachers=list(teachers), method=method, args=args,
                                   train_dataset=data.train, eval_dataset=data.eval, augment=augment,
                                   image_column=data.image_column, label_column=data.label_column)
@@ -89,8 +92,6 @@ def compress_student(student: Union[str, Backbone], data, output_dir: Optional[s
         method: a method object for the recovery (default: ``compression.recovery_method``).
     The input student is never modified.
     """
-    from ..hub.load import from_pretrained
-
     if isinstance(student, str):
         student = from_pretrained(student)
     pruning = pruning or PruningConfig()
@@ -113,8 +114,7 @@ def compress_student(student: Union[str, Backbone], data, output_dir: Optional[s
         final = trainer.unwrapped_student().eval()
         rows.append(_torch_row(f"after {trainer.method.name} recovery", final, images, labels))
         predicts[rows[-1]["step"]] = torch_predict(final)
-        from ..hub.card import local_checkpoint_name  # a folder name, not the writer's path
-
+        # A folder is named, not located: the writer's paths stay on the writer's machine.
         recovery = {"method": trainer.method.name,
                     "teachers": [local_checkpoint_name(t.name) or t.name for t in trainer.teachers],
                     "epochs": training_args.num_train_epochs, "learning_rate": training_args.learning_rate}
@@ -160,14 +160,10 @@ def compress_student(student: Union[str, Backbone], data, output_dir: Optional[s
 def save_compressed(backbone: Backbone, output_dir: str, summary: Dict[str, Any], files: Dict[str, bytes],
                     trainer=None, report: Optional[Dict[str, Any]] = None) -> str:
     """The student's ordinary save plus ``pruning.json`` and the ONNX files, written atomically in one folder."""
-    from ..hub.card import create_model_card
-    from ..hub.save import save_student
-    from ..training.lineage import _model_entry, library_versions
-
     if trainer is not None:
         lineage = trainer.lineage()
     else:
-        lineage = {"format_version": 1, "method": {"name": "none (pruned only)"}, "student": _model_entry(backbone),
+        lineage = {"format_version": 1, "method": {"name": "none (pruned only)"}, "student": model_entry(backbone),
                    "label_names": backbone.label_names, "versions": library_versions()}
     lineage["compression"] = summary
     extra = dict(files)

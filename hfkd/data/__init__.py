@@ -1,10 +1,11 @@
-from .default import DEFAULT_DATASET, DIGITS_LICENSE, DIGITS_SOURCE, load_default_dataset
-from .loading import ImageClassificationData, find_columns, load_image_dataset
-from .samplers import ClassAwareBatchSampler
-from .transforms import AugmentConfig, ImageClassificationDataset, create_image_transform, seeded_rng
+"""Datasets, transforms and samplers; names load on first use, so the settings can import this package without torch."""
+from ..lazy import lazy_exports
 
-__all__ = [
-    "DEFAULT_DATASET", "DIGITS_LICENSE", "DIGITS_SOURCE", "load_default_dataset", "ImageClassificationData",
-    "find_columns", "load_image_dataset", "AugmentConfig", "ImageClassificationDataset", "create_image_transform",
-    "seeded_rng",
-]
+_EXPORTS = {
+    "DEFAULT_DATASET": ".default", "DIGITS_LICENSE": ".default", "DIGITS_SOURCE": ".default",
+    "load_default_dataset": ".default", "ImageClassificationData": ".loading", "find_columns": ".loading",
+    "load_image_dataset": ".loading", "ClassAwareBatchSampler": ".samplers", "AugmentConfig": ".augment",
+    "ImageClassificationDataset": ".transforms", "create_image_transform": ".transforms", "seeded_rng": ".transforms",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = list(_EXPORTS)

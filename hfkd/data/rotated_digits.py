@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from .default import DEFAULT_DATASET, load_default_dataset
+from .loading import ImageClassificationData
+
 ROTATION_COLUMN = "angle"
 DEFAULT_MAX_ANGLE = 45.0
 
@@ -18,9 +21,6 @@ def load_rotated_digits(image_size: int = 32, max_angle: float = DEFAULT_MAX_ANG
     """``ImageClassificationData`` with an ``image`` column and a float ``angle`` target (degrees)."""
     from datasets import Dataset, Features, Image, Value
     from PIL import Image as PILImage
-
-    from .default import DEFAULT_DATASET, load_default_dataset
-    from .loading import ImageClassificationData
 
     if not 0 < max_angle <= 180:
         raise ValueError(f"max_angle must be in (0, 180] degrees, got {max_angle}")

@@ -17,50 +17,14 @@ from __future__ import annotations
 
 import random
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from ..models.preprocess import PreprocessConfig
+from .augment import AugmentConfig
 from .checks import read_rows
-
-
-@dataclass
-class AugmentConfig:
-    """Training augmentation on top of the model's own preprocessing (timm's names)."""
-
-    scale: Tuple[float, float] = (0.08, 1.0)
-    ratio: Tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
-    hflip: float = 0.5
-    color_jitter: Optional[float] = 0.4
-    auto_augment: Optional[str] = None
-    re_prob: float = 0.0
-    # -- paper presets (docs/cifar.md) --
-    # "timm": timm's RandomResizedCrop pipeline (the fields above); "cifar": RandomCrop with `crop_padding`
-    # pixels of `padding_mode` padding + flip (+ colour jitter if set), as the CIFAR papers train.
-    preset: str = "timm"
-    crop_padding: int = 4
-    padding_mode: str = "constant"
-    # AlexNet-style PCA lighting noise with standard deviation `pca_lighting` (0.1 in PS-KD / BAKE on ImageNet).
-    pca_lighting: float = 0.0
-
-    def __post_init__(self):
-        problems = []
-        if self.preset not in AUGMENT_PRESETS:
-            problems.append(f"preset must be one of {AUGMENT_PRESETS} (got {self.preset!r})")
-        if self.crop_padding < 0:
-            problems.append(f"crop_padding must be >= 0 (got {self.crop_padding})")
-        if self.padding_mode not in _PADDING_MODES:
-            problems.append(f"padding_mode must be one of {_PADDING_MODES} (got {self.padding_mode!r})")
-        if self.pca_lighting < 0:
-            problems.append(f"pca_lighting must be >= 0 (got {self.pca_lighting})")
-        if self.preset == "cifar" and (self.auto_augment or self.re_prob):
-            problems.append("the cifar preset has no auto_augment / random erasing: set them to null / 0 or use "
-                            "preset 'timm'")
-        if problems:
-            raise ValueError("invalid augmentation: " + "; ".join(problems))
 
 
 def create_image_transform(preprocess: PreprocessConfig, is_training: bool,
@@ -83,8 +47,6 @@ def create_image_transform(preprocess: PreprocessConfig, is_training: bool,
 
 
 # -- paper presets: CIFAR crops and PCA lighting --------------------------------------------------------
-AUGMENT_PRESETS = ("timm", "cifar")
-_PADDING_MODES = ("constant", "edge", "reflect", "symmetric")
 # The ImageNet RGB covariance's eigen-decomposition used by AlexNet-style lighting, as in fb.resnet.torch, PS-KD
 # (loader/custom_dataloader.py L121-125) and pycls / BAKE (imagenet/pycls/datasets/imagenet.py L29-36).
 IMAGENET_PCA_EIGVAL = (0.2175, 0.0188, 0.0045)

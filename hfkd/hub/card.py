@@ -10,7 +10,7 @@ import os
 import re
 from typing import Any, Dict, List, Optional, Sequence
 
-from .card_sections import task_sections
+from .card_sections import compression_section, task_sections
 from .secrets import redact_secrets
 
 TEMPLATE_PATH = os.path.join(os.path.dirname(__file__), "templates", "student_card.md.j2")
@@ -219,8 +219,6 @@ def create_model_card(lineage: Dict[str, Any], baseline: Optional[Dict[str, Any]
     card_data = _card_data(lineage, repo_id, license, dataset_split)
     sections = dict(extra_sections or {})
     if lineage.get("compression"):  # written by hfkd.compress; its own template block
-        from ..compress.report import compression_section
-
         sections = {"Compression": compression_section(lineage["compression"]), **sections}
     context = dict(
         repo_id=repo_id, model_name=repo_id.split("/")[-1], library=student.get("library", "timm"),

@@ -6,9 +6,11 @@ import json
 import os
 from typing import Any, Callable, Dict, Optional, Union
 
+from ..data.transforms import create_image_transform
 from ..models.backbone import Backbone
-from ..models.factory import is_timm_config
+from ..models.factory import create_backbone, is_timm_config
 from ..models.preprocess import PreprocessConfig
+from ..models.pruned import is_pruned_folder, load_pruned
 from .save import HFKD_METADATA_FILE, PICKLE_SUFFIXES
 
 # What a student needs; pickled weights are never even downloaded.
@@ -80,13 +82,9 @@ def from_pretrained(repo_id_or_dir: str, revision: Optional[str] = None, *, toke
     when present, is on ``backbone.lineage``.  Only ``.safetensors`` weights are
     read: a repository holding only pickled weights is refused.
     """
-    from ..models.factory import create_backbone
-
     folder = _local_folder(str(repo_id_or_dir), revision, token, cache_dir)
     config = _check_files(folder, repr(repo_id_or_dir))
-    if os.path.isfile(os.path.join(folder, "pruning.json")):  # a pruned student (hfkd.compress): narrower layers
-        from ..compress.serialization import load_pruned
-
+    if is_pruned_folder(folder):  # a pruned student (hfkd.compress): narrower layers
         backbone = load_pruned(folder, config)
     elif is_timm_config(config):
         # timm's local-dir loader picks model.safetensors before any pickle (timm _PREFERRED_FILES).
@@ -112,7 +110,5 @@ def from_pretrained(repo_id_or_dir: str, revision: Optional[str] = None, *, toke
 
 def eval_transform(model: Union[Backbone, PreprocessConfig]) -> Callable:
     """The student's eval transform (PIL image -> normalised tensor), built by timm's ``create_transform``."""
-    from ..data.transforms import create_image_transform
-
     preprocess = model if isinstance(model, PreprocessConfig) else model.preprocess
     return create_image_transform(preprocess, is_training=False)

@@ -7,6 +7,7 @@ import os
 import shlex
 from typing import Optional, Union
 
+from .card import PLOT_FILENAME, create_model_card
 from .save import HFKD_METADATA_FILE, PICKLE_SUFFIXES
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ def _retry_hint(folder: str, repo_id: str, private, revision, create_pr) -> str:
             f"hfkd.push_to_hub({folder!r}, {repo_id!r}{kwargs})\"\nor\n    {shlex.join(cli)}")
 
 
-def _explain(error: Exception, endpoint: str, step: str) -> tuple:
+def explain_error(error: Exception, endpoint: str, step: str) -> tuple:
     """(what failed, HTTP status) in words a user can act on; never includes the token."""
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -77,8 +78,6 @@ def _check_folder(folder: str) -> None:
 
 def _refresh_card(folder: str, repo_id: str) -> None:
     """Re-render an hfkd-made README.md so its usage snippets name ``repo_id``."""
-    from .card import PLOT_FILENAME, create_model_card
-
     lineage_path, card_path = os.path.join(folder, HFKD_METADATA_FILE), os.path.join(folder, CARD_FILENAME)
     if not os.path.isfile(lineage_path):
         return
@@ -134,7 +133,7 @@ def push_to_hub(folder: str, repo_id: str, *, token: Union[str, bool, None] = No
         if previous_card is not None:  # a failed push leaves the local save exactly as it was
             with open(card_path, "wb") as f:
                 f.write(previous_card)
-        message, status = _explain(error, api.endpoint, step)
+        message, status = explain_error(error, api.endpoint, step)
         raise HubPushError(f"pushing the student to the Hub failed while {message}.\n{retry}", status) from error
     where = getattr(info, "pr_url", None) or getattr(info, "commit_url", None) or repo_id
     logger.info("pushed %s to %s", folder, where)

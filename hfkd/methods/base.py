@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..models.backbone import Backbone, BackboneOutput, OutputRequest
+from ..tasks import create_task
 
 
 @dataclass
@@ -29,9 +30,6 @@ class MethodConfig:
     Values are checked in the subclass's ``__post_init__``, so a bad setting fails when it is
     parsed or the method is built, before training.
     """
-
-    def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def build_config(config_class: Type[MethodConfig], config: Optional[MethodConfig], overrides: Dict[str, Any],
@@ -148,8 +146,6 @@ class DistillationMethod(nn.Module):
     @property
     def task(self):
         """The run's task (classification until :meth:`setup` says otherwise)."""
-        from ..tasks import create_task  # lazy: the tasks import the data package
-
         return create_task(self.context.task if self.context is not None else None)
 
     def on_epoch_start(self, epoch: int) -> None:

@@ -7,6 +7,7 @@ expects and its label names.  Methods ask for what they need through
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -152,3 +153,18 @@ class ModuleBackbone(Backbone):
                 "feature maps; wrap a timm or transformers model instead"
             )
         return BackboneOutput(logits=self.model(x))
+
+
+def hub_id(backbone) -> Optional[str]:
+    """The Hub repository the weights came from, when they came from one."""
+    if not backbone.source.get("pretrained"):
+        return None
+    if backbone.library == "timm":
+        cfg = getattr(backbone.model, "pretrained_cfg", None) or {}
+        if cfg.get("hf_hub_id") and cfg.get("source") != "local-dir":
+            return cfg["hf_hub_id"]
+    name = str(backbone.source.get("name") or "")
+    name = name[len("hf-hub:"):] if name.startswith("hf-hub:") else name
+    if "/" in name and not name.startswith("local-dir:") and not os.path.exists(name):
+        return name.split("@")[0]
+    return None

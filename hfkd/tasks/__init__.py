@@ -1,6 +1,6 @@
 """What the student predicts: a task tells the trainer how to read targets, supervise and evaluate.
 
-Classification (the default) is what hfkd always did: integer labels, cross-entropy, top-1/top-5.
+Classification (the default): integer labels, cross-entropy, top-1/top-5, NLL and calibration.
 Regression (:class:`RegressionTask`) reads float targets and a Gaussian head (a mean and a
 log-variance per target), trains with the Gaussian NLL and reports MAE / RMSE.  Methods see the task
 in ``MethodContext.task``; a method lists the tasks it supports in ``supported_tasks``.
@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Optional, Union
 
 from .base import ClassificationTask, Task
+from .evaluation import evaluate_logits
 from .regression import RegressionTask
 
 _TASKS = {"classification": ClassificationTask, "regression": RegressionTask}
@@ -28,4 +29,4 @@ def create_task(task: Union[None, str, Task] = None, **kwargs) -> Task:
     return _TASKS[task](**kwargs)
 
 
-__all__ = ["Task", "ClassificationTask", "RegressionTask", "create_task"]
+__all__ = ["Task", "ClassificationTask", "RegressionTask", "create_task", "evaluate_logits"]

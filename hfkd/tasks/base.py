@@ -1,25 +1,30 @@
-"""The task protocol, and classification: the trainer's own behaviour, unchanged."""
+"""The task protocol, and classification: integer labels, cross-entropy, top-1 / top-5."""
 from __future__ import annotations
 
 from typing import Any, ClassVar, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+from datasets import ClassLabel
 
+from ..data import checks
+from ..data.loading import find_columns
 from ..data.transforms import ImageClassificationDataset
+from ..losses import ensemble_probs
+from .evaluation import evaluate_logits
 
 
 class Task:
     """How targets are read, supervised and evaluated.  Subclasses set ``name`` and override the hooks."""
 
     name: ClassVar[str] = ""
-    #: the metric that sums a run up (``eval_<main_metric>``) and whether higher is better (for the gap closed)
+    #: the metric that sums a run up (``eval_<main_metric>``)
     main_metric: ClassVar[str] = "accuracy"
-    higher_is_better: ClassVar[bool] = True
     dataset_class = ImageClassificationDataset
 
-    def check_targets(self, trainer, dataset, eval_dataset=None) -> Optional[List[str]]:
-        """Check the datasets' images and targets against the student before training; return label names (or None)."""
+    def check_targets(self, student, dataset, eval_dataset, image_column: str,
+                      label_column: str) -> Optional[List[str]]:
+        """Check the datasets' images and targets against ``student`` before training; return label names (or None)."""
         raise NotImplementedError
 
     def supervised_loss(self, outputs: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
@@ -39,18 +44,41 @@ class Task:
 class ClassificationTask(Task):
     name = "classification"
 
-    def check_targets(self, trainer, dataset, eval_dataset=None):
-        return trainer._check_labels(dataset, eval_dataset)
+    def check_targets(self, student, dataset, eval_dataset, image_column, label_column):
+        """Images readable, labels in ``[0, num_classes)``, the student's classes and names the dataset's.
+
+        A student without label names takes the dataset's.
+        """
+        feature = dataset.features[label_column]
+        names = list(feature.names) if isinstance(feature, ClassLabel) else None
+        checks.check_image_column(dataset, image_column, "train")
+        checks.check_labels(dataset, label_column, "train", len(names) if names is not None else None)
+        num = len(names) if names is not None else int(max(dataset[label_column])) + 1
+        if num != student.num_classes:
+            raise ValueError(
+                f"the dataset has {num} classes but the student {student.name} predicts "
+                f"{student.num_classes}; create it with num_classes={num}"
+            )
+        if names is not None:
+            if student.label_names is None:
+                student.set_label_names(names)
+            elif list(student.label_names) != names:
+                raise ValueError(
+                    f"the student's label names {student.label_names[:5]}... differ from the dataset's "
+                    f"{names[:5]}...; relabel the student with label_names=dataset label names"
+                )
+        if eval_dataset is not None:
+            find_columns(eval_dataset, image_column, label_column)
+            checks.check_image_column(eval_dataset, image_column, "eval")
+            checks.check_labels(eval_dataset, label_column, "eval", student.num_classes)
+            checks.check_eval_label_names(names, eval_dataset, label_column)
+        return names
 
     def supervised_loss(self, outputs, labels, label_smoothing: float = 0.0):
         return F.cross_entropy(outputs.float(), labels, label_smoothing=label_smoothing)
 
     def evaluate(self, accelerator, dataloader, predict, prefix: str = "eval"):
-        from ..training.evaluation import evaluate_logits  # lazy: hfkd.training imports the methods, which import tasks
-
         return evaluate_logits(accelerator, dataloader, predict, prefix)
 
     def ensemble(self, outputs, weights=None):
-        from ..losses import ensemble_probs
-
         return ensemble_probs(list(outputs), weights).log()

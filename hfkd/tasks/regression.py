@@ -13,7 +13,10 @@ import math
 from typing import Dict, Optional, Sequence
 
 import torch
+from datasets import ClassLabel, Sequence as SequenceFeature, Value
 
+from ..data import checks
+from ..data.loading import find_columns
 from ..data.transforms import ImageClassificationDataset
 from ..losses import gaussian_nll, split_gaussian
 from .base import Task
@@ -36,7 +39,6 @@ class RegressionTask(Task):
 
     name = "regression"
     main_metric = "mae"
-    higher_is_better = False
     dataset_class = RegressionImageDataset
 
     def __init__(self, num_targets: int = 1, target_scale: float = 1.0, log_var_bound: Optional[float] = 6.0):
@@ -65,30 +67,24 @@ class RegressionTask(Task):
         b = self.log_var_bound
         return log_var if b is None else b * torch.atanh((log_var / b).clamp(-1 + 1e-6, 1 - 1e-6))
 
-    def check_targets(self, trainer, dataset, eval_dataset=None):
+    def check_targets(self, student, dataset, eval_dataset, image_column, label_column):
         # The images are checked as for classification; the targets are floats, so the class-label checks
         # (integer labels in [0, num_classes)) do not apply: the column must be numeric instead.
-        from ..data import checks
-        from ..data.loading import find_columns
-
-        column = trainer.label_column
-        checks.check_image_column(dataset, trainer.image_column, "train")
-        self._check_numeric(dataset, column)
+        checks.check_image_column(dataset, image_column, "train")
+        self._check_numeric(dataset, label_column)
         if eval_dataset is not None:
-            find_columns(eval_dataset, trainer.image_column, column)
-            checks.check_image_column(eval_dataset, trainer.image_column, "eval")
-            self._check_numeric(eval_dataset, column)
-        if trainer.student.num_classes != 2 * self.num_targets:
+            find_columns(eval_dataset, image_column, label_column)
+            checks.check_image_column(eval_dataset, image_column, "eval")
+            self._check_numeric(eval_dataset, label_column)
+        if student.num_classes != 2 * self.num_targets:
             raise ValueError(
                 f"a Gaussian regression head for {self.num_targets} target(s) has {2 * self.num_targets} outputs "
-                f"(means, then log-variances) but the student {trainer.student.name} has "
-                f"{trainer.student.num_classes}; create it with num_classes={2 * self.num_targets}")
+                f"(means, then log-variances) but the student {student.name} has "
+                f"{student.num_classes}; create it with num_classes={2 * self.num_targets}")
         return None
 
     @staticmethod
     def _check_numeric(dataset, column: str) -> None:
-        from datasets import ClassLabel, Sequence as SequenceFeature, Value
-
         feature = dataset.features[column]
         numeric = isinstance(feature, Value) and (feature.dtype.startswith("float") or feature.dtype.startswith("int"))
         if isinstance(feature, SequenceFeature):

@@ -1,7 +1,10 @@
-from .args import DistillationArguments
-from .callbacks import ProgressCallback, TrainerCallback
-from .checkpoint import CheckpointError
-from .trainer import DistillationModule, DistillationTrainer, TrainerState, create_accelerator
+"""The trainer and its arguments; names load on first use, so ``hfkd.training.args`` imports no torch."""
+from ..lazy import lazy_exports
 
-__all__ = ["DistillationArguments", "DistillationTrainer", "DistillationModule", "TrainerCallback",
-           "ProgressCallback", "TrainerState", "create_accelerator", "CheckpointError"]
+_EXPORTS = {
+    "DistillationArguments": ".args", "TrainerCallback": ".callbacks", "ProgressCallback": ".callbacks",
+    "CheckpointError": ".checkpoint", "DistillationModule": ".trainer", "DistillationTrainer": ".trainer",
+    "TrainerState": ".trainer",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = list(_EXPORTS)

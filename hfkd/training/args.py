@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
 
+from ..settings import field_type_problems
+
 _MIXED = ("no", "bf16", "fp16")
 _NONFINITE = ("raise", "skip")
 _TEACHER_DTYPES = ("bf16", "fp16", "fp32")
@@ -121,8 +123,6 @@ class DistillationArguments:
         default=None, metadata={"help": "A teacher cache (folder or Hub dataset id) to distil from, no teacher run."})
 
     def __post_init__(self):
-        from .validation import field_type_problems
-
         if isinstance(self.report_to, str):
             self.report_to = [self.report_to]
         if isinstance(self.resume_allow_changes, str):

@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from ..hub.card import local_checkpoint_name
+from ..models.backbone import hub_id
 from ..hub.secrets import redact_secrets
 
 # Keys of trainer.state.log_history worth keeping with the model (curves, not every callback field).
@@ -40,21 +41,6 @@ def hardware_info(accelerator=None) -> Dict[str, Any]:
         info["num_processes"] = accelerator.num_processes
         info["mixed_precision"] = str(accelerator.mixed_precision)
     return info
-
-
-def hub_id(backbone) -> Optional[str]:
-    """The Hub repository the weights came from, when they came from one."""
-    if not backbone.source.get("pretrained"):
-        return None
-    if backbone.library == "timm":
-        cfg = getattr(backbone.model, "pretrained_cfg", None) or {}
-        if cfg.get("hf_hub_id") and cfg.get("source") != "local-dir":
-            return cfg["hf_hub_id"]
-    name = str(backbone.source.get("name") or "")
-    name = name[len("hf-hub:"):] if name.startswith("hf-hub:") else name
-    if "/" in name and not name.startswith("local-dir:") and not os.path.exists(name):
-        return name.split("@")[0]
-    return None
 
 
 @torch.no_grad()
@@ -100,7 +86,7 @@ def source_license(backbone) -> Optional[str]:
     return (getattr(backbone.model, "pretrained_cfg", None) or {}).get("license")
 
 
-def _model_entry(backbone) -> Dict[str, Any]:
+def model_entry(backbone) -> Dict[str, Any]:
     return {"name": backbone.name, "architecture": architecture(backbone), "library": backbone.library,
             "revision": backbone.source.get("revision"), "pretrained": backbone.source.get("pretrained"),
             "hub_id": hub_id(backbone), "local": local_checkpoint_name(backbone.name) is not None,
@@ -136,7 +122,7 @@ def build_lineage(trainer, measure_inference: bool = True) -> Dict[str, Any]:
     evals = [e for e in trainer.state.log_history if "eval_samples" in e]  # the student's evaluations, any task
     teachers = []
     for i, t in enumerate(trainer.teachers):
-        entry = _model_entry(t.backbone)
+        entry = model_entry(t.backbone)
         entry["weight"] = t.weight
         entry["metrics"] = {k: v for k, v in trainer.teacher_metrics.get(f"teacher_{i}", {}).items() if k != "name"}
         teachers.append(entry)
@@ -144,7 +130,7 @@ def build_lineage(trainer, measure_inference: bool = True) -> Dict[str, Any]:
     if cache is not None:  # the teachers are the cache's: name them, and the cache itself (lineage)
         teachers = [{**t, "metrics": {}} for t in cache.metadata.teachers]
     student = trainer.unwrapped_student()
-    student_entry = _model_entry(student)
+    student_entry = model_entry(student)
     if measure_inference:
         student_entry["inference"] = measure_throughput(student)
     runtime = float(trainer.state.train_runtime)

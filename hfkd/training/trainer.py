@@ -1,7 +1,6 @@
 """``DistillationTrainer``: one training loop for every method, on Accelerate."""
 from __future__ import annotations
 
-import atexit
 import math
 import os
 import time
@@ -15,17 +14,23 @@ from ..cache.lookup import open_teacher_cache
 from ..data import checks
 from ..data.loading import find_columns
 from ..data.transforms import AugmentConfig, ImageClassificationDataset, create_image_transform
+from ..hub.card import PLOT_FILENAME, create_model_card, plot_training_curves
+from ..hub.push import push_to_hub
+from ..hub.save import check_save_target, save_student
+from ..launch import create_accelerator
 from ..methods.base import DistillationMethod, MethodContext
 from ..methods.registry import create_method
 from ..models.backbone import Backbone
 from ..models.factory import create_backbone
 from ..models.teacher import Teacher, bind_teacher
+from ..settings import check_finite_settings
 from ..tasks import Task, create_task
 from . import validation
 from .args import DistillationArguments
 from .callbacks import CallbackHandler, ProgressCallback, TrainerCallback
 from .checkpoint import load_checkpoint, read_state, resolve_checkpoint, save_checkpoint
 from .ema import create_model_ema, ema_state, load_ema_state, split_ema_state
+from .lineage import build_lineage
 from .optim import create_optimizer, create_scheduler
 from .resume import check_same_run, run_signature
 from .speed import channels_last_batch, prepare_student, prepare_teachers
@@ -63,47 +68,6 @@ def _dataset_info(train, evaluation) -> Dict[str, Any]:
     name = getattr(info, "dataset_name", None) or getattr(info, "builder_name", None)
     return {"id": name, "config": getattr(info, "config_name", None), "train_samples": len(train),
             "eval_samples": len(evaluation) if evaluation is not None else 0}
-
-
-def _check_launch(accelerator) -> None:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and accelerator.num_processes == 1:
-        raise RuntimeError(
-            f"WORLD_SIZE={world} but Accelerate runs a single process, so each process would train alone. On a CPU "
-            "launch with ACCELERATE_USE_CPU=1 (accelerate launch --multi_gpu ... or torchrun), or pass use_cpu=True."
-        )
-
-
-def _destroy_process_group() -> None:
-    # Left to interpreter teardown, gloo's worker threads can be destroyed while still joinable and the
-    # process aborts ("terminate called without an active exception") after a run that succeeded.
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-
-
-def create_accelerator(args: DistillationArguments):
-    """The run's ``Accelerator``: device and precision from Accelerate unless set in ``args`` (docs/launch.md)."""
-    from accelerate import Accelerator, DataLoaderConfiguration
-    from accelerate.utils import DistributedDataParallelKwargs
-
-    from .launch import accelerator_overrides, use_cpu_cores
-
-    accelerator = Accelerator(
-        **accelerator_overrides(args),
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        log_with=args.report_to or None,
-        project_dir=args.output_dir,
-        # Exact mid-epoch resume needs a seedable sampler (docs/launch.md, "Exact resume").
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-        step_scheduler_with_optimizer=False,
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=args.ddp_find_unused_parameters)],
-    )
-    _check_launch(accelerator)
-    use_cpu_cores(accelerator)
-    if accelerator.num_processes > 1:
-        atexit.unregister(_destroy_process_group)
-        atexit.register(_destroy_process_group)
-    return accelerator
 
 
 class DistillationTrainer:
@@ -149,14 +113,17 @@ class DistillationTrainer:
             raise ValueError("train_dataset is required (see hfkd.load_image_dataset)")
         checks.check_split(train_dataset, "train_dataset")
         checks.check_split(eval_dataset, "eval_dataset")
-        validation.check_finite_settings(self.method.hparams(), f"method {self.method.name!r}")
+        check_finite_settings(self.method.hparams(), f"method {self.method.name!r}")
         self.image_column, self.label_column = find_columns(train_dataset, image_column, label_column)
         self.task = create_task(task)
-        self.label_names = self.task.check_targets(self, train_dataset, eval_dataset)
+        self.label_names = self.task.check_targets(self.student, train_dataset, eval_dataset, self.image_column,
+                                                   self.label_column)
         teachers = [teachers] if isinstance(teachers, (str, nn.Module, Teacher)) else list(teachers or [])
         # A teacher cache stands in for the teachers; it refuses a run it does not fit (hfkd/cache/lookup.py).
-        self.teacher_cache = open_teacher_cache(teacher_cache or self.args.teacher_cache, self, teachers,
-                                                train_dataset, augment)
+        self.teacher_cache = open_teacher_cache(
+            teacher_cache or self.args.teacher_cache, teachers=teachers, method=self.method, student=self.student,
+            train_dataset=train_dataset, image_column=self.image_column, label_column=self.label_column,
+            label_names=self.label_names, augment=augment, seed=self.args.seed)
         if self.teacher_cache is None:
             self.method.check_teachers(len(teachers))
         self.teachers: List[Teacher] = [bind_teacher(t, self.student.preprocess, self.student.num_classes,
@@ -175,34 +142,6 @@ class DistillationTrainer:
         self._eval_loader = None
 
     # -- set-up -----------------------------------------------------------------------------------
-    def _check_labels(self, dataset, eval_dataset=None) -> Optional[List[str]]:
-        from datasets import ClassLabel
-
-        feature = dataset.features[self.label_column]
-        names = list(feature.names) if isinstance(feature, ClassLabel) else None
-        checks.check_image_column(dataset, self.image_column, "train")
-        checks.check_labels(dataset, self.label_column, "train", len(names) if names is not None else None)
-        num = len(names) if names is not None else int(max(dataset[self.label_column])) + 1
-        if num != self.student.num_classes:
-            raise ValueError(
-                f"the dataset has {num} classes but the student {self.student.name} predicts "
-                f"{self.student.num_classes}; create it with num_classes={num}"
-            )
-        if names is not None:
-            if self.student.label_names is None:
-                self.student.set_label_names(names)
-            elif list(self.student.label_names) != names:
-                raise ValueError(
-                    f"the student's label names {self.student.label_names[:5]}... differ from the dataset's "
-                    f"{names[:5]}...; relabel the student with label_names=dataset label names"
-                )
-        if eval_dataset is not None:
-            find_columns(eval_dataset, self.image_column, self.label_column)
-            checks.check_image_column(eval_dataset, self.image_column, "eval")
-            checks.check_labels(eval_dataset, self.label_column, "eval", self.student.num_classes)
-            checks.check_eval_label_names(names, eval_dataset, self.label_column)
-        return names
-
     def _wrap(self, dataset, training: bool) -> ImageClassificationDataset:
         if isinstance(dataset, ImageClassificationDataset):
             return dataset
@@ -483,8 +422,6 @@ class DistillationTrainer:
 
     def lineage(self) -> Dict[str, Any]:
         """What produced this student: teachers, method, data, arguments, metrics and versions."""
-        from .lineage import build_lineage
-
         return build_lineage(self)
 
     def save_model(self, output_dir: Optional[str] = None, baseline_metrics: Optional[Dict[str, Any]] = None,
@@ -515,9 +452,6 @@ class DistillationTrainer:
     def _save_student(self, output_dir, baseline_metrics, card_extras) -> None:
         import tempfile
 
-        from ..hub.card import PLOT_FILENAME, create_model_card, plot_training_curves
-        from ..hub.save import check_save_target, save_student
-
         check_save_target(output_dir)  # before any work: refuses a folder holding files hfkd did not write
         lineage = self.lineage()
         if baseline_metrics:
@@ -545,8 +479,6 @@ class DistillationTrainer:
         command) and leaves the local save intact.  Returns the ``CommitInfo``
         on the main process, ``None`` elsewhere.
         """
-        from ..hub.push import push_to_hub
-
         output_dir = output_dir or os.path.join(self.args.output_dir, "student")
         repo_id = repo_id or self.args.hub_model_id
         if not repo_id:

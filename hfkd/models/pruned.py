@@ -1,4 +1,4 @@
-"""The per-layer widths of a pruned model: recorded as JSON, re-applied to a freshly built architecture.
+"""A pruned student (``hfkd.compress``): its per-layer widths as JSON, and loading it back from safetensors.
 
 A pruned network is the original architecture with narrower layers.  Neither
 timm's nor transformers' config can say "this conv has 13 output channels", so
@@ -9,29 +9,25 @@ the shape stored in ``model.safetensors``, then load the weights strictly.
 """
 from __future__ import annotations
 
+import json
+import os
 from typing import Any, Dict, Mapping, Sequence
 
-import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
 from torch import nn
+
+from .backbone import Backbone
+from .factory import create_backbone, is_timm_config
 
 PRUNING_FILE = "pruning.json"
 PRUNING_FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
 # Module attributes that describe a width; torch-pruning updates those of the layers it shrinks and hfkd the
 # head counts of attention modules.  ``groups`` changes with depthwise convolutions.
 WIDTH_ATTRS = ("in_channels", "out_channels", "groups", "in_features", "out_features", "num_features",
                "normalized_shape", "num_channels", "num_attention_heads", "num_heads", "all_head_size",
                "embed_dim", "head_dim", "attention_head_size")
-
-
-class LogitsModule(nn.Module):
-    """``pixel_values -> logits`` over a Backbone: what is counted, exported and timed."""
-
-    def __init__(self, backbone: nn.Module):
-        super().__init__()
-        self.backbone = backbone
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.backbone(pixel_values).logits
 
 
 def record_widths(model: nn.Module) -> Dict[str, Dict[str, Any]]:
@@ -78,3 +74,29 @@ def apply_widths(model: nn.Module, widths: Mapping[str, Mapping[str, Any]],
             if tuple(buf.shape) != shape:
                 owner._buffers[leaf] = buf.new_empty(shape)
     return model
+
+
+def is_pruned_folder(folder: str) -> bool:
+    """Whether ``folder`` holds a pruned student (``pruning.json`` beside the weights)."""
+    return os.path.isfile(os.path.join(folder, PRUNING_FILE))
+
+
+def load_pruned(folder: str, config: Dict[str, Any]) -> Backbone:
+    """Rebuild the original architecture from ``config.json``, narrow it to ``pruning.json``, load the weights.
+
+    Weights are read with safetensors (no pickle) and loaded strictly: a missing
+    or misshapen tensor is an error, never a silent re-initialisation.
+    """
+    with open(os.path.join(folder, PRUNING_FILE), encoding="utf-8") as f:
+        record = json.load(f)
+    if record.get("format_version") != PRUNING_FORMAT_VERSION:
+        raise ValueError(f"{folder}/{PRUNING_FILE} has format_version {record.get('format_version')}; "
+                         f"this hfkd reads version {PRUNING_FORMAT_VERSION}: upgrade hfkd")
+    # pretrained=False: the original architecture only; its full-width weights would not fit.
+    backbone = create_backbone(f"local-dir:{folder}" if is_timm_config(config) else folder, pretrained=False)
+    path = os.path.join(folder, WEIGHTS_FILE)
+    with safe_open(path, framework="pt") as f:
+        shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
+    apply_widths(backbone.model, record["widths"], shapes)
+    backbone.model.load_state_dict(load_file(path), strict=True)
+    return backbone
