@@ -18,7 +18,7 @@ import time
 import torch
 
 from hfkd import create_backbone, create_method
-from hfkd.demo import DEMO_STUDENT
+from hfkd.cli.demo import DEMO_STUDENT
 
 
 def _step(model, method, optimizer, x, y, index):

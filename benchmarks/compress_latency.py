@@ -14,7 +14,7 @@ import torch
 def main(argv=None):
     from hfkd.compress.export import INT8_FILE, ONNX_FILE, onnx_predict
     from hfkd.compress.measure import interleaved_latency, torch_predict
-    from hfkd.compress.cli import demo_student_path
+    from hfkd.cli.demo import demo_student_path
     from hfkd.hub import from_pretrained
 
     demo = demo_student_path(seed=0)

@@ -20,7 +20,7 @@ import time
 import torch
 
 from hfkd import DistillationArguments, create_backbone, create_method
-from hfkd.demo import DEMO_STUDENT, DEMO_TEACHERS
+from hfkd.cli.demo import DEMO_STUDENT, DEMO_TEACHERS
 from hfkd.methods.base import MethodContext
 from hfkd.models import Teacher
 from hfkd.training.optim import create_optimizer

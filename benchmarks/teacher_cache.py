@@ -5,8 +5,8 @@
     python benchmarks/teacher_cache.py --section disk         # bytes/view on disk, 10 and 1000 classes, no teacher run
     python benchmarks/teacher_cache.py --section accuracy     # cached vs online MEAL V2 and KD, 3 seeds, R = 1 and 4
 
-All on the embedded demo: the demo student and teachers (hfkd/demo.py: cifar_resnet8 <- cifar_resnet20 +
-cifar_wrn16_2, trained and cached by hfkd.demo), digits at 32 px, the MEAL V2 demo's augmentation and learning rates.
+All on the embedded demo: the demo student and teachers (hfkd/cli/demo.py: cifar_resnet8 <- cifar_resnet20 +
+cifar_wrn16_2, trained and cached by hfkd.cli.demo), digits at 32 px, the MEAL V2 demo's augmentation and learning rates.
 
 * throughput: whole trainer steps (data loading and augmentation included, as a user sees them),
   the three set-ups timed in interleaved rounds whose order rotates, so that the load of a shared
@@ -29,15 +29,15 @@ import time
 
 from hfkd import DistillationArguments, DistillationTrainer, cache_teacher_outputs, create_method
 from hfkd.data.transforms import AugmentConfig
-from hfkd.demo import DEMO_LEARNING_RATE, DEMO_STUDENT, demo_teachers
-from hfkd.pipeline import load_data
+from hfkd.cli.demo import DEMO_LEARNING_RATE, DEMO_STUDENT, demo_teachers
+from hfkd.cli.pipeline import load_data
 
 AUGMENT = AugmentConfig(scale=(0.25, 1.0), hflip=0.0, color_jitter=None)  # recipes/meal_v2.py's demo
 CACHE_SEED = 42
 
 
 def _data():
-    from hfkd.cli import DataArguments
+    from hfkd.cli.arguments import DataArguments
 
     return load_data(DataArguments(), seed=42)
 
@@ -185,8 +185,8 @@ def main(argv=None):
     p.add_argument("--json", default=None, help="also write the results here")
     a = p.parse_args(argv)
     data = _data()
-    teachers = demo_teachers(data)
-    (init,) = demo_teachers(data, names=[DEMO_STUDENT], seed=0)  # the MEAL V2 demo's initialisation
+    teachers = demo_teachers()
+    (init,) = demo_teachers(names=[DEMO_STUDENT], seed=0)  # the MEAL V2 demo's initialisation
     sections = ["throughput", "storage", "disk", "accuracy"] if a.section == "all" else [a.section]
     out = {}
     with tempfile.TemporaryDirectory() as tmp:

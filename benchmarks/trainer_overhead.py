@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from hfkd import DistillationArguments, DistillationTrainer, create_backbone, create_method
 from hfkd.data import load_image_dataset
 from hfkd.data.transforms import create_image_transform
-from hfkd.demo import DEMO_AUGMENT
+from hfkd.cli.demo import DEMO_AUGMENT
 
 SEED = 42
 LR = 2e-3

@@ -21,7 +21,7 @@ from typing import Any, Dict
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, PartialState
-from accelerate.utils import DistributedDataParallelKwargs
+from accelerate.utils import DistributedDataParallelKwargs, parse_flag_from_env
 
 logger = logging.getLogger(__name__)
 
@@ -116,11 +116,17 @@ def create_accelerator(args=None) -> Accelerator:
     return accelerator
 
 
+def _state() -> PartialState:
+    # The Accelerator's own reading of the launch when it has not started yet: ACCELERATE_USE_CPU asks for
+    # CPU processes (gloo), as AcceleratorState does.  Once a run's Accelerator exists, its state is shared.
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
 def is_main_process() -> bool:
     """Whether this is the main process of the launch (``accelerate launch``, torchrun, SLURM or none)."""
-    return PartialState().is_main_process
+    return _state().is_main_process
 
 
 def num_processes() -> int:
     """How many processes the launcher started (1 without one)."""
-    return PartialState().num_processes
+    return _state().num_processes

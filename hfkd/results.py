@@ -32,7 +32,7 @@ def metric_titles(keys=RESULT_METRICS) -> list:
 
 
 def results_table(rows: Sequence[Dict[str, Any]], keys: Sequence[str] = RESULT_METRICS) -> str:
-    """A Markdown table of result rows (``hfkd.pipeline.result_row``): the metrics ``keys`` (top-1, top-5, NLL,
+    """A Markdown table of result rows (``hfkd.cli.pipeline.result_row``): the metrics ``keys`` (top-1, top-5, NLL,
     ECE by default), the gap closed vs KD when a row has one, and parameters."""
     gap = ("gap_closed",) if any(r.get("gap_closed") is not None for r in rows) else ()
     return markdown_table(rows, tuple(keys) + gap)

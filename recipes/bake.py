@@ -6,7 +6,7 @@
 
 The same as ``hfkd distill --method bake``.  ``per_device_train_batch_size`` is BAKE's batch:
 ``B / (M + 1)`` anchors, each with ``M`` same-class partners.  The baseline is trained as the paper
-compares (``--baseline_protocol``, see hfkd/workflows/bake.py and docs/bake.md).
+compares (``--baseline_protocol``, see hfkd/cli/workflows/bake.py and docs/bake.md).
 """
 from hfkd.cli.distill import main as distill
 

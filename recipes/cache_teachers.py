@@ -7,7 +7,7 @@
 
 See docs/teacher_cache.md.
 """
-from hfkd.cache.cli import main
+from hfkd.cli.cache import main
 
 if __name__ == "__main__":
     main()

@@ -6,7 +6,7 @@
 
 See docs/compression.md; needs `pip install -e ".[compress]"`.
 """
-from hfkd.compress.cli import main
+from hfkd.cli.compress import main
 
 if __name__ == "__main__":
     main()

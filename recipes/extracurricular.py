@@ -6,7 +6,7 @@
     python recipes/extracurricular.py --config recipes/configs/extracurricular_cifar100.yaml --teachers A
 
 What runs per seed (``baseline/``, ``kd/``, ``extracurricular/`` under ``--output_dir``) is described in
-hfkd/workflows/extracurricular.py and docs/extracurricular.md.
+hfkd/cli/workflows/extracurricular.py and docs/extracurricular.md.
 """
 from hfkd.cli.distill import main as distill
 

@@ -6,7 +6,7 @@
     accelerate launch recipes/feed.py --student resnet18 --teachers org/resnet50-ft org/convnext-ft --generations 0
 
 The same as ``hfkd distill --method feed``.  What runs per seed (``baseline/``, ``parallel/``,
-``generation_{g}/`` under ``--output_dir``) is described in hfkd/workflows/feed.py and docs/feed.md.
+``generation_{g}/`` under ``--output_dir``) is described in hfkd/cli/workflows/feed.py and docs/feed.md.
 """
 from hfkd.cli.distill import main as distill
 

@@ -11,9 +11,10 @@ from hfkd.cli import COMMANDS
 from hfkd.cli import main as hfkd_main
 from hfkd.cli.distill import main as distill_main
 from hfkd.cli.distill import parse_distill_args
-from hfkd.cli.parser import create_parser, parse_args
+from hfkd.cli.parser import create_parser
 from hfkd.methods import MethodConfig, get_method_class, list_methods
-from hfkd.workflows import get_workflow
+from hfkd.cli.arguments import DataArguments, ModelArguments
+from hfkd.cli.workflows import get_workflow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--student", "test_resnet", "--max_train_samples", "64", "--per_device_train_batch_size", "16",
@@ -39,6 +40,19 @@ def test_yaml_chooses_the_method_and_flags_override_it(tmp_path):
     assert parse_distill_args(["--config", cfg, "--method", "pskd"]).method == "pskd"
     with pytest.raises(ValueError, match="unknown keys \\['alpha_T', 'bank_dtype'\\]"):
         parse_distill_args(["--config", cfg, "--method", "kd"])
+
+
+def test_the_preset_fills_only_what_was_not_given(tmp_path):
+    """Command line > YAML > the demo preset > dataclass defaults, from one parse of the command line."""
+    cfg = _yaml(tmp_path, "learning_rate: 1e-3\nsave_strategy: steps\n")  # 1e-3 is a string to YAML
+    s = parse_distill_args(["--config", cfg, "--num_train_epochs", "2"], method="meal_v2", fixed_method=True)
+    assert s.training.learning_rate == 0.001 and s.training.num_train_epochs == 2
+    assert s.training.save_strategy == "steps"  # the preset's "no" yields to the YAML file
+    assert s.data.aug_scale == [0.25, 1.0] and s.model.student == "cifar_resnet8"  # the rest is the preset's
+    s = parse_distill_args(["--config", cfg, "--save_strategy", "epoch"], method="kd", fixed_method=True)
+    assert s.training.save_strategy == "epoch" and s.training.num_train_epochs == 4
+    with pytest.raises(ValueError, match="learning_rate: invalid value 'fast'"):
+        parse_distill_args(["--config", _yaml(tmp_path, "learning_rate: fast\n", "bad.yaml")])
 
 
 def test_config_without_a_value_and_recipe_method_conflicts_are_clear_errors(tmp_path):
@@ -75,7 +89,7 @@ def test_the_demo_command_equals_the_recipe():
 @pytest.mark.parametrize("method", list_methods())
 def test_every_option_has_help_and_its_group(method):
     cls = get_method_class(method)
-    types = (hfkd.arguments.ModelArguments, hfkd.arguments.DataArguments, hfkd.DistillationArguments,
+    types = (ModelArguments, DataArguments, hfkd.DistillationArguments,
              cls.config_class, get_workflow(method).arguments)
     parser = create_parser(types)
     missing = [a.dest for a in parser._actions if not (a.help or "").strip()]
@@ -192,7 +206,7 @@ def test_python_m_hfkd_runs_the_command():
 
 # -- teacher cache (issue 10) --------------------------------------------------------------------------
 def test_hfkd_cache_is_a_command(capsys):
-    assert COMMANDS["cache"] == "hfkd.cache.cli:main"
+    assert COMMANDS["cache"] == "hfkd.cli.cache:main"
     with pytest.raises(SystemExit) as exit_info:
         hfkd_main(["cache", "--help"])
     assert exit_info.value.code == 0
@@ -201,17 +215,17 @@ def test_hfkd_cache_is_a_command(capsys):
 
 
 def test_a_teacher_cache_builds_no_demo_teachers(monkeypatch, capsys):
-    import hfkd.demo
-    from hfkd.workflows import teacher_paths
+    import hfkd.cli.demo
+    from hfkd.cli.workflows import method_teachers
 
     def no_demo_teachers(*args, **kwargs):
         raise AssertionError("the demo teachers were built although a teacher cache was given")
 
-    monkeypatch.setattr(hfkd.demo, "demo_teachers", no_demo_teachers)
+    monkeypatch.setattr(hfkd.cli.demo, "demo_teachers", no_demo_teachers)
     for method in ("kd", "meal_v2"):
         settings = parse_distill_args(["--method", method, "--teacher_cache", "ORG/soft-labels"])
         assert settings.training.teacher_cache == "ORG/soft-labels"
-        assert teacher_paths(settings, data=None) == []
+        assert method_teachers(settings) == []
     report = parse_and_dry("meal_v2", "--teacher_cache", "ORG/soft-labels")
     assert report["teachers"] == [] and report["teacher_cache"] == "ORG/soft-labels"
     assert "teacher cache: ORG/soft-labels (no teacher is loaded)" in capsys.readouterr().out

@@ -190,9 +190,9 @@ INT8_TOP1_MARGIN = 0.03
 @pytest.mark.slow
 def test_int8_keeps_accuracy_of_a_trained_model(digits, tmp_path):
     from hfkd.compress.measure import eval_arrays, top1, torch_predict
-    from hfkd.demo import train_supervised
+    from hfkd.cli.demo import train_demo_model
 
-    trainer, _ = train_supervised("test_resnet", digits, str(tmp_path / "run"), 1, seed=0, max_steps=60)
+    trainer = train_demo_model("test_resnet", digits, str(tmp_path / "run"), 1, seed=0, max_steps=60)
     student = trainer.unwrapped_student().eval()
     images, labels = eval_arrays(digits.eval, student.preprocess, digits.image_column, digits.label_column)
     calib, _ = eval_arrays(digits.train, student.preprocess, digits.image_column, digits.label_column, limit=128)

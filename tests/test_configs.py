@@ -82,7 +82,7 @@ def test_every_config_named_in_the_repository_exists():
 
 def test_demo_networks_keep_spatial_maps_at_32_px():
     """The embedded demos use stride-1 CIFAR networks, so FEED transfers 8x8 maps, not the 1x1 of ImageNet stems."""
-    from hfkd.demo import DEMO_IMAGE_SIZE, DEMO_STUDENT, DEMO_TEACHERS
+    from hfkd.cli.demo import DEMO_IMAGE_SIZE, DEMO_STUDENT, DEMO_TEACHERS
 
     assert DEMO_IMAGE_SIZE == 32
     student = describe_model(DEMO_STUDENT, 10)
@@ -95,8 +95,8 @@ def test_demo_networks_keep_spatial_maps_at_32_px():
 
 def test_demo_cache_folders_name_the_settings_they_were_trained_with(monkeypatch, tmp_path):
     """A cached demo teacher is reused only with the settings it was trained with."""
-    import hfkd.demo as demo
-    from hfkd.compress.cli import demo_student_path
+    import hfkd.cli.demo as demo
+    from hfkd.cli.demo import demo_student_path
 
     monkeypatch.setenv("HFKD_CACHE", str(tmp_path))
     teacher, init, student = (demo.demo_teacher_path("cifar_resnet20"), demo.demo_teacher_path(demo.DEMO_STUDENT),

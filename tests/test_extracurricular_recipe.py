@@ -73,8 +73,19 @@ def test_cifar100_config_parses_into_the_recipe_arguments():
     assert args.num_train_epochs == 240 and not cfg.regression
 
 
-def test_regression_mode_has_its_own_defaults():
-    from hfkd.workflows.extracurricular import asks_regression
+def test_regression_mode_has_its_own_defaults(tmp_path):
+    """The regression demo's preset follows the parsed setting, from the command line or the YAML file."""
+    from hfkd.cli.distill import parse_distill_args
 
-    assert asks_regression(["--seeds", "0", "--regression", "true"])
-    assert not asks_regression(["--regression", "false"]) and not asks_regression(["--regression"])
+    def parsed(*argv):
+        settings = parse_distill_args(list(argv), method="extracurricular", fixed_method=True)
+        return settings.data.max_train_samples, settings.training.output_dir
+
+    regression = (0, "outputs/extracurricular_regression")
+    assert parsed("--seeds", "0", "--regression", "true") == regression
+    assert parsed("--regression") == regression  # a bare boolean flag means true
+    assert parsed("--regression", "false") == parsed() == (256, "outputs/extracurricular")
+    config = tmp_path / "r.yaml"
+    config.write_text("regression: true\n")
+    assert parsed("--config", str(config)) == regression
+    assert parsed("--regression", "true", "--output_dir", "mine", "--max_train_samples", "64") == (64, "mine")

@@ -11,33 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from hub_server import HubServer
+from conftest import FAKE_TOKEN
 
-FAKE_TOKEN = "hf_FakeTestTokenForTheLocalServer0123456789"
 REPO = "hfkd-tests/kd-student"
-
-
-@pytest.fixture
-def hub(tmp_path, monkeypatch):
-    """A local Hub; this process and its children talk to it (and only to it) with a fake token."""
-    from huggingface_hub import constants, hf_api
-
-    with HubServer(max_seconds=240) as server:
-        home = tmp_path / "hf-home"
-        env = {"HF_ENDPOINT": server.endpoint, "HF_TOKEN": FAKE_TOKEN, "HF_HOME": str(home),
-               "HF_HUB_CACHE": str(home / "hub"), "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
-        for k, v in env.items():
-            monkeypatch.setenv(k, v)
-        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-        monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-        # huggingface_hub reads these at import: patch the live values for this process.
-        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-        monkeypatch.setattr(constants, "ENDPOINT", server.endpoint)
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
-                            server.endpoint + "/{repo_id}/resolve/{revision}/{filename}")
-        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
-        monkeypatch.setattr(hf_api.api, "endpoint", server.endpoint)
-        yield server
 
 
 @pytest.fixture(scope="module")

@@ -131,8 +131,8 @@ def test_recipe_flag_aligns_a_permuted_teacher(tmp_path, permuted_teacher):
 
 # -- no local paths, no invented license -----------------------------------------------------------------
 def test_card_and_lineage_carry_no_local_path(tmp_path, small_digits, permuted_teacher):
-    from hfkd.pipeline import dataset_info
-    from hfkd.arguments import DataArguments
+    from hfkd.cli.pipeline import dataset_info
+    from hfkd.cli.arguments import DataArguments
 
     start = tmp_path / "home" / "someone" / "ckpt" / "student"
     hfkd.save_student(create_backbone("test_resnet", num_classes=10, pretrained=False, image_size=32,

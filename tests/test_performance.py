@@ -9,10 +9,11 @@ import pytest
 import torch
 
 import hfkd
+from conftest import run_args
 from hfkd import DistillationArguments, DistillationTrainer, TrainerCallback, create_backbone
 from hfkd.data import AugmentConfig
 from hfkd.data.transforms import ImageClassificationDataset, create_image_transform, sample_seed
-from hfkd.demo import DEMO_AUGMENT
+from hfkd.cli.demo import DEMO_AUGMENT
 from tests.helpers.models import tiny_student, tiny_teacher
 
 
@@ -69,10 +70,7 @@ def test_augmentation_pixels_match_the_reference_seeding(small_digits, augment):
 
 
 def _args(tmp_path, name="run", **kw):
-    base = dict(output_dir=str(tmp_path / name), per_device_train_batch_size=32, learning_rate=3e-3,
-                save_strategy="no", eval_strategy="no", disable_tqdm=True, eval_teachers=False, logging_steps=1)
-    base.update(kw)
-    return DistillationArguments(**base)
+    return run_args(**{"output_dir": tmp_path / name, **kw})
 
 
 def _trainer(tmp_path, data, name="run", teachers=True, **kw):

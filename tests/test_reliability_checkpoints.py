@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import hfkd
-from hfkd import DistillationArguments, DistillationTrainer, create_backbone
+from conftest import run_args
+from hfkd import DistillationTrainer, create_backbone
 from hfkd.data import AugmentConfig
 from hfkd.training.checkpoint import MANIFEST_FILE, CheckpointError, verify_checkpoint
 
@@ -17,11 +18,8 @@ FILES = ["model.safetensors", "optimizer.bin", "custom_checkpoint_0.pkl", "rando
 
 
 def _args(out, **kw):
-    base = dict(output_dir=str(out), max_steps=4, per_device_train_batch_size=32, learning_rate=3e-3,
-                save_strategy="steps", save_steps=2, save_total_limit=None, eval_strategy="no", disable_tqdm=True,
-                eval_teachers=False, logging_steps=1, seed=0)
-    base.update(kw)
-    return DistillationArguments(**base)
+    return run_args(**{"output_dir": out, "max_steps": 4, "save_strategy": "steps", "save_steps": 2, "save_total_limit": None,
+                            "seed": 0, **kw})
 
 
 def _trainer(data, out, train=None, **kw):

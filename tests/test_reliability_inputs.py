@@ -8,8 +8,10 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
 from PIL import Image as PILImage
 
 import hfkd
+from conftest import run_args
 from hfkd import DistillationArguments, DistillationTrainer, create_backbone
-from hfkd.cli import DataArguments, ModelArguments, parse_args
+from hfkd.cli.arguments import DataArguments, ModelArguments
+from hfkd.cli.parser import parse_args
 from hfkd.data.transforms import ImageClassificationDataset
 
 PARSE = (ModelArguments, DataArguments, DistillationArguments)
@@ -21,10 +23,7 @@ def _student():
 
 
 def _args(tmp_path, **kw):
-    base = dict(output_dir=str(tmp_path / "run"), max_steps=4, per_device_train_batch_size=32, learning_rate=3e-3,
-                save_strategy="no", eval_strategy="no", disable_tqdm=True, eval_teachers=False, logging_steps=1)
-    base.update(kw)
-    return DistillationArguments(**base)
+    return run_args(**{"output_dir": tmp_path / "run", "max_steps": 4, **kw})
 
 
 # -- non-finite and mistyped settings -------------------------------------------------------------
@@ -65,7 +64,7 @@ def test_yaml_values_of_the_wrong_type_name_the_file(tmp_path):
 def test_one_teacher_as_a_string_is_one_teacher(tmp_path, small_digits):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("teachers: resnet18\n")
-    model_args, _, _ = parse_args(PARSE, ["--config", str(cfg)])
+    (model_args, _, _), _ = parse_args(PARSE, ["--config", str(cfg)])
     assert model_args.teachers == ["resnet18"]
     teacher = create_backbone("test_convnext", num_classes=10, pretrained=False, image_size=32)
     folder = hfkd.save_student(teacher, str(tmp_path / "teacher"))

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from hfkd import DistillationArguments, DistillationTrainer, cache_teacher_outputs, create_backbone, create_method
+from conftest import run_args
+from hfkd import DistillationTrainer, cache_teacher_outputs, create_backbone, create_method
 from hfkd.cache import TeacherCache, recover_topk_logits
 from hfkd.cache.format import CacheMetadata, decode_logits, encode_logits
 from hfkd.data.transforms import AugmentConfig, ImageClassificationDataset, create_image_transform
@@ -69,11 +70,9 @@ def setup(tmp_path_factory, digits):
 
 
 def _args(tmp_path, **kw):
-    kwargs = dict(output_dir=str(tmp_path / "run"), max_steps=3, per_device_train_batch_size=16, learning_rate=0.05,
-                  optim="momentum", lr_scheduler_type="constant", save_strategy="no", eval_strategy="no",
-                  logging_steps=1, disable_tqdm=True, eval_teachers=False, seed=0, use_cpu=True)
-    kwargs.update(kw)
-    return DistillationArguments(**kwargs)
+    return run_args(**{"output_dir": tmp_path / "run", "max_steps": 3, "per_device_train_batch_size": 16, "learning_rate": 0.05,
+                                         "optim": "momentum", "lr_scheduler_type": "constant", "seed": 0,
+                                         "use_cpu": True, **kw})
 
 
 def _losses(trainer):

@@ -3,7 +3,6 @@ import json
 import os
 
 import pytest
-from test_hub_push import hub  # noqa: F401 - the local Hub fixture
 
 from hfkd import DistillationArguments, DistillationTrainer, cache_teacher_outputs, create_backbone, push_teacher_cache
 from hfkd.cache import resolve_cache

@@ -5,16 +5,14 @@ import pytest
 import torch
 
 import hfkd
+from conftest import run_args
 from hfkd import DistillationArguments, DistillationTrainer, TrainerCallback, create_backbone
 from hfkd.data import AugmentConfig
 from tests.helpers.models import tiny_student, tiny_teacher
 
 
 def _args(tmp_path, **kw):
-    base = dict(output_dir=str(tmp_path / "run"), per_device_train_batch_size=32, learning_rate=3e-3,
-                save_strategy="no", eval_strategy="no", disable_tqdm=True, eval_teachers=False, logging_steps=1)
-    base.update(kw)
-    return DistillationArguments(**base)
+    return run_args(**{"output_dir": tmp_path / "run", **kw})
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -144,13 +142,14 @@ def test_world_size_guard(monkeypatch):
 
 
 def test_cli_yaml_and_overrides(tmp_path):
-    from hfkd.cli import DataArguments, ModelArguments, parse_args  # still exported where recipes found them
+    from hfkd.cli.arguments import DataArguments, ModelArguments
+    from hfkd.cli.parser import parse_args
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text("student: resnet18\nlearning_rate: 0.01\nteachers: [a, b]\nlr_scheduler_type: multistep\n"
                    "lr_milestones: [101]\n")
-    m, d, a = parse_args((ModelArguments, DataArguments, DistillationArguments),
-                         ["--config", str(cfg), "--learning_rate", "0.02"], defaults={"output_dir": "x"})
+    (m, d, a), _ = parse_args((ModelArguments, DataArguments, DistillationArguments),
+                              ["--config", str(cfg), "--learning_rate", "0.02"], preset={"output_dir": "x"})
     assert m.student == "resnet18" and m.teachers == ["a", "b"]
     assert a.learning_rate == 0.02 and a.lr_milestones == [101] and a.output_dir == "x"
     bad = tmp_path / "bad.yaml"

@@ -1,7 +1,12 @@
 """The ``hfkd`` command: ``hfkd distill|train|eval|push|compress|cache ...`` (also ``accelerate launch -m hfkd ...``).
 
+This package is hfkd's application: parsing (``parser``, ``arguments``), the demo and its preset
+(``demo``), what a command does with its settings (``pipeline``, ``workflows``) and one module per
+subcommand.  The library (every other part of hfkd) never imports it.
+
 Each subcommand is a module with a ``main(argv)``; :data:`COMMANDS` maps its name to it, so adding
-one (``hfkd cache``) is one module and one line here.
+one is one module and one line here.  The module is imported only when its command runs: this
+registry imports nothing heavy, so ``hfkd --help`` answers without torch.
 """
 from __future__ import annotations
 
@@ -9,17 +14,14 @@ import importlib
 import sys
 from typing import Dict, List, Optional
 
-from ..arguments import DataArguments, ModelArguments
-from .parser import parse_args
-
 # name -> "module:function" taking argv (imported only when the subcommand runs)
 COMMANDS: Dict[str, str] = {
     "distill": "hfkd.cli.distill:main",
     "train": "hfkd.cli.train:main",
     "eval": "hfkd.cli.evaluate:main",
     "push": "hfkd.cli.push:main",
-    "compress": "hfkd.compress.cli:main",
-    "cache": "hfkd.cache.cli:main",
+    "compress": "hfkd.cli.compress:main",
+    "cache": "hfkd.cli.cache:main",
 }
 DESCRIPTIONS = {
     "distill": "distil a student with any registered method (--method NAME; the embedded demo by default)",
@@ -50,7 +52,7 @@ def main(argv: Optional[List[str]] = None):
     return getattr(importlib.import_module(module), function)(rest)
 
 
-__all__ = ["COMMANDS", "DataArguments", "ModelArguments", "main", "parse_args"]
+__all__ = ["COMMANDS", "DESCRIPTIONS", "main", "cli"]
 
 
 def cli() -> None:

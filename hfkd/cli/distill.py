@@ -1,17 +1,20 @@
 """``hfkd distill --method NAME [--config x.yaml] [options]``: parse every settings group, then run.
 
 The recipes (``recipes/kd.py`` ...) are this command with the method fixed.  With no other
-arguments it runs the method's embedded demo (``hfkd.demo.demo_defaults``).
+arguments it runs the method's embedded demo (:func:`hfkd.cli.demo.demo_preset`).
 """
 from __future__ import annotations
 
 import sys
 from typing import List, Optional, Sequence
 
-from ..arguments import DataArguments, ModelArguments
+from ..methods.registry import get_method_class, list_methods, normalize_name
 from ..training.args import DistillationArguments
-from ..workflows import RunSettings, get_workflow
-from .parser import load_yaml, option_value, parse_args, split_config
+from .arguments import DataArguments, ModelArguments
+from .demo import demo_preset
+from .dry_run import dry_run
+from .parser import parse_args, peek, read_config
+from .workflows import RunSettings, get_workflow
 
 DEFAULT_METHOD = "kd"
 
@@ -29,13 +32,10 @@ def parse_distill_args(argv: Optional[Sequence[str]] = None, method: Optional[st
     The method is ``method`` when ``fixed_method`` (a recipe), else ``--method``, else the YAML's
     ``method:``, else ``method`` or ``kd``.
     """
-    from ..demo import demo_defaults
-    from ..methods.registry import get_method_class, list_methods, normalize_name
-
     argv = list(sys.argv[1:] if argv is None else argv)
-    config_path, argv = split_config(argv)
-    values = load_yaml(config_path) if config_path else {}
-    chosen = option_value(argv, "method") or values.pop("method", None)  # read here, not an option of any group
+    config = read_config(argv)
+    # `method` is read here, before the parser is built for it; it is not an option of any settings group.
+    chosen = peek(argv, "method")["method"] or config.values.pop("method", None)
     if fixed_method:
         if chosen and normalize_name(chosen) != normalize_name(method):
             raise ValueError(f"this recipe runs {method!r} but the settings ask for {chosen!r}; use "
@@ -48,16 +48,14 @@ def parse_distill_args(argv: Optional[Sequence[str]] = None, method: Optional[st
     extra = () if fixed_method else (_method_option(list_methods(), name),)
     description = (f"{method_class.__name__}: {(method_class.__doc__ or '').strip().splitlines()[0]}"
                    if method_class.__doc__ else None)
-    model, data, training, method_config, run = parse_args(
-        types, argv, defaults=demo_defaults(name, argv), yaml_values=values, yaml_name=config_path, extra_options=extra, prog=prog,
+    (model, data, training, method_config, run), _ = parse_args(
+        types, argv, config=config, preset=lambda given: demo_preset(name, given), extra_options=extra, prog=prog,
         description=description)
     return RunSettings(name, model, data, training, method_config, run)
 
 
 def run_settings(settings: RunSettings):
     if settings.run.dry_run:
-        from .dry_run import dry_run
-
         return dry_run(settings)
     return get_workflow(settings.method).run(settings)
 

@@ -6,13 +6,16 @@ import os
 from typing import Any, Dict
 
 from ..hub.card import local_checkpoint_name
-from ..workflows import RunSettings
+from ..launch import num_processes
+from ..models.factory import create_backbone
 from .parser import settings_text
+from .pipeline import build_student, load_data
+from .workflows import RunSettings, get_workflow
 
 
 def _steps(settings: RunSettings, data, method) -> Dict[str, Any]:
     args = settings.training
-    world = _processes()
+    world = num_processes()
     labels = data.train[data.label_column]
     sampler = method.train_batch_sampler(labels, args.per_device_train_batch_size, args.seed)
     if sampler is not None:
@@ -30,11 +33,6 @@ def _steps(settings: RunSettings, data, method) -> Dict[str, Any]:
 
 def dry_run(settings: RunSettings) -> Dict[str, Any]:
     """Print the resolved settings, the parameter counts of student and teachers and the step counts."""
-    from ..data.default import DEFAULT_DATASET
-    from ..demo import DEMO_TEACHERS, demo_teacher_path
-    from ..models.factory import create_backbone
-    from ..pipeline import build_student, load_data
-
     print(f"method: {settings.method}\n{settings_text(settings.groups())}\n")
     if settings.data.aug_preset == "cifar":  # every field is printed; say which one is idle
         print("aug_scale is not used by aug_preset 'cifar' (RandomCrop after padding, no resized crop)")
@@ -52,15 +50,13 @@ def dry_run(settings: RunSettings) -> Dict[str, Any]:
     else:
         student = create_backbone(settings.model.student, pretrained=False, image_size=settings.model.image_size)
     report["student"] = {"name": settings.model.student, "parameters": student.num_parameters()}
-    teachers = list(settings.model.teachers)
     report["teachers"] = []
-    if not teachers and method.min_teachers > 0 and not settings.training.teacher_cache:
-        if settings.data.dataset == DEFAULT_DATASET:
-            teachers = [demo_teacher_path(n) for n in DEMO_TEACHERS]  # trained first if not cached
-        else:  # what the run itself refuses: the demo teachers only know the embedded digits
-            report["missing_teachers"] = True
-            print(f"no --teachers given: {settings.method} on {settings.data.dataset} needs teachers trained on it "
-                  "(pass --teachers PATH ...); the run would stop here")
+    try:  # the demo teachers are named, not trained: a run trains them first if they are not cached
+        teachers = get_workflow(settings.method).teachers(settings, False)
+    except ValueError as e:  # what the run itself refuses
+        report["missing_teachers"] = True
+        print(f"{e}; the run would stop here")
+        teachers = []
     if settings.training.teacher_cache:  # its stored outputs stand in for the teachers: none is loaded
         source = settings.training.teacher_cache
         report["teacher_cache"] = local_checkpoint_name(os.path.abspath(source)) if os.path.isdir(source) else source
@@ -88,7 +84,7 @@ def dry_run(settings: RunSettings) -> Dict[str, Any]:
 
 def _step_formula(settings: RunSettings) -> Dict[str, Any]:
     args = settings.training
-    world = _processes()
+    world = num_processes()
     batch = args.per_device_train_batch_size * world * args.gradient_accumulation_steps
     length = f"{args.max_steps} optimizer steps" if args.max_steps > 0 else f"{int(args.num_train_epochs)} epochs"
     text = (f"{world} process(es) x {args.per_device_train_batch_size} images x "
@@ -96,11 +92,6 @@ def _step_formula(settings: RunSettings) -> Dict[str, Any]:
             f"ceil(N / {batch}) steps per epoch for N training images (an approximation for methods with their "
             f"own batch sampler), {length}")
     return {"processes": world, "images_per_step": batch, "step_formula": text}
-
-
-def _processes() -> int:
-    """The number of processes the launcher started (1 without a launcher)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def _count(n) -> str:

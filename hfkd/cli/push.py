@@ -5,6 +5,8 @@ import argparse
 import sys
 from typing import List, Optional
 
+from ..hub.push import push_to_hub
+
 
 def main(argv: Optional[List[str]] = None):
     parser = argparse.ArgumentParser(prog="hfkd push", description=__doc__.split(": ", 1)[1])
@@ -15,8 +17,6 @@ def main(argv: Optional[List[str]] = None):
     parser.add_argument("--create_pr", action="store_true", help="Open a pull request instead of committing.")
     parser.add_argument("--commit_message", default=None, help="The commit message.")
     a = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    from ..hub.push import push_to_hub
-
     info = push_to_hub(a.folder, a.repo_id, private=a.private or None, revision=a.revision, create_pr=a.create_pr,
                        commit_message=a.commit_message)
     print(getattr(info, "commit_url", None) or info)

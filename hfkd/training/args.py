@@ -72,7 +72,7 @@ class DistillationArguments:
     hub_private_repo: bool = field(default=False, metadata={"help": "Create the Hub repository private."})
     hub_revision: Optional[str] = field(default=None, metadata={"help": "Branch to push to."})
     hub_create_pr: bool = field(default=False, metadata={"help": "Open a pull request instead of committing."})
-    # --- Reliability (issue 9): what a resume may change, and what a non-finite loss does ---
+    # --- Reliability (docs/reliability.md): what a resume may change, and what a non-finite loss does ---
     resume_allow_changes: List[str] = field(
         default_factory=list,
         metadata={"help": "Settings a resume may change from the checkpoint's run (e.g. max_steps, learning_rate); "
@@ -92,7 +92,7 @@ class DistillationArguments:
         "help": "The warm-up starts at this fraction of the lr (BAKE ImageNet: 0.1)."})
     sync_batchnorm: bool = field(default=False, metadata={
         "help": "Convert the student's BatchNorm to SyncBatchNorm (several GPU processes only)."})
-    # -- speed and memory (issue 13; measured in docs/performance.md) -------------------------------------
+    # -- speed and memory (measured in docs/performance.md) ----------------------------------------------------
     dataloader_persistent_workers: bool = field(
         default=False, metadata={"help": "Keep data-loader workers alive between epochs (needs dataloader_num_workers > 0)."}
     )
@@ -118,7 +118,7 @@ class DistillationArguments:
         default=None,
         metadata={"help": "Run frozen teachers in bf16, fp16 or fp32, whatever the student's mixed precision."},
     )
-    # -- teacher soft-label cache (issue 10; hfkd/cache, docs/teacher_cache.md) --
+    # -- teacher soft-label cache (hfkd/cache, docs/teacher_cache.md) --
     teacher_cache: Optional[str] = field(
         default=None, metadata={"help": "A teacher cache (folder or Hub dataset id) to distil from, no teacher run."})
 

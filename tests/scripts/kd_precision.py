@@ -9,8 +9,8 @@ import sys
 import torch
 
 from hfkd import DistillationArguments, DistillationTrainer, create_backbone, create_method
-from hfkd.pipeline import load_data
-from hfkd.arguments import DataArguments
+from hfkd.cli.pipeline import load_data
+from hfkd.cli.arguments import DataArguments
 
 
 def main(out):

@@ -1,17 +1,18 @@
-"""The settings of a run besides the trainer's and the method's: model, data and run options.
+"""The settings of every command besides the trainer's and the method's: model, data, run and command options.
 
 Each dataclass is one group of ``hfkd ... --help`` (``_argument_group_name``).  The trainer's
 settings are :class:`hfkd.training.args.DistillationArguments`; a method's are its own
 config dataclass (``KDConfig`` in ``hfkd/methods/kd.py``).  All are parsed together by
-:func:`hfkd.cli.parser.parse_args` from the command line and a YAML file.
+:func:`hfkd.cli.parser.parse_args` from the command line and a YAML file.  Importing this module
+imports no torch.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import ClassVar, List, Optional
 
-from .data.default import DEFAULT_DATASET
-from .data.transforms import AugmentConfig
+from ..data.augment import AugmentConfig
+from ..data.default import DEFAULT_DATASET
 
 _AUTO_AUGMENT = "a timm policy string such as rand-m9-mstd0.5 or augmix-m5-w4-d2"
 
@@ -112,3 +113,95 @@ class DistillRunArguments(RunArguments):
 
     baseline: bool = field(default=True, metadata={
         "help": "Also train the same student without distillation, for comparison."})
+
+
+# -- what the distillation workflows do around training (hfkd/cli/workflows) -----------------------------
+PROTOCOLS = ("imagenet", "small_scale")
+
+
+@dataclass
+class BAKERunArguments(DistillRunArguments):
+    """What the BAKE recipe does around training."""
+
+    baseline_protocol: str = field(default="imagenet", metadata={
+        "help": "How the baseline is trained: imagenet (batch and lr / (M+1), the same iterations per epoch) or "
+                "small_scale (the same batch and lr).", "choices": list(PROTOCOLS)})
+
+    def __post_init__(self):
+        if self.baseline_protocol not in PROTOCOLS:
+            raise ValueError(f"baseline_protocol must be one of {PROTOCOLS}, got {self.baseline_protocol!r}")
+
+
+@dataclass
+class FEEDRunArguments(DistillRunArguments):
+    """What the FEED recipe does around training."""
+
+    parallel: bool = field(default=True, metadata={"help": "Run parallel FEED from --teachers."})
+    generations: int = field(default=2, metadata={"help": "Sequential FEED generations (0: none)."})
+    sequential_teacher: Optional[str] = field(default=None, metadata={
+        "help": "Generation 1's teacher (a model of the student's architecture); default: the baseline."})
+    seeds: List[int] = field(default_factory=list, metadata={"help": "Several training seeds: report mean +- std."})
+
+    def __post_init__(self):
+        if self.generations < 0:
+            raise ValueError(f"generations must be >= 0, got {self.generations}")
+
+
+@dataclass
+class ExtracurricularRunArguments(DistillRunArguments):
+    """What the extracurricular recipe does around training."""
+
+    regression: bool = field(default=False, metadata={
+        "help": "Run the regression demo (rotation angle of the embedded digits) instead of classification."})
+    max_angle: float = field(default=45.0, metadata={"help": "Regression demo: angles are drawn in [-max, max] degrees."})
+    seeds: List[int] = field(default_factory=list, metadata={"help": "Several training seeds: report mean +- std."})
+
+
+# -- the other commands ------------------------------------------------------------------------------
+@dataclass
+class EvalArguments:
+    """The model to evaluate and how."""
+
+    _argument_group_name = "evaluation"
+
+    model: str = field(default="", metadata={"help": "A saved student folder, a Hub id or a timm name (pretrained)."})
+    revision: Optional[str] = field(default=None, metadata={"help": "Hub revision of the model."})
+    batch_size: int = field(default=128, metadata={"help": "Images per evaluation batch."})
+    max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Evaluate only the first N images."})
+
+
+STORAGES = ("full", "topk")
+
+
+@dataclass
+class CacheArguments:
+    output_dir: str = field(default="outputs/teacher_cache", metadata={"help": "A new folder for the cache."})
+    num_views: int = field(default=4, metadata={"help": "R: augmented views stored per image."})
+    no_augment: bool = field(default=False, metadata={"help": "Fixed labels: one un-augmented view per image (R=1)."})
+    storage: str = field(default="full", metadata={"help": "full: all logits; topk: top-k logits + logsumexp."})
+    top_k: int = field(default=10, metadata={"help": "k of --storage topk (FKD's marginal smoothing on load)."})
+    dtype: str = field(default="float32", metadata={"help": "float32 or float16 storage."})
+    ensemble: bool = field(default=False, metadata={"help": "Store the teachers' mean T=1 probabilities, not each."})
+    seed: int = field(default=42, metadata={"help": "Augmentation seed: the training run's --seed."})
+    batch_size: int = field(default=64, metadata={"help": "Teacher batch size per process."})
+    push_to_hub: bool = field(default=False, metadata={"help": "Push the cache to the Hub as a dataset repository."})
+    hub_dataset_id: Optional[str] = field(default=None, metadata={"help": "ORG/NAME of the Hub dataset repository."})
+    hub_private_repo: bool = False
+
+    def __post_init__(self):
+        if self.storage not in STORAGES:
+            raise ValueError(f"--storage must be one of {STORAGES}, got {self.storage!r}")
+        if self.no_augment and self.num_views != 1:
+            self.num_views = 1  # fixed labels are one view by definition
+        if self.push_to_hub and not self.hub_dataset_id:
+            raise ValueError("--push_to_hub needs --hub_dataset_id ORG/NAME")
+
+
+@dataclass
+class CompressModelArguments:
+    student: Optional[str] = field(default=None, metadata={
+        "help": "Saved student to compress (folder or Hub id); default: the demo's KD student, trained if missing."})
+    teachers: List[str] = field(default_factory=list, metadata={
+        "help": "Teachers of the recovery (default: the demo teachers)."})
+    seeds: List[int] = field(default_factory=list, metadata={
+        "help": "Instead of one run: prune once, then compare KD recovery with plain fine-tuning over these seeds."})

@@ -1,21 +1,25 @@
-"""What every recipe and ``hfkd`` command does with its parsed settings: data, student, teachers,
-train, save, push, and the results table."""
+"""What every command does with its parsed settings: data, student, teachers, train, save, push, results tables."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
+from accelerate.utils import set_seed
+
+from ..data.loading import ImageClassificationData, load_image_dataset
+from ..hub.card import local_checkpoint_name
+from ..launch import is_main_process
+from ..methods.base import DistillationMethod
+from ..methods.registry import create_method
+from ..models.backbone import Backbone
+from ..models.factory import create_backbone
+from ..models.teacher import Teacher, create_teacher
+from ..results import RESULT_METRICS, markdown_table, results_table, summarize_seeds
+from ..training.args import DistillationArguments
+from ..training.trainer import DistillationTrainer
 from .arguments import DataArguments, ModelArguments
-from .data.loading import ImageClassificationData, load_image_dataset
-from .hub.card import local_checkpoint_name
-from .methods.base import DistillationMethod
-from .models.backbone import Backbone
-from .models.factory import create_backbone
-from .models.teacher import Teacher, create_teacher
-from .results import RESULT_METRICS
-from .training.args import DistillationArguments
-from .training.trainer import DistillationTrainer
 
 
 def load_data(data_args: DataArguments, seed: int = 0) -> ImageClassificationData:
@@ -30,16 +34,20 @@ def load_data(data_args: DataArguments, seed: int = 0) -> ImageClassificationDat
     return data
 
 
-def build_student(model_args: ModelArguments, data: ImageClassificationData, name: Optional[str] = None,
-                  seed: Optional[int] = None) -> Backbone:
-    """The student; with ``seed``, its random initialisation does not depend on what ran before."""
-    if seed is not None:
-        from accelerate.utils import set_seed
+def build_student(model_args: ModelArguments, data: ImageClassificationData, seed: Optional[int] = None,
+                  task=None) -> Backbone:
+    """The student for ``data``: its classes and label names, or a Gaussian head of ``task`` (regression).
 
+    With ``seed``, its random initialisation does not depend on what ran before.
+    """
+    if seed is not None:
         set_seed(seed)
-    return create_backbone(name or model_args.student, num_classes=data.num_classes,
-                           pretrained=model_args.student_pretrained, image_size=model_args.image_size,
-                           label_names=data.label_names)
+    if task is not None:  # a mean and a log-variance per target (hfkd.tasks.RegressionTask)
+        num_classes, label_names = 2 * task.num_targets, None
+    else:
+        num_classes, label_names = data.num_classes, data.label_names
+    return create_backbone(model_args.student, num_classes=num_classes, pretrained=model_args.student_pretrained,
+                           image_size=model_args.image_size, label_names=label_names)
 
 
 def build_teachers(model_args: ModelArguments, student: Backbone, paths: Optional[Sequence[str]] = None) -> List[Teacher]:
@@ -82,13 +90,9 @@ def run(method: DistillationMethod, student: Backbone, teachers: Sequence[Any], 
     return trainer, metrics
 
 
-def write_results(output_dir: str, table: str, rows: Sequence[Dict[str, Any]], accelerator=None) -> None:
-    """Print the results table and keep it (Markdown and JSON) in ``output_dir``; main process only.
-
-    Without ``accelerator`` the process is found from the launcher's ``RANK`` and Accelerate's state
-    (set up by the trainer): every recipe may call this on every rank.
-    """
-    if not _is_main_process(accelerator):
+def write_results(output_dir: str, table: str, rows: Sequence[Dict[str, Any]]) -> None:
+    """Print the results table and keep it (Markdown and JSON) in ``output_dir``; main process only."""
+    if not is_main_process():
         return
     print("\n" + table + "\n", flush=True)
     os.makedirs(output_dir, exist_ok=True)
@@ -96,17 +100,6 @@ def write_results(output_dir: str, table: str, rows: Sequence[Dict[str, Any]], a
         f.write(table + "\n")
     with open(os.path.join(output_dir, "results.json"), "w", encoding="utf-8") as f:
         json.dump(list(rows), f, indent=2, default=str)
-
-
-def _is_main_process(accelerator=None) -> bool:
-    if accelerator is not None:
-        return accelerator.is_main_process
-    from accelerate import PartialState
-
-    if int(os.environ.get("RANK", "0")) != 0:  # torchrun / accelerate launch
-        return False
-    # Other launchers: Accelerate's state, when the run's Accelerator set it up (none is created here).
-    return not PartialState._shared_state or PartialState().is_main_process
 
 
 def result_row(model: str, role: str, metrics: Dict[str, Any], params: Optional[int], keys=RESULT_METRICS,
@@ -117,19 +110,24 @@ def result_row(model: str, role: str, metrics: Dict[str, Any], params: Optional[
     return {"model": model, "role": role, **{k: metrics.get(k) for k in keys}, "params": params, **extra}
 
 
+def teacher_rows(trainer: DistillationTrainer, keys=RESULT_METRICS,
+                 ensemble: Optional[str] = "mean of teachers' probabilities", **extra) -> List[Dict[str, Any]]:
+    """The rows of a run's teachers, and of their ensemble (named ``ensemble``) when there are several."""
+    rows = [result_row(t.name, f"teacher {i + 1}", trainer.teacher_metrics.get(f"teacher_{i}", {}),
+                       t.backbone.num_parameters(), keys, **extra) for i, t in enumerate(trainer.teachers)]
+    if ensemble and "ensemble" in trainer.teacher_metrics:
+        rows.append(result_row(ensemble, "teacher ensemble", trainer.teacher_metrics["ensemble"], None, keys, **extra))
+    return rows
+
+
 def run_with_baseline(method: DistillationMethod, model_args: ModelArguments, data_args: DataArguments,
-                      args: DistillationArguments, teacher_paths: Optional[Sequence[str]] = None,
-                      baseline: bool = True, data: Optional[ImageClassificationData] = None) -> List[Dict[str, Any]]:
+                      args: DistillationArguments, data: ImageClassificationData,
+                      teacher_paths: Optional[Sequence[str]] = None, baseline: bool = True) -> List[Dict[str, Any]]:
     """Distil the student and, for comparison, train the same student without KD; return table rows.
 
     ``teacher_paths`` (default ``model_args.teachers``) may be empty for self-distillation.
     The rows hold the teachers, their ensemble, the baseline and the distilled student.
     """
-    import dataclasses
-
-    from .methods.registry import create_method
-
-    data = data or load_data(data_args, seed=args.seed)
     rows: List[Dict[str, Any]] = []
     if baseline:
         base_args = dataclasses.replace(args, output_dir=os.path.join(args.output_dir, "baseline"), push_to_hub=False,
@@ -144,13 +142,38 @@ def run_with_baseline(method: DistillationMethod, model_args: ModelArguments, da
     baseline_metrics = {**base_metrics, "params": base_student.num_parameters()} if baseline else None
     trainer, metrics = run(method, student, teachers, data, args, data_args, baseline_metrics=baseline_metrics,
                            license=model_args.license)
-    for i, t in enumerate(teachers):
-        m = trainer.teacher_metrics.get(f"teacher_{i}", {})
-        rows.append(result_row(t.name, f"teacher {i + 1}", m, t.backbone.num_parameters()))
-    if "ensemble" in trainer.teacher_metrics:
-        rows.append(result_row("mean of teachers' probabilities", "teacher ensemble",
-                               trainer.teacher_metrics["ensemble"], None))
+    rows += teacher_rows(trainer)
     if baseline:
         rows.append(base_row)
     rows.append(result_row(student.name, f"student, {method.name}", metrics, student.num_parameters()))
     return rows
+
+
+def run_seeds(args: DistillationArguments, seeds: Sequence[int], run_seed: Callable[[DistillationArguments], List[Dict]],
+              keys: Sequence[str] = RESULT_METRICS, summary_keys: Optional[Sequence[str]] = None,
+              summarize: Optional[Callable[[List[Dict[str, Any]]], None]] = None) -> List[Dict[str, Any]]:
+    """``run_seed`` once per seed (``--output_dir`` itself for one seed, ``--output_dir/seed_{s}`` for several),
+    each writing its results table; with several seeds, the mean ± std table too, which ``summarize`` may amend.
+
+    Returns the rows of the one seed, or the summary rows.
+    """
+    seeds = list(seeds) or [args.seed]
+    all_rows: List[Dict[str, Any]] = []
+    for seed in seeds:
+        out = args.output_dir if len(seeds) == 1 else os.path.join(args.output_dir, f"seed_{seed}")
+        rows = run_seed(dataclasses.replace(args, seed=seed, output_dir=out))
+        write_results(out, results_table(rows, keys), rows)
+        all_rows += rows
+    if len(seeds) == 1:
+        return all_rows
+    summary = summarize_seeds(all_rows, keys)
+    if summarize is not None:
+        summarize(summary)
+    write_results(args.output_dir, markdown_table(summary, summary_keys or keys, extra=("runs",)), summary)
+    return summary
+
+
+def subfolder_args(args: DistillationArguments, name: str, push: bool = False) -> DistillationArguments:
+    """``args`` for one of several students of a workflow, trained in ``--output_dir/name`` (pushed if ``push``)."""
+    return dataclasses.replace(args, output_dir=os.path.join(args.output_dir, name), resume_from_checkpoint=None,
+                               push_to_hub=args.push_to_hub and push)

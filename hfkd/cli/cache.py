@@ -1,0 +1,43 @@
+"""``recipes/cache_teachers.py`` (and ``hfkd cache``): build a teacher cache, optionally push it to the Hub.
+
+    python recipes/cache_teachers.py                     # demo, offline: the demo teachers on the digits
+    accelerate launch recipes/cache_teachers.py --teachers resnet50 convnext_tiny --student resnet18 \\
+        --dataset ORG/DATA --num_views 10 --storage topk --top_k 10 --dtype float16 --output_dir caches/in1k
+    python recipes/meal_v2.py --teacher_cache outputs/teacher_cache
+
+Views are made in the student's preprocessing and with the augmentation given by the ``--aug_*``
+flags, which must be the ones the student trains with (the trainer checks).
+"""
+from __future__ import annotations
+
+from ..cache.generate import cache_teacher_outputs
+from ..cache.hub import push_teacher_cache
+from ..launch import is_main_process
+from .arguments import CacheArguments, DataArguments, ModelArguments
+from .demo import cache_preset, resolve_teachers
+from .parser import parse_args
+from .pipeline import build_student, build_teachers, load_data
+
+
+def main(argv=None) -> str:
+    # ``hfkd cache`` passes its argv; recipes/cache_teachers.py reads sys.argv (argparse names the script).
+    prog = {"prog": "hfkd cache"} if argv is not None else {}
+    (model_args, data_args, cache), _ = parse_args((ModelArguments, DataArguments, CacheArguments), argv,
+                                                   preset=cache_preset(), **prog)
+    data = load_data(data_args, seed=cache.seed)
+    teacher_paths = resolve_teachers(model_args.teachers, data_args.dataset, what="a teacher cache")
+    student = build_student(model_args, data)
+    teachers = build_teachers(model_args, student, teacher_paths)
+    folder = cache_teacher_outputs(
+        teachers, data.train, cache.output_dir, student=student,
+        augment=None if cache.no_augment else data_args.augment(), num_views=cache.num_views,
+        top_k=cache.top_k if cache.storage == "topk" else None, dtype=cache.dtype, ensemble=cache.ensemble,
+        seed=cache.seed, batch_size=cache.batch_size, image_column=data.image_column, label_column=data.label_column,
+        dataset_info={"id": data.source, "revision": data.revision, "train_split": data_args.train_split},
+    )
+    if is_main_process():
+        print(f"teacher cache written to {folder}\ntrain from it: python recipes/meal_v2.py --teacher_cache {folder}")
+        if cache.push_to_hub:
+            push_teacher_cache(folder, cache.hub_dataset_id, private=cache.hub_private_repo or None)
+            print(f"pushed to the Hub dataset {cache.hub_dataset_id}")
+    return folder

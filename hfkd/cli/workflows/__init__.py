@@ -1,0 +1,49 @@
+"""What ``hfkd distill --method NAME`` (and ``recipes/NAME.py``) runs once the settings are parsed.
+
+Most methods share :func:`distill`: the teachers (the cached demo teachers on the embedded
+digits when none are given), a no-KD baseline, the distilled student, a results table.
+A method whose recipe does more registers its own workflow with extra run options
+(``bake``: the baseline protocol; ``feed``: sequential generations and seeds; ``extracurricular``:
+classic KD as a reference, seeds, the regression demo, the gap closed vs KD), and, where it loads
+other teachers than the method's own needs say, how it resolves them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Type
+
+from ...methods.registry import normalize_name
+from ..arguments import (BAKERunArguments, DistillRunArguments, ExtracurricularRunArguments, FEEDRunArguments,
+                         RunArguments)
+from . import bake, extracurricular, feed
+from .base import RunSettings, method_teachers
+from .distill import distill, train
+
+
+@dataclass(frozen=True)
+class Workflow:
+    run: Callable[[RunSettings], Any]
+    arguments: Type[RunArguments] = DistillRunArguments
+    #: ``teachers(settings, train) -> paths``: the teachers it loads (the dry run lists them untrained)
+    teachers: Callable[[RunSettings, bool], List[str]] = method_teachers
+
+
+_WORKFLOWS: Dict[str, Workflow] = {
+    "supervised": Workflow(train, RunArguments),
+    "bake": Workflow(bake.run_bake, BAKERunArguments),
+    "feed": Workflow(feed.run_feed, FEEDRunArguments, feed.teachers),
+    "extracurricular": Workflow(extracurricular.run_extracurricular, ExtracurricularRunArguments, extracurricular.teachers),
+}
+
+
+def register_workflow(method_name: str, run: Callable[[RunSettings], Any],
+                      arguments: Type[RunArguments] = DistillRunArguments,
+                      teachers: Callable[[RunSettings, bool], List[str]] = method_teachers) -> None:
+    _WORKFLOWS[normalize_name(method_name)] = Workflow(run, arguments, teachers)
+
+
+def get_workflow(method_name: str) -> Workflow:
+    return _WORKFLOWS.get(normalize_name(method_name), Workflow(distill))
+
+
+__all__ = ["RunSettings", "Workflow", "get_workflow", "register_workflow", "method_teachers", "distill", "train"]
