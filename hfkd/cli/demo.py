@@ -8,6 +8,7 @@ any Hub model.
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
@@ -173,42 +174,42 @@ def cached(path: str, train: Callable[[str], DistillationTrainer]) -> str:
     return path
 
 
+def _demo_models(paths: Mapping[str, str], epochs: Mapping[str, int], load: Callable, seed: int, train: bool,
+                 task: Optional[RegressionTask] = None) -> List[str]:
+    """``paths`` (name -> folder), each model trained from scratch for its ``epochs`` on ``load()`` where missing.
+
+    The data is loaded once, and only when a model has to be trained; ``train=False`` trains nothing.
+    """
+    if train:
+        data = functools.lru_cache(maxsize=1)(load)
+        for name, path in paths.items():
+            cached(path, lambda out, name=name: train_demo_model(
+                name, data(), out, epochs.get(name, DEFAULT_TEACHER_EPOCHS), seed=seed, task=task))
+    return list(paths.values())
+
+
 def demo_teachers(names: Optional[Sequence[str]] = None, seed: int = 0, train: bool = True) -> List[str]:
     """Folders of the demo teachers, trained on all the training digits (and cached) where missing.
 
     Always with the demo's settings, which the folder names: other settings would need another folder.
     ``train=False`` gives the folders without training anything (a dry run).
     """
-    paths = [demo_teacher_path(name, seed) for name in names or DEMO_TEACHERS]
-    if not train:
-        return paths
-    data = None
-    for name, path in zip(names or DEMO_TEACHERS, paths):
-        data = data or load_image_dataset()
-        cached(path, lambda out: train_demo_model(name, data, out, DEMO_TEACHERS.get(name, DEFAULT_TEACHER_EPOCHS),
-                                                  seed=seed))
-    return paths
+    paths = {name: demo_teacher_path(name, seed) for name in names or DEMO_TEACHERS}
+    return _demo_models(paths, DEMO_TEACHERS, load_image_dataset, seed, train)
 
 
 def regression_demo_teachers(task: RegressionTask, names: Optional[Sequence[str]] = None, seed: int = 0,
                              train: bool = True) -> List[str]:
     """Folders of the Gaussian-head demo teachers, trained on all the rotated digits (and cached) where missing."""
-    paths = [regression_teacher_path(name, task, seed) for name in names or REGRESSION_TEACHERS]
-    if not train:
-        return paths
-    data = None
-    for name, path in zip(names or REGRESSION_TEACHERS, paths):
-        data = data or load_rotated_digits(max_angle=task.target_scale)
-        cached(path, lambda out: train_demo_model(name, data, out, REGRESSION_TEACHERS.get(name, DEFAULT_TEACHER_EPOCHS),
-                                                  seed=seed, task=task))
-    return paths
+    paths = {name: regression_teacher_path(name, task, seed) for name in names or REGRESSION_TEACHERS}
+    return _demo_models(paths, REGRESSION_TEACHERS, lambda: load_rotated_digits(max_angle=task.target_scale), seed,
+                        train, task)
 
 
 def demo_student(seed: int = 0) -> str:
     """The compression demo's student: ``recipes/kd.py``'s demo (KD from the demo teachers), trained once and cached."""
-    teachers = demo_teachers()
     return cached(demo_student_path(seed), lambda out: train_demo_model(
-        DEMO_STUDENT, load_image_dataset(), out, DEMO_KD_EPOCHS, seed=seed, method="kd", teachers=teachers))
+        DEMO_STUDENT, load_image_dataset(), out, DEMO_KD_EPOCHS, seed=seed, method="kd", teachers=demo_teachers()))
 
 
 def resolve_teachers(teachers: Sequence[str], dataset: str, *, what: str, needed: bool = True,

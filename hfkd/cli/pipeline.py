@@ -130,8 +130,7 @@ def run_with_baseline(method: DistillationMethod, model_args: ModelArguments, da
     """
     rows: List[Dict[str, Any]] = []
     if baseline:
-        base_args = dataclasses.replace(args, output_dir=os.path.join(args.output_dir, "baseline"), push_to_hub=False,
-                                        resume_from_checkpoint=None, teacher_cache=None)
+        base_args = dataclasses.replace(subfolder_args(args, "baseline"), teacher_cache=None)
         base_student = build_student(model_args, data, seed=args.seed)
         _, base_metrics = run(create_method("supervised"), base_student, [], data, base_args, data_args,
                               license=model_args.license)

@@ -13,7 +13,7 @@ from typing import Any, Dict, List
 
 from ...methods.registry import create_method
 from ...results import results_table
-from ..pipeline import load_data, run_with_baseline, write_results
+from ..pipeline import load_data, run_with_baseline, subfolder_args, write_results
 from .base import RunSettings, method_teachers
 
 
@@ -26,9 +26,8 @@ def run_bake(settings: RunSettings) -> List[Dict[str, Any]]:
     if run_args.baseline:
         group = cfg.intra_class_images + 1 if run_args.baseline_protocol == "imagenet" else 1
         base_args = dataclasses.replace(
-            args, output_dir=f"{args.output_dir}/baseline", learning_rate=args.learning_rate / group,
-            per_device_train_batch_size=max(1, args.per_device_train_batch_size // group), push_to_hub=False,
-            resume_from_checkpoint=None)
+            subfolder_args(args, "baseline"), learning_rate=args.learning_rate / group,
+            per_device_train_batch_size=max(1, args.per_device_train_batch_size // group))
         base = run_with_baseline(create_method("supervised"), settings.model, settings.data, base_args, data,
                                  teacher_paths=[], baseline=False)
         rows = [{**base[-1], "role": f"student, no KD (baseline, {run_args.baseline_protocol} protocol)"}] + rows
