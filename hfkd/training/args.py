@@ -55,6 +55,9 @@ class DistillationArguments:
     resume_from_checkpoint: Optional[str] = field(
         default=None, metadata={"help": "A checkpoint folder, or 'latest' for the newest in output_dir."}
     )
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "Start a new run in an output_dir that holds an earlier run: its checkpoints and saved student (hfkd's "
+                "own files only) are removed first. Without it such a run is refused."})
     report_to: List[str] = field(default_factory=list, metadata={"help": "Accelerate trackers: tensorboard, wandb, ..."})
     run_name: Optional[str] = field(default=None, metadata={"help": "Name of the run for trackers."})
     dataloader_num_workers: int = field(default=0, metadata={"help": "Worker processes loading the data (0: in the "

@@ -10,17 +10,17 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 from ..files import (abandoned_by_hfkd, file_manifest, manifest_problems, mark_writer, read_json, remove_abandoned,
                      replace_folder)
+from ..output_dir import CHECKPOINT_PREFIX, CHECKPOINT_STATE_FILE, list_checkpoints
 
 logger = logging.getLogger(__name__)
 
-PREFIX = "checkpoint-"
-STATE_FILE = "trainer_state.json"
+PREFIX = CHECKPOINT_PREFIX
+STATE_FILE = CHECKPOINT_STATE_FILE
 METHOD_STATE_FILE = "method_state.safetensors"
 MANIFEST_FILE = "checkpoint_manifest.json"
 _TMP = ".tmp-"
@@ -29,19 +29,6 @@ _OLD = ".old-"
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing files or whose files differ from what was written."""
-
-
-def list_checkpoints(output_dir: str) -> List[str]:
-    """Checkpoints in ``output_dir`` (folders ``checkpoint-N`` with a trainer state), oldest first."""
-    if not os.path.isdir(output_dir):
-        return []
-    found = []
-    for name in os.listdir(output_dir):
-        m = re.fullmatch(PREFIX + r"(\d+)", name)
-        path = os.path.join(output_dir, name)
-        if m and os.path.isfile(os.path.join(path, STATE_FILE)):
-            found.append((int(m.group(1)), path))
-    return [p for _, p in sorted(found)]
 
 
 def verify_checkpoint(path: str) -> None:

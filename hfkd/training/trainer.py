@@ -1,6 +1,7 @@
 """``DistillationTrainer``: one training loop for every method, on Accelerate."""
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -23,6 +24,7 @@ from ..methods.registry import create_method
 from ..models.backbone import Backbone
 from ..models.factory import create_backbone
 from ..models.teacher import Teacher, bind_teacher
+from ..output_dir import OutputDirLock, check_output_dir, remove_run_outputs
 from ..settings import check_finite_settings
 from ..tasks import Task, create_task
 from . import validation
@@ -35,6 +37,8 @@ from .optim import create_optimizer, create_scheduler
 from .resume import check_same_run, run_signature
 from .speed import channels_last_batch, prepare_student, prepare_teachers
 from .syncbn import apply_sync_batchnorm
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -105,6 +109,7 @@ class DistillationTrainer:
     ):
         self.args = args or DistillationArguments()
         self.accelerator = accelerator or create_accelerator(self.args)
+        self._claim_output_dir()
         self.method = create_method(method) if isinstance(method, str) else method
         if not isinstance(self.method, DistillationMethod):
             raise TypeError(f"method must be a DistillationMethod or a registered name, not {type(method).__name__}")
@@ -142,6 +147,18 @@ class DistillationTrainer:
         self._eval_loader = None
 
     # -- set-up -----------------------------------------------------------------------------------
+    def _claim_output_dir(self) -> None:
+        """Check the output folder before anything else, then lock it for this run (main process)."""
+        args, acc = self.args, self.accelerator
+        check_output_dir(args.output_dir, resume=bool(args.resume_from_checkpoint),
+                         overwrite=args.overwrite_output_dir, check_lock=acc.is_main_process)
+        if acc.is_main_process:
+            self.output_lock = OutputDirLock(args.output_dir).acquire()
+            if args.overwrite_output_dir and not args.resume_from_checkpoint:
+                for path in remove_run_outputs(args.output_dir):
+                    logger.warning("overwrite_output_dir: removed %s", path)
+        acc.wait_for_everyone()
+
     def _wrap(self, dataset, training: bool) -> ImageClassificationDataset:
         if isinstance(dataset, ImageClassificationDataset):
             return dataset
