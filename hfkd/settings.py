@@ -6,12 +6,31 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import reprlib
 import typing
 from typing import Any, List, Mapping, Union
 
 import numpy as np
 
+# A value quoted in a message is cut to this many characters: a YAML alias bomb or a huge config value must
+# not put megabytes on stderr.
+QUOTE_LIMIT = 200
+
 _NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def shorten(value: Any, limit: int = QUOTE_LIMIT) -> str:
+    """``repr(value)`` for a message, cut to ``limit`` characters with the full length named.
+
+    Every validation message that quotes a user's or a file's value goes through this.  Long
+    containers are not rendered whole first (``reprlib`` caps each level), so a huge value costs little.
+    """
+    r = reprlib.Repr()
+    r.maxstring, r.maxother, r.maxlist, r.maxdict, r.maxtuple, r.maxset, r.maxlevel = limit, limit, 20, 20, 20, 20, 3
+    text = r.repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... (cut)"
 
 
 def _type_ok(value: Any, hint: Any) -> bool:
