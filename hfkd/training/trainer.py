@@ -266,6 +266,11 @@ class DistillationTrainer:
         validation.check_steps(len(train_loader), len(self.train_dataset), args.per_device_train_batch_size,
                                args.dataloader_drop_last, acc.num_processes)
         steps_per_epoch = max(1, math.ceil(len(train_loader) / args.gradient_accumulation_steps))
+        if args.gradient_accumulation_steps > len(train_loader):
+            logger.warning("gradient_accumulation_steps=%d is more than the %d batches of an epoch: every epoch makes "
+                           "one optimiser step over its %d batches (the loss is their mean). Lower "
+                           "gradient_accumulation_steps, or use a smaller batch size, for longer windows",
+                           args.gradient_accumulation_steps, len(train_loader), len(train_loader))
         if args.max_steps > 0:
             max_steps = args.max_steps
             num_epochs = math.ceil(max_steps / steps_per_epoch)
@@ -341,13 +346,27 @@ class DistillationTrainer:
                                                           self.args.output_dir)
                 self._skip_nonfinite()
                 return out.loss.detach()
-            acc.backward(out.loss)
+            acc.backward(out.loss * self._accumulation_scale())
             if acc.sync_gradients and self.args.max_grad_norm > 0:
                 acc.clip_grad_norm_(self._model.parameters(), self.args.max_grad_norm)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         self._running.append({"loss": out.loss.detach(), **out.logs})
         return out.loss.detach()
+
+    def _accumulation_scale(self) -> float:
+        """``gradient_accumulation_steps`` / the batches of the current accumulation window.
+
+        Accelerate divides every loss by ``gradient_accumulation_steps`` but also steps at the end of each
+        epoch, so the last window of an epoch (or the only one, when the accumulation is longer than an
+        epoch) would be averaged over batches it does not hold; scaled by this, every update is the mean
+        over the batches actually accumulated.  Windows restart with each epoch, as Accelerate's do.
+        """
+        gas = self.args.gradient_accumulation_steps
+        if gas == 1:
+            return 1.0
+        window_start = self.state.batches_in_epoch // gas * gas
+        return gas / min(gas, len(self._train_loader_prepared) - window_start)
 
     def _skip_nonfinite(self) -> None:
         # on_nonfinite_loss="skip": this batch updates nothing (gradients of the accumulation window dropped).
