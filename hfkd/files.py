@@ -12,7 +12,10 @@ import json
 import os
 import shutil
 import socket
-from typing import Dict, Iterable, List, Optional
+from contextlib import contextmanager
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Union
+
+from .settings import shorten
 
 # Inside a folder while hfkd writes it: who is writing, so a later run can tell a folder left by a
 # killed writer (safe to remove) from one another live process is writing or a stranger's folder.
@@ -22,7 +25,24 @@ _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
 
 
+class DiskFullError(OSError):
+    """A write ran out of space; the message names the disk, its free space and what the write needed."""
+
+
+def refuse_symlink(path: str, what: str) -> None:
+    """Refuse a symbolic link where hfkd is about to write or remove a folder, naming the link and its target.
+
+    Writing through it would put hfkd's files outside the folder the user gave; moving or removing it
+    would leave the link in a hidden folder or remove the target's files.
+    """
+    if os.path.islink(path):
+        raise FileExistsError(
+            f"{what} {shorten(path)} is a symbolic link to {shorten(os.readlink(path))}; hfkd never writes through a "
+            "link (its files would land outside the folder you chose). Remove the link, or choose another path")
+
+
 def mark_writer(folder: str) -> None:
+    refuse_symlink(folder, "the folder being written")
     with open(os.path.join(folder, WRITER_MARKER), "w", encoding="utf-8") as f:
         json.dump({"pid": os.getpid(), "host": socket.gethostname()}, f)
 
@@ -45,7 +65,14 @@ def _pid_alive(pid: int) -> bool:
 
 
 def abandoned_by_hfkd(folder: str) -> bool:
-    """True when ``folder`` carries hfkd's writer marker and its writer, on this host, is gone."""
+    """True when ``folder`` carries hfkd's writer marker and its writer, on this host, is gone or is this process.
+
+    This process writes one folder at a time and removes it when the write fails, so a marked folder
+    of its own that still exists is the leftover of a failed write (its removal itself failed, e.g. on a
+    full disk), which a retry in the same process may remove.  A symbolic link is never abandoned.
+    """
+    if os.path.islink(folder):
+        return False
     try:
         with open(os.path.join(folder, WRITER_MARKER), encoding="utf-8") as f:
             writer = json.load(f)
@@ -54,7 +81,7 @@ def abandoned_by_hfkd(folder: str) -> bool:
     if not isinstance(writer, dict) or writer.get("host") != socket.gethostname():
         return False  # another machine's writer may still be running: not provably ours to remove
     pid = writer.get("pid")
-    return isinstance(pid, int) and pid != os.getpid() and not _pid_alive(pid)
+    return isinstance(pid, int) and (pid == os.getpid() or not _pid_alive(pid))
 
 
 def remove_abandoned(parent: str, prefixes: Iterable[str]) -> List[str]:
@@ -65,7 +92,7 @@ def remove_abandoned(parent: str, prefixes: Iterable[str]) -> List[str]:
     prefixes = tuple(prefixes)
     for name in os.listdir(parent):
         path = os.path.join(parent, name)
-        if name.startswith(prefixes) and os.path.isdir(path) and abandoned_by_hfkd(path):
+        if name.startswith(prefixes) and os.path.isdir(path) and not os.path.islink(path) and abandoned_by_hfkd(path):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
@@ -95,7 +122,9 @@ def replace_folder(tmp: str, final: str, old_prefix: str) -> None:
     two names in one step, so ``final`` always holds a complete save, the old one or the new one; the
     old one then sits at ``tmp`` (still marked as hfkd's) until it is removed.  Elsewhere the two renames
     remain, and the old save survives a kill under ``old_prefix*`` (marked, so a later save removes it).
+    A symbolic link at ``final`` is refused: swapping it would hide the link and remove through it.
     """
+    refuse_symlink(final, "the save target")
     if not os.path.lexists(final):
         os.rename(tmp, final)
         unmark_writer(final)
@@ -112,6 +141,109 @@ def replace_folder(tmp: str, final: str, old_prefix: str) -> None:
     os.rename(tmp, final)
     unmark_writer(final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+# Messages of out-of-space failures that carry no errno (safetensors' Rust writer, wrapped OS errors).
+_NO_SPACE_WORDS = ("No space left on device", "Disk quota exceeded", "StorageFull", "os error 28", "os error 122")
+# Below this much free space a failed write without errno is taken for a full disk when its size is unknown.
+_LOW_SPACE = 16 << 20
+
+
+def mount_point(path: str) -> str:
+    """The mount point of the file system holding ``path`` (or its nearest existing parent)."""
+    path = os.path.abspath(path)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    while not os.path.ismount(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def free_bytes(path: str) -> Optional[int]:
+    try:
+        return shutil.disk_usage(mount_point(path)).free
+    except OSError:
+        return None
+
+
+def human_size(num_bytes: Optional[float]) -> str:
+    if num_bytes is None:
+        return "an unknown amount"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(num_bytes) < 1024 or unit == "TB":
+            return f"{num_bytes:.0f} {unit}" if unit == "B" else f"{num_bytes:.1f} {unit}"
+        num_bytes /= 1024
+    return f"{num_bytes:.1f} TB"
+
+
+def folder_bytes(folder: str) -> int:
+    """The size of the files under ``folder`` (links not followed)."""
+    total = 0
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                total += os.path.getsize(path)
+    return total
+
+
+def out_of_space(error: BaseException, folder: str, needed: Optional[int] = None) -> bool:
+    """Whether ``error``, raised while writing into ``folder``, means its disk is full.
+
+    ENOSPC / EDQUOT say so; torch's zip writer only says ``unexpected pos ...`` (a short write, no errno),
+    so for other errors the disk's free space decides: less than the write needed, or nearly nothing.
+    """
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if any(words in str(error) for words in _NO_SPACE_WORDS):
+        return True
+    if not isinstance(error, (RuntimeError, OSError)):
+        return False
+    free = free_bytes(folder)
+    return free is not None and free < max(needed or 0, _LOW_SPACE)
+
+
+def remove_own(paths: Iterable[str]) -> List[str]:
+    """Remove the folders this process wrote (never a link); return those removed."""
+    removed = []
+    for path in paths:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+@contextmanager
+def disk_full_explained(folder: str, what: str, *, needed: Union[int, Callable[[], int], None] = None,
+                        cleanup: Iterable[str] = (), where_to_change: str = "the output folder") -> Iterator[None]:
+    """Turn a full disk while writing ``what`` into ``folder`` into one :class:`DiskFullError`.
+
+    On any failure the folders in ``cleanup`` (what this write created) are removed; a full disk is then
+    reported with its mount point, the free space left after the clean-up and about what the write needed
+    (``needed``: bytes, or a function giving them, called only when a write fails).
+    """
+    cleanup = list(cleanup)
+    try:
+        yield
+    except Exception as error:
+        if callable(needed):
+            try:
+                needed = needed()
+            except Exception:  # noqa: BLE001 - only the message's estimate; the write's own error matters
+                needed = None
+        full = out_of_space(error, folder, needed)  # before the clean-up frees the partial write's space
+        removed = remove_own(cleanup)
+        if not full:
+            raise
+        free = free_bytes(folder)
+        needs = f"about {human_size(needed)}" if needed else "more than is free"
+        cleaned = f"removed the partial write ({', '.join(removed)}); " if removed else ""
+        raise DiskFullError(
+            errno.ENOSPC,
+            f"no space left on the disk of {folder} (mounted at {mount_point(folder)}) while writing {what}: "
+            f"{human_size(free)} free, the write needs {needs}. hfkd {cleaned or 'wrote nothing that stays; '}"
+            f"free some space there or choose {where_to_change} on another disk, then run again "
+            f"(the original error: {shorten(str(error))})") from error
 
 
 def sha256(path: str) -> str:

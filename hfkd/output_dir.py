@@ -16,10 +16,12 @@ import os
 import re
 import shutil
 import socket
+import tempfile
 import time
 from typing import Dict, List, Optional
 
 from .hub.save import check_save_target
+from .settings import shorten
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +94,31 @@ def _nearest_existing(path: str) -> str:
     return path
 
 
+def _symlinked_outputs(output_dir: str) -> List[str]:
+    """Links in ``output_dir`` where hfkd will write a checkpoint or the student (``checkpoint-N``, ``student``)."""
+    if not os.path.isdir(output_dir):
+        return []
+    pattern = r"(\.tmp-)?" + re.escape(CHECKPOINT_PREFIX) + r"\d+|" + re.escape(STUDENT_FOLDER)
+    return sorted(os.path.join(output_dir, name) for name in os.listdir(output_dir)
+                  if re.fullmatch(pattern, name) and os.path.islink(os.path.join(output_dir, name)))
+
+
+def _cannot_write(folder: str) -> Optional[str]:
+    """Why this process cannot create a file in ``folder``, or None.
+
+    ``os.access`` answers from the permission bits; creating an unnamed file also finds a read-only
+    mount, ACLs and root squashed on NFS, and leaves nothing behind.
+    """
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return "is not writable by this user"
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        return f"refuses new files ({e.strerror or e})"
+    return None
+
+
 def check_output_dir(output_dir: str, *, resume: bool = False, overwrite: bool = False, nested: bool = False,
                      check_lock: bool = True, what: str = "output_dir") -> None:
     """Refuse, before anything runs, an output folder this run cannot or must not write into.
@@ -104,12 +131,20 @@ def check_output_dir(output_dir: str, *, resume: bool = False, overwrite: bool =
     """
     path = os.path.abspath(output_dir)
     if os.path.lexists(path) and not os.path.isdir(path):
-        raise OutputDirError(f"{what}={output_dir!r} exists and is not a folder; choose another {what} or move the "
-                             "file away")
+        raise OutputDirError(f"{what}={shorten(output_dir)} exists and is not a folder; choose another {what} or move "
+                             "the file away")
     existing = _nearest_existing(path)
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise OutputDirError(f"{what}={output_dir!r} cannot be written: {existing} is not writable by this user; "
+    problem = _cannot_write(existing)
+    if problem:
+        raise OutputDirError(f"{what}={shorten(output_dir)} cannot be written: {existing} {problem}; "
                              f"choose another {what} or fix its permissions")
+    links = _symlinked_outputs(path)
+    if links:
+        shown = "; ".join(f"{link} -> {shorten(os.readlink(link))}" for link in links[:4])
+        raise OutputDirError(
+            f"{what}={shorten(output_dir)} holds symbolic links where hfkd writes its checkpoints or student ({shown}); "
+            f"hfkd never writes through a link (the files would land outside {what}). Remove the links (copy what "
+            f"they point to if you need it there) or use another {what}")
     lock_problem = OutputDirLock(path).holder_problem() if check_lock else None
     if lock_problem:
         raise OutputDirLocked(lock_problem)

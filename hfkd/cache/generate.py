@@ -11,6 +11,7 @@ view; the main process merges them in ``(index, view)`` order.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shlex
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 
 from ..data.loading import find_columns
+from ..files import abandoned_by_hfkd, disk_full_explained, mark_writer, unmark_writer
 from ..data.transforms import AugmentConfig, ImageClassificationDataset, create_image_transform, sample_seed
 from ..hub.secrets import redact_secrets
 from ..launch import create_accelerator
@@ -33,6 +35,8 @@ from ..models.teacher import bind_teacher
 from ..version import __version__
 from .card import write_dataset_card
 from .format import CacheMetadata, augmentation_dict, dataset_fingerprint, encode_logits
+
+logger = logging.getLogger(__name__)
 
 
 def _teacher_entry(teacher) -> Dict[str, Any]:
@@ -73,6 +77,30 @@ def _quiet_datasets():
     finally:
         if not was_disabled:
             enable_progress_bars()
+
+
+def _clear_stages(output_dir: str) -> None:
+    """Refuse an existing cache folder; remove the ``.partial``/``.staging`` stages a stopped or failed hfkd
+    generation left (its writer marker names a dead process of this host, or this process), refuse others."""
+    if os.path.lexists(output_dir):
+        raise FileExistsError(f"{output_dir} already exists; hfkd never overwrites a folder: choose another "
+                              "output_dir or remove it yourself")
+    for stage in (output_dir + ".partial", output_dir + ".staging"):
+        if not os.path.lexists(stage):
+            continue
+        if not abandoned_by_hfkd(stage):
+            raise FileExistsError(f"{stage} already exists and is not a stage a stopped hfkd cache generation left "
+                                  "(another one may be writing it); hfkd never overwrites a folder: choose another "
+                                  "output_dir or remove it yourself")
+        logger.warning("removing %s, left by an earlier cache generation that stopped", stage)
+        shutil.rmtree(stage)
+
+
+def _cache_bytes(num_rows: int, num_teachers: int, num_classes: int, top_k: Optional[int], dtype: str) -> int:
+    """About what the generation writes: the shards, then the merged copy next to them."""
+    item = np.dtype(dtype).itemsize
+    per_row = 28 + num_teachers * (top_k * (item + 4) + item if top_k else num_classes * item)
+    return 2 * num_rows * per_row
 
 
 def _default_command() -> str:
@@ -118,9 +146,7 @@ def cache_teacher_outputs(
         accelerator: an ``accelerate.Accelerator``; made from the launch environment when ``None``
             (``accelerate launch`` / ``torchrun`` give one shard per process).
     """
-    from datasets import Dataset, concatenate_datasets, load_from_disk
-    from datasets.table import InMemoryTable
-    from torch.utils.data import DataLoader, Subset
+    from accelerate.utils import broadcast_object_list
 
     if num_views < 1:
         raise ValueError(f"num_views must be >= 1, got {num_views}")
@@ -150,18 +176,43 @@ def cache_teacher_outputs(
         dataset=dict(dataset_info or {}), hfkd_version=__version__, command=command or _default_command(),
     )
     output_dir = os.path.abspath(output_dir)
-    for path in (output_dir, output_dir + ".partial", output_dir + ".staging"):  # the final folder and its two stages
-        if os.path.exists(path):
-            raise FileExistsError(f"{path} already exists; hfkd never overwrites a folder: choose another "
-                                  "output_dir or remove it yourself")
     encode_logits(torch.zeros(1, 1, num_classes), top_k, dtype)  # validates dtype before the teachers run
 
-    rank, world = accelerator.process_index, accelerator.num_processes
-    partial = output_dir + ".partial"
-    accelerator.wait_for_everyone()
+    rank = accelerator.process_index
+    partial, staging = output_dir + ".partial", output_dir + ".staging"
+    problem = None
+    if accelerator.is_main_process:  # the stages' marker names the main process: only it can judge them
+        try:
+            _clear_stages(output_dir)
+        except FileExistsError as e:
+            problem = str(e)
+    problem = broadcast_object_list([problem])[0]  # every process refuses together, none waits for the others
+    if problem:
+        raise FileExistsError(problem)
     if accelerator.is_main_process:
         os.makedirs(partial, exist_ok=False)
+        mark_writer(partial)  # a stopped generation's stage is then recognisably hfkd's, and removable
     accelerator.wait_for_everyone()
+    # A failure removes what this process wrote (the main process: both stages) and lets a retry in.
+    needed = _cache_bytes(len(train_dataset) * num_views, 1 if ensemble else len(teachers), num_classes, top_k, dtype)
+    own = [partial, staging] if accelerator.is_main_process else [
+        os.path.join(partial, f"rank{rank:05d}-view{view:05d}") for view in range(num_views)]
+    with disk_full_explained(partial, f"the teacher cache {output_dir}", needed=needed, cleanup=own):
+        _generate(accelerator, train_dataset, teachers, preprocess, augment, image_column, label_column, seed,
+                  num_views, batch_size, num_workers, ensemble, top_k, dtype, metadata, output_dir)
+    accelerator.wait_for_everyone()
+    return output_dir
+
+
+def _generate(accelerator, train_dataset, teachers, preprocess, augment, image_column, label_column, seed, num_views,
+              batch_size, num_workers, ensemble, top_k, dtype, metadata, output_dir) -> None:
+    """Run the teachers over every view into ``.partial`` shards; the main process merges them into the cache."""
+    from datasets import Dataset, concatenate_datasets, load_from_disk
+    from datasets.table import InMemoryTable
+    from torch.utils.data import DataLoader, Subset
+
+    rank, world = accelerator.process_index, accelerator.num_processes
+    partial, staging = output_dir + ".partial", output_dir + ".staging"
     transform = create_image_transform(preprocess, augment is not None, augment)
     mode = "RGB" if preprocess.input_size[0] == 3 else "L"
     views = ImageClassificationDataset(train_dataset, transform, image_column, label_column, seed=seed, image_mode=mode)
@@ -190,15 +241,16 @@ def cache_teacher_outputs(
                 Dataset(InMemoryTable(table)).save_to_disk(os.path.join(partial, f"rank{rank:05d}-view{view:05d}"))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        pieces = [load_from_disk(os.path.join(partial, d)) for d in sorted(os.listdir(partial))]
+        pieces = [load_from_disk(os.path.join(partial, d)) for d in sorted(os.listdir(partial))
+                  if os.path.isdir(os.path.join(partial, d))]
         merged = concatenate_datasets(pieces).sort(["index", "view"])
-        staging = output_dir + ".staging"
+        os.makedirs(staging)
+        mark_writer(staging)  # a generation stopped while merging leaves a stage a retry may remove
         with _quiet_datasets():
             merged.save_to_disk(staging)
+        unmark_writer(staging)  # the cache's own files only, from here on
         metadata.save(staging)
         write_dataset_card(staging, metadata)
         os.replace(staging, output_dir)  # appears complete or not at all
         del pieces, merged
         shutil.rmtree(partial)
-    accelerator.wait_for_everyone()
-    return output_dir

@@ -7,6 +7,7 @@ import os
 import shlex
 from typing import Optional, Union
 
+from ..files import refuse_symlink
 from .card import PLOT_FILENAME, create_model_card
 from .save import HFKD_METADATA_FILE, PICKLE_SUFFIXES
 
@@ -111,6 +112,8 @@ def push_to_hub(folder: str, repo_id: str, *, token: Union[str, bool, None] = No
     folder = os.path.abspath(folder)
     _check_folder(folder)
     card_path = os.path.join(folder, CARD_FILENAME)
+    if update_card:  # the refresh (and its undo after a failed push) would write through the link
+        refuse_symlink(card_path, "the model card")
     previous_card = open(card_path, "rb").read() if os.path.isfile(card_path) else None
     if update_card:
         _refresh_card(folder, repo_id)

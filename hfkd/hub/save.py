@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from contextlib import contextmanager
 from typing import Any, Dict, Optional
 
-from ..files import (WRITER_MARKER, mark_writer, read_json, relative_files, remove_abandoned,
-                     replace_folder)
+from ..files import (WRITER_MARKER, disk_full_explained, mark_writer, read_json, refuse_symlink, relative_files,
+                     remove_abandoned, replace_folder)
 from ..models.backbone import Backbone
 from .secrets import redact_secrets
 
@@ -19,31 +19,54 @@ HFKD_METADATA_FILE = "hfkd.json"
 SAVE_MANIFEST_FILE = ".hfkd-files.json"
 # Weight formats that unpickle (run code) on load: never written next to a student.
 PICKLE_SUFFIXES = (".bin", ".pth", ".pt", ".pkl", ".ckpt", ".pth.tar")
+
+
+def _new_sibling(parent: str, prefix: str) -> str:
+    """A new empty folder ``parent/prefix<pid>-<random>``, made with the user's umask.
+
+    (``tempfile.mkdtemp`` makes 0700 folders, and the renamed save would keep that mode.)
+    """
+    while True:
+        path = os.path.join(parent, f"{prefix}{os.getpid()}-{secrets.token_hex(4)}")
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            continue
+
+
 @contextmanager
-def atomic_directory(path: str):
+def atomic_directory(path: str, needed_bytes: Optional[int] = None):
     """Yield a temporary sibling folder that replaces ``path`` only if the block succeeds.
 
     The caller checks that ``path`` may be replaced (:func:`check_save_target`); the temporary folder
     carries hfkd's writer marker until it is in place, so one left by a killed writer is removed by the
-    next save into the same parent, and nothing else is.
+    next save into the same parent, and nothing else is.  A symbolic link at ``path`` is refused.  A
+    full disk removes the temporary folder and raises :class:`hfkd.files.DiskFullError` naming the disk
+    (``needed_bytes``: about how much the save writes, for the message).
     """
     path = os.path.abspath(path)
+    refuse_symlink(path, "the save folder")
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
     base = os.path.basename(path)
     remove_abandoned(parent, (f".{base}.tmp-", f".{base}.old-"))
-    tmp = tempfile.mkdtemp(prefix=f".{base}.tmp-", dir=parent)
-    mark_writer(tmp)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    replace_folder(tmp, path, old_prefix=f".{base}.old-")
+    tmp = _new_sibling(parent, f".{base}.tmp-")
+    with disk_full_explained(parent, f"the save {path}", needed=needed_bytes, cleanup=[tmp],
+                             where_to_change="a save folder"):
+        try:
+            mark_writer(tmp)
+            yield tmp
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        replace_folder(tmp, path, old_prefix=f".{base}.old-")
 
 
 def check_save_target(path: str) -> None:
-    """Refuse to save where replacing the folder would delete or replace something hfkd did not write."""
+    """Refuse to save where replacing the folder would delete or replace something hfkd did not write,
+    or where a symbolic link would carry the save outside the folder."""
+    refuse_symlink(path, "the save folder")
     if os.path.lexists(path) and not os.path.isdir(path):
         raise FileExistsError(f"{path} exists and is not a folder; hfkd saves a student into a folder and never "
                               "replaces a file: choose another path or move the file")
@@ -147,7 +170,8 @@ def save_student(student: Backbone, save_directory: str, metadata: Optional[Dict
             f"cannot save a plain {type(student.model).__name__} in a native format; use a timm or transformers student"
         )
     check_save_target(save_directory)
-    with atomic_directory(save_directory) as tmp:
+    weight_bytes = sum(t.numel() * t.element_size() for t in student.model.state_dict().values())
+    with atomic_directory(save_directory, needed_bytes=weight_bytes) as tmp:
         # The lineage lives in hfkd.json only: config.json stays the model library's own file (docs/hub.md).
         writers[student.library](student, tmp, None)
         if metadata is not None:

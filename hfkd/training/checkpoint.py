@@ -13,8 +13,8 @@ import os
 import shutil
 from typing import Any, Dict, Optional
 
-from ..files import (abandoned_by_hfkd, file_manifest, manifest_problems, mark_writer, read_json, remove_abandoned,
-                     replace_folder)
+from ..files import (abandoned_by_hfkd, disk_full_explained, file_manifest, folder_bytes, manifest_problems,
+                     mark_writer, read_json, refuse_symlink, remove_abandoned, replace_folder)
 from ..output_dir import CHECKPOINT_PREFIX, CHECKPOINT_STATE_FILE, list_checkpoints
 
 logger = logging.getLogger(__name__)
@@ -83,33 +83,55 @@ def _prepare_tmp(tmp: str) -> None:
     mark_writer(tmp)
 
 
+def _state_bytes(accelerator, output_dir: str) -> int:
+    """About what a checkpoint takes: the newest one's size, else the models' and optimisers' tensors."""
+    found = list_checkpoints(output_dir)
+    if found:
+        return folder_bytes(found[-1])
+    tensors = [t for m in accelerator._models for t in m.state_dict().values()]
+    for optimizer in accelerator._optimizers:
+        for per_param in optimizer.state_dict().get("state", {}).values():
+            tensors += [t for t in per_param.values() if hasattr(t, "element_size")]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
 def save_checkpoint(accelerator, output_dir: str, step: int, state: Dict[str, Any], method_state: Dict[str, Any],
                     save_total_limit: Optional[int]) -> str:
-    """Every process calls this; the folder appears under its final name only when complete."""
+    """Every process calls this; the folder appears under its final name only when complete.
+
+    A symbolic link at ``checkpoint-N`` or ``.tmp-checkpoint-N`` is refused before anything is written.
+    A failed write removes ``.tmp-checkpoint-N``; a full disk raises :class:`hfkd.files.DiskFullError`
+    naming the disk, its free space and about what the checkpoint needs.
+    """
     from safetensors.torch import save_file
 
     final = os.path.join(output_dir, f"{PREFIX}{step}")
     tmp = os.path.join(output_dir, f"{_TMP}{PREFIX}{step}")
+    refuse_symlink(final, "the checkpoint")  # every process: all raise together, none waits for the others
+    refuse_symlink(tmp, "the checkpoint's temporary folder")
     if accelerator.is_main_process:
         os.makedirs(output_dir, exist_ok=True)
         remove_abandoned(output_dir, (f"{_TMP}{PREFIX}", f"{_OLD}{PREFIX}"))  # left by a killed run
         _prepare_tmp(tmp)
     accelerator.wait_for_everyone()
-    accelerator.save_state(tmp)
-    if accelerator.is_main_process:
-        if method_state:
-            save_file({k: v.detach().cpu().contiguous() for k, v in method_state.items()},
-                      os.path.join(tmp, METHOD_STATE_FILE))
-        with open(os.path.join(tmp, STATE_FILE), "w", encoding="utf-8") as f:
-            json.dump(state, f, indent=2, default=str)
-        with open(os.path.join(tmp, MANIFEST_FILE), "w", encoding="utf-8") as f:  # last: marks completeness
-            json.dump({"files": file_manifest(tmp, exclude=(MANIFEST_FILE,))}, f, indent=2)
-        if os.path.lexists(final) and not os.path.isfile(os.path.join(final, STATE_FILE)):
-            raise FileExistsError(f"{final} exists and is not an hfkd checkpoint; move it out of {output_dir}")
-        replace_folder(tmp, final, old_prefix=f"{_OLD}{PREFIX}{step}-")
-        if save_total_limit:
-            for old in list_checkpoints(output_dir)[:-save_total_limit]:
-                shutil.rmtree(old, ignore_errors=True)
+    with disk_full_explained(output_dir, f"the checkpoint {final}",
+                             needed=lambda: _state_bytes(accelerator, output_dir),
+                             cleanup=[tmp] if accelerator.is_main_process else [], where_to_change="an output_dir"):
+        accelerator.save_state(tmp)
+        if accelerator.is_main_process:
+            if method_state:
+                save_file({k: v.detach().cpu().contiguous() for k, v in method_state.items()},
+                          os.path.join(tmp, METHOD_STATE_FILE))
+            with open(os.path.join(tmp, STATE_FILE), "w", encoding="utf-8") as f:
+                json.dump(state, f, indent=2, default=str)
+            with open(os.path.join(tmp, MANIFEST_FILE), "w", encoding="utf-8") as f:  # last: marks completeness
+                json.dump({"files": file_manifest(tmp, exclude=(MANIFEST_FILE,))}, f, indent=2)
+            if os.path.lexists(final) and not os.path.isfile(os.path.join(final, STATE_FILE)):
+                raise FileExistsError(f"{final} exists and is not an hfkd checkpoint; move it out of {output_dir}")
+            replace_folder(tmp, final, old_prefix=f"{_OLD}{PREFIX}{step}-")
+    if accelerator.is_main_process and save_total_limit:
+        for old in list_checkpoints(output_dir)[:-save_total_limit]:
+            shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
 
