@@ -10,6 +10,7 @@ What counts as a run's outputs: ``checkpoint-N`` folders holding a trainer state
 from __future__ import annotations
 
 import atexit
+import fcntl
 import json
 import logging
 import os
@@ -18,7 +19,8 @@ import shutil
 import socket
 import tempfile
 import time
-from typing import Dict, List, Optional
+from contextlib import contextmanager
+from typing import Dict, Iterator, List, Optional
 
 from .hub.save import check_save_target
 from .settings import shorten
@@ -204,6 +206,29 @@ def _pid_alive(pid: int) -> bool:
 _HELD: Dict[str, int] = {}  # lock path -> how many holders in this process
 
 
+@contextmanager
+def _one_taker_at_a_time(folder: str) -> Iterator[None]:
+    """Serialise taking the lock of ``folder`` among processes (``flock`` on the folder itself).
+
+    Without it, two runs starting together could both find a stale lock, and the second would remove
+    the lock the first had just taken.  Where the file system has no ``flock`` on folders (some network
+    file systems), taking the lock goes on without this guard.
+    """
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as e:
+            logger.debug("no flock on %s (%s): taking its lock unguarded", folder, e)
+        yield
+    finally:
+        os.close(fd)  # also releases the flock
+
+
 class OutputDirLock:
     """``output_dir/.hfkd-run.lock``: which run writes into the folder (pid, host, start time, job id).
 
@@ -262,11 +287,34 @@ class OutputDirLock:
             _HELD[self.path] += 1
             return self
         os.makedirs(self.output_dir, exist_ok=True)
+        with _one_taker_at_a_time(self.output_dir):
+            self._take()
+        _HELD[self.path] = 1
+        atexit.register(self._release_at_exit)
+        return self
+
+    def _write_record(self) -> None:
+        """Create the lock with its whole record in one step (a reader never sees it half-written)."""
         record = {"pid": os.getpid(), "host": socket.gethostname(), "start": time.time(),
                   "job_id": scheduler_job_id()}
+        tmp = f"{self.path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(record, f)
+        try:
+            os.link(tmp, self.path)  # fails if a lock exists: exclusive, and complete when it appears
+        except FileExistsError:
+            raise
+        except OSError:  # no hard links on this file system: exclusive create, then the record
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(record, f)
+        finally:
+            os.remove(tmp)
+
+    def _take(self) -> None:
         for _ in range(3):
             try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                self._write_record()
             except FileExistsError:
                 holder = self.read()
                 if holder is None:
@@ -281,11 +329,7 @@ class OutputDirLock:
                 logger.warning("taking over the lock of %s: %s", self.output_dir, reason)
                 os.remove(self.path)
                 continue
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(record, f)
-            _HELD[self.path] = 1
-            atexit.register(self._release_at_exit)
-            return self
+            return
         raise OutputDirLocked(f"could not take the lock {self.path}: another run keeps taking it")
 
     def release(self) -> None:

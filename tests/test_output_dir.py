@@ -113,3 +113,45 @@ def test_the_lock_is_reentrant_in_one_process(tmp_path):
     assert (tmp_path / LOCK_FILE).exists()
     outer.release()
     assert not (tmp_path / LOCK_FILE).exists()
+
+
+_TAKER = """
+import os, sys, time
+import hfkd.output_dir as od
+folder, go = sys.argv[1], sys.argv[2]
+warning = od.logger.warning
+def slow_warning(*args, **kwargs):  # widens the moment between finding the lock stale and replacing it
+    warning(*args, **kwargs)
+    time.sleep(1.0)
+od.logger.warning = slow_warning
+print("ready", flush=True)
+while not os.path.exists(go):
+    time.sleep(0.005)
+try:
+    od.OutputDirLock(folder).acquire()
+    print("took", flush=True)
+except od.OutputDirLocked:
+    print("refused", flush=True)
+time.sleep(4)  # alive while the others try
+"""
+
+
+@pytest.mark.slow
+def test_runs_starting_together_on_a_stale_lock_take_it_one_at_a_time(tmp_path):
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+    _write_lock(tmp_path, pid=dead)  # a killed run's lock: every new run may take it over, but only one may win
+    go = tmp_path / "go"
+    takers = [subprocess.Popen([sys.executable, "-c", _TAKER, str(tmp_path), str(go)], stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True) for _ in range(2)]
+    try:
+        assert [p.stdout.readline().strip() for p in takers] == ["ready"] * 2
+        go.write_text("")  # both try at once
+        answers = {p.pid: p.stdout.readline().strip() for p in takers}
+    finally:
+        for p in takers:
+            p.kill()
+            p.wait()
+    assert sorted(answers.values()) == ["refused", "took"]
+    winner = [pid for pid, answer in answers.items() if answer == "took"]
+    assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == winner[0]
