@@ -144,6 +144,18 @@ def test_torchs_zip_writer_error_on_a_full_disk_is_named(tmp_path, small_digits,
     assert not isinstance(e.value, DiskFullError)
 
 
+def test_a_full_disk_before_the_checkpoint_folder_is_marked_leaves_nothing_behind(tmp_path, small_digits,
+                                                                                   monkeypatch):
+    out = tmp_path / "run"
+    trainer = _trainer(out, small_digits, max_steps=2, save_strategy="steps", save_steps=2)
+    monkeypatch.setattr(checkpoint_module, "mark_writer", _no_space)  # not even the marker fits
+    with pytest.raises(DiskFullError, match="checkpoint-2"):
+        trainer.train()
+    assert not os.path.lexists(out / ".tmp-checkpoint-2")  # an unmarked one would refuse every retry
+    monkeypatch.undo()
+    assert os.path.isdir(trainer._save())
+
+
 def test_a_retry_removes_this_processs_own_leftover_checkpoint_folder(tmp_path):
     tmp = tmp_path / ".tmp-checkpoint-2"
     tmp.mkdir()

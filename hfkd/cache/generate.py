@@ -191,13 +191,14 @@ def cache_teacher_outputs(
         raise FileExistsError(problem)
     if accelerator.is_main_process:
         os.makedirs(partial, exist_ok=False)
-        mark_writer(partial)  # a stopped generation's stage is then recognisably hfkd's, and removable
-    accelerator.wait_for_everyone()
     # A failure removes what this process wrote (the main process: both stages) and lets a retry in.
     needed = _cache_bytes(len(train_dataset) * num_views, 1 if ensemble else len(teachers), num_classes, top_k, dtype)
     own = [partial, staging] if accelerator.is_main_process else [
         os.path.join(partial, f"rank{rank:05d}-view{view:05d}") for view in range(num_views)]
     with disk_full_explained(partial, f"the teacher cache {output_dir}", needed=needed, cleanup=own):
+        if accelerator.is_main_process:
+            mark_writer(partial)  # a stopped generation's stage is then recognisably hfkd's, and removable
+        accelerator.wait_for_everyone()
         _generate(accelerator, train_dataset, teachers, preprocess, augment, image_column, label_column, seed,
                   num_views, batch_size, num_workers, ensemble, top_k, dtype, metadata, output_dir)
     accelerator.wait_for_everyone()

@@ -51,7 +51,8 @@ def atomic_directory(path: str, needed_bytes: Optional[int] = None):
     os.makedirs(parent, exist_ok=True)
     base = os.path.basename(path)
     remove_abandoned(parent, (f".{base}.tmp-", f".{base}.old-"))
-    tmp = _new_sibling(parent, f".{base}.tmp-")
+    with disk_full_explained(parent, f"the save {path}", needed=needed_bytes, where_to_change="a save folder"):
+        tmp = _new_sibling(parent, f".{base}.tmp-")
     with disk_full_explained(parent, f"the save {path}", needed=needed_bytes, cleanup=[tmp],
                              where_to_change="a save folder"):
         try:

@@ -80,7 +80,11 @@ def _prepare_tmp(tmp: str) -> None:
                                   "another run may be writing into the same output_dir. Remove it or use another output_dir")
         shutil.rmtree(tmp)
     os.makedirs(tmp)
-    mark_writer(tmp)
+    try:
+        mark_writer(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # ours, just made: an unmarked one would block every retry
+        raise
 
 
 def _state_bytes(accelerator, output_dir: str) -> int:
@@ -109,14 +113,16 @@ def save_checkpoint(accelerator, output_dir: str, step: int, state: Dict[str, An
     tmp = os.path.join(output_dir, f"{_TMP}{PREFIX}{step}")
     refuse_symlink(final, "the checkpoint")  # every process: all raise together, none waits for the others
     refuse_symlink(tmp, "the checkpoint's temporary folder")
+    # The size estimate is made only when a write fails.
+    full_disk = dict(needed=lambda: _state_bytes(accelerator, output_dir), where_to_change="an output_dir")
     if accelerator.is_main_process:
         os.makedirs(output_dir, exist_ok=True)
         remove_abandoned(output_dir, (f"{_TMP}{PREFIX}", f"{_OLD}{PREFIX}"))  # left by a killed run
-        _prepare_tmp(tmp)
+        with disk_full_explained(output_dir, f"the checkpoint {final}", **full_disk):
+            _prepare_tmp(tmp)
     accelerator.wait_for_everyone()
     with disk_full_explained(output_dir, f"the checkpoint {final}",
-                             needed=lambda: _state_bytes(accelerator, output_dir),
-                             cleanup=[tmp] if accelerator.is_main_process else [], where_to_change="an output_dir"):
+                             cleanup=[tmp] if accelerator.is_main_process else [], **full_disk):
         accelerator.save_state(tmp)
         if accelerator.is_main_process:
             if method_state:
