@@ -298,7 +298,9 @@ class OutputDirLock:
         record = {"pid": os.getpid(), "host": socket.gethostname(), "start": time.time(),
                   "job_id": scheduler_job_id()}
         tmp = f"{self.path}.{os.getpid()}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
+        if os.path.lexists(tmp):  # a crashed run's with our pid; never written through, should it be a link
+            os.remove(tmp)
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), "w", encoding="utf-8") as f:
             json.dump(record, f)
         try:
             os.link(tmp, self.path)  # fails if a lock exists: exclusive, and complete when it appears

@@ -155,3 +155,16 @@ def test_runs_starting_together_on_a_stale_lock_take_it_one_at_a_time(tmp_path):
     assert sorted(answers.values()) == ["refused", "took"]
     winner = [pid for pid, answer in answers.items() if answer == "took"]
     assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == winner[0]
+
+
+def test_taking_the_lock_never_writes_through_a_link(tmp_path):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("mine")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / f"{LOCK_FILE}.{os.getpid()}.tmp").symlink_to(outside)
+    lock = OutputDirLock(str(run)).acquire()
+    assert outside.read_text() == "mine"
+    assert json.loads((run / LOCK_FILE).read_text())["pid"] == os.getpid()
+    lock.release()
+    assert sorted(os.listdir(run)) == []
