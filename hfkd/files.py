@@ -145,7 +145,10 @@ def replace_folder(tmp: str, final: str, old_prefix: str) -> None:
 
 # Messages of out-of-space failures that carry no errno (safetensors' Rust writer, wrapped OS errors).
 _NO_SPACE_WORDS = ("No space left on device", "Disk quota exceeded", "StorageFull", "os error 28", "os error 122")
-# Below this much free space a failed write without errno is taken for a full disk when its size is unknown.
+# torch's zip writer on a short write: no errno, only these words (e.g. "[enforce fail at
+# inline_container.cc:672] . unexpected pos 863808 vs 863700"); a full disk then decides by free space.
+_SHORT_WRITE_WORDS = ("unexpected pos", "PytorchStreamWriter failed", "inline_container", "file write failed")
+# Below this much free space a short write is taken for a full disk when the write's size is unknown.
 _LOW_SPACE = 16 << 20
 
 
@@ -191,13 +194,13 @@ def out_of_space(error: BaseException, folder: str, needed: Optional[int] = None
     """Whether ``error``, raised while writing into ``folder``, means its disk is full.
 
     ENOSPC / EDQUOT say so; torch's zip writer only says ``unexpected pos ...`` (a short write, no errno),
-    so for other errors the disk's free space decides: less than the write needed, or nearly nothing.
+    so for such an error the disk's free space decides: less than the write needed, or nearly nothing.
     """
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
     if any(words in str(error) for words in _NO_SPACE_WORDS):
         return True
-    if not isinstance(error, (RuntimeError, OSError)):
+    if not any(words in str(error) for words in _SHORT_WRITE_WORDS):
         return False
     free = free_bytes(folder)
     return free is not None and free < max(needed or 0, _LOW_SPACE)

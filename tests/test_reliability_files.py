@@ -144,6 +144,17 @@ def test_torchs_zip_writer_error_on_a_full_disk_is_named(tmp_path, small_digits,
     assert not isinstance(e.value, DiskFullError)
 
 
+def test_only_write_failures_are_taken_for_a_full_disk(tmp_path, monkeypatch):
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda path: usage(10 << 30, 10 << 30, 4096))
+    assert files.out_of_space(RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 8 vs 7"),
+                              str(tmp_path))
+    assert files.out_of_space(RuntimeError("Error while serializing: IoError(Os { code: 28, kind: StorageFull })"),
+                              str(tmp_path))
+    assert not files.out_of_space(RuntimeError("CUDA error: an illegal memory access"), str(tmp_path))
+    assert not files.out_of_space(PermissionError(errno.EACCES, "Permission denied"), str(tmp_path))
+
+
 def test_a_full_disk_before_the_checkpoint_folder_is_marked_leaves_nothing_behind(tmp_path, small_digits,
                                                                                    monkeypatch):
     out = tmp_path / "run"

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from ..data.loading import find_columns
-from ..files import abandoned_by_hfkd, disk_full_explained, mark_writer, unmark_writer
 from ..data.transforms import AugmentConfig, ImageClassificationDataset, create_image_transform, sample_seed
+from ..files import abandoned_by_hfkd, disk_full_explained, mark_writer, unmark_writer
 from ..hub.secrets import redact_secrets
 from ..launch import create_accelerator
 from ..losses import ensemble_probs
