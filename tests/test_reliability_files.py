@@ -220,7 +220,9 @@ def test_a_full_disk_while_caching_leaves_no_stage_and_allows_a_retry(tmp_path, 
         monkeypatch.setattr(datasets.Dataset, "save_to_disk", _no_space)
     else:
         monkeypatch.setattr(generate, "write_dataset_card", _no_space)
-    with pytest.raises(DiskFullError, match=rf"disk of {folder}.partial \(mounted at .*\).* the write needs about"):
+    expected = (rf"disk of {tmp_path} \(mounted at .*\) while writing the teacher cache {folder}: .* the write needs "
+                r"about .*an output_dir on another disk")
+    with pytest.raises(DiskFullError, match=expected):
         _cache(cache_setup, folder)
     assert os.listdir(tmp_path) == []  # neither .partial nor .staging is left to block the retry
     monkeypatch.undo()

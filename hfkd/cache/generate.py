@@ -195,7 +195,8 @@ def cache_teacher_outputs(
     needed = _cache_bytes(len(train_dataset) * num_views, 1 if ensemble else len(teachers), num_classes, top_k, dtype)
     own = [partial, staging] if accelerator.is_main_process else [
         os.path.join(partial, f"rank{rank:05d}-view{view:05d}") for view in range(num_views)]
-    with disk_full_explained(partial, f"the teacher cache {output_dir}", needed=needed, cleanup=own):
+    with disk_full_explained(os.path.dirname(output_dir), f"the teacher cache {output_dir}", needed=needed,
+                             cleanup=own, where_to_change="an output_dir"):
         if accelerator.is_main_process:
             mark_writer(partial)  # a stopped generation's stage is then recognisably hfkd's, and removable
         accelerator.wait_for_everyone()
