@@ -7,7 +7,6 @@ without a word.  The tests recompute each update by hand (plain SGD) from the ba
 import copy
 import logging
 
-import pytest
 import torch
 import torch.nn.functional as F
 
@@ -24,7 +23,8 @@ def _trained(tmp_path, data, samples, gas, max_steps):
     initial = copy.deepcopy(student)
     args = run_args(tmp_path / "run", max_steps=max_steps, gradient_accumulation_steps=gas, optim="momentum",
                     momentum=0.0, learning_rate=LR, lr_scheduler_type="constant", max_grad_norm=0.0)
-    trainer = DistillationTrainer(student, method="supervised", args=args, train_dataset=data.train.select(range(samples)))
+    trainer = DistillationTrainer(student, method="supervised", args=args,
+                                  train_dataset=data.train.select(range(samples)))
     seen = []
     step = trainer._train_step
 
