@@ -32,7 +32,9 @@ from ..models.preprocess import PreprocessConfig
 from ..models.teacher import bind_teacher
 from ..version import __version__
 from .card import write_dataset_card
-from .format import CacheMetadata, augmentation_dict, dataset_fingerprint, encode_logits
+from ..files import file_manifest
+from .format import (UNLISTED_FILES, CacheMetadata, augmentation_dict, dataset_fingerprint, datasets_fingerprint,
+                     encode_logits, images_sha256)
 
 
 def _teacher_entry(teacher) -> Dict[str, Any]:
@@ -99,6 +101,7 @@ def cache_teacher_outputs(
     command: Optional[str] = None,
     accelerator=None,
     num_workers: int = 0,
+    hash_images: bool = False,
 ) -> str:
     """Write a teacher cache of ``train_dataset`` to ``output_dir`` (a new folder); returns its path.
 
@@ -117,6 +120,9 @@ def cache_teacher_outputs(
         seed: the augmentation seed, the training run's ``seed`` for its epochs to coincide with views.
         accelerator: an ``accelerate.Accelerator``; made from the launch environment when ``None``
             (``accelerate launch`` / ``torchrun`` give one shard per process).
+        hash_images: also record a sha256 of every label and image's stored bytes; every run that opens the
+            cache then hashes its split in full and must match it (one read of the split per run), whatever
+            ``datasets``' fingerprint says (the same images loaded from elsewhere are accepted).
     """
     from datasets import Dataset, concatenate_datasets, load_from_disk
     from datasets.table import InMemoryTable
@@ -148,6 +154,8 @@ def cache_teacher_outputs(
                                                                                          label_column),
         top_k=top_k, dtype=dtype, ensembled=bool(ensemble), label_names=label_names,
         dataset=dict(dataset_info or {}), hfkd_version=__version__, command=command or _default_command(),
+        dataset_fingerprint=datasets_fingerprint(train_dataset),
+        images_sha256=images_sha256(train_dataset, image_column, label_column) if hash_images else None,
     )
     output_dir = os.path.abspath(output_dir)
     for path in (output_dir, output_dir + ".partial", output_dir + ".staging"):  # the final folder and its two stages
@@ -195,6 +203,7 @@ def cache_teacher_outputs(
         staging = output_dir + ".staging"
         with _quiet_datasets():
             merged.save_to_disk(staging)
+        metadata.files = file_manifest(staging, exclude=UNLISTED_FILES)  # sizes checked on open, hashes on request
         metadata.save(staging)
         write_dataset_card(staging, metadata)
         os.replace(staging, output_dir)  # appears complete or not at all
