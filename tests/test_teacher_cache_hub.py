@@ -78,7 +78,9 @@ def test_a_cache_revision_is_read_or_named(hub, cache_folder, tmp_path):  # noqa
 
     # was: HFValidationError (the trainer could not be given a revision at all)
     assert trainer(teacher_cache=REPO + "@v1").teacher_cache.metadata.num_views == 2
-    assert trainer(teacher_cache=REPO, teacher_cache_revision="v1").teacher_cache.metadata.num_views == 2
+    cache = trainer(teacher_cache=REPO, teacher_cache_revision="v1").teacher_cache
+    assert cache.metadata.num_views == 2
+    assert cache.lineage()["revision"] == hub.repo(f"datasets/{REPO}").resolve("v1")  # the commit read, recorded
     # was: a raw RevisionNotFoundError
     with pytest.raises(TeacherCacheError, match=r"the Hub dataset hfkd-tests/digits-soft-labels has no revision 'v2'.*"
                                                 r"check teacher_cache_revision"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from typing import List, Optional, Tuple, Union
 
-from huggingface_hub import HfApi, snapshot_download
+from huggingface_hub import HfApi, constants, snapshot_download
 from huggingface_hub.errors import (LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError,
                                     RevisionNotFoundError)
 
@@ -34,8 +34,9 @@ def _download(repo_id: str, revision: Optional[str], token) -> Tuple[str, Option
             fetched = [f.filename for f in plan if f.will_download]
         except (RevisionNotFoundError, RepositoryNotFoundError):
             raise
-        except Exception:  # noqa: BLE001 - e.g. offline: the download below says what is wrong
-            fetched = None
+        except Exception:  # noqa: BLE001 - the download below says what is wrong
+            # Offline nothing can be fetched (the local snapshot is used as it is); otherwise hash everything.
+            fetched = [] if constants.HF_HUB_OFFLINE else None
         return snapshot_download(repo_id, repo_type="dataset", revision=revision, token=token), fetched
     except RevisionNotFoundError as e:
         raise TeacherCacheError(f"{where}: the Hub dataset {repo_id} has no revision {shorten(revision)} (a branch, "

@@ -120,6 +120,9 @@ class TeacherCache:
     def __init__(self, folder: str, source: Optional[str] = None, draw_seed: int = 0):
         self.folder = folder
         self.source = source or folder
+        # A Hub download lives in huggingface_hub's snapshots/<commit>: the commit read, for the lineage.
+        parent = os.path.dirname(os.path.normpath(folder))
+        self.revision = os.path.basename(os.path.normpath(folder)) if os.path.basename(parent) == "snapshots" else None
         self.metadata = CacheMetadata.load(folder, self.source)
         # Sizes always; contents too when cheap (a same-size edit of a row is invisible to sizes).
         check_files(folder, self.metadata, self.where,
@@ -191,7 +194,7 @@ class TeacherCache:
         source = str(self.source)
         if os.path.isdir(source):
             source = local_checkpoint_name(os.path.abspath(source)) or source
-        return {"source": source, "teachers": m.teachers, "num_views": m.num_views, "top_k": m.top_k,
+        return {"source": source, "revision": self.revision, "teachers": m.teachers, "num_views": m.num_views, "top_k": m.top_k,
                 "dtype": m.dtype, "ensembled": m.ensembled, "augmentation": m.augmentation,
                 "train_fingerprint": m.train_fingerprint, "command": command_without_local_paths(m.command)}
 
