@@ -92,6 +92,8 @@ def test_a_cache_revision_is_read_or_named(hub, cache_folder, tmp_path):  # noqa
 
 
 def test_a_download_is_checked_against_the_manifest(hub, cache_folder, tmp_path):  # noqa: F811
+    from huggingface_hub import HfApi
+
     folder, _, _ = cache_folder
     damaged = shutil.copytree(folder, str(tmp_path / "damaged"))
     (arrow,) = glob.glob(os.path.join(damaged, "*.arrow"))
@@ -100,7 +102,11 @@ def test_a_download_is_checked_against_the_manifest(hub, cache_folder, tmp_path)
         byte = f.read(1)
         f.seek(-1, os.SEEK_CUR)
         f.write(bytes([byte[0] ^ 0xFF]))
-    push_teacher_cache(damaged, REPO)
+    with pytest.raises(TeacherCacheError, match=r"\.arrow has the right size but different content"):
+        push_teacher_cache(damaged, REPO)  # hfkd does not publish it
+    api = HfApi()  # another tool does
+    api.create_repo(REPO, repo_type="dataset")
+    api.upload_folder(folder_path=damaged, repo_id=REPO, repo_type="dataset")
     with pytest.raises(TeacherCacheError, match=r"just downloaded\) .*is damaged: .*\.arrow has the right size but "
                                                 r"different content.*force_download=True"):
         resolve_cache(REPO)

@@ -79,12 +79,16 @@ def push_teacher_cache(folder: str, repo_id: str, *, token: Union[str, bool, Non
                        commit_message: Optional[str] = None, endpoint: Optional[str] = None):
     """Upload a cache folder to the Hub dataset ``repo_id`` in one commit, with its card; returns the ``CommitInfo``.
 
-    The card (``README.md``) is re-rendered to name ``repo_id`` when hfkd wrote it.  A failure
+    The files are checked against the manifest first (a damaged cache is not published).  The card
+    (``README.md``) is re-rendered to name ``repo_id`` when hfkd wrote it.  A failure
     raises :class:`hfkd.hub.HubPushError` (what failed, HTTP status) and leaves the folder intact.
     """
     folder = os.path.abspath(folder)
     if not os.path.isfile(os.path.join(folder, CACHE_METADATA_FILE)):
         raise FileNotFoundError(f"{folder} is not an hfkd teacher cache (no {CACHE_METADATA_FILE})")
+    # A damaged cache is not published: every user would train from it (the upload reads the files anyway).
+    metadata = CacheMetadata.load(folder)
+    check_files(folder, metadata, f"the teacher cache {folder}", content=metadata.files is not None)
     previous = refresh_dataset_card(folder, repo_id)
     api = HfApi(endpoint=endpoint, token=token, library_name="hfkd")
     step = f"creating the dataset repository {repo_id}"
