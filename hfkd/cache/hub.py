@@ -9,8 +9,8 @@ from huggingface_hub.errors import (LocalEntryNotFoundError, OfflineModeIsEnable
                                     RevisionNotFoundError)
 
 from ..hub.push import HubPushError, explain_error
-from .card import refresh_dataset_card
 from ..settings import shorten
+from .card import refresh_dataset_card
 from .format import CACHE_METADATA_FILE, CacheMetadata, TeacherCacheError, check_files
 
 

@@ -194,8 +194,8 @@ class TeacherCache:
         source = str(self.source)
         if os.path.isdir(source):
             source = local_checkpoint_name(os.path.abspath(source)) or source
-        return {"source": source, "revision": self.revision, "teachers": m.teachers, "num_views": m.num_views, "top_k": m.top_k,
-                "dtype": m.dtype, "ensembled": m.ensembled, "augmentation": m.augmentation,
+        return {"source": source, "revision": self.revision, "teachers": m.teachers, "num_views": m.num_views,
+                "top_k": m.top_k, "dtype": m.dtype, "ensembled": m.ensembled, "augmentation": m.augmentation,
                 "train_fingerprint": m.train_fingerprint, "command": command_without_local_paths(m.command)}
 
     # -- fitness --------------------------------------------------------------------------------
@@ -235,7 +235,6 @@ class TeacherCache:
         if augment is not None and augmentation_dict(augment) != m.augmentation:
             raise ValueError(f"{where} holds views augmented with {m.augmentation}, but the run asks for "
                              f"{augmentation_dict(augment)}; pass augment=None to train on the cache's views")
-
 
     def _check_split_identity(self, train_dataset, image_column: str, label_column: str) -> None:
         """Beyond the 64 sampled images: every image, by content (hash_images) or by ``datasets``' fingerprint."""
