@@ -116,3 +116,11 @@ def test_pruned_widths_are_checked(timm_folder, tmp_path):
 def test_a_good_config_still_loads(timm_folder, vit_folder):
     assert hfkd.from_pretrained(timm_folder).num_classes == 10
     assert hfkd.from_pretrained(vit_folder).num_classes == 4
+
+
+def test_a_bad_size_in_a_preprocessor_config_is_named(vit_folder, tmp_path):
+    folder = _edited(vit_folder, tmp_path, lambda c: c.update(size={"height": -5, "width": 32},
+                                                              crop_size={"height": -5, "width": 32}),
+                     name="preprocessor_config.json")  # was: loaded with input_size (3, -5, 32)
+    with pytest.raises(ValueError, match=r"preprocessor_config.json of .*edited: size / crop_size must be"):
+        hfkd.from_pretrained(folder)

@@ -8,7 +8,7 @@ from typing import Any, Dict, Optional, Sequence, Union
 from torch import nn
 
 from .backbone import Backbone, ModuleBackbone, TimmBackbone, TransformersBackbone
-from .config_check import check_model_config
+from .config_check import check_input_size, check_model_config
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, PreprocessConfig
 
 ModelSource = Union[str, nn.Module, Backbone, "PretrainedConfig"]  # noqa: F821
@@ -78,6 +78,8 @@ def _transformers_preprocess(model: nn.Module, path: Optional[str], revision: Op
     crop = getattr(proc, "crop_size", None)
     if isinstance(crop, dict) and "height" in crop:
         d["input_size"] = (d["input_size"][0], crop["height"], crop["width"])
+    # The sizes come from preprocessor_config.json: checked here, naming it, before a transform is built on them.
+    check_input_size(f"preprocessor_config.json of {path}", "size / crop_size", d["input_size"])
     d["mean"] = getattr(proc, "image_mean", None) or IMAGENET_MEAN
     d["std"] = getattr(proc, "image_std", None) or IMAGENET_STD
     d["crop_pct"] = getattr(proc, "crop_pct", None) or 1.0
