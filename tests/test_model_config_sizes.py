@@ -49,7 +49,8 @@ def _set(key, value, within=None):
 
 @pytest.mark.parametrize("edit, field", [
     (_set("num_classes", -3), "num_classes"),  # was: a 1000-class model with a random head
-    (_set("num_classes", 1e9), "num_classes"),  # was: "can't allocate memory ... 384000000000 bytes"
+    (_set("num_classes", 10 ** 9), "num_classes"),  # was: "can't allocate memory ... 384000000000 bytes"
+    (_set("num_classes", 1e9), "num_classes"),  # was: TypeError: empty(): ... found element of type float
     (_set("num_classes", "ten"), "num_classes"),  # was: TypeError '>=' not supported between 'str' and 'int'
     (_set("num_classes", MAX_NUM_CLASSES + 1), "num_classes"),
     (_set("input_size", [3, 0, -5], within="pretrained_cfg"), "pretrained_cfg.input_size"),  # was: accepted
