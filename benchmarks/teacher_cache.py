@@ -4,6 +4,7 @@
     python benchmarks/teacher_cache.py --section storage      # generation cost, bytes/image/view: full/top-k x fp32/fp16
     python benchmarks/teacher_cache.py --section disk         # bytes/view on disk, 10 and 1000 classes, no teacher run
     python benchmarks/teacher_cache.py --section accuracy     # cached vs online MEAL V2 and KD, 3 seeds, R = 1 and 4
+    python benchmarks/teacher_cache.py --section integrity    # cost of the checks on open: sizes, sha256, split hashes
 
 All on the embedded demo: the demo student and teachers (hfkd/cli/demo.py: cifar_resnet8 <- cifar_resnet20 +
 cifar_wrn16_2, trained and cached by hfkd.cli.demo), digits at 32 px, the MEAL V2 demo's augmentation and learning rates.
@@ -13,6 +14,8 @@ cifar_wrn16_2, trained and cached by hfkd.cli.demo), digits at 32 px, the MEAL V
   machine hits all alike; ratios per round, reported as median [min, max].
 * storage: the Arrow bytes on disk per stored view (key columns included) and the generation time
   per image and view, for full and top-k logits in float32 and float16.
+* integrity: opening a cache with the size check only vs sizes + sha256 (what caches up to 256 MB get), the
+  sha256 rate that bound rests on, and the split's full image hash (hash_images) vs the 64-image fingerprint.
 * accuracy: top-1 on the eval split after the MEAL V2 demo (6 epochs from the demo's trained
   student) and the KD demo (4 epochs from scratch), online vs from an R = 1 and an R = 4 cache.
 """
@@ -135,6 +138,44 @@ def disk(a, tmp, data, teachers, init):
     return out
 
 
+def _median_seconds(fn, repeats=5):
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def integrity(a, tmp, data, teachers, init):
+    import numpy as np
+
+    from hfkd.cache import lookup
+    from hfkd.cache.format import dataset_fingerprint, images_sha256
+    from hfkd.files import sha256
+
+    folder = os.path.join(tmp, "cache_integrity")
+    _make_cache(folder, teachers, data, _student(init), num_views=1)
+    size = sum(os.path.getsize(p) for p in glob.glob(os.path.join(folder, "*")))
+    hashed = _median_seconds(lambda: lookup.TeacherCache(folder))
+    bound, lookup.HASH_ON_OPEN_BYTES = lookup.HASH_ON_OPEN_BYTES, 0
+    sizes_only = _median_seconds(lambda: lookup.TeacherCache(folder))
+    lookup.HASH_ON_OPEN_BYTES = bound
+    blob = os.path.join(tmp, "blob")
+    with open(blob, "wb") as f:
+        f.write(np.random.default_rng(0).bytes(bound))
+    rate = bound / 2 ** 20 / _median_seconds(lambda: sha256(blob), repeats=3)
+    train, image, label = data.train, data.image_column, data.label_column
+    sampled = _median_seconds(lambda: dataset_fingerprint(train, image, label))
+    full = _median_seconds(lambda: images_sha256(train, image, label))
+    return {"cache_bytes": size, "open_ms_sizes_only": round(1000 * sizes_only, 2),
+            "open_ms_sizes_and_sha256": round(1000 * hashed, 2), "open_ratio": round(hashed / sizes_only, 2),
+            "sha256_mib_per_s": round(rate), "hash_on_open_bound_s": round(bound / 2 ** 20 / rate, 2),
+            "split_images": len(train), "sampled_fingerprint_ms": round(1000 * sampled, 1),
+            "images_sha256_ms": round(1000 * full, 1), "full_vs_sampled_ratio": round(full / sampled, 2)}
+
+
 def accuracy(a, tmp, data, teachers, init):
     student = _student(init)
     caches = {}
@@ -176,7 +217,7 @@ def accuracy(a, tmp, data, teachers, init):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--section", choices=["throughput", "storage", "disk", "accuracy", "all"], default="all")
+    p.add_argument("--section", choices=["throughput", "storage", "disk", "accuracy", "integrity", "all"], default="all")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps", type=int, default=15, help="timed training steps per set-up and round")
     p.add_argument("--storage_images", type=int, default=512)

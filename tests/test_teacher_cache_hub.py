@@ -1,11 +1,13 @@
 """Share a teacher cache as a Hub dataset repository (local Hub-protocol server), train from its Hub id."""
+import glob
 import json
 import os
+import shutil
 
 import pytest
 
 from hfkd import DistillationArguments, DistillationTrainer, cache_teacher_outputs, create_backbone, push_teacher_cache
-from hfkd.cache import resolve_cache
+from hfkd.cache import TeacherCacheError, resolve_cache
 from hfkd.data.transforms import AugmentConfig
 from hfkd.hub import HubPushError
 
@@ -63,3 +65,48 @@ def test_failed_cache_push_is_clear_and_keeps_the_folder(hub, cache_folder):  # 
     assert (sorted(os.listdir(folder)), open(os.path.join(folder, "README.md"), "rb").read()) == before
     with pytest.raises(FileNotFoundError, match="neither a folder nor a Hub dataset id"):
         resolve_cache("no/such/place")
+
+
+def test_a_cache_revision_is_read_or_named(hub, cache_folder, tmp_path):  # noqa: F811
+    folder, train, student = cache_folder
+    push_teacher_cache(folder, REPO, revision="v1")  # only the branch v1 holds the cache
+
+    def trainer(**kw):
+        args = DistillationArguments(output_dir=str(tmp_path / "run"), max_steps=1, per_device_train_batch_size=16,
+                                     save_strategy="no", eval_strategy="no", disable_tqdm=True, use_cpu=True, seed=0, **kw)
+        return DistillationTrainer(student, None, "meal_v2", args, train_dataset=train)
+
+    # was: HFValidationError (the trainer could not be given a revision at all)
+    assert trainer(teacher_cache=REPO + "@v1").teacher_cache.metadata.num_views == 2
+    cache = trainer(teacher_cache=REPO, teacher_cache_revision="v1").teacher_cache
+    assert cache.metadata.num_views == 2
+    assert cache.lineage()["revision"] == hub.repo(f"datasets/{REPO}").resolve("v1")  # the commit read, recorded
+    # was: a raw RevisionNotFoundError
+    with pytest.raises(TeacherCacheError, match=r"the Hub dataset hfkd-tests/digits-soft-labels has no revision 'v2'.*"
+                                                r"check teacher_cache_revision"):
+        trainer(teacher_cache=REPO, teacher_cache_revision="v2")
+    with pytest.raises(ValueError, match="names revision 'v1' but teacher_cache_revision is 'v2'"):
+        trainer(teacher_cache=REPO + "@v1", teacher_cache_revision="v2")
+    with pytest.raises(ValueError, match="is for a Hub dataset id, but the teacher cache .* is a local folder"):
+        trainer(teacher_cache=folder, teacher_cache_revision="v1")
+
+
+def test_a_download_is_checked_against_the_manifest(hub, cache_folder, tmp_path):  # noqa: F811
+    from huggingface_hub import HfApi
+
+    folder, _, _ = cache_folder
+    damaged = shutil.copytree(folder, str(tmp_path / "damaged"))
+    (arrow,) = glob.glob(os.path.join(damaged, "*.arrow"))
+    with open(arrow, "r+b") as f:  # one flipped byte, same size: as a bad transfer or storage would leave it
+        f.seek(os.path.getsize(arrow) // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(TeacherCacheError, match=r"\.arrow has the right size but different content"):
+        push_teacher_cache(damaged, REPO)  # hfkd does not publish it
+    api = HfApi()  # another tool does
+    api.create_repo(REPO, repo_type="dataset")
+    api.upload_folder(folder_path=damaged, repo_id=REPO, repo_type="dataset")
+    with pytest.raises(TeacherCacheError, match=r"just downloaded\) .*is damaged: .*\.arrow has the right size but "
+                                                r"different content.*force_download=True"):
+        resolve_cache(REPO)

@@ -22,21 +22,45 @@ mean probabilities at T = 1 (MEAL V2's target; exact for methods that use T = 1)
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
+
+import logging
 
 import numpy as np
 import torch
 
+from ..data.augment import AugmentConfig
+from ..files import manifest_problems
+from ..models.config_check import MAX_NUM_CLASSES
+from ..models.preprocess import PreprocessConfig
+from ..settings import shorten
+
+logger = logging.getLogger(__name__)
+
 CACHE_METADATA_FILE = "hfkd_cache.json"
-FORMAT_VERSION = 1
+# 1: the first format.  2: ``files``, the manifest of the cache's data files (size and sha256, any number of
+# shards), and the split's identity beyond the sampled fingerprint (``dataset_fingerprint``, ``images_sha256``).
+FORMAT_VERSION = 2
+# Caches up to this size are also hashed on every open (sha256 reads them at several hundred MB/s: well under a
+# second); larger ones get the size check on open and the full one after a download or with hfkd cache --verify.
+HASH_ON_OPEN_BYTES = 256 * 2 ** 20
+# Not in the manifest: the metadata file that holds it, and the card, which is re-rendered when pushed.
+UNLISTED_FILES = (CACHE_METADATA_FILE, "README.md")
+_REFETCH = ("generate it again (hfkd cache), or for a Hub cache download it again "
+            "(huggingface_hub.snapshot_download(ID, repo_type='dataset', force_download=True))")
 STORAGE_DTYPES = ("float32", "float16")
 # Rows hashed for the train split's fingerprint: spread over the split, bounded so that
 # checking a cache never reads a whole ImageNet.
 _FINGERPRINT_ROWS = 64
+
+
+class TeacherCacheError(ValueError):
+    """A teacher cache that cannot be used as it is: the message names the cache, the file and the fix."""
 
 
 @dataclass
@@ -59,6 +83,12 @@ class CacheMetadata:
     hfkd_version: str = ""
     command: str = ""
     format_version: int = FORMAT_VERSION
+    # The data files ({relative path: {"size", "sha256"}}, hfkd.files.file_manifest); None in format 1 caches.
+    files: Optional[Dict[str, Dict[str, Any]]] = None
+    # ``datasets``' own fingerprint of the split (covers every data file and transform), and on request
+    # (hash_images=True) a hash of every label and image's stored bytes.
+    dataset_fingerprint: Optional[str] = None
+    images_sha256: Optional[str] = None
 
     @property
     def storage(self) -> str:
@@ -76,18 +106,126 @@ class CacheMetadata:
             json.dump(self.to_dict(), f, indent=2, sort_keys=True)
 
     @classmethod
-    def load(cls, folder: str) -> "CacheMetadata":
+    def load(cls, folder: str, source: Optional[str] = None) -> "CacheMetadata":
+        """Read and check ``hfkd_cache.json``; ``source`` (a Hub id) names the cache in messages."""
         path = os.path.join(folder, CACHE_METADATA_FILE)
+        where = f"the teacher cache {source or folder}"
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{folder} is not an hfkd teacher cache: it has no {CACHE_METADATA_FILE}; "
                                     "make one with hfkd.cache_teacher_outputs or recipes/cache_teachers.py")
-        with open(path, encoding="utf-8") as f:
-            raw = json.load(f)
-        if raw.get("format_version", 0) > FORMAT_VERSION:
-            raise ValueError(f"{folder} was written by a newer hfkd (cache format {raw['format_version']}); "
-                             "upgrade hfkd to read it")
+        try:
+            with open(path, encoding="utf-8") as f:
+                raw = json.load(f)
+        except ValueError as e:  # JSONDecodeError, bad UTF-8: a truncated or edited file
+            raise TeacherCacheError(f"{where}: {path} is damaged (not valid JSON: {e}); {_REFETCH}") from e
+        if not isinstance(raw, dict):
+            raise TeacherCacheError(f"{where}: {path} must hold a JSON object, got {shorten(raw)}; {_REFETCH}")
+        version = raw.get("format_version", 1)
+        if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+            raise TeacherCacheError(f"{where} was written by a newer hfkd (cache format {version}, this hfkd reads "
+                                    f"up to {FORMAT_VERSION}); upgrade hfkd to read it")
+        problems = metadata_problems(raw)
+        if problems:
+            raise TeacherCacheError(f"{where}: {path} is damaged or was edited: " + "; ".join(problems[:5])
+                                    + f". {_REFETCH[0].upper()}{_REFETCH[1:]}")
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in raw.items() if k in known})
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def metadata_problems(raw: Dict[str, Any]) -> List[str]:
+    """What is wrong with the fields of an ``hfkd_cache.json`` (missing, wrong type, out of range), by name.
+
+    Why: every size here shapes the stored columns (``[rows, teachers, classes]``) and the views; a wrong one
+    otherwise surfaces as ``TypeError`` or ``shape '[200, 2, 10]' is invalid`` in the middle of training.
+    """
+    required = [f.name for f in fields(CacheMetadata) if f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING]
+    missing = [name for name in required if name not in raw]
+    if missing:
+        return [f"it lacks {', '.join(missing)}"]
+    problems = []
+
+    def want(name, ok, what):
+        if not ok:
+            problems.append(f"{name} must be {what}, got {shorten(raw.get(name), 80)}")
+
+    for name, low, high in (("num_classes", 1, MAX_NUM_CLASSES), ("num_samples", 1, 10 ** 12),
+                            ("num_views", 1, 10 ** 6), ("format_version", 1, FORMAT_VERSION)):
+        value = raw.get(name, 1)
+        want(name, _is_int(value) and low <= value <= high, f"an integer from {low} to {high:,}")
+    want("seed", _is_int(raw["seed"]), "an integer")
+    classes = raw["num_classes"] if _is_int(raw["num_classes"]) else None
+    top_k = raw.get("top_k")
+    want("top_k", top_k is None or _is_int(top_k) and 1 <= top_k <= (classes or MAX_NUM_CLASSES),
+         "null (full logits) or an integer from 1 to num_classes")
+    want("dtype", raw.get("dtype", "float32") in STORAGE_DTYPES, f"one of {STORAGE_DTYPES}")
+    want("ensembled", isinstance(raw.get("ensembled", False), bool), "true or false")
+    teachers = raw["teachers"]
+    want("teachers", isinstance(teachers, list) and teachers and
+         all(isinstance(t, dict) and isinstance(t.get("name"), str) for t in teachers),
+         "a non-empty list of teachers, each with a name")
+    names = raw.get("label_names")
+    want("label_names", names is None or isinstance(names, list) and (classes is None or len(names) == classes),
+         "null or one name per class")
+    for name in ("train_fingerprint",):
+        want(name, isinstance(raw[name], str), "a string")
+    for name in ("dataset_fingerprint", "images_sha256"):
+        want(name, raw.get(name) is None or isinstance(raw.get(name), str), "null or a string")
+    files = raw.get("files")
+    want("files", files is None or isinstance(files, dict) and all(
+        isinstance(k, str) and isinstance(v, dict) and _is_int(v.get("size")) and v["size"] >= 0
+        and isinstance(v.get("sha256"), str) for k, v in files.items()),
+        "null or {path: {size, sha256}}")
+    for name, build in (("student_preprocess", PreprocessConfig.from_dict),
+                        ("augmentation", lambda a: a is None or AugmentConfig(**a))):
+        try:
+            build(raw[name])
+        except (TypeError, ValueError, AttributeError) as e:
+            problems.append(f"{name} is not a valid setting ({shorten(str(e), 120)})")
+    return problems
+
+
+# -- the files -------------------------------------------------------------------------------------
+def _size_problems(folder: str, manifest: Dict[str, Dict[str, Any]]) -> List[str]:
+    problems = []
+    for rel, want in sorted(manifest.items()):
+        path = os.path.join(folder, rel)
+        if not os.path.isfile(path):
+            problems.append(f"{rel} is missing")
+        elif os.path.getsize(path) != want["size"]:
+            problems.append(f"{rel} has {os.path.getsize(path)} bytes, {want['size']} were written")
+    return problems
+
+
+def manifest_bytes(metadata: CacheMetadata) -> int:
+    return sum(int(f["size"]) for f in (metadata.files or {}).values())
+
+
+def check_files(folder: str, metadata: CacheMetadata, where: str, content: bool = False,
+                only: Optional[Sequence[str]] = None) -> None:
+    """Compare the cache's files with its manifest: sizes (cheap, every open), or sizes and sha256 (``content``).
+
+    ``only`` limits the check to these relative paths (the files a download has just fetched).
+    A cache without a manifest (format 1) is refused when ``content`` is asked, else warned about.
+    """
+    if metadata.files is None:
+        if content:
+            raise TeacherCacheError(f"{where} has no manifest of its files (cache format {metadata.format_version}, "
+                                    "written by an older hfkd): it cannot be verified. Generate it again to get one")
+        logger.warning("%s has no manifest of its files (cache format %s, written by an older hfkd): its files "
+                       "cannot be checked; generate it again to get one", where, metadata.format_version)
+        return
+    manifest = metadata.files if only is None else {k: v for k, v in metadata.files.items() if k in set(only)}
+    problems = manifest_problems(folder, manifest) if content else _size_problems(folder, manifest)
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        located = where if folder in where else f"{where} ({folder})"
+        raise TeacherCacheError(f"{located} is damaged: " + "; ".join(problems[:5]) + more +
+                                f". Do not train from it: {_REFETCH}")
 
 
 def augmentation_dict(augment) -> Optional[Dict[str, Any]]:
@@ -116,6 +254,42 @@ def dataset_fingerprint(dataset, image_column: str, label_column: str) -> str:
             digest.update(image.tobytes())
         else:
             digest.update(np.asarray(image).tobytes())
+    return digest.hexdigest()
+
+
+def datasets_fingerprint(dataset) -> Optional[str]:
+    """``datasets``' own fingerprint of a split: derived from its data files (or, in memory, its table) and
+    every transform since, so the same split loaded the same way matches and a changed file does not."""
+    fingerprint = getattr(dataset, "_fingerprint", None)
+    return fingerprint if isinstance(fingerprint, str) else None
+
+
+def images_sha256(dataset, image_column: str, label_column: str, batch_size: int = 256) -> str:
+    """A sha256 of every label and every image's stored bytes, in order (images are not decoded).
+
+    Reads the whole split once: asked for with ``hash_images=True``, for a split whose identity must be
+    proven by content (the same images loaded from another place, or a split ``datasets`` fingerprints randomly).
+    """
+    from datasets import Image
+
+    digest = hashlib.sha256()
+    digest.update(f"{len(dataset)}".encode())
+    digest.update(np.asarray(dataset[label_column], dtype=np.int64).tobytes())
+    images = dataset.select_columns([image_column])
+    raw = isinstance(images.features[image_column], Image)
+    if raw:  # the stored (encoded) bytes, not the decoded pixels: no decoding cost
+        images = images.cast_column(image_column, Image(decode=False))
+    for batch in images.iter(batch_size=batch_size):
+        for value in batch[image_column]:
+            if raw:
+                data = value.get("bytes")
+                if data is None:  # an image stored by path only
+                    with open(value["path"], "rb") as f:
+                        data = f.read()
+            else:
+                data = np.asarray(value).tobytes()
+            digest.update(len(data).to_bytes(8, "little"))
+            digest.update(data)
     return digest.hexdigest()
 
 

@@ -25,7 +25,7 @@ import torch
 
 from ..data.loading import find_columns
 from ..data.transforms import AugmentConfig, ImageClassificationDataset, create_image_transform, sample_seed
-from ..files import abandoned_by_hfkd, disk_full_explained, mark_writer, unmark_writer
+from ..files import abandoned_by_hfkd, disk_full_explained, file_manifest, mark_writer, unmark_writer
 from ..hub.secrets import redact_secrets
 from ..launch import create_accelerator
 from ..losses import ensemble_probs
@@ -34,7 +34,8 @@ from ..models.preprocess import PreprocessConfig
 from ..models.teacher import bind_teacher
 from ..version import __version__
 from .card import write_dataset_card
-from .format import CacheMetadata, augmentation_dict, dataset_fingerprint, encode_logits
+from .format import (UNLISTED_FILES, CacheMetadata, augmentation_dict, dataset_fingerprint, datasets_fingerprint,
+                     encode_logits, images_sha256)
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +128,7 @@ def cache_teacher_outputs(
     command: Optional[str] = None,
     accelerator=None,
     num_workers: int = 0,
+    hash_images: bool = False,
 ) -> str:
     """Write a teacher cache of ``train_dataset`` to ``output_dir`` (a new folder); returns its path.
 
@@ -145,6 +147,9 @@ def cache_teacher_outputs(
         seed: the augmentation seed, the training run's ``seed`` for its epochs to coincide with views.
         accelerator: an ``accelerate.Accelerator``; made from the launch environment when ``None``
             (``accelerate launch`` / ``torchrun`` give one shard per process).
+        hash_images: also record a sha256 of every label and image's stored bytes; every run that opens the
+            cache then hashes its split in full and must match it (one read of the split per run), whatever
+            ``datasets``' fingerprint says (the same images loaded from elsewhere are accepted).
     """
     from accelerate.utils import broadcast_object_list
 
@@ -174,6 +179,8 @@ def cache_teacher_outputs(
                                                                                          label_column),
         top_k=top_k, dtype=dtype, ensembled=bool(ensemble), label_names=label_names,
         dataset=dict(dataset_info or {}), hfkd_version=__version__, command=command or _default_command(),
+        dataset_fingerprint=datasets_fingerprint(train_dataset),
+        images_sha256=images_sha256(train_dataset, image_column, label_column) if hash_images else None,
     )
     output_dir = os.path.abspath(output_dir)
     encode_logits(torch.zeros(1, 1, num_classes), top_k, dtype)  # validates dtype before the teachers run
@@ -251,6 +258,7 @@ def _generate(accelerator, train_dataset, teachers, preprocess, augment, image_c
         with _quiet_datasets():
             merged.save_to_disk(staging)
         unmark_writer(staging)  # the cache's own files only, from here on
+        metadata.files = file_manifest(staging, exclude=UNLISTED_FILES)  # sizes checked on open, hashes on request
         metadata.save(staging)
         write_dataset_card(staging, metadata)
         os.replace(staging, output_dir)  # appears complete or not at all

@@ -27,7 +27,10 @@ from ..data.transforms import AugmentConfig, ImageClassificationDataset, create_
 from ..hub.card import command_without_local_paths, local_checkpoint_name
 from ..methods.base import DistillationMethod
 from ..models.backbone import BackboneOutput, OutputRequest
-from .format import CacheMetadata, augmentation_dict, dataset_fingerprint, decode_logits
+from ..settings import shorten
+from .format import (CACHE_METADATA_FILE, HASH_ON_OPEN_BYTES, CacheMetadata, TeacherCacheError, augmentation_dict,
+                     check_files, dataset_fingerprint, datasets_fingerprint, decode_logits, images_sha256,
+                     manifest_bytes)
 from .hub import resolve_cache
 
 STORED_COLUMNS = ("logits", "topk_values", "topk_indices", "logsumexp")
@@ -50,10 +53,16 @@ def method_temperature(method) -> float:
 class _Columns:
     """The stored columns as NumPy views of the memory-mapped Arrow shards (no copy, no pickle)."""
 
-    def __init__(self, folder: str, metadata: CacheMetadata):
+    def __init__(self, folder: str, metadata: CacheMetadata, where: str):
         from datasets import load_from_disk
 
-        table = load_from_disk(folder).data.table
+        try:
+            table = load_from_disk(folder).data.table
+        except Exception as e:  # noqa: BLE001 - pyarrow's OSError/ArrowInvalid, datasets' errors: name the cache
+            raise TeacherCacheError(f"{where} ({folder}): its Arrow data cannot be read ({shorten(str(e), 300)}); "
+                                    "a file is truncated or damaged. Run `hfkd cache --verify` on it to name the "
+                                    "file, then generate or download the cache again") from e
+        _check_layout(table, metadata, where)
         self.names = [n for n in STORED_COLUMNS if n in table.column_names]
         self.chunks: Dict[str, List[np.ndarray]] = {}
         for name in self.names:
@@ -66,11 +75,15 @@ class _Columns:
         self.seeds = table.column("seed").to_numpy()
         r, n = metadata.num_views, metadata.num_samples
         if len(index) != n * r:
-            raise ValueError(f"the cache holds {len(index)} rows, not {n} images x {r} views: it is incomplete")
+            raise TeacherCacheError(f"{where} holds {len(index)} rows, not {n} images x {r} views: it is incomplete; "
+                                    "generate it again")
+        if len(index) and (index.min() < 0 or index.max() >= n or view.min() < 0 or view.max() >= r):
+            raise TeacherCacheError(f"{where} has rows outside {n} images x {r} views (index {index.min()}..."
+                                    f"{index.max()}, view {view.min()}...{view.max()}): it is damaged; generate it again")
         self.position = np.full(n * r, -1, dtype=np.int64)
         self.position[index * r + view] = np.arange(len(index))
         if (self.position < 0).any():
-            raise ValueError("the cache misses some (index, view) rows: it is incomplete; generate it again")
+            raise TeacherCacheError(f"{where} misses some (index, view) rows: it is incomplete; generate it again")
 
     def row(self, position: int) -> Dict[str, torch.Tensor]:
         chunk = bisect.bisect_right(self.starts, position) - 1
@@ -79,15 +92,52 @@ class _Columns:
                 for name in self.names}
 
 
+def _check_layout(table, metadata: CacheMetadata, where: str) -> None:
+    """The stored columns have the widths ``hfkd_cache.json`` declares (else decoding fails mid-training)."""
+    k, m = metadata.num_stored_teachers, metadata
+    widths = ({"topk_values": k * m.top_k, "topk_indices": k * m.top_k, "logsumexp": k} if m.top_k
+              else {"logits": k * m.num_classes})
+    for name in ("index", "view", "seed", *widths):
+        if name not in table.column_names:
+            raise TeacherCacheError(f"{where}: its Arrow data has no column {name!r} ({m.storage} storage needs "
+                                    f"{sorted(widths)}): it does not match its {CACHE_METADATA_FILE}; generate it again")
+    for name, width in widths.items():
+        stored = getattr(table.schema.field(name).type, "list_size", 1)
+        if stored != width:
+            raise TeacherCacheError(
+                f"{where}: column {name!r} stores {stored} values per row, but {CACHE_METADATA_FILE} declares "
+                f"{k} teacher output(s) x {m.top_k or m.num_classes} {'top-k values' if m.top_k else 'classes'} "
+                f"= {width}: the file was edited or belongs to another cache; generate it again")
+
+
 class TeacherCache:
-    """A teacher cache opened for training (see the module docstring)."""
+    """A teacher cache opened for training (see the module docstring).
+
+    Opening checks ``hfkd_cache.json`` and the size of every file in its manifest (and their sha256 when the
+    cache is at most ``HASH_ON_OPEN_BYTES``); :meth:`verify` compares every file's sha256 whatever the size.
+    """
 
     def __init__(self, folder: str, source: Optional[str] = None, draw_seed: int = 0):
         self.folder = folder
         self.source = source or folder
-        self.metadata = CacheMetadata.load(folder)
+        # A Hub download lives in huggingface_hub's snapshots/<commit>: the commit read, for the lineage.
+        parent = os.path.dirname(os.path.normpath(folder))
+        self.revision = os.path.basename(os.path.normpath(folder)) if os.path.basename(parent) == "snapshots" else None
+        self.metadata = CacheMetadata.load(folder, self.source)
+        # Sizes always; contents too when cheap (a same-size edit of a row is invisible to sizes).
+        check_files(folder, self.metadata, self.where,
+                    content=self.metadata.files is not None and manifest_bytes(self.metadata) <= HASH_ON_OPEN_BYTES)
         self.draw_seed = int(draw_seed)
         self._columns: Optional[_Columns] = None
+
+    @property
+    def where(self) -> str:
+        return f"the teacher cache {self.source}"
+
+    def verify(self) -> None:
+        """Every file's size and sha256 against the manifest, and the Arrow columns against the metadata."""
+        check_files(self.folder, self.metadata, self.where, content=True)
+        _ = self.columns
 
     def __getstate__(self):  # DataLoader workers re-open the memory map instead of copying it
         return {**self.__dict__, "_columns": None}
@@ -95,7 +145,7 @@ class TeacherCache:
     @property
     def columns(self) -> _Columns:
         if self._columns is None:
-            self._columns = _Columns(self.folder, self.metadata)
+            self._columns = _Columns(self.folder, self.metadata, self.where)
         return self._columns
 
     @property
@@ -144,8 +194,8 @@ class TeacherCache:
         source = str(self.source)
         if os.path.isdir(source):
             source = local_checkpoint_name(os.path.abspath(source)) or source
-        return {"source": source, "teachers": m.teachers, "num_views": m.num_views, "top_k": m.top_k,
-                "dtype": m.dtype, "ensembled": m.ensembled, "augmentation": m.augmentation,
+        return {"source": source, "revision": self.revision, "teachers": m.teachers, "num_views": m.num_views,
+                "top_k": m.top_k, "dtype": m.dtype, "ensembled": m.ensembled, "augmentation": m.augmentation,
                 "train_fingerprint": m.train_fingerprint, "command": command_without_local_paths(m.command)}
 
     # -- fitness --------------------------------------------------------------------------------
@@ -178,6 +228,7 @@ class TeacherCache:
             raise ValueError(f"{where} was made from another training split ({m.num_samples} images, fingerprint "
                              f"{m.train_fingerprint[:12]}); this one has {len(train_dataset)} images and other "
                              "content or order. Generate a cache of this split (recipes/cache_teachers.py)")
+        self._check_split_identity(train_dataset, image_column, label_column)
         if student.preprocess.to_dict() != m.student_preprocess:
             raise ValueError(f"{where} holds views in the preprocessing {m.student_preprocess}, but the student "
                              f"expects {student.preprocess.to_dict()}; generate the cache with this student")
@@ -185,19 +236,50 @@ class TeacherCache:
             raise ValueError(f"{where} holds views augmented with {m.augmentation}, but the run asks for "
                              f"{augmentation_dict(augment)}; pass augment=None to train on the cache's views")
 
+    def _check_split_identity(self, train_dataset, image_column: str, label_column: str) -> None:
+        """Beyond the 64 sampled images: every image, by content (hash_images) or by ``datasets``' fingerprint."""
+        m, where = self.metadata, self.where
+        if m.images_sha256:  # asked for when the cache was made: the split is proven by its bytes, wherever it lives
+            if images_sha256(train_dataset, image_column, label_column) != m.images_sha256:
+                raise ValueError(f"{where} was made from other images or labels than this training split (the hash of "
+                                 "every image's bytes differs, though the 64 sampled ones match): an image was "
+                                 "replaced or edited. Generate a cache of this split (recipes/cache_teachers.py)")
+            return
+        ours = datasets_fingerprint(train_dataset)
+        if m.dataset_fingerprint and ours and ours != m.dataset_fingerprint:
+            raise ValueError(
+                f"{where} was made from other data files than this training split (datasets fingerprint "
+                f"{m.dataset_fingerprint} then, {ours} now; the 64 sampled images match, the rest may not). Generate "
+                "a cache of this split (recipes/cache_teachers.py). If it holds the very same images loaded another "
+                "way (copied files, another loader), make the cache with hash_images=True (hfkd cache --hash_images): "
+                "it is then matched by the images' bytes")
+
 
 def open_teacher_cache(source: Optional[str], *, teachers: Sequence[Any], method, student, train_dataset,
                        image_column: str, label_column: str, label_names: Optional[Sequence[str]],
-                       augment: Optional[AugmentConfig], seed: int) -> Optional[TeacherCache]:
+                       augment: Optional[AugmentConfig], seed: int,
+                       revision: Optional[str] = None) -> Optional[TeacherCache]:
     """A run's teacher cache, checked against the run; ``None`` when there is none.
 
-    ``seed`` (the run's) draws which stored view each image gets at each epoch.
+    ``seed`` (the run's) draws which stored view each image gets at each epoch; ``revision`` is the Hub
+    revision of a cache given by its id (``"ORG/NAME@REV"`` works too).
     """
     if not source:
         return None
     if teachers:
         raise ValueError("pass either teachers or teacher_cache, not both: a cache replaces the teachers")
-    folder = resolve_cache(source)
+    folder = resolve_cache(source, revision)
     cache = TeacherCache(folder, source=str(source), draw_seed=seed)
     cache.check(method, train_dataset, image_column, label_column, student, augment, label_names)
+    _ = cache.columns  # the rows and column widths are checked now, before the first step
+    return cache
+
+
+def verify_teacher_cache(source: str, revision: Optional[str] = None, token=None) -> TeacherCache:
+    """Check a cache (folder or Hub id) in full: every file's size and sha256, its metadata and its rows.
+
+    Raises :class:`TeacherCacheError` naming the damaged file; ``hfkd cache --verify SOURCE`` calls this.
+    """
+    cache = TeacherCache(resolve_cache(source, revision, token), source=str(source))
+    cache.verify()
     return cache

@@ -187,6 +187,11 @@ class CacheArguments:
     push_to_hub: bool = field(default=False, metadata={"help": "Push the cache to the Hub as a dataset repository."})
     hub_dataset_id: Optional[str] = field(default=None, metadata={"help": "ORG/NAME of the Hub dataset repository."})
     hub_private_repo: bool = False
+    hash_images: bool = field(default=False, metadata={
+        "help": "Record a hash of every image's bytes: a run must match the split in full (one read of it per run)."})
+    verify: Optional[str] = field(default=None, metadata={
+        "help": "Instead of making a cache, check this one (folder or Hub id ORG/NAME[@REV]): every file's size and "
+                "sha256 against its manifest, its metadata and its rows."})
 
     def __post_init__(self):
         if self.storage not in STORAGES:

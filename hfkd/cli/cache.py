@@ -10,8 +10,12 @@ flags, which must be the ones the student trains with (the trainer checks).
 """
 from __future__ import annotations
 
+import sys
+
+from ..cache.format import TeacherCacheError
 from ..cache.generate import cache_teacher_outputs
 from ..cache.hub import push_teacher_cache
+from ..cache.lookup import verify_teacher_cache
 from ..launch import is_main_process
 from .arguments import CacheArguments, DataArguments, ModelArguments
 from .demo import cache_preset, resolve_teachers
@@ -24,6 +28,8 @@ def main(argv=None) -> str:
     prog = {"prog": "hfkd cache"} if argv is not None else {}
     (model_args, data_args, cache), _ = parse_args((ModelArguments, DataArguments, CacheArguments), argv,
                                                    preset=cache_preset(), **prog)
+    if cache.verify:
+        return _verify(cache.verify)
     data = load_data(data_args, seed=cache.seed)
     teacher_paths = resolve_teachers(model_args.teachers, data_args.dataset, what="a teacher cache")
     student = build_student(model_args, data)
@@ -33,6 +39,7 @@ def main(argv=None) -> str:
         augment=None if cache.no_augment else data_args.augment(), num_views=cache.num_views,
         top_k=cache.top_k if cache.storage == "topk" else None, dtype=cache.dtype, ensemble=cache.ensemble,
         seed=cache.seed, batch_size=cache.batch_size, image_column=data.image_column, label_column=data.label_column,
+        hash_images=cache.hash_images,
         dataset_info={"id": data.source, "revision": data.revision, "train_split": data_args.train_split},
     )
     if is_main_process():
@@ -41,3 +48,14 @@ def main(argv=None) -> str:
             push_teacher_cache(folder, cache.hub_dataset_id, private=cache.hub_private_repo or None)
             print(f"pushed to the Hub dataset {cache.hub_dataset_id}")
     return folder
+
+
+def _verify(source: str) -> str:
+    """``hfkd cache --verify SOURCE``: exit 1 with the damaged file named, or print what was checked."""
+    try:
+        cache = verify_teacher_cache(source)
+    except TeacherCacheError as e:
+        sys.exit(f"hfkd cache --verify: {e}")
+    print(f"teacher cache {source} is intact: {len(cache.metadata.files)} file(s), sizes and sha256 match its "
+          f"manifest; {cache.metadata.num_samples} images x {cache.metadata.num_views} view(s)")
+    return cache.folder

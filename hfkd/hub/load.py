@@ -8,9 +8,11 @@ from typing import Any, Callable, Dict, Optional, Union
 
 from ..data.transforms import create_image_transform
 from ..models.backbone import Backbone
+from ..models.config_check import check_label_names, check_model_config, check_preprocess_record
 from ..models.factory import create_backbone, is_timm_config
 from ..models.preprocess import PreprocessConfig
 from ..models.pruned import is_pruned_folder, load_pruned
+from ..settings import shorten
 from .save import HFKD_METADATA_FILE, PICKLE_SUFFIXES
 
 # What a student needs; pickled weights are never even downloaded.
@@ -46,8 +48,17 @@ def _check_files(folder: str, source: str) -> Dict[str, Any]:
         )
     for path in glob.glob(os.path.join(folder, "*.safetensors")):
         _check_safetensors(path)
-    with open(config_path, encoding="utf-8") as f:
-        return json.load(f)
+    config = _read_json(config_path)
+    check_model_config(config, config_path, timm_format=isinstance(config, dict) and is_timm_config(config))
+    return config
+
+
+def _read_json(path: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except ValueError as e:  # JSONDecodeError and bad UTF-8 alike: name the file
+        raise ValueError(f"{path} is not valid JSON ({e}); the file is damaged: save or download the model again") from e
 
 
 def _check_safetensors(path: str) -> None:
@@ -94,11 +105,15 @@ def from_pretrained(repo_id_or_dir: str, revision: Optional[str] = None, *, toke
     lineage_path = os.path.join(folder, HFKD_METADATA_FILE)
     lineage = None
     if os.path.isfile(lineage_path):
-        with open(lineage_path, encoding="utf-8") as f:
-            lineage = json.load(f)
+        lineage = _read_json(lineage_path)
+        if not isinstance(lineage, dict):
+            raise ValueError(f"{lineage_path} must hold a JSON object (the lineage), got {shorten(lineage)}; "
+                             "the file is damaged: save or download the model again")
         recorded = (lineage.get("student") or {}).get("preprocess")
         if recorded:  # exact (crop_pct, interpolation), where the library's own config may round
+            check_preprocess_record(recorded, lineage_path, "student.preprocess")
             backbone.preprocess = PreprocessConfig.from_dict(recorded)
+        check_label_names(lineage_path, "label_names", lineage.get("label_names"), backbone.num_classes)
         if backbone.label_names is None and lineage.get("label_names"):
             backbone.set_label_names(lineage["label_names"])
     backbone.source = {"name": str(repo_id_or_dir), "revision": revision, "pretrained": True}

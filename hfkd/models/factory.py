@@ -8,6 +8,7 @@ from typing import Any, Dict, Optional, Sequence, Union
 from torch import nn
 
 from .backbone import Backbone, ModuleBackbone, TimmBackbone, TransformersBackbone
+from .config_check import check_input_size, check_model_config
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, PreprocessConfig
 
 ModelSource = Union[str, nn.Module, Backbone, "PretrainedConfig"]  # noqa: F821
@@ -27,8 +28,15 @@ def _read_config(name: str, revision: Optional[str]) -> Dict[str, Any]:
         from huggingface_hub import hf_hub_download
 
         path = hf_hub_download(name, "config.json", revision=revision)
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    where = os.path.join(name, "config.json") if os.path.isdir(name) else f"config.json of {name}"
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except ValueError as e:  # JSONDecodeError and bad UTF-8 alike: name the file
+        raise ValueError(f"{where} is not valid JSON ({e}); the file is damaged: save or download the model again") from e
+    # Checked before timm or transformers builds anything from it (hfkd/models/config_check.py).
+    check_model_config(config, where, timm_format=isinstance(config, dict) and is_timm_config(config))
+    return config
 
 
 def _timm_preprocess(model: nn.Module) -> PreprocessConfig:
@@ -70,6 +78,8 @@ def _transformers_preprocess(model: nn.Module, path: Optional[str], revision: Op
     crop = getattr(proc, "crop_size", None)
     if isinstance(crop, dict) and "height" in crop:
         d["input_size"] = (d["input_size"][0], crop["height"], crop["width"])
+    # The sizes come from preprocessor_config.json: checked here, naming it, before a transform is built on them.
+    check_input_size(f"preprocessor_config.json of {path}", "size / crop_size", d["input_size"])
     d["mean"] = getattr(proc, "image_mean", None) or IMAGENET_MEAN
     d["std"] = getattr(proc, "image_std", None) or IMAGENET_STD
     d["crop_pct"] = getattr(proc, "crop_pct", None) or 1.0
@@ -206,6 +216,8 @@ def _from_name(name: str, num_classes, revision, pretrained, model_kwargs) -> Ba
     import timm
 
     if name.startswith("hf-hub:") or name.startswith("hf_hub:"):
+        repo, _, at = name[len("hf-hub:"):].partition("@")
+        _read_config(repo, at or revision)  # timm reads the same file next: its sizes are checked first
         return _from_timm(name, num_classes, revision, pretrained, model_kwargs)
     local = name[len("local-dir:"):] if name.startswith("local-dir:") else name
     if os.path.isdir(local) or "/" in name and not timm.is_model(name):

@@ -18,6 +18,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from .backbone import Backbone
+from ..settings import shorten
+from .config_check import check_widths
 from .factory import create_backbone, is_timm_config
 
 PRUNING_FILE = "pruning.json"
@@ -87,11 +89,17 @@ def load_pruned(folder: str, config: Dict[str, Any]) -> Backbone:
     Weights are read with safetensors (no pickle) and loaded strictly: a missing
     or misshapen tensor is an error, never a silent re-initialisation.
     """
-    with open(os.path.join(folder, PRUNING_FILE), encoding="utf-8") as f:
-        record = json.load(f)
-    if record.get("format_version") != PRUNING_FORMAT_VERSION:
-        raise ValueError(f"{folder}/{PRUNING_FILE} has format_version {record.get('format_version')}; "
+    record_path = os.path.join(folder, PRUNING_FILE)
+    try:
+        with open(record_path, encoding="utf-8") as f:
+            record = json.load(f)
+    except ValueError as e:
+        raise ValueError(f"{record_path} is not valid JSON ({e}); the file is damaged: save the pruned student again") from e
+    version = record.get("format_version") if isinstance(record, dict) else None
+    if version != PRUNING_FORMAT_VERSION:
+        raise ValueError(f"{folder}/{PRUNING_FILE} has format_version {shorten(version)}; "
                          f"this hfkd reads version {PRUNING_FORMAT_VERSION}: upgrade hfkd")
+    check_widths(record.get("widths"), record_path)
     # pretrained=False: the original architecture only; its full-width weights would not fit.
     backbone = create_backbone(f"local-dir:{folder}" if is_timm_config(config) else folder, pretrained=False)
     path = os.path.join(folder, WEIGHTS_FILE)

@@ -124,6 +124,8 @@ class DistillationArguments:
     # -- teacher soft-label cache (hfkd/cache, docs/teacher_cache.md) --
     teacher_cache: Optional[str] = field(
         default=None, metadata={"help": "A teacher cache (folder or Hub dataset id) to distil from, no teacher run."})
+    teacher_cache_revision: Optional[str] = field(
+        default=None, metadata={"help": "Hub revision (branch, tag or commit) of a teacher_cache given by its id."})
 
     def __post_init__(self):
         if isinstance(self.report_to, str):

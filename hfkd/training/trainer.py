@@ -128,7 +128,8 @@ class DistillationTrainer:
         self.teacher_cache = open_teacher_cache(
             teacher_cache or self.args.teacher_cache, teachers=teachers, method=self.method, student=self.student,
             train_dataset=train_dataset, image_column=self.image_column, label_column=self.label_column,
-            label_names=self.label_names, augment=augment, seed=self.args.seed)
+            label_names=self.label_names, augment=augment, seed=self.args.seed,
+            revision=self.args.teacher_cache_revision)
         if self.teacher_cache is None:
             self.method.check_teachers(len(teachers))
         self.teachers: List[Teacher] = [bind_teacher(t, self.student.preprocess, self.student.num_classes,
