@@ -10,6 +10,7 @@ from accelerate.utils import set_seed
 
 from ..data.loading import ImageClassificationData, load_image_dataset
 from ..hub.card import local_checkpoint_name
+from ..hub.secrets import redact_secrets
 from ..launch import is_main_process
 from ..methods.base import DistillationMethod
 from ..methods.registry import create_method
@@ -94,6 +95,7 @@ def write_results(output_dir: str, table: str, rows: Sequence[Dict[str, Any]]) -
     """Print the results table and keep it (Markdown and JSON) in ``output_dir``; main process only."""
     if not is_main_process():
         return
+    table, rows = redact_secrets(table), redact_secrets(list(rows))  # a model name may carry a token
     print("\n" + table + "\n", flush=True)
     os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, "results.md"), "w", encoding="utf-8") as f:

@@ -17,6 +17,7 @@ from ..data.loading import find_columns
 from ..data.transforms import AugmentConfig, ImageClassificationDataset, create_image_transform
 from ..hub.card import PLOT_FILENAME, create_model_card, plot_training_curves
 from ..hub.push import push_to_hub
+from ..hub.secrets import redact_secrets
 from ..hub.save import check_save_target, save_student
 from ..launch import create_accelerator
 from ..methods.base import DistillationMethod, MethodContext
@@ -294,10 +295,10 @@ class DistillationTrainer:
         acc.register_for_checkpointing(scheduler)
         self.state.max_steps, self.state.num_epochs = max_steps, num_epochs
         self.steps_per_epoch = steps_per_epoch
-        if args.report_to:
+        if args.report_to:  # a tracker's config is written (and often uploaded): no credentials in it
             config = {**{k: v for k, v in args.to_dict().items() if isinstance(v, (int, float, str, bool))},
                       "method": self.method.name, **self.method.hparams()}
-            acc.init_trackers(args.run_name or "hfkd", config=config)
+            acc.init_trackers(redact_secrets(args.run_name or "hfkd"), config=redact_secrets(config))
 
     def _resume(self) -> None:
         path = resolve_checkpoint(self.args.resume_from_checkpoint, self.args.output_dir)
@@ -317,8 +318,10 @@ class DistillationTrainer:
 
     def _save(self) -> str:
         state = {k: v for k, v in asdict(self.state).items() if k != "should_stop"}
+        # The arguments are redacted as in hfkd.json: a checkpoint folder is shared and uploaded just as often.
         state.update(teacher_metrics=self.teacher_metrics, method=self.method.name,
-                     method_hparams=self.method.hparams(), args=self.args.to_dict(), run=run_signature(self))
+                     method_hparams=redact_secrets(self.method.hparams()), args=redact_secrets(self.args.to_dict()),
+                     run=run_signature(self))
         path = save_checkpoint(self.accelerator, self.args.output_dir, self.state.global_step, state,
                                {**self.method.extra_state(), **ema_state(self.model_ema)}, self.args.save_total_limit)
         self.callbacks("on_save", self, path)
