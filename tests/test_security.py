@@ -53,3 +53,140 @@ def test_results_files_are_redacted(tmp_path):
     write_results(str(tmp_path), f"| model |\n|---|\n| {FAKE_TOKEN} |", [{"model": FAKE_TOKEN, "top1": 0.5}])
     assert _files_holding(tmp_path, FAKE_TOKEN) == []
     assert json.loads((tmp_path / "results.json").read_text())[0]["top1"] == 0.5
+
+
+# -- remote code: never run unless asked, never prompted for -------------------------------------------
+_CUSTOM_CONFIG = '''
+from transformers import PretrainedConfig
+
+
+class TinyConfig(PretrainedConfig):
+    model_type = "hfkd-tiny-custom"
+
+    def __init__(self, image_size=16, num_channels=3, **kwargs):
+        self.image_size, self.num_channels = image_size, num_channels
+        super().__init__(**kwargs)
+'''
+_CUSTOM_MODEL = '''
+import torch
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import ImageClassifierOutputWithNoAttention
+
+from .configuration_tiny import TinyConfig
+
+RAN = []  # the test reads it: this code ran
+
+
+class TinyModel(PreTrainedModel):
+    config_class = TinyConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        RAN.append(True)
+        self.head = torch.nn.Linear(config.num_channels, config.num_labels)
+        self.post_init()
+
+    def forward(self, pixel_values, output_hidden_states=False, **kwargs):
+        return ImageClassifierOutputWithNoAttention(logits=self.head(pixel_values.mean((2, 3))))
+'''
+
+
+def _custom_code_folder(tmp_path):
+    folder = tmp_path / "custom"
+    folder.mkdir()
+    (folder / "configuration_tiny.py").write_text(_CUSTOM_CONFIG)
+    (folder / "modeling_tiny.py").write_text(_CUSTOM_MODEL)
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "hfkd-tiny-custom", "num_labels": 10, "image_size": 16,
+        "auto_map": {"AutoConfig": "configuration_tiny.TinyConfig",
+                     "AutoModelForImageClassification": "modeling_tiny.TinyModel"}}))
+    return str(folder)
+
+
+def test_a_teacher_with_its_own_code_is_refused_without_a_prompt(tmp_path, monkeypatch):
+    from hfkd.models.teacher import create_teacher
+
+    folder = _custom_code_folder(tmp_path)
+    asked = []
+    monkeypatch.setattr("builtins.input", lambda prompt="": asked.append(prompt) or "y")  # a user saying yes
+    with pytest.raises(ValueError, match=r"own Python code.*auto_map.*--trust_remote_code"):
+        create_teacher(folder, num_classes=10, pretrained=False)
+    assert asked == []  # transformers never asked "Do you wish to run the custom code? [y/N]"
+
+
+def test_trust_remote_code_opts_in(tmp_path, monkeypatch):
+    from hfkd.models.teacher import create_teacher
+
+    folder = _custom_code_folder(tmp_path)
+    monkeypatch.setattr("builtins.input", lambda prompt="": pytest.fail(f"prompted: {prompt}"))
+    teacher = create_teacher(folder, num_classes=10, pretrained=False, trust_remote_code=True)
+    assert type(teacher.backbone.model).__name__ == "TinyModel"
+    assert teacher(torch.randn(2, 3, 16, 16)).logits.shape == (2, 10)
+
+
+def test_trust_remote_code_is_a_model_option_of_the_command_line():
+    from hfkd.cli.arguments import DataArguments, ModelArguments
+    from hfkd.cli.parser import parse_args
+
+    (model, _), _ = parse_args((ModelArguments, DataArguments), ["--trust_remote_code", "--allow_pickle_weights"])
+    assert model.trust_remote_code and model.allow_pickle_weights
+    (model, _), _ = parse_args((ModelArguments, DataArguments), [])
+    assert not model.trust_remote_code and not model.allow_pickle_weights
+
+
+# -- pickled teacher weights ------------------------------------------------------------------------
+def _pickled_folder(tmp_path, student, name="teacher"):
+    """A saved model whose weights were turned into pytorch_model.bin (as many downloaded checkpoints are)."""
+    import hfkd
+    from safetensors.torch import load_file
+
+    folder = hfkd.save_student(student, str(tmp_path / name))
+    weights = os.path.join(folder, "model.safetensors")
+    torch.save(load_file(weights), os.path.join(folder, "pytorch_model.bin"))
+    os.remove(weights)
+    return folder
+
+
+def _vit():
+    from transformers import ViTConfig
+
+    torch.manual_seed(0)
+    return create_backbone(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1,
+                                     num_attention_heads=2, intermediate_size=64, num_labels=10))
+
+
+@pytest.mark.parametrize("make", [_student, _vit], ids=["timm", "transformers"])
+def test_pickled_teacher_weights_are_refused_unless_allowed(tmp_path, make):
+    from hfkd.models.teacher import create_teacher
+
+    original = make().eval()
+    folder = _pickled_folder(tmp_path, original)
+    with pytest.raises(ValueError, match=r"only pickled weights \['pytorch_model.bin'\].*safetensors(.|\n)*"
+                                         r"--allow_pickle_weights") as e:
+        create_teacher(folder, num_classes=10)
+    assert "st.save_file(" in str(e.value)  # the one-line conversion command
+    teacher = create_teacher(folder, num_classes=10, allow_pickle_weights=True)  # torch's weights_only load
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(teacher(x).logits, original(x).logits, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_the_conversion_command_in_the_message_works(tmp_path):
+    import re
+    import shlex
+    import subprocess
+    import sys
+
+    from hfkd.models.teacher import create_teacher
+
+    original = _student().eval()
+    folder = _pickled_folder(tmp_path, original)
+    with pytest.raises(ValueError) as e:
+        create_teacher(folder, num_classes=10)
+    command = re.search(r"\n  (cd .* && python -c .*)\n", str(e.value)).group(1)  # the one line to run
+    subprocess.run(command.replace("python -c", f"{shlex.quote(sys.executable)} -c", 1), shell=True, check=True)
+    teacher = create_teacher(folder, num_classes=10)  # safetensors now: loaded without the opt-in
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(teacher(x).logits, original(x).logits, atol=1e-6)
