@@ -30,6 +30,7 @@ from ..settings import check_finite_settings
 from ..tasks import Task, create_task
 from . import validation
 from .args import DistillationArguments
+from .bad_images import BadImageLog, verify_splits
 from .callbacks import CallbackHandler, ProgressCallback, TrainerCallback
 from .checkpoint import load_checkpoint, read_state, resolve_checkpoint, save_checkpoint
 from .ema import create_model_ema, ema_state, load_ema_state, split_ema_state
@@ -124,6 +125,10 @@ class DistillationTrainer:
         self.task = create_task(task)
         self.label_names = self.task.check_targets(self.student, train_dataset, eval_dataset, self.image_column,
                                                    self.label_column)
+        self.verified_bad_images = {}  # split -> the bad images verify_images left out
+        if self.args.verify_images:
+            train_dataset, eval_dataset, self.verified_bad_images = verify_splits(
+                train_dataset, eval_dataset, self.image_column, self.args.on_bad_image)
         teachers = [teachers] if isinstance(teachers, (str, nn.Module, Teacher)) else list(teachers or [])
         # A teacher cache stands in for the teachers; it refuses a run it does not fit (hfkd/cache/lookup.py).
         self.teacher_cache = open_teacher_cache(
@@ -140,7 +145,7 @@ class DistillationTrainer:
         if self.teacher_cache is not None:
             self.teacher_cache.attach(self.train_dataset, self.student.preprocess)
         self.eval_dataset = self._wrap(eval_dataset, training=False) if eval_dataset is not None else None
-        self.callbacks = CallbackHandler([ProgressCallback(), *(callbacks or [])])
+        self.callbacks = CallbackHandler([ProgressCallback(), BadImageLog(), *(callbacks or [])])
         self.state = TrainerState()
         self.teacher_metrics: Dict[str, Dict[str, float]] = {}
         self._model = None  # the prepared DistillationModule
@@ -167,7 +172,7 @@ class DistillationTrainer:
         transform = create_image_transform(self.student.preprocess, training, self.augment)
         mode = "RGB" if self.student.preprocess.input_size[0] == 3 else "L"
         return self.task.dataset_class(dataset, transform, self.image_column, self.label_column,
-                                          seed=self.args.seed, image_mode=mode)
+                                          seed=self.args.seed, image_mode=mode, on_bad_image=self.args.on_bad_image)
 
     def _train_loader(self):
         from torch.utils.data import DataLoader
