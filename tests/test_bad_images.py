@@ -53,10 +53,14 @@ def _args(tmp_path, **kw):
     return run_args(tmp_path / "run", **{"per_device_train_batch_size": 8, "num_train_epochs": 1, **kw})
 
 
-def test_an_unreadable_image_is_named_with_the_ways_out(tmp_path):
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])
+def test_an_unreadable_image_is_named_with_the_ways_out(tmp_path, workers):
+    from hfkd.data.checks import BadImageError
+
     train = _dataset(tmp_path / "train", 40, {11: "garbage"})
-    trainer = DistillationTrainer(_student(), method="supervised", args=_args(tmp_path), train_dataset=train)
-    with pytest.raises(OSError, match=r"row 11 \(column 'image', file '.*img_011.png'\).*UnidentifiedImageError"
+    trainer = DistillationTrainer(_student(), method="supervised", args=_args(tmp_path, dataloader_num_workers=workers),
+                                  train_dataset=train)
+    with pytest.raises(BadImageError, match=r"row 11 \(column 'image', file '.*img_011.png'\).*UnidentifiedImageError"
                                       r".*--on_bad_image skip.*--verify_images"):
         trainer.train()
 

@@ -103,7 +103,9 @@ def _bad_image_errors():
 class BadImageError(OSError):
     """An image that cannot be read; ``row``, ``file`` and ``reason`` say which and why."""
 
-    def __init__(self, message: str, row: int, file: str, reason: str):
+    # Optional: a data-loader worker's error is re-raised in the main process as ``BadImageError(message)``.
+    def __init__(self, message: str, row: Optional[int] = None, file: Optional[str] = None,
+                 reason: Optional[str] = None):
         super().__init__(message)
         self.row, self.file, self.reason = row, file, reason
 
