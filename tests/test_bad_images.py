@@ -133,3 +133,21 @@ def test_bad_image_options_are_checked_and_on_the_command_line():
         DistillationArguments(on_bad_image="ignore")
     (args,), _ = parse_args((DistillationArguments,), ["--on_bad_image", "skip", "--verify_images"])
     assert args.on_bad_image == "skip" and args.verify_images
+
+
+@pytest.mark.slow
+def test_a_real_20000_by_20000_png_is_a_bad_image(tmp_path):
+    """The issue's case with PIL's own limit: the file is 48 kB, its header declares 400 million pixels."""
+    evaluation = _dataset(tmp_path / "eval", 8)
+    bomb = tmp_path / "eval" / "huge.png"
+    PILImage.new("1", (20000, 20000)).save(bomb)  # 1 bit per pixel: 50 MB in memory for a moment
+    evaluation = evaluation.cast_column("image", Image(decode=False)).map(
+        lambda row, i: {"image": {"path": str(bomb), "bytes": None} if i == 6 else row["image"]}, with_indices=True
+    ).cast_column("image", Image())
+    trainer = DistillationTrainer(_student(), method="supervised", args=_args(tmp_path),
+                                  train_dataset=_dataset(tmp_path / "train", 16), eval_dataset=evaluation)
+    with pytest.raises(OSError, match=r"row 6 .*huge.png.*too large to decode safely: Image size \(400000000 pixels\)"):
+        trainer.evaluate()
+    from hfkd.data.checks import verify_images
+
+    assert [(b.row, os.path.basename(b.file)) for b in verify_images(evaluation, "image", "eval")] == [(6, "huge.png")]
