@@ -190,3 +190,31 @@ def test_the_conversion_command_in_the_message_works(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(teacher(x).logits, original(x).logits, atol=1e-6)
+
+
+def test_a_timm_hub_teacher_without_safetensors_is_refused(tmp_path, hub):
+    """timm falls back to a Hub repository's pytorch_model.bin (weights_only unpickler): refused unless allowed."""
+    from hub_server import Repo
+
+    import hfkd
+    from hfkd.models.teacher import create_teacher
+
+    original = _student().eval()
+    folder = hfkd.save_student(original, str(tmp_path / "saved"))
+    files = {f: open(os.path.join(folder, f), "rb").read() for f in ("config.json", "model.safetensors")}
+    pickled = tmp_path / "pytorch_model.bin"
+    from safetensors.torch import load_file
+
+    torch.save(load_file(os.path.join(folder, "model.safetensors")), pickled)
+    for repo_id, weights in (("acme/pickled", {"pytorch_model.bin": pickled.read_bytes()}),
+                             ("acme/safe", {"model.safetensors": files["model.safetensors"]})):
+        repo = hub.state.repos[repo_id] = Repo(repo_id)
+        repo.refs["main"] = hub.state.new_commit(repo, {"config.json": files["config.json"], **weights}, "upload")
+    with pytest.raises(ValueError, match=r"(?s)has no model.safetensors on the Hub.*hf download acme/pickled "
+                                         r"--local-dir pickled && cd pickled && python -c .*--allow_pickle_weights"):
+        create_teacher("hf-hub:acme/pickled", num_classes=10)
+    x = torch.randn(2, 3, 32, 32)
+    for teacher in (create_teacher("hf-hub:acme/pickled", num_classes=10, allow_pickle_weights=True),
+                    create_teacher("hf-hub:acme/safe", num_classes=10)):
+        with torch.no_grad():
+            assert torch.allclose(teacher(x).logits, original(x).logits, atol=1e-5)

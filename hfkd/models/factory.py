@@ -68,14 +68,46 @@ def check_weights_format(folder: str, name: str, allow_pickle_weights: bool = Fa
     pickles = [f for f in files if f.endswith(_PICKLE_WEIGHTS)]
     if allow_pickle_weights or not pickles or any(f in _SAFE_WEIGHTS for f in files):
         return
-    code = ("import torch, safetensors.torch as st; st.save_file({k: v.contiguous() for k, v in "
-            f"torch.load({json.dumps(pickles[0])}, weights_only=True).items()}}, \"model.safetensors\")")
     raise ValueError(
         f"{shorten(name)} holds only pickled weights {shorten(pickles)}: hfkd loads safetensors only, for teachers "
         "as for students, because unpickling a file can run code. Convert it once, where you trust the file:\n"
-        f"  cd {shlex.quote(folder)} && python -c {shlex.quote(code)}\n"
-        "or pass allow_pickle_weights=True (--allow_pickle_weights) to load it with torch's weights_only unpickler"
+        f"  cd {shlex.quote(folder)} && {_convert_command(pickles[0])}\n{_PICKLE_OPT_IN}"
     )
+
+
+_PICKLE_OPT_IN = "or pass allow_pickle_weights=True (--allow_pickle_weights) to load it with torch's weights_only unpickler"
+
+
+def _convert_command(pickle_file: str) -> str:
+    """One shell command that writes ``model.safetensors`` next to ``pickle_file`` (run in its folder)."""
+    code = ("import torch, safetensors.torch as st; st.save_file({k: v.contiguous() for k, v in "
+            f"torch.load({json.dumps(pickle_file)}, weights_only=True).items()}}, \"model.safetensors\")")
+    return f"python -c {shlex.quote(code)}"
+
+
+def check_hub_weights_format(name: str, revision: Optional[str], allow_pickle_weights: bool = False) -> None:
+    """Refuse a timm Hub model (``hf-hub:ORG/NAME``) without ``model.safetensors``: timm would unpickle the rest.
+
+    timm reads ``model.safetensors`` when the repository has it (downloaded here first, so it is only
+    fetched once) and falls back to ``pytorch_model.bin`` through torch's ``weights_only`` unpickler.
+    """
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    if allow_pickle_weights:
+        return
+    repo_id, _, pinned = name.split(":", 1)[-1].partition("@")
+    try:
+        hf_hub_download(repo_id, "model.safetensors", revision=pinned or revision)
+    except EntryNotFoundError:
+        folder = repo_id.split("/")[-1]
+        raise ValueError(
+            f"{shorten(name)} has no model.safetensors on the Hub: its weights are pickled, and hfkd loads "
+            "safetensors only, for teachers as for students, because unpickling a file can run code. Convert them "
+            f"once, where you trust the file, and give the folder instead:\n  hf download {shlex.quote(repo_id)} "
+            f"--local-dir {shlex.quote(folder)} && cd {shlex.quote(folder)} && {_convert_command('pytorch_model.bin')}"
+            f"\n{_PICKLE_OPT_IN}"
+        ) from None
 
 
 def check_remote_code(cfg: Dict[str, Any], name: str, trust_remote_code: bool = False) -> None:
@@ -267,6 +299,8 @@ def _from_name(name: str, num_classes, revision, pretrained, model_kwargs, trust
     import timm
 
     if name.startswith("hf-hub:") or name.startswith("hf_hub:"):
+        if pretrained:
+            check_hub_weights_format(name, revision, allow_pickle_weights)
         return _from_timm(name, num_classes, revision, pretrained, model_kwargs)
     local = name[len("local-dir:"):] if name.startswith("local-dir:") else name
     if os.path.isdir(local) or "/" in name and not timm.is_model(name):
@@ -275,6 +309,8 @@ def _from_name(name: str, num_classes, revision, pretrained, model_kwargs, trust
             check_weights_format(local, name, allow_pickle_weights)
         if is_timm_config(cfg):
             prefix = "local-dir:" if os.path.isdir(local) else "hf-hub:"
+            if pretrained and prefix == "hf-hub:":
+                check_hub_weights_format(local, revision, allow_pickle_weights)
             return _from_timm(prefix + local, num_classes, revision, pretrained, model_kwargs)
         check_remote_code(cfg, name, trust_remote_code)
         return _from_transformers(local, num_classes, revision, pretrained, model_kwargs, trust_remote_code,
