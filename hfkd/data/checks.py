@@ -144,7 +144,8 @@ def read_rows(dataset, indices: Sequence[int], image_column: str, mode: str, on_
     """
     try:
         rows = dataset[list(indices)]
-        images = [_image(image, dataset, index, image_column, mode) for image, index in zip(rows[image_column], indices)]
+        images = [_image(image, dataset, index, image_column, mode)
+                  for image, index in zip(rows[image_column], indices)]
         return images, rows, []
     except _bad_image_errors():
         pass

@@ -75,7 +75,8 @@ def check_weights_format(folder: str, name: str, allow_pickle_weights: bool = Fa
     )
 
 
-_PICKLE_OPT_IN = "or pass allow_pickle_weights=True (--allow_pickle_weights) to load it with torch's weights_only unpickler"
+_PICKLE_OPT_IN = ("or pass allow_pickle_weights=True (--allow_pickle_weights) to load it with torch's weights_only "
+                  "unpickler")
 
 
 def _convert_command(pickle_file: str) -> str:
