@@ -84,4 +84,9 @@ class BadImageLog(TrainerCallback):
                                + (" ..." if len(new) > 10 else ""))
             trainer._log({f"{name}_bad_images_skipped": len(rows)})
 
-    on_step_end = on_evaluate = on_epoch_end = on_train_end = _report
+    def on_step_end(self, trainer) -> None:
+        # Finding the marked rows reads one flag per row: at logging steps only, not every step.
+        if trainer.state.global_step % trainer.args.logging_steps == 0:
+            self._report(trainer)
+
+    on_evaluate = on_epoch_end = on_train_end = _report
