@@ -76,3 +76,14 @@ def test_markdown_text_renders_as_itself():
 def test_a_fence_outlasts_its_content():
     html = _render(fenced("a\n```\n<img src=x>\n````", "bibtex") + "\n\nafter")
     assert html.count("<pre>") == 1 and "<img" not in html and html.rstrip().endswith("<p>after</p>")
+
+
+def test_the_card_says_how_many_images_were_left_out():
+    lineage = copy.deepcopy(LINEAGE)
+    assert "Unreadable images" not in str(create_model_card(lineage))
+    lineage["bad_images"] = {"on_bad_image": "skip", "verify_images": True,
+                             "train": {"left_out_by_verification": 2, "skipped_while_reading": 1},
+                             "eval": {"left_out_by_verification": 0, "skipped_while_reading": 1}}
+    text = str(create_model_card(lineage))
+    assert ("- **Unreadable images:** 3 training images left out and 1 evaluation image left out, listed in "
+            "`hfkd.json` (`bad_images`)\n") in text

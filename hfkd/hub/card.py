@@ -179,6 +179,18 @@ def _card_data(lineage: Dict[str, Any], repo_id: str, license: Optional[str], da
     )
 
 
+def _bad_images(lineage: Dict[str, Any]) -> Optional[str]:
+    """What the card says of the images left out (``on_bad_image="skip"``), or ``None`` when there were none."""
+    parts = []
+    for split, what in (("train", "training"), ("eval", "evaluation")):
+        entry = (lineage.get("bad_images") or {}).get(split) or {}
+        count = sum(v for k, v in entry.items() if k in ("left_out_by_verification", "skipped_while_reading")
+                    and isinstance(v, int))
+        if count:
+            parts.append(f"{count} {what} image{'s' if count > 1 else ''} left out")
+    return " and ".join(parts) or None
+
+
 def _citation(lineage: Dict[str, Any]) -> Dict[str, Any]:
     text = (lineage.get("method") or {}).get("citation") or ""
     arxiv = _ARXIV.search(text)
@@ -243,7 +255,7 @@ def create_model_card(lineage: Dict[str, Any], baseline: Optional[Dict[str, Any]
         num_processes=lineage.get("num_processes"), versions=lineage.get("versions") or {},
         is_distilled=method.get("name") != "supervised", citation=_citation(lineage),
         plot_filename=plot_filename, extra_sections={**task_sections(lineage, baseline, kd_reference), **sections},
-        teacher_cache=_cache_entry(lineage.get("teacher_cache") or {}),
+        teacher_cache=_cache_entry(lineage.get("teacher_cache") or {}), bad_images=_bad_images(lineage),
         # Every user, dataset or file value in the body goes through one of these (hfkd/hub/markdown.py).
         md=markdown_text, code=code_span, py=python_string, fenced=fenced,
     )
