@@ -37,6 +37,12 @@ class ModelArguments:
     license: Optional[str] = field(default=None, metadata={
         "help": "License written in the student's model card (a Hub license id such as apache-2.0 or mit). "
                 "Default: the license of the student's pretrained weights when timm knows it, else none."})
+    # Security opt-ins (docs/reliability.md): both off, and never asked for on a terminal.
+    trust_remote_code: bool = field(default=False, metadata={
+        "help": "Build transformers models whose config.json names their own code (auto_map): runs that code."})
+    allow_pickle_weights: bool = field(default=False, metadata={
+        "help": "Load student or teacher folders holding only pickled weights (pytorch_model.bin, *.pth) with "
+                "torch's weights_only unpickler instead of refusing them."})
 
     def __post_init__(self):
         if isinstance(self.teachers, str):  # `teachers: resnet18` in YAML means one teacher, not 8 letters

@@ -10,6 +10,7 @@ from accelerate.utils import set_seed
 
 from ..data.loading import ImageClassificationData, load_image_dataset
 from ..hub.card import local_checkpoint_name
+from ..hub.secrets import redact_secrets
 from ..launch import is_main_process
 from ..methods.base import DistillationMethod
 from ..methods.registry import create_method
@@ -47,7 +48,9 @@ def build_student(model_args: ModelArguments, data: ImageClassificationData, see
     else:
         num_classes, label_names = data.num_classes, data.label_names
     return create_backbone(model_args.student, num_classes=num_classes, pretrained=model_args.student_pretrained,
-                           image_size=model_args.image_size, label_names=label_names)
+                           image_size=model_args.image_size, label_names=label_names,
+                           trust_remote_code=model_args.trust_remote_code,
+                           allow_pickle_weights=model_args.allow_pickle_weights)
 
 
 def build_teachers(model_args: ModelArguments, student: Backbone, paths: Optional[Sequence[str]] = None) -> List[Teacher]:
@@ -55,7 +58,9 @@ def build_teachers(model_args: ModelArguments, student: Backbone, paths: Optiona
     revisions = list(model_args.teacher_revisions) + [None] * len(names)
     return [create_teacher(name, student.preprocess, student.num_classes, student.label_names,
                            label_mapping=model_args.label_mapping_dict(),
-                           align_labels_by_name=model_args.align_labels_by_name, revision=rev)
+                           align_labels_by_name=model_args.align_labels_by_name, revision=rev,
+                           trust_remote_code=model_args.trust_remote_code,
+                           allow_pickle_weights=model_args.allow_pickle_weights)
             for name, rev in zip(names, revisions)]
 
 
@@ -94,6 +99,7 @@ def write_results(output_dir: str, table: str, rows: Sequence[Dict[str, Any]]) -
     """Print the results table and keep it (Markdown and JSON) in ``output_dir``; main process only."""
     if not is_main_process():
         return
+    table, rows = redact_secrets(table), redact_secrets(list(rows))  # a model name may carry a token
     print("\n" + table + "\n", flush=True)
     os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, "results.md"), "w", encoding="utf-8") as f:

@@ -4,9 +4,11 @@ Each error names the split, the column, the offending row and value, and the fix
 """
 from __future__ import annotations
 
-from typing import Sequence, List, Optional
+from typing import List, Optional, Sequence
 
 import numpy as np
+
+from ..settings import shorten
 
 
 def check_split(dataset, name: str) -> None:
@@ -85,25 +87,123 @@ def check_num_classes(num_classes: int, source: str, label_column: str) -> None:
         )
 
 
+# -- bad images: unreadable, truncated, or larger than PIL's decompression-bomb limit --------------------------
+BAD_IMAGE_POLICIES = ("raise", "skip")
+_FIXES = ("remove or replace that file, skip such images with on_bad_image='skip' (--on_bad_image skip), or list "
+          "them all before training with verify_images=True (--verify_images)")
+
+
+def _bad_image_errors():
+    from PIL import Image
+
+    # UnidentifiedImageError is an OSError; DecompressionBombError (more than 2 x Image.MAX_IMAGE_PIXELS) is not.
+    return OSError, SyntaxError, Image.DecompressionBombError
+
+
+class BadImageError(OSError):
+    """An image that cannot be read; ``row``, ``file`` and ``reason`` say which and why."""
+
+    # Optional: a data-loader worker's error is re-raised in the main process as ``BadImageError(message)``.
+    def __init__(self, message: str, row: Optional[int] = None, file: Optional[str] = None,
+                 reason: Optional[str] = None):
+        super().__init__(message)
+        self.row, self.file, self.reason = row, file, reason
+
+
+def _reason(error: BaseException) -> str:
+    from PIL import Image
+
+    if isinstance(error, Image.DecompressionBombError):  # PIL's message gives the pixel count and the limit
+        return f"too large to decode safely: {error} (PIL.Image.MAX_IMAGE_PIXELS)"
+    return f"{type(error).__name__}: {error}"
+
+
+def bad_image_error(dataset, index: int, image_column: str, error: BaseException, split: str = "") -> BadImageError:
+    """The error for an unreadable image: the split, row, column and file, why, and the ways out."""
+    file, reason = image_file(dataset, index, image_column), _reason(error)
+    where = f"{split} row" if split else "row"
+    return BadImageError(f"cannot read the image of {where} {index} (column {image_column!r}, file "
+                         f"{shorten(file)}): {shorten(reason, 300)}; {_FIXES}", index, file, reason)
+
+
 def read_row(dataset, index: int, image_column: str, mode: str):
     """Row ``index`` and its image decoded in ``mode``; a missing or unreadable image is named."""
     try:
         row = dataset[index]
-    except (OSError, SyntaxError) as e:  # PIL: truncated or undecodable file
-        raise _unreadable(dataset, index, image_column, e) from e
+    except _bad_image_errors() as e:  # PIL: unidentified, truncated, or a decompression bomb
+        raise bad_image_error(dataset, index, image_column, e) from e
     return _image(row[image_column], dataset, index, image_column, mode), row
 
 
-def read_rows(dataset, indices: Sequence[int], image_column: str, mode: str):
-    """Rows ``indices`` in one ``datasets`` read (a dict of columns) and their images decoded in ``mode``."""
+def read_rows(dataset, indices: Sequence[int], image_column: str, mode: str, on_bad_image: str = "raise"):
+    """Rows ``indices`` in one ``datasets`` read (a dict of columns) and their images decoded in ``mode``.
+
+    Returns ``(images, rows, bad)``.  With ``on_bad_image="skip"`` the rows whose image cannot be read are left
+    out of ``images`` and ``rows`` and their indices are ``bad``; with ``"raise"`` the first one raises
+    :class:`BadImageError` naming it.
+    """
     try:
         rows = dataset[list(indices)]
-    except (OSError, SyntaxError):
-        for index in indices:  # one at a time, to name the row and file that cannot be read
-            read_row(dataset, index, image_column, mode)
-        raise
-    images = [_image(image, dataset, index, image_column, mode) for image, index in zip(rows[image_column], indices)]
-    return images, rows
+        images = [_image(image, dataset, index, image_column, mode)
+                  for image, index in zip(rows[image_column], indices)]
+        return images, rows, []
+    except _bad_image_errors():
+        pass
+    # One row at a time: to name the row and file that cannot be read, or to leave them out.
+    images, kept, bad = [], [], []
+    for index in indices:
+        try:
+            image, row = read_row(dataset, index, image_column, mode)
+        except BadImageError:
+            if on_bad_image != "skip":
+                raise
+            bad.append(index)
+            continue
+        images.append(image)
+        kept.append(row)
+    columns = {k: [row[k] for row in kept] for k in (kept[0] if kept else {})}
+    return images, columns, bad
+
+
+def verify_images(dataset, image_column: str, split: str = "train", chunk: int = 512) -> List[BadImageError]:
+    """Every row whose image header cannot be read, or declares more pixels than PIL decodes safely.
+
+    Cheap: each file is opened and checked by PIL (``Image.open`` reads the header and applies the
+    decompression-bomb limit, ``verify()`` walks the file's structure) without decoding the pixels.
+    Columns that are not ``datasets.Image`` (arrays) are decoded already and have nothing to verify.
+    """
+    import io
+    import warnings
+
+    from datasets import Image as ImageFeature
+    from PIL import Image
+
+    if not isinstance((getattr(dataset, "features", None) or {}).get(image_column), ImageFeature):
+        return []
+    raw = dataset.cast_column(image_column, ImageFeature(decode=False))
+    bad = []
+    for start in range(0, len(raw), chunk):
+        for offset, value in enumerate(raw[start:start + chunk][image_column]):
+            index = start + offset
+            try:
+                if not value or not (value.get("bytes") or value.get("path")):
+                    raise OSError("the row has no image")
+                source = io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                    with Image.open(source) as image:
+                        image.verify()
+            except _bad_image_errors() as e:
+                bad.append(bad_image_error(dataset, index, image_column, e, split))
+    return bad
+
+
+def bad_images_error(bad: Sequence[BadImageError], split: str, limit: int = 20) -> ValueError:
+    """One error listing the bad images ``verify_images`` found (the first ``limit``)."""
+    lines = [f"  row {b.row}: {shorten(b.file)}: {shorten(b.reason, 200)}" for b in bad[:limit]]
+    more = [f"  ... and {len(bad) - limit} more"] if len(bad) > limit else []
+    return ValueError(f"{len(bad)} image(s) of the {split} split cannot be read:\n" + "\n".join(lines + more)
+                      + "\nRemove or replace them, or skip them with on_bad_image='skip' (--on_bad_image skip)")
 
 
 def _image(image, dataset, index: int, image_column: str, mode: str):
@@ -118,16 +218,12 @@ def _image(image, dataset, index: int, image_column: str, mode: str):
         if not hasattr(image, "convert"):
             image = Image.fromarray(np.asarray(image))
         return image.convert(mode)
-    except (OSError, SyntaxError) as e:  # PIL decodes lazily: a truncated file fails here
-        raise _unreadable(dataset, index, image_column, e) from e
+    except _bad_image_errors() as e:  # PIL decodes lazily: a truncated file fails here
+        raise bad_image_error(dataset, index, image_column, e) from e
 
 
-def _unreadable(dataset, index: int, image_column: str, error: Exception) -> OSError:
-    return OSError(f"cannot read the image of row {index} ({_image_file(dataset, index, image_column)}): {error}; "
-                   "remove or replace that file")
-
-
-def _image_file(dataset, index: int, image_column: str) -> str:
+def image_file(dataset, index: int, image_column: str) -> str:
+    """Where row ``index``'s image comes from: its file path, or that it is embedded in the dataset."""
     from datasets import Image
 
     try:

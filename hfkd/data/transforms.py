@@ -24,7 +24,7 @@ import torch
 
 from ..models.preprocess import PreprocessConfig
 from .augment import AugmentConfig
-from .checks import read_rows
+from .checks import BAD_IMAGE_POLICIES, image_file, read_rows
 
 
 def create_image_transform(preprocess: PreprocessConfig, is_training: bool,
@@ -176,12 +176,19 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
     the augmentation draw.  ``view_provider(epoch, index) -> (seed, extra)``, when set, picks
     the seed of the sample's view instead of ``sample_seed(seed, epoch, index)`` and adds the
     ``extra`` fields to the row (a teacher cache uses it to replay stored views with their soft labels).
+
+    ``on_bad_image``: ``"raise"`` stops at an unreadable image (or a decompression bomb), naming its row and file;
+    ``"skip"`` leaves it out of its batch and marks the row in :attr:`bad_rows` (a shared-memory mask, so rows
+    met by data-loader workers are seen by the main process too).
     """
 
     def __init__(self, dataset, transform: Callable, image_column: str, label_column: str, seed: int = 0,
-                 image_mode: str = "RGB", view_provider: Optional[Callable[[int, int], Tuple[int, dict]]] = None):
+                 image_mode: str = "RGB", view_provider: Optional[Callable[[int, int], Tuple[int, dict]]] = None,
+                 on_bad_image: str = "raise"):
         if len(dataset) == 0:
             raise ValueError("the dataset is empty: there is nothing to train or evaluate on")
+        if on_bad_image not in BAD_IMAGE_POLICIES:
+            raise ValueError(f"on_bad_image must be one of {BAD_IMAGE_POLICIES} (got {on_bad_image!r})")
         self.dataset = dataset.select_columns([image_column, label_column])
         self.transform = transform
         self.image_column = image_column
@@ -190,6 +197,11 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         self._epoch = torch.zeros((), dtype=torch.int64)
         self.image_mode = image_mode
         self.view_provider = view_provider
+        self.on_bad_image = on_bad_image
+        # One flag per row, in shared memory from the start: workers (persistent or not) write to it.
+        self._bad = torch.zeros(len(dataset) if on_bad_image == "skip" else 0, dtype=torch.bool)
+        if on_bad_image == "skip":
+            self._bad.share_memory_()
 
     @property
     def epoch(self) -> int:
@@ -212,6 +224,15 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         return len(self.dataset)
 
     @property
+    def bad_rows(self) -> List[int]:
+        """Rows whose image could not be read and were skipped so far (``on_bad_image="skip"``)."""
+        return self._bad.nonzero().flatten().tolist()
+
+    def bad_row_files(self, rows: Sequence[int]) -> List[str]:
+        """The file (or "an embedded image") of each of ``rows``, for the log and the lineage."""
+        return [image_file(self.dataset, int(r), self.image_column) for r in rows]
+
+    @property
     def labels(self):
         return self.dataset[self.label_column]
 
@@ -221,7 +242,13 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
     def __getitems__(self, indices: Sequence[int]) -> List[dict]:
         """A batch of rows: the DataLoader calls this with a batch's indices (one ``datasets`` read)."""
         indices = [int(i) for i in indices]
-        images, rows = read_rows(self.dataset, indices, self.image_column, self.image_mode)
+        images, rows, bad = read_rows(self.dataset, indices, self.image_column, self.image_mode, self.on_bad_image)
+        if bad:
+            self._bad[bad] = True
+            skipped = set(bad)
+            indices = [i for i in indices if i not in skipped]
+            if not indices:  # every image of the batch is bad: the next readable row stands in (never an empty batch)
+                return self.__getitems__([self._next_readable(max(bad))])
         if self.view_provider is None:
             pixels = seeded_batch(self.transform, images, self.seed, self.epoch, indices)
             extras = [{}] * len(indices)
@@ -231,6 +258,17 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
             pixels = seeded_batch(self.transform, images, self.seed, epoch, indices, seeds=seeds)
         return [{"pixel_values": p, "labels": self._target(label), "index": i, **extra}
                 for p, label, i, extra in zip(pixels, rows[self.label_column], indices, extras)]
+
+    def _next_readable(self, after: int) -> int:
+        for step in range(1, len(self.dataset) + 1):
+            index = (after + step) % len(self.dataset)
+            if self._bad[index]:
+                continue
+            if not read_rows(self.dataset, [index], self.image_column, self.image_mode, "skip")[2]:
+                return index
+            self._bad[index] = True
+        raise ValueError(f"no image of the dataset can be read ({len(self.dataset)} rows, column "
+                         f"{self.image_column!r}); check the files with verify_images=True (--verify_images)")
 
     def _target(self, value):
         return int(value)  # a class index; regression datasets (hfkd.tasks.regression) return float vectors

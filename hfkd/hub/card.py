@@ -11,6 +11,7 @@ import re
 from typing import Any, Dict, List, Optional, Sequence
 
 from .card_sections import compression_section, task_sections
+from .markdown import code_span, fenced, markdown_text, python_string
 from .secrets import redact_secrets
 
 TEMPLATE_PATH = os.path.join(os.path.dirname(__file__), "templates", "student_card.md.j2")
@@ -36,16 +37,16 @@ def _hub_dataset(dataset: Dict[str, Any]) -> Optional[str]:
     return name
 
 
-def _model_link(entry: Dict[str, Any]) -> str:
-    """A Markdown link to a model's Hub page, or its name when it is not on the Hub."""
+def _model_link(entry: Dict[str, Any], in_table: bool = False) -> str:
+    """A Markdown link to a model's Hub page, or its name when it is not on the Hub (as text, escaped)."""
     hub = entry.get("hub_id")
-    if hub:
+    if isinstance(hub, str) and _HUB_ID.match(hub):  # only a real Hub id becomes a link
         rev = entry.get("revision")
-        suffix = f" (revision `{rev}`)" if rev else ""
-        return f"[{hub}](https://huggingface.co/{hub}){suffix}"
+        suffix = f" (revision {code_span(rev, in_table)})" if rev else ""
+        return f"[{hub}](https://huggingface.co/{hub}){suffix}"  # [\w.-] only: nothing to escape
     name = str(entry.get("name") or "?")
     local = local_checkpoint_name(name) or (name if entry.get("local") else None)
-    return f"`{local}` (local checkpoint)" if local else f"`{name}`"
+    return f"{code_span(local, in_table)} (local checkpoint)" if local else code_span(name, in_table)
 
 
 def local_checkpoint_name(name: str) -> Optional[str]:
@@ -112,10 +113,10 @@ def _default_repo_id(lineage: Dict[str, Any]) -> str:
 def _license(lineage: Dict[str, Any], license: Optional[str]):
     """``(license id or None, sentence for the card)``: the user's choice, else the student source's."""
     if license:
-        return license, f"`{license}`, chosen by the author of this run."
+        return license, f"{code_span(license)}, chosen by the author of this run."
     inherited = (lineage.get("student") or {}).get("license")
     if inherited:
-        return inherited, (f"`{inherited}`, inherited from the student's source: the timm configuration of the "
+        return inherited, (f"{code_span(inherited)}, inherited from the student's source: the timm configuration of the "
                            "weights it started from records this license.")
     return None, ("not set. The author did not choose one (hfkd `--license`) and the student's source records "
                   "none; check the licenses of the teachers, the data and the initial weights before reuse.")
@@ -125,7 +126,7 @@ def _results_rows(lineage: Dict[str, Any], baseline: Optional[Dict[str, Any]]) -
     rows = []
     for i, t in enumerate(lineage.get("teachers") or []):
         m = t.get("metrics") or {}
-        rows.append({"model": _model_link(t), "role": f"teacher {i + 1}", "top1": _pct(m.get("eval_accuracy")),
+        rows.append({"model": _model_link(t, in_table=True), "role": f"teacher {i + 1}", "top1": _pct(m.get("eval_accuracy")),
                      "top5": _pct(m.get("eval_top5_accuracy")), "params": _params(t.get("num_parameters")),
                      "throughput": "-"})
     ens = lineage.get("ensemble_metrics") or {}
@@ -135,13 +136,13 @@ def _results_rows(lineage: Dict[str, Any], baseline: Optional[Dict[str, Any]]) -
                      "params": "-", "throughput": "-"})
     student = lineage.get("student") or {}
     if baseline:
-        rows.append({"model": f"`{student.get('architecture') or student.get('name')}`",
+        rows.append({"model": code_span(student.get("architecture") or student.get("name"), in_table=True),
                      "role": "student without distillation (baseline)",
                      "top1": _pct(baseline.get("eval_accuracy")), "top5": _pct(baseline.get("eval_top5_accuracy")),
                      "params": _params(baseline.get("params") or student.get("num_parameters")), "throughput": "-"})
     m = lineage.get("metrics") or {}
     ips = (student.get("inference") or {}).get("images_per_second")
-    rows.append({"model": "**this model**", "role": f"student, {lineage.get('method', {}).get('name')}",
+    rows.append({"model": "**this model**", "role": f"student, {markdown_text(lineage.get('method', {}).get('name'))}",
                  "top1": _pct(m.get("eval_accuracy")), "top5": _pct(m.get("eval_top5_accuracy")),
                  "params": _params(student.get("num_parameters")), "throughput": f"{ips:,.0f}" if ips else "-"})
     return rows
@@ -176,6 +177,18 @@ def _card_data(lineage: Dict[str, Any], repo_id: str, license: Optional[str], da
         base_model=student.get("hub_id") or None, model_name=repo_id.split("/")[-1],
         eval_results=eval_results or None,
     )
+
+
+def _bad_images(lineage: Dict[str, Any]) -> Optional[str]:
+    """What the card says of the images left out (``on_bad_image="skip"``), or ``None`` when there were none."""
+    parts = []
+    for split, what in (("train", "training"), ("eval", "evaluation")):
+        entry = (lineage.get("bad_images") or {}).get(split) or {}
+        count = sum(v for k, v in entry.items() if k in ("left_out_by_verification", "skipped_while_reading")
+                    and isinstance(v, int))
+        if count:
+            parts.append(f"{count} {what} image{'s' if count > 1 else ''} left out")
+    return " and ".join(parts) or None
 
 
 def _citation(lineage: Dict[str, Any]) -> Dict[str, Any]:
@@ -226,7 +239,7 @@ def create_model_card(lineage: Dict[str, Any], baseline: Optional[Dict[str, Any]
         student_link=_model_link(student),
         mixed_precision=lineage.get("mixed_precision") or (lineage.get("hardware") or {}).get("mixed_precision")
         or args.get("mixed_precision") or "no",
-        teachers=[{**t, "link": _model_link(t), "top1": _pct((t.get("metrics") or {}).get("eval_accuracy")),
+        teachers=[{**t, "link": _model_link(t, in_table=True), "top1": _pct((t.get("metrics") or {}).get("eval_accuracy")),
                    "top5": _pct((t.get("metrics") or {}).get("eval_top5_accuracy")),
                    "params": _params(t.get("num_parameters"))} for t in teachers],
         method=method, hparams=method.get("hparams") or {}, args=args, dataset=dataset,
@@ -242,7 +255,9 @@ def create_model_card(lineage: Dict[str, Any], baseline: Optional[Dict[str, Any]
         num_processes=lineage.get("num_processes"), versions=lineage.get("versions") or {},
         is_distilled=method.get("name") != "supervised", citation=_citation(lineage),
         plot_filename=plot_filename, extra_sections={**task_sections(lineage, baseline, kd_reference), **sections},
-        teacher_cache=_cache_entry(lineage.get("teacher_cache") or {}),
+        teacher_cache=_cache_entry(lineage.get("teacher_cache") or {}), bad_images=_bad_images(lineage),
+        # Every user, dataset or file value in the body goes through one of these (hfkd/hub/markdown.py).
+        md=markdown_text, code=code_span, py=python_string, fenced=fenced,
     )
     return ModelCard.from_template(card_data, template_path=template_path or TEMPLATE_PATH, **context)
 

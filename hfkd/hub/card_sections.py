@@ -7,6 +7,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from jinja2 import Template
 
 from ..results import REGRESSION_METRICS, format_metric, gap_closed, metric_titles
+from .markdown import code_span, markdown_text
 
 
 def reference_teacher(lineage: Dict[str, Any]) -> Dict[str, Any]:
@@ -19,23 +20,24 @@ def reference_teacher(lineage: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _regression_table(lineage: Dict[str, Any], baseline, kd_reference) -> str:
-    rows: List[tuple] = [(f"`{t.get('name')}`", f"teacher {i + 1}", t.get("metrics") or {})
+    rows: List[tuple] = [(code_span(t.get("name"), in_table=True), f"teacher {i + 1}", t.get("metrics") or {})
                          for i, t in enumerate(lineage.get("teachers") or [])]
     if (lineage.get("ensemble_metrics") or {}).get("eval_samples"):
         rows.append(("moment-matched Gaussian of the teachers", "teacher ensemble", lineage["ensemble_metrics"]))
-    name = f"`{(lineage.get('student') or {}).get('name')}`"
+    name = code_span((lineage.get("student") or {}).get("name"), in_table=True)
     if baseline:
         rows.append((name, "student without distillation (baseline)", baseline))
     if kd_reference:
         rows.append((name, "student, classic KD (reference)", kd_reference))
-    rows.append(("**this model**", f"student, {(lineage.get('method') or {}).get('name')}", lineage.get("metrics") or {}))
+    rows.append(("**this model**", f"student, {markdown_text((lineage.get('method') or {}).get('name'))}",
+                 lineage.get("metrics") or {}))
     lines = ["| model | role | " + " | ".join(metric_titles(REGRESSION_METRICS)) + " |",
              "|---|---|" + "---|" * len(REGRESSION_METRICS)]
     for model, role, m in rows:
         lines.append(f"| {model} | {role} | " + " | ".join(format_metric(k, m.get(k)) for k in REGRESSION_METRICS) + " |")
     task = lineage.get("task") or {}
     note = (f"Errors in the target's units on the evaluation split; NLL is the Gaussian negative log-likelihood of "
-            f"the target divided by {task.get('target_scale', 1.0)} (the scale the model predicts in).")
+            f"the target divided by {markdown_text(task.get('target_scale', 1.0))} (the scale the model predicts in).")
     return "\n".join(lines) + "\n\n" + note
 
 
@@ -101,4 +103,6 @@ def compression_section(compression: Dict[str, Any]) -> str:
     path = os.path.join(os.path.dirname(__file__), "templates", "compression_section.md.j2")
     with open(path, encoding="utf-8") as f:
         template = Template(f.read(), trim_blocks=True, lstrip_blocks=True)
-    return template.render(c=compression, table=compression_table(compression.get("rows") or [])).strip()
+    teachers = ", ".join(code_span(t) for t in (compression.get("recovery") or {}).get("teachers") or [])
+    return template.render(c=compression, table=compression_table(compression.get("rows") or []),
+                           recovery_teachers=teachers).strip()

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from typing import Any, Dict, Optional, Sequence, Union
 
 from torch import nn
 
+from ..settings import shorten
 from .backbone import Backbone, ModuleBackbone, TimmBackbone, TransformersBackbone
 from .config_check import check_input_size, check_model_config
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, PreprocessConfig
@@ -57,7 +59,85 @@ def _wrap_timm(model: nn.Module, source: Dict[str, Any]) -> TimmBackbone:
     return TimmBackbone(model, _timm_preprocess(model), model.num_classes, _timm_labels(model, model.num_classes), source)
 
 
-def _transformers_preprocess(model: nn.Module, path: Optional[str], revision: Optional[str]) -> PreprocessConfig:
+# Weight files timm or transformers would read instead of a pickle when both are there (timm's
+# _PREFERRED_FILES puts pytorch_model.bin before any other name, so another *.safetensors is not enough).
+_SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "open_clip_model.safetensors",
+                 "open_clip_pytorch_model.safetensors")
+_PICKLE_WEIGHTS = (".bin", ".pth", ".pt", ".pth.tar", ".pkl", ".ckpt")
+
+
+def check_weights_format(folder: str, name: str, allow_pickle_weights: bool = False) -> None:
+    """Refuse a model folder whose weights would be read from a pickle (hfkd loads safetensors only).
+
+    torch's ``weights_only`` unpickler narrows what a pickle can do but is still an unpickler of a file
+    from anywhere; ``allow_pickle_weights`` is the explicit opt-in that keeps it.
+    """
+    files = sorted(os.listdir(folder))
+    pickles = [f for f in files if f.endswith(_PICKLE_WEIGHTS)]
+    if allow_pickle_weights or not pickles or any(f in _SAFE_WEIGHTS for f in files):
+        return
+    raise ValueError(
+        f"{shorten(name)} holds only pickled weights {shorten(pickles)}: hfkd loads safetensors only, for teachers "
+        "as for students, because unpickling a file can run code. Convert it once, where you trust the file:\n"
+        f"  cd {shlex.quote(folder)} && {_convert_command(pickles[0])}\n{_PICKLE_OPT_IN}"
+    )
+
+
+_PICKLE_OPT_IN = ("or pass allow_pickle_weights=True (--allow_pickle_weights) to load it with torch's weights_only "
+                  "unpickler")
+
+
+def _convert_command(pickle_file: str) -> str:
+    """One shell command that writes ``model.safetensors`` next to ``pickle_file`` (run in its folder)."""
+    code = ("import torch, safetensors.torch as st; st.save_file({k: v.contiguous() for k, v in "
+            f"torch.load({json.dumps(pickle_file)}, weights_only=True).items()}}, \"model.safetensors\")")
+    return f"python -c {shlex.quote(code)}"
+
+
+def check_hub_weights_format(name: str, revision: Optional[str], allow_pickle_weights: bool = False) -> None:
+    """Refuse a timm Hub model (``hf-hub:ORG/NAME``) without ``model.safetensors``: timm would unpickle the rest.
+
+    timm reads ``model.safetensors`` when the repository has it (downloaded here first, so it is only
+    fetched once) and falls back to ``pytorch_model.bin`` through torch's ``weights_only`` unpickler.
+    """
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    if allow_pickle_weights:
+        return
+    repo_id, _, pinned = name.split(":", 1)[-1].partition("@")
+    try:
+        hf_hub_download(repo_id, "model.safetensors", revision=pinned or revision)
+    except EntryNotFoundError:
+        folder = repo_id.split("/")[-1]
+        raise ValueError(
+            f"{shorten(name)} has no model.safetensors on the Hub: its weights are pickled, and hfkd loads "
+            "safetensors only, for teachers as for students, because unpickling a file can run code. Convert them "
+            f"once, where you trust the file, and give the folder instead:\n  hf download {shlex.quote(repo_id)} "
+            f"--local-dir {shlex.quote(folder)} && cd {shlex.quote(folder)} && {_convert_command('pytorch_model.bin')}"
+            f"\n{_PICKLE_OPT_IN}"
+        ) from None
+
+
+def check_remote_code(cfg: Dict[str, Any], name: str, trust_remote_code: bool = False) -> None:
+    """Refuse, without prompting, a transformers model that only its own code (``auto_map``) can build.
+
+    transformers asks ``Do you wish to run the custom code? [y/N]`` on a terminal when ``trust_remote_code``
+    is left unset; hfkd always sets it, so this names the opt-in instead.
+    """
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    if trust_remote_code or not cfg.get("auto_map") or cfg.get("model_type") in CONFIG_MAPPING:
+        return  # a known model_type is built by transformers' own class, never by the folder's code
+    raise ValueError(
+        f"{shorten(name)} needs its own Python code to be built (config.json: model_type "
+        f"{shorten(cfg.get('model_type'))}, auto_map {shorten(cfg.get('auto_map'))}); hfkd never runs a model's "
+        "code unless asked. Read that code, then pass trust_remote_code=True (--trust_remote_code) if you trust it"
+    )
+
+
+def _transformers_preprocess(model: nn.Module, path: Optional[str], revision: Optional[str],
+                             trust_remote_code: bool = False) -> PreprocessConfig:
     size = getattr(model.config, "image_size", 224)
     size = size if isinstance(size, int) else max(size)
     pre = PreprocessConfig(input_size=(getattr(model.config, "num_channels", 3), size, size))
@@ -66,7 +146,7 @@ def _transformers_preprocess(model: nn.Module, path: Optional[str], revision: Op
     try:
         from transformers import AutoImageProcessor
 
-        proc = AutoImageProcessor.from_pretrained(path, revision=revision)
+        proc = AutoImageProcessor.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
     except (OSError, ValueError):
         return pre
     d = pre.to_dict()
@@ -95,26 +175,32 @@ def _transformers_labels(model: nn.Module):
 
 
 def _wrap_transformers(model: nn.Module, source: Dict[str, Any], path: Optional[str] = None,
-                       revision: Optional[str] = None) -> TransformersBackbone:
+                       revision: Optional[str] = None, trust_remote_code: bool = False) -> TransformersBackbone:
     return TransformersBackbone(
-        model, _transformers_preprocess(model, path, revision), model.config.num_labels,
+        model, _transformers_preprocess(model, path, revision, trust_remote_code), model.config.num_labels,
         _transformers_labels(model), source,
     )
 
 
-def _from_transformers(path: str, num_classes, revision, pretrained, model_kwargs) -> TransformersBackbone:
+def _from_transformers(path: str, num_classes, revision, pretrained, model_kwargs, trust_remote_code: bool = False,
+                       allow_pickle_weights: bool = False) -> TransformersBackbone:
     from transformers import AutoConfig, AutoModelForImageClassification
 
-    kwargs = dict(model_kwargs)
+    # Always explicit: left unset, transformers prompts on a terminal for a model with its own code.
+    kwargs = dict(model_kwargs, trust_remote_code=trust_remote_code)
+    if not allow_pickle_weights:  # a Hub repository too: its pickled weights are never read
+        kwargs.setdefault("use_safetensors", True)
     if num_classes is not None:
         kwargs.update(num_labels=num_classes, ignore_mismatched_sizes=True)
     if pretrained:
         model = AutoModelForImageClassification.from_pretrained(path, revision=revision, **kwargs)
     else:
         kwargs.pop("ignore_mismatched_sizes", None)
+        kwargs.pop("use_safetensors", None)
         config = AutoConfig.from_pretrained(path, revision=revision, **kwargs)
-        model = AutoModelForImageClassification.from_config(config)
-    return _wrap_transformers(model, {"name": path, "revision": revision, "pretrained": pretrained}, path, revision)
+        model = AutoModelForImageClassification.from_config(config, trust_remote_code=trust_remote_code)
+    return _wrap_transformers(model, {"name": path, "revision": revision, "pretrained": pretrained}, path, revision,
+                              trust_remote_code)
 
 
 def _from_timm(name: str, num_classes, revision, pretrained, model_kwargs) -> TimmBackbone:
@@ -137,6 +223,8 @@ def create_backbone(
     label_names: Optional[Sequence[str]] = None,
     revision: Optional[str] = None,
     preprocess: Optional[PreprocessConfig] = None,
+    trust_remote_code: bool = False,
+    allow_pickle_weights: bool = False,
     **model_kwargs: Any,
 ) -> Backbone:
     """Build a :class:`Backbone` from any supported source.
@@ -150,6 +238,10 @@ def create_backbone(
     ``pretrained`` only applies to names: registry names load timm's weights,
     Hub ids and folders load theirs.  ``image_size`` overrides the training
     resolution recorded in the preprocessing.
+
+    ``trust_remote_code``: build a transformers model whose ``config.json`` names its own code (``auto_map``);
+    off by default, and never asked interactively.  ``allow_pickle_weights``: load a folder holding only pickled
+    weights (``pytorch_model.bin``, ``*.pth``) with torch's ``weights_only`` unpickler; by default it is refused.
     """
     _check_sizes(num_classes, image_size)
     if isinstance(model, Backbone):
@@ -164,7 +256,8 @@ def create_backbone(
         backbone = _wrap_transformers(AutoModelForImageClassification.from_config(model),
                                       {"name": getattr(model, "model_type", "transformers"), "pretrained": False})
     elif isinstance(model, str):
-        backbone = _from_name_or_explain(model, num_classes, revision, pretrained, model_kwargs)
+        backbone = _from_name_or_explain(model, num_classes, revision, pretrained, model_kwargs,
+                                         trust_remote_code=trust_remote_code, allow_pickle_weights=allow_pickle_weights)
     else:
         raise TypeError(f"cannot build a model from {type(model).__name__}; pass a name, a folder or an nn.Module")
     if num_classes is not None and backbone.num_classes != num_classes:
@@ -184,11 +277,11 @@ def _check_sizes(num_classes, image_size) -> None:
         raise ValueError(f"image_size must be a positive integer or (height, width) (got {image_size!r})")
 
 
-def _from_name_or_explain(name: str, num_classes, revision, pretrained, model_kwargs) -> Backbone:
+def _from_name_or_explain(name: str, num_classes, revision, pretrained, model_kwargs, **trust) -> Backbone:
     from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 
     try:
-        return _from_name(name, num_classes, revision, pretrained, model_kwargs)
+        return _from_name(name, num_classes, revision, pretrained, model_kwargs, **trust)
     except (LocalEntryNotFoundError, OfflineModeIsEnabled) as e:
         what = "the pretrained weights" if pretrained else "the configuration"
         fix = "Pass pretrained=False (--student_pretrained false) to start from random weights, or go" if pretrained \
@@ -212,20 +305,29 @@ def _wrap_module(model: nn.Module, preprocess: Optional[PreprocessConfig]) -> Ba
     return ModuleBackbone(model, preprocess, num_classes, source={"name": type(model).__name__})
 
 
-def _from_name(name: str, num_classes, revision, pretrained, model_kwargs) -> Backbone:
+def _from_name(name: str, num_classes, revision, pretrained, model_kwargs, trust_remote_code: bool = False,
+               allow_pickle_weights: bool = False) -> Backbone:
     import timm
 
     if name.startswith("hf-hub:") or name.startswith("hf_hub:"):
         repo, _, at = name[len("hf-hub:"):].partition("@")
         _read_config(repo, at or revision)  # timm reads the same file next: its sizes are checked first
+        if pretrained:
+            check_hub_weights_format(name, revision, allow_pickle_weights)
         return _from_timm(name, num_classes, revision, pretrained, model_kwargs)
     local = name[len("local-dir:"):] if name.startswith("local-dir:") else name
     if os.path.isdir(local) or "/" in name and not timm.is_model(name):
         cfg = _read_config(local, revision)
+        if pretrained and os.path.isdir(local):
+            check_weights_format(local, name, allow_pickle_weights)
         if is_timm_config(cfg):
             prefix = "local-dir:" if os.path.isdir(local) else "hf-hub:"
+            if pretrained and prefix == "hf-hub:":
+                check_hub_weights_format(local, revision, allow_pickle_weights)
             return _from_timm(prefix + local, num_classes, revision, pretrained, model_kwargs)
-        return _from_transformers(local, num_classes, revision, pretrained, model_kwargs)
+        check_remote_code(cfg, name, trust_remote_code)
+        return _from_transformers(local, num_classes, revision, pretrained, model_kwargs, trust_remote_code,
+                                  allow_pickle_weights)
     if timm.is_model(name):
         return _from_timm(name, num_classes, revision, pretrained, model_kwargs)
     raise ValueError(

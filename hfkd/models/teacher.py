@@ -144,7 +144,12 @@ def create_teacher(
     weight: float = 1.0,
     **backbone_kwargs,
 ) -> Teacher:
-    """Load (pretrained by default) and freeze a teacher, checked against the student's classes."""
+    """Load (pretrained by default) and freeze a teacher, checked against the student's classes.
+
+    ``backbone_kwargs`` go to :func:`create_backbone`, e.g. ``revision``, ``trust_remote_code=True`` (a teacher
+    built by its own code) or ``allow_pickle_weights=True`` (a teacher folder of pickled weights); both opt-ins
+    are off by default, as for students.
+    """
     if isinstance(model, Teacher):
         backbone, weight = model.backbone, model.weight
     else:

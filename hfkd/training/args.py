@@ -8,6 +8,7 @@ from ..settings import field_type_problems
 
 _MIXED = ("no", "bf16", "fp16")
 _NONFINITE = ("raise", "skip")
+_BAD_IMAGE = ("raise", "skip")
 _TEACHER_DTYPES = ("bf16", "fp16", "fp32")
 _STRATEGIES = ("no", "steps", "epoch")
 _SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial", "multistep")
@@ -84,6 +85,14 @@ class DistillationArguments:
         default="raise", metadata={"help": "raise: stop at a NaN/inf loss, naming the step, the loss terms and the "
                                            "last checkpoint; skip: drop that batch's update and go on.",
                                    "choices": _NONFINITE})
+    # -- bad images (docs/reliability.md): unreadable files and decompression bombs --
+    on_bad_image: str = field(default="raise", metadata={
+        "help": "raise: stop at an image that cannot be read (or is a decompression bomb), naming its row and file; "
+                "skip: leave it out of its batch, count it in the log and list it in hfkd.json.",
+        "choices": _BAD_IMAGE})
+    verify_images: bool = field(default=False, metadata={
+        "help": "Before the first step, open every image's header (no decoding) and list all the bad ones; "
+                "on_bad_image decides whether the run stops or trains without them."})
     # -- paper-faithful optimisation (docs/cifar.md) --
     weight_decay_norm_and_bias: bool = field(default=False, metadata={
         "help": "Decay every parameter, norms and biases too, as PS-KD, BAKE and Factor Transfer do."})
@@ -138,6 +147,8 @@ class DistillationArguments:
             raise ValueError("invalid DistillationArguments: " + "; ".join(problems))
         if self.on_nonfinite_loss not in _NONFINITE:
             problems.append(f"on_nonfinite_loss must be one of {_NONFINITE} (got {self.on_nonfinite_loss!r})")
+        if self.on_bad_image not in _BAD_IMAGE:
+            problems.append(f"on_bad_image must be one of {_BAD_IMAGE} (got {self.on_bad_image!r})")
         if self.learning_rate <= 0:
             problems.append(f"learning_rate must be > 0 (got {self.learning_rate})")
         if self.per_device_train_batch_size < 1 or self.per_device_eval_batch_size < 1:

@@ -12,6 +12,7 @@ import torch
 from ..hub.card import local_checkpoint_name
 from ..models.backbone import hub_id
 from ..hub.secrets import redact_secrets
+from .bad_images import bad_image_summary
 
 # Keys of trainer.state.log_history worth keeping with the model (curves, not every callback field).
 _HISTORY_KEYS = ("step", "epoch", "loss", "learning_rate", "eval_accuracy", "eval_top5_accuracy", "eval_loss",
@@ -160,6 +161,7 @@ def build_lineage(trainer, measure_inference: bool = True) -> Dict[str, Any]:
         "mixed_precision": str(trainer.accelerator.mixed_precision),
         "hardware": hardware_info(trainer.accelerator),
         "log_history": _history(trainer.state.log_history),
+        "bad_images": bad_image_summary(trainer),
         "versions": library_versions(),
     }
     return redact_secrets(without_local_paths(lineage))

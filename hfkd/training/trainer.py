@@ -17,6 +17,7 @@ from ..data.loading import find_columns
 from ..data.transforms import AugmentConfig, ImageClassificationDataset, create_image_transform
 from ..hub.card import PLOT_FILENAME, create_model_card, plot_training_curves
 from ..hub.push import push_to_hub
+from ..hub.secrets import redact_secrets
 from ..hub.save import check_save_target, save_student
 from ..launch import create_accelerator
 from ..methods.base import DistillationMethod, MethodContext
@@ -29,6 +30,7 @@ from ..settings import check_finite_settings
 from ..tasks import Task, create_task
 from . import validation
 from .args import DistillationArguments
+from .bad_images import BadImageLog, verify_splits
 from .callbacks import CallbackHandler, ProgressCallback, TrainerCallback
 from .checkpoint import load_checkpoint, read_state, resolve_checkpoint, save_checkpoint
 from .ema import create_model_ema, ema_state, load_ema_state, split_ema_state
@@ -123,6 +125,10 @@ class DistillationTrainer:
         self.task = create_task(task)
         self.label_names = self.task.check_targets(self.student, train_dataset, eval_dataset, self.image_column,
                                                    self.label_column)
+        self.verified_bad_images = {}  # split -> the bad images verify_images left out
+        if self.args.verify_images:
+            train_dataset, eval_dataset, self.verified_bad_images = verify_splits(
+                train_dataset, eval_dataset, self.image_column, self.args.on_bad_image)
         teachers = [teachers] if isinstance(teachers, (str, nn.Module, Teacher)) else list(teachers or [])
         # A teacher cache stands in for the teachers; it refuses a run it does not fit (hfkd/cache/lookup.py).
         self.teacher_cache = open_teacher_cache(
@@ -140,7 +146,7 @@ class DistillationTrainer:
         if self.teacher_cache is not None:
             self.teacher_cache.attach(self.train_dataset, self.student.preprocess)
         self.eval_dataset = self._wrap(eval_dataset, training=False) if eval_dataset is not None else None
-        self.callbacks = CallbackHandler([ProgressCallback(), *(callbacks or [])])
+        self.callbacks = CallbackHandler([ProgressCallback(), BadImageLog(), *(callbacks or [])])
         self.state = TrainerState()
         self.teacher_metrics: Dict[str, Dict[str, float]] = {}
         self._model = None  # the prepared DistillationModule
@@ -167,7 +173,7 @@ class DistillationTrainer:
         transform = create_image_transform(self.student.preprocess, training, self.augment)
         mode = "RGB" if self.student.preprocess.input_size[0] == 3 else "L"
         return self.task.dataset_class(dataset, transform, self.image_column, self.label_column,
-                                          seed=self.args.seed, image_mode=mode)
+                                          seed=self.args.seed, image_mode=mode, on_bad_image=self.args.on_bad_image)
 
     def _train_loader(self):
         from torch.utils.data import DataLoader
@@ -300,10 +306,10 @@ class DistillationTrainer:
         acc.register_for_checkpointing(scheduler)
         self.state.max_steps, self.state.num_epochs = max_steps, num_epochs
         self.steps_per_epoch = steps_per_epoch
-        if args.report_to:
+        if args.report_to:  # a tracker's config is written (and often uploaded): no credentials in it
             config = {**{k: v for k, v in args.to_dict().items() if isinstance(v, (int, float, str, bool))},
                       "method": self.method.name, **self.method.hparams()}
-            acc.init_trackers(args.run_name or "hfkd", config=config)
+            acc.init_trackers(redact_secrets(args.run_name or "hfkd"), config=redact_secrets(config))
 
     def _resume(self) -> None:
         path = resolve_checkpoint(self.args.resume_from_checkpoint, self.args.output_dir)
@@ -323,8 +329,10 @@ class DistillationTrainer:
 
     def _save(self) -> str:
         state = {k: v for k, v in asdict(self.state).items() if k != "should_stop"}
+        # The arguments are redacted as in hfkd.json: a checkpoint folder is shared and uploaded just as often.
         state.update(teacher_metrics=self.teacher_metrics, method=self.method.name,
-                     method_hparams=self.method.hparams(), args=self.args.to_dict(), run=run_signature(self))
+                     method_hparams=redact_secrets(self.method.hparams()), args=redact_secrets(self.args.to_dict()),
+                     run=run_signature(self))
         path = save_checkpoint(self.accelerator, self.args.output_dir, self.state.global_step, state,
                                {**self.method.extra_state(), **ema_state(self.model_ema)}, self.args.save_total_limit)
         self.callbacks("on_save", self, path)
