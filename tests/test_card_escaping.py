@@ -87,3 +87,27 @@ def test_the_card_says_how_many_images_were_left_out():
     text = str(create_model_card(lineage))
     assert ("- **Unreadable images:** 3 training images left out and 1 evaluation image left out, listed in "
             "`hfkd.json` (`bad_images`)\n") in text
+
+
+def test_a_teacher_cache_card_shows_its_metadata_as_text(tmp_path):
+    """The cache's dataset card is rendered from hfkd_cache.json, a file anyone can edit before pushing."""
+    from huggingface_hub import DatasetCard
+
+    from hfkd.cache.card import render_dataset_card
+    from hfkd.cache.format import CacheMetadata
+
+    hostile = 'acme/pets"\n---\nlicense: mit <img src=x onerror=alert(1)>'
+    metadata = CacheMetadata(
+        format_version=2, num_samples=4, num_views=1, num_classes=3, seed=0, augmentation=None,
+        student_preprocess={"input_size": [3, 8, 8], "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.5] * 3},
+        train_fingerprint="f`p<b>", teachers=[{"name": "t`<img src=x onerror=alert(2)>`", "library": "timm|x"}],
+        top_k=None, dtype="float16", ensembled=False, label_names=None, dataset={"id": hostile},
+        hfkd_version="0", command="hfkd cache `rm -rf /`")
+    card = render_dataset_card(metadata, str(tmp_path), repo_id=None)
+    parsed = DatasetCard(card)
+    assert "license" not in parsed.data.to_dict()  # the front matter is hfkd's alone
+    lines = parsed.text.splitlines()
+    assert "---" not in lines and not any(line.startswith("license:") for line in lines)
+    html = _render(parsed.text)
+    assert "<img" not in html and "<b>" not in html  # shown as text (&lt;img ...), inside code spans or not
+    assert "&lt;img src=x onerror=alert(2)&gt;" in html  # the teacher's name is still there, as text

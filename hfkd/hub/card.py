@@ -22,6 +22,11 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _ARXIV = re.compile(r"arXiv[:\s]*(?:preprint\s+arXiv:)?\s*(\d{4}\.\d{4,5})", re.IGNORECASE)
 
 
+def is_hub_id(value: Any) -> bool:
+    """True for a string shaped like a Hub repository id (only such a value becomes a link in a card)."""
+    return isinstance(value, str) and bool(_HUB_ID.match(value))
+
+
 def _pct(value) -> str:
     return f"{100 * value:.2f}" if isinstance(value, (int, float)) else "-"
 
@@ -40,7 +45,7 @@ def _hub_dataset(dataset: Dict[str, Any]) -> Optional[str]:
 def _model_link(entry: Dict[str, Any], in_table: bool = False) -> str:
     """A Markdown link to a model's Hub page, or its name when it is not on the Hub (as text, escaped)."""
     hub = entry.get("hub_id")
-    if isinstance(hub, str) and _HUB_ID.match(hub):  # only a real Hub id becomes a link
+    if is_hub_id(hub):  # only a real Hub id becomes a link
         rev = entry.get("revision")
         suffix = f" (revision {code_span(rev, in_table)})" if rev else ""
         return f"[{hub}](https://huggingface.co/{hub}){suffix}"  # [\w.-] only: nothing to escape
