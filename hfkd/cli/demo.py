@@ -18,7 +18,7 @@ from ..data.default import DEFAULT_DATASET
 from ..data.loading import load_image_dataset
 from ..data.rotated_digits import load_rotated_digits
 from ..methods.registry import create_method, normalize_name
-from ..output_dir import STUDENT_FOLDER, STUDENT_METADATA_FILE, run_outputs
+from ..output_dir import STUDENT_METADATA_FILE, run_outputs
 from ..tasks import RegressionTask
 from ..training.args import DistillationArguments
 from ..training.trainer import DistillationTrainer
@@ -55,7 +55,7 @@ DEMO_AUGMENT = AugmentConfig(scale=(0.6, 1.0), hflip=0.0, color_jitter=None)
 # It applies only when the data is the embedded digits (the default --dataset, or named), and only to the settings
 # the user did not give; any other data gets the library's defaults (the settings dataclasses') and the student's
 # own preprocessing.  This is the one source of the demo's settings: recipes/configs/*_demo.yaml spell it out and
-# tests/test_demo_preset.py checks that they parse to the same settings.
+# tests/test_real_runs.py checks that they parse to the same settings.
 _DEMO_COMMON: Dict[str, Any] = dict(
     student=DEMO_STUDENT, student_pretrained=False, image_size=DEMO_IMAGE_SIZE, learning_rate=DEMO_LEARNING_RATE,
     weight_decay=0.05, save_strategy="no", aug_scale=list(DEMO_AUGMENT.scale), aug_hflip=DEMO_AUGMENT.hflip,

@@ -48,8 +48,8 @@ def dry_run(settings: RunSettings) -> Dict[str, Any]:
     for line in preset_lines:
         print(line)
     if not preset_lines:
-        print("defaults: the library's own (the settings dataclasses), not the demo preset (it is only for the "
-              "embedded demo data)")
+        print("defaults: the library's own (the settings dataclasses); the demo preset is only for the embedded "
+              "demo data")
     checked = check_run(settings, train_demo=False)
     method = settings.create_method()
     if checked.data is not None:
