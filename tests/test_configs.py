@@ -137,3 +137,14 @@ def test_paper_configs_dry_run(config, params, epochs, capsys):
 def test_configs_cite_sources_inside_the_repository_or_upstream(config):
     text = config.read_text(encoding="utf-8")
     assert not re.search(r"shared[/]", text), f"{config.name} points outside the repository"
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+def test_a_config_starts_its_student_from_weights_that_exist(config):
+    """Students start from their pretrained weights unless the config says student_pretrained: false (issue 20):
+    a config of a network without published weights (hfkd's CIFAR networks) must say so."""
+    model, *_ = _load(config)
+    if model.student_pretrained and timm.is_model(model.student):
+        cfg = timm.models.get_pretrained_cfg(model.student)
+        assert cfg is not None and (cfg.hf_hub_id or cfg.url), \
+            f"{config.name}: {model.student} has no pretrained weights; add student_pretrained: false"
