@@ -24,7 +24,7 @@ from .pipeline import build_student, build_teachers, load_data
 def main(argv=None) -> str:
     # ``hfkd cache`` passes its argv; recipes/cache_teachers.py reads sys.argv (argparse names the script).
     prog = {"prog": "hfkd cache"} if argv is not None else {}
-    preset = Preset(cache_preset)
+    preset = Preset(cache_preset, (ModelArguments, DataArguments, CacheArguments))
     try:
         (model_args, data_args, cache), _ = parse_args((ModelArguments, DataArguments, CacheArguments), argv,
                                                        preset=preset, **prog)

@@ -53,10 +53,9 @@ def compare_recoveries(student, data, teachers, pruning: PruningConfig, args: Di
 
 def main(argv: Optional[Sequence[str]] = None):
     # The demo's recovery settings apply only on the embedded digits; elsewhere the dataclasses' defaults.
-    preset = Preset(lambda given: COMPRESS_PRESET)
-    (model_args, data_args, pruning, compression, args), _ = parse_args(
-        (CompressModelArguments, DataArguments, PruningConfig, CompressionArguments, DistillationArguments),
-        argv, preset=preset)
+    types = (CompressModelArguments, DataArguments, PruningConfig, CompressionArguments, DistillationArguments)
+    preset = Preset(lambda given: COMPRESS_PRESET, types)
+    (model_args, data_args, pruning, compression, args), _ = parse_args(types, argv, preset=preset)
     for line in preset.describe():
         print(line, flush=True)
     if not model_args.student and data_args.dataset != DEFAULT_DATASET:

@@ -8,6 +8,7 @@ any Hub model.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -150,8 +151,10 @@ class Preset:
     (``overwrite_output_dir``), and only then: a second ``make demo`` works, and nothing else is ever replaced.
     """
 
-    def __init__(self, values: Callable[[Mapping[str, Any]], Mapping[str, Any]]):
+    def __init__(self, values: Callable[[Mapping[str, Any]], Mapping[str, Any]], types: Sequence[type] = ()):
         self.values = values
+        # the options of the command's settings groups: what the preset may set (e.g. `hfkd train` has no baseline)
+        self.fields = {f.name for t in types for f in dataclasses.fields(t) if f.init} or None
         self.applied: Dict[str, Any] = {}
         self.replaces: List[str] = []
         self.output_dir: Optional[str] = None
@@ -160,18 +163,19 @@ class Preset:
         self.applied, self.replaces, self.output_dir = {}, [], None
         if not is_demo_data(given.get("dataset")):
             return {}
-        values = dict(self.values(given))
+        values = {k: v for k, v in self.values(given).items() if self.fields is None or k in self.fields}
         output_dir = self.output_dir = given.get("output_dir", values.get("output_dir"))
-        if output_dir and "overwrite_output_dir" not in given and not given.get("resume_from_checkpoint"):
+        can_replace = self.fields is None or "overwrite_output_dir" in self.fields
+        if output_dir and can_replace and "overwrite_output_dir" not in given and not given.get("resume_from_checkpoint"):
             self.replaces = earlier_demo_run(output_dir)
             if self.replaces:
                 values["overwrite_output_dir"] = True
         self.applied = {k: v for k, v in values.items() if k not in given}
         return values
 
-    def describe(self, fields: Sequence[str] = ()) -> List[str]:
-        """The lines the dry run and the run print: what the demo preset set (among ``fields``, if given)."""
-        applied = {k: v for k, v in self.applied.items() if not fields or k in fields}
+    def describe(self) -> List[str]:
+        """The lines the dry run and the run print: what the demo preset set, and what it replaces."""
+        applied = self.applied
         if not applied:
             return []
         lines = [f"demo preset (embedded {DEFAULT_DATASET}; only what was not given): "

@@ -52,7 +52,7 @@ def parse_distill_args(argv: Optional[Sequence[str]] = None, method: Optional[st
     extra = () if fixed_method else (_method_option(list_methods(), name),)
     description = (f"{method_class.__name__}: {(method_class.__doc__ or '').strip().splitlines()[0]}"
                    if method_class.__doc__ else None)
-    preset = Preset(lambda given: demo_preset(name, given))
+    preset = Preset(lambda given: demo_preset(name, given), types)
     (model, data, training, method_config, run), _ = parse_args(
         types, argv, config=config, preset=preset, extra_options=extra, prog=prog, description=description,
         epilog=PRESET_EPILOG)
