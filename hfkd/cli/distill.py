@@ -82,9 +82,10 @@ def run_settings(settings: RunSettings):
         return dry_run(settings)
     for line in settings.preset.describe() if settings.preset else []:
         print(line, flush=True)
-    checked = check_run(settings, train_demo=True)
-    if checked.problems:
-        sys.exit(f"error: the run cannot start, nothing was trained:\n{problems_text(checked.problems)}")
+    # Only the problems are kept: the checked student is not held while the workflow trains its own.
+    problems = check_run(settings, train_demo=True).problems
+    if problems:
+        sys.exit(f"error: the run cannot start, nothing was trained:\n{problems_text(problems)}")
     lock = claim_output_dir(settings)
     try:
         return get_workflow(settings.method).run(settings)
