@@ -221,3 +221,14 @@ def test_a_teacher_is_named_by_its_hfkd_train_output_folder(tmp_path, capsys):
     report, out = _dry(["--method", "kd", "--student", "test_resnet", "--teachers", str(run)], capsys)
     assert report["teachers"][0]["name"] == "teacher" and "teacher teacher:" in out
     assert os.path.isdir(run / "student")
+
+
+@pytest.mark.slow
+def test_sequential_feed_trains_the_baseline_it_needs_as_generation_1s_teacher(tmp_path):
+    """No baseline unless asked, except where a method needs one: FEED's generation 1 distils from it."""
+    out = tmp_path / "feed"
+    rows = run_settings(parse_distill_args(["--method", "feed", "--student", "test_resnet", "--baseline", "false",
+                                            "--parallel", "false", "--generations", "1", *FAST,
+                                            "--output_dir", str(out)]))
+    assert [r["role"] for r in rows] == ["student, no KD (baseline)", "student, sequential FEED gen 1"]
+    assert (out / "baseline" / "student" / "model.safetensors").is_file()
