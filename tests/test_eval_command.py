@@ -93,3 +93,24 @@ def test_hfkd_eval_loads_a_pruned_student(tmp_path, digits, capsys):
     folder = save_compressed(pruned, str(tmp_path / "pruned"), summary, {}, report=report)
     metrics = evaluate([folder, "--dataset", "hfkd/digits", "--max_eval_samples", "16"])
     assert json.loads(capsys.readouterr().out)["eval_images"] == 16 and 0 <= metrics["eval_accuracy"] <= 1
+
+
+def test_hfkd_eval_holds_out_what_the_models_run_held_out(tmp_path, monkeypatch):
+    """A model trained on a folder without an eval split is scored on the same held-out images (the run's seed),
+    not on a fresh draw that may hold its training images."""
+    from PIL import Image
+
+    import hfkd.cli.evaluate as command
+
+    for c in ("cat", "dog"):
+        (tmp_path / "photos" / c).mkdir(parents=True)
+        for i in range(10):
+            Image.new("RGB", (40, 30), (25 * i, 100 if c == "cat" else 200, 0)).save(tmp_path / "photos" / c / f"{i}.png")
+    model = _saved(tmp_path, "run", num_classes=2, label_names=["cat", "dog"], metadata={
+        "dataset": {"id": "photos", "train_split": "train", "eval_split": "0.1 of train (held out)"},
+        "training_args": {"seed": 42}})
+    seeds = []
+    real_load = command.load_data
+    monkeypatch.setattr(command, "load_data", lambda args, seed=0: seeds.append(seed) or real_load(args, seed=seed))
+    evaluate([model, "--dataset", str(tmp_path / "photos")])
+    assert seeds == [42]

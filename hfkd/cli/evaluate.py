@@ -17,6 +17,7 @@ import tempfile
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..data.default import DEFAULT_DATASET
+from ..hub.card import local_checkpoint_name
 from ..hub.load import from_pretrained
 from ..launch import is_main_process
 from ..models.backbone import Backbone
@@ -74,6 +75,12 @@ def recorded_dataset(model: str, backbone: Backbone, data_args: EvalDataArgument
     return dataclasses.replace(data_args, **replace), seed
 
 
+def is_recorded(dataset: str, backbone: Backbone) -> bool:
+    """Whether ``dataset`` is the one the model's ``hfkd.json`` records (a local folder is recorded by its name)."""
+    recorded = ((getattr(backbone, "lineage", None) or {}).get("dataset") or {}).get("id")
+    return bool(recorded) and recorded in (dataset, local_checkpoint_name(os.path.abspath(dataset)))
+
+
 def check_same_classes(model: str, backbone: Backbone, data) -> None:
     """Refuse a dataset whose classes the model does not predict: another count, or other label names."""
     if backbone.num_classes != data.num_classes:
@@ -102,6 +109,8 @@ def main(argv: Optional[List[str]] = None):
             data_args, seed = recorded_dataset(model, backbone, data_args)
             if is_main_process():
                 print(f"dataset: {data_args.dataset} (recorded in {model}'s hfkd.json)", file=sys.stderr)
+        elif is_recorded(data_args.dataset, backbone):  # its own data, given by path: hold out what its run held out
+            seed = int(((backbone.lineage or {}).get("training_args") or {}).get("seed") or 0)
         data = load_data(data_args, seed=seed)
         if data.eval is None:
             raise ValueError("the dataset has no eval split; pass --eval_split or --validation_fraction > 0")
