@@ -21,7 +21,7 @@ from ..models.backbone import Backbone
 from ..models.factory import create_backbone, run_folder_student
 from ..output_dir import OutputDirError, OutputDirLock, check_output_dir, remove_run_outputs
 from ..settings import shorten
-from .demo import DEMO_STUDENT, cache_dir
+from .demo import DEMO_STUDENT, cache_dir, demo_teacher_path
 from .pipeline import build_student, build_teacher
 from .workflows import RunSettings, get_workflow
 from .workflows.base import run_data
@@ -118,8 +118,9 @@ def check_run(settings: RunSettings, *, train_demo: bool) -> Checked:
                     stand_in = None
     method = settings.create_method()
     if method.starts_from_trained_student and settings.model.student == DEMO_STUDENT and not settings.model.teachers:
-        checked.notes.append(f"{settings.method} starts from the demo student trained with cross-entropy (cached; "
-                             "trained on first use)")
+        cached = os.path.isfile(os.path.join(demo_teacher_path(DEMO_STUDENT), "model.safetensors"))
+        checked.notes.append(f"{settings.method} starts from the demo student trained with cross-entropy ("
+                             + ("cached)" if cached else "not in the cache yet: it will be trained on first use)"))
     try:  # the demo teachers are trained (once, cached) only for a real run that has nothing else wrong
         checked.teachers = workflow.teachers(settings, train_demo and not checked.problems)
     except ValueError as e:  # what the run itself refuses (e.g. no --teachers on other data)
