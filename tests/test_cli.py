@@ -15,6 +15,7 @@ from hfkd.cli.parser import create_parser
 from hfkd.methods import MethodConfig, get_method_class, list_methods
 from hfkd.cli.arguments import DataArguments, ModelArguments
 from hfkd.cli.workflows import get_workflow
+from helpers.models import saved_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--student", "test_resnet", "--max_train_samples", "64", "--per_device_train_batch_size", "16",
@@ -169,7 +170,8 @@ def test_registry_normalises_names_in_one_place():
 # -- --dry_run -----------------------------------------------------------------------------------------
 def test_dry_run_prints_settings_sizes_and_steps_and_trains_nothing(tmp_path, capsys):
     out_dir = tmp_path / "never"
-    report = hfkd_main(["distill", "--method", "kd", *TINY, "--teachers", "test_convnext", "--num_train_epochs", "3",
+    teacher = saved_model(tmp_path / "test_convnext")  # teachers are loaded with their weights, offline here
+    report = hfkd_main(["distill", "--method", "kd", *TINY, "--teachers", teacher, "--num_train_epochs", "3",
                         "--output_dir", str(out_dir), "--dry_run"])
     out = capsys.readouterr().out
     for group in ("[model]", "[data]", "[training]", "[method (KDConfig)]", "[run]"):
@@ -226,6 +228,9 @@ def test_a_teacher_cache_builds_no_demo_teachers(monkeypatch, capsys):
         settings = parse_distill_args(["--method", method, "--teacher_cache", "ORG/soft-labels"])
         assert settings.training.teacher_cache == "ORG/soft-labels"
         assert method_teachers(settings) == []
-    report = parse_and_dry("meal_v2", "--teacher_cache", "ORG/soft-labels")
-    assert report["teachers"] == [] and report["teacher_cache"] == "ORG/soft-labels"
-    assert "teacher cache: ORG/soft-labels (no teacher is loaded)" in capsys.readouterr().out
+    # Offline, the Hub cache cannot be opened: the dry run says so and exits non-zero, as the run would stop there.
+    with pytest.raises(SystemExit) as exit_info:
+        parse_and_dry("meal_v2", "--teacher_cache", "ORG/soft-labels")
+    assert "teacher cache 'ORG/soft-labels' cannot be used" in str(exit_info.value.code)
+    out = capsys.readouterr().out
+    assert "teacher cache: ORG/soft-labels (no teacher is loaded)" in out and "parameters\nteacher " not in out

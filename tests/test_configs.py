@@ -117,7 +117,10 @@ def test_demo_cache_folders_name_the_settings_they_were_trained_with(monkeypatch
 def test_paper_configs_dry_run(config, params, epochs, capsys):
     """``recipes/NAME.py --config ... --dry_run`` prints the settings, the student's size and the steps, trains nothing."""
     path = ROOT / "recipes" / "configs" / config
-    distill(["--config", str(path), "--dry_run", "true"], method=_method(path), fixed_method=True)
+    with pytest.raises(SystemExit) as exit_info:  # the run could not start offline: the dry run exits non-zero
+        distill(["--config", str(path), "--dry_run", "true"], method=_method(path), fixed_method=True)
+    problems = str(exit_info.value.code)
+    assert "dataset 'uoft-cs/cifar100' cannot be loaded" in problems
     out = capsys.readouterr().out
     assert "weight_decay_norm_and_bias = True" in out and "aug_preset = 'cifar'" in out
     assert params in out.replace("_", ",")
@@ -127,10 +130,21 @@ def test_paper_configs_dry_run(config, params, epochs, capsys):
     assert "digits" not in out  # no demo teacher stands in for CIFAR-100 teachers
     assert "aug_scale is not used by aug_preset 'cifar'" in out
     if config.startswith("feed"):  # FEED needs teachers: the dry run says so, as the run would
-        assert "no --teachers given: feed on uoft-cs/cifar100 needs teachers" in out
+        assert "no --teachers given: feed on uoft-cs/cifar100 needs teachers" in problems
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
 def test_configs_cite_sources_inside_the_repository_or_upstream(config):
     text = config.read_text(encoding="utf-8")
     assert not re.search(r"shared[/]", text), f"{config.name} points outside the repository"
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+def test_a_config_starts_its_student_from_weights_that_exist(config):
+    """Students start from their pretrained weights unless the config says student_pretrained: false (issue 20):
+    a config of a network without published weights (hfkd's CIFAR networks) must say so."""
+    model, *_ = _load(config)
+    if model.student_pretrained and timm.is_model(model.student):
+        cfg = timm.models.get_pretrained_cfg(model.student)
+        assert cfg is not None and (cfg.hf_hub_id or cfg.url), \
+            f"{config.name}: {model.student} has no pretrained weights; add student_pretrained: false"

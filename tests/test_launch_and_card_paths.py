@@ -122,8 +122,8 @@ def test_recipe_flag_aligns_a_permuted_teacher(tmp_path, permuted_teacher):
         sys.path.remove(os.path.join(ROOT, "recipes"))
     argv = ["--student", "test_resnet", "--teachers", permuted_teacher, "--max_train_samples", "32", "--max_steps",
             "1", "--per_device_train_batch_size", "16", "--eval_teachers", "false", "--disable_tqdm", "true",
-            "--no_baseline", "--output_dir", str(tmp_path / "kd")]
-    with pytest.raises(ValueError, match="align_labels_by_name"):
+            "--baseline", "false", "--output_dir", str(tmp_path / "kd")]
+    with pytest.raises(SystemExit, match="align_labels_by_name"):  # refused by the checks, before any step
         recipe.main(argv)
     rows = recipe.main(argv + ["--align_labels_by_name", "true"])
     assert rows[-1]["role"] == "student, kd" and rows[-1]["eval_accuracy"] is not None

@@ -23,13 +23,18 @@ class ModelArguments:
 
     _argument_group_name: ClassVar[str] = "model"
 
-    student: str = field(default="cifar_resnet8", metadata={
-        "help": "timm name, Hub id or folder (default: the demo's 32 px CIFAR ResNet-8; name yours for other data)."})
-    student_pretrained: bool = field(default=False, metadata={"help": "Start from the student's pretrained weights."})
-    teachers: List[str] = field(default_factory=list, metadata={"help": "Teachers: timm names, Hub ids or folders."})
+    student: Optional[str] = field(default=None, metadata={
+        "help": "timm name, Hub id or folder. Required, except on the embedded demo data (the demo preset's "
+                "cifar_resnet8)."})
+    student_pretrained: bool = field(default=True, metadata={
+        "help": "Start from the student's pretrained weights (a timm name: timm's; offline they must be in the "
+                "local cache). false: random initialisation."})
+    teachers: List[str] = field(default_factory=list, metadata={
+        "help": "Teachers: timm names, Hub ids, saved model folders, or the output folder of an `hfkd train` run."})
     teacher_revisions: List[str] = field(default_factory=list, metadata={"help": "Hub revisions, one per teacher."})
     image_size: Optional[int] = field(default=None, metadata={
-        "help": "Training resolution of the student (default: the model's own)."})
+        "help": "Training resolution of the student (default: the student's own, from its pretrained configuration: "
+                "timm's data config or a transformers image processor)."})
     align_labels_by_name: bool = field(default=False, metadata={
         "help": "Reorder each teacher's classes to the student's by label name (same names, other order)."})
     label_mapping: Optional[str] = field(default=None, metadata={
@@ -117,8 +122,8 @@ class RunArguments:
 class DistillRunArguments(RunArguments):
     """What ``hfkd distill`` and the distillation recipes do around training."""
 
-    baseline: bool = field(default=True, metadata={
-        "help": "Also train the same student without distillation, for comparison."})
+    baseline: bool = field(default=False, metadata={
+        "help": "Also train the same student without distillation, for comparison (the demo preset turns it on)."})
 
 
 # -- what the distillation workflows do around training (hfkd/cli/workflows) -----------------------------
@@ -145,7 +150,8 @@ class FEEDRunArguments(DistillRunArguments):
     parallel: bool = field(default=True, metadata={"help": "Run parallel FEED from --teachers."})
     generations: int = field(default=2, metadata={"help": "Sequential FEED generations (0: none)."})
     sequential_teacher: Optional[str] = field(default=None, metadata={
-        "help": "Generation 1's teacher (a model of the student's architecture); default: the baseline."})
+        "help": "Generation 1's teacher (a model of the student's architecture); default: the baseline, trained for "
+                "it even without --baseline."})
     seeds: List[int] = field(default_factory=list, metadata={"help": "Several training seeds: report mean +- std."})
 
     def __post_init__(self):
@@ -164,6 +170,15 @@ class ExtracurricularRunArguments(DistillRunArguments):
 
 
 # -- the other commands ------------------------------------------------------------------------------
+@dataclass
+class EvalDataArguments(DataArguments):
+    """The dataset to evaluate on (default: the one recorded in the model's hfkd.json) and its splits."""
+
+    dataset: Optional[str] = field(default=None, metadata={
+        "help": "Hub id, image folder, parquet file, or hfkd/digits (embedded). Default: the dataset recorded in "
+                "the model's hfkd.json, when hfkd trained it on data it can load again."})
+
+
 @dataclass
 class EvalArguments:
     """The model to evaluate and how."""

@@ -1,6 +1,7 @@
 """``recipes/cache_teachers.py`` (and ``hfkd cache``): build a teacher cache, optionally push it to the Hub.
 
     python recipes/cache_teachers.py                     # demo, offline: the demo teachers on the digits
+    (on other data --student is required and the demo preset does not apply: see hfkd/cli/demo.py)
     accelerate launch recipes/cache_teachers.py --teachers resnet50 convnext_tiny --student resnet18 \\
         --dataset ORG/DATA --num_views 10 --storage topk --top_k 10 --dtype float16 --output_dir caches/in1k
     python recipes/meal_v2.py --teacher_cache outputs/teacher_cache
@@ -18,7 +19,8 @@ from ..cache.hub import push_teacher_cache
 from ..cache.lookup import verify_teacher_cache
 from ..launch import is_main_process
 from .arguments import CacheArguments, DataArguments, ModelArguments
-from .demo import cache_preset, resolve_teachers
+from .demo import Preset, cache_preset, resolve_teachers
+from .distill import require_student
 from .parser import parse_args
 from .pipeline import build_student, build_teachers, load_data
 
@@ -26,10 +28,17 @@ from .pipeline import build_student, build_teachers, load_data
 def main(argv=None) -> str:
     # ``hfkd cache`` passes its argv; recipes/cache_teachers.py reads sys.argv (argparse names the script).
     prog = {"prog": "hfkd cache"} if argv is not None else {}
-    (model_args, data_args, cache), _ = parse_args((ModelArguments, DataArguments, CacheArguments), argv,
-                                                   preset=cache_preset(), **prog)
-    if cache.verify:
-        return _verify(cache.verify)
+    preset = Preset(cache_preset, (ModelArguments, DataArguments, CacheArguments))
+    try:
+        (model_args, data_args, cache), _ = parse_args((ModelArguments, DataArguments, CacheArguments), argv,
+                                                       preset=preset, **prog)
+        if cache.verify:
+            return _verify(cache.verify)
+        require_student(model_args.student, data_args.dataset)
+    except ValueError as e:
+        raise SystemExit(f"{prog.get('prog', 'recipes/cache_teachers.py')}: error: {e}") from None
+    for line in preset.describe():
+        print(line, flush=True)
     data = load_data(data_args, seed=cache.seed)
     teacher_paths = resolve_teachers(model_args.teachers, data_args.dataset, what="a teacher cache")
     student = build_student(model_args, data)

@@ -20,7 +20,7 @@ from ..data.default import DEFAULT_DATASET
 from ..hub.load import from_pretrained
 from ..training.args import DistillationArguments
 from .arguments import CompressModelArguments, DataArguments
-from .demo import COMPRESS_PRESET, demo_student, resolve_teachers
+from .demo import COMPRESS_PRESET, Preset, demo_student, resolve_teachers
 from .parser import parse_args
 from .pipeline import load_data
 
@@ -52,9 +52,12 @@ def compare_recoveries(student, data, teachers, pruning: PruningConfig, args: Di
 
 
 def main(argv: Optional[Sequence[str]] = None):
-    (model_args, data_args, pruning, compression, args), _ = parse_args(
-        (CompressModelArguments, DataArguments, PruningConfig, CompressionArguments, DistillationArguments),
-        argv, preset=COMPRESS_PRESET)
+    # The demo's recovery settings apply only on the embedded digits; elsewhere the dataclasses' defaults.
+    types = (CompressModelArguments, DataArguments, PruningConfig, CompressionArguments, DistillationArguments)
+    preset = Preset(lambda given: COMPRESS_PRESET, types)
+    (model_args, data_args, pruning, compression, args), _ = parse_args(types, argv, preset=preset)
+    for line in preset.describe():
+        print(line, flush=True)
     if not model_args.student and data_args.dataset != DEFAULT_DATASET:
         raise SystemExit(f"hfkd compress: error: compressing on {data_args.dataset} needs --student (a saved "
                          "student trained on it); the demo's KD student only knows the embedded digits")

@@ -8,7 +8,9 @@ any Hub model.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 import os
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
@@ -17,6 +19,7 @@ from ..data.default import DEFAULT_DATASET
 from ..data.loading import load_image_dataset
 from ..data.rotated_digits import load_rotated_digits
 from ..methods.registry import create_method, normalize_name
+from ..output_dir import STUDENT_METADATA_FILE, run_outputs
 from ..tasks import RegressionTask
 from ..training.args import DistillationArguments
 from ..training.trainer import DistillationTrainer
@@ -48,12 +51,16 @@ DEMO_LEARNING_RATE = 1e-2
 DEMO_AUGMENT = AugmentConfig(scale=(0.6, 1.0), hflip=0.0, color_jitter=None)
 
 
-# -- the preset: what the commands run with no other arguments ------------------------------------------
-# The embedded digits at 32 px, the demo student, the cached demo teachers.  Any flag or YAML value overrides these.
+# -- the preset: what the commands run on the embedded data ----------------------------------------------
+# The embedded digits at 32 px, the demo student, the cached demo teachers, a no-KD baseline to compare with.
+# It applies only when the data is the embedded digits (the default --dataset, or named), and only to the settings
+# the user did not give; any other data gets the library's defaults (the settings dataclasses') and the student's
+# own preprocessing.  This is the one source of the demo's settings: recipes/configs/*_demo.yaml spell it out and
+# tests/test_real_runs.py checks that they parse to the same settings.
 _DEMO_COMMON: Dict[str, Any] = dict(
-    student=DEMO_STUDENT, image_size=DEMO_IMAGE_SIZE, learning_rate=DEMO_LEARNING_RATE, weight_decay=0.05,
-    save_strategy="no", aug_scale=list(DEMO_AUGMENT.scale), aug_hflip=DEMO_AUGMENT.hflip,
-    aug_color_jitter=DEMO_AUGMENT.color_jitter)
+    student=DEMO_STUDENT, student_pretrained=False, image_size=DEMO_IMAGE_SIZE, learning_rate=DEMO_LEARNING_RATE,
+    weight_decay=0.05, save_strategy="no", aug_scale=list(DEMO_AUGMENT.scale), aug_hflip=DEMO_AUGMENT.hflip,
+    aug_color_jitter=DEMO_AUGMENT.color_jitter, baseline=True)
 DEMO_DEFAULTS: Dict[str, Dict[str, Any]] = {
     "kd": dict(num_train_epochs=4),
     # MEAL V2 fine-tunes the demo student from its cached supervised weights, at half the from-scratch
@@ -86,6 +93,11 @@ DEMO_VARIANTS: Dict[str, Dict[str, Dict[str, Any]]] = {
 }
 
 
+def is_demo_data(dataset: Optional[str]) -> bool:
+    """Whether ``dataset`` is the embedded digits (the default ``--dataset``), the only data the preset is for."""
+    return dataset is None or dataset == DEFAULT_DATASET
+
+
 def demo_preset(method: str, given: Mapping[str, Any] = {}) -> Dict[str, Any]:  # noqa: B006 - read only
     """The demo's settings for ``method`` (output in ``outputs/<method>``; ``outputs/train`` for supervised),
     with the variant an option in the ``given`` settings switches on (``DEMO_VARIANTS``)."""
@@ -96,11 +108,11 @@ def demo_preset(method: str, given: Mapping[str, Any] = {}) -> Dict[str, Any]:  
             **{k: v for variant in variants for k, v in variant.items()}}
 
 
-def cache_preset() -> Dict[str, Any]:
+def cache_preset(given: Mapping[str, Any] = {}) -> Dict[str, Any]:  # noqa: B006 - read only
     """``hfkd cache``'s demo: the MEAL V2 demo's student and augmentation, one stored view per epoch of it."""
     meal_v2 = demo_preset("meal_v2")
-    return dict({k: meal_v2[k] for k in ("student", "image_size", "aug_scale", "aug_hflip", "aug_color_jitter")},
-                num_views=meal_v2["num_train_epochs"])
+    keys = ("student", "student_pretrained", "image_size", "aug_scale", "aug_hflip", "aug_color_jitter")
+    return dict({k: meal_v2[k] for k in keys}, num_views=meal_v2["num_train_epochs"])
 
 
 # ``hfkd compress``'s demo.  Recovery fine-tunes a trained student: half the from-scratch learning rate, as the
@@ -108,6 +120,70 @@ def cache_preset() -> Dict[str, Any]:
 COMPRESS_PRESET = dict(output_dir="outputs/compress", num_train_epochs=4, learning_rate=DEMO_LEARNING_RATE / 2,
                        weight_decay=0.05, save_strategy="no", aug_scale=list(DEMO_AUGMENT.scale),
                        aug_hflip=DEMO_AUGMENT.hflip, aug_color_jitter=DEMO_AUGMENT.color_jitter)
+
+
+def earlier_demo_run(output_dir: str) -> List[str]:
+    """hfkd's outputs in ``output_dir`` when they are all an earlier demo run's (its students on the embedded
+    digits, and checkpoints beside such a student); ``[]`` when there are none or any may be someone else's."""
+    outputs = run_outputs(output_dir, nested=True)
+    students, checkpoints = outputs["students"], outputs["checkpoints"]
+    demo_folders = set()
+    for student in students:
+        try:
+            with open(os.path.join(student, STUDENT_METADATA_FILE), encoding="utf-8") as f:
+                dataset = (json.load(f).get("dataset") or {}).get("id")
+        except (OSError, ValueError, AttributeError):
+            return []
+        if dataset != DEFAULT_DATASET:
+            return []
+        demo_folders.add(os.path.dirname(student))
+    # A checkpoint counts as the demo's only beside a finished demo student (a killed run's may be anyone's).
+    if any(os.path.dirname(c) not in demo_folders for c in checkpoints):
+        return []
+    return students + checkpoints
+
+
+class Preset:
+    """A command's preset as ``parse_args`` calls it: ``preset(given) -> settings``, empty unless the data is the
+    embedded digits; remembers what it set (``applied``) so that the dry run and the run can say so.
+
+    On the embedded data the preset also replaces the preset's own earlier demo run in its output folder
+    (``overwrite_output_dir``), and only then: a second ``make demo`` works, and nothing else is ever replaced.
+    """
+
+    def __init__(self, values: Callable[[Mapping[str, Any]], Mapping[str, Any]], types: Sequence[type] = ()):
+        self.values = values
+        # the options of the command's settings groups: what the preset may set (e.g. `hfkd train` has no baseline)
+        self.fields = {f.name for t in types for f in dataclasses.fields(t) if f.init} or None
+        self.applied: Dict[str, Any] = {}
+        self.replaces: List[str] = []
+        self.output_dir: Optional[str] = None
+
+    def __call__(self, given: Mapping[str, Any]) -> Dict[str, Any]:
+        self.applied, self.replaces, self.output_dir = {}, [], None
+        if not is_demo_data(given.get("dataset")):
+            return {}
+        values = {k: v for k, v in self.values(given).items() if self.fields is None or k in self.fields}
+        output_dir = self.output_dir = given.get("output_dir", values.get("output_dir"))
+        can_replace = self.fields is None or "overwrite_output_dir" in self.fields
+        if output_dir and can_replace and "overwrite_output_dir" not in given and not given.get("resume_from_checkpoint"):
+            self.replaces = earlier_demo_run(output_dir)
+            if self.replaces:
+                values["overwrite_output_dir"] = True
+        self.applied = {k: v for k, v in values.items() if k not in given}
+        return values
+
+    def describe(self) -> List[str]:
+        """The lines the dry run and the run print: what the demo preset set, and what it replaces."""
+        applied = self.applied
+        if not applied:
+            return []
+        lines = [f"demo preset (embedded {DEFAULT_DATASET}; only what was not given): "
+                 + ", ".join(f"{k}={v!r}" for k, v in applied.items() if k != "overwrite_output_dir")]
+        if self.replaces:
+            lines.append(f"demo preset: replacing the earlier demo run in {self.output_dir} "
+                         f"({len(self.replaces)} of hfkd's own outputs; nothing else there is touched)")
+        return lines
 
 
 # -- the demo models: trained once, cached ----------------------------------------------------------
@@ -157,7 +233,7 @@ def train_demo_model(model: str, data, output_dir: str, num_epochs: int, seed: i
     """Train ``model`` from scratch at 32 px with the demo's settings: cross-entropy (or ``task``'s loss, e.g. a
     regression task's Gaussian NLL), or ``method`` from ``teachers``; returns the evaluated trainer."""
     # The seed fixes the initialisation too, so that a cached model does not depend on what ran before.
-    student = build_student(ModelArguments(student=model, image_size=DEMO_IMAGE_SIZE), data, seed=seed, task=task)
+    student = build_student(ModelArguments(student=model, student_pretrained=False, image_size=DEMO_IMAGE_SIZE), data, seed=seed, task=task)
     args = demo_args(output_dir, num_train_epochs=num_epochs, seed=seed, **arg_overrides)
     trainer = DistillationTrainer(student, teachers=list(teachers), method=create_method(method), args=args,
                                   train_dataset=data.train, eval_dataset=data.eval, augment=DEMO_AUGMENT, task=task,

@@ -1,16 +1,18 @@
-"""``--dry_run``: what a command would do, without training (settings, model sizes, step counts)."""
+"""``--dry_run``: what a command would do, without training (settings and where they come from, model sizes, step
+counts) and what would stop it (:mod:`hfkd.cli.preflight`)."""
 from __future__ import annotations
 
 import math
 import os
+import sys
 from typing import Any, Dict
 
 from ..hub.card import local_checkpoint_name
 from ..launch import num_processes
 from ..models.factory import create_backbone
 from .parser import settings_text
-from .pipeline import build_student, load_data
-from .workflows import RunSettings, get_workflow
+from .preflight import check_run, problems_text
+from .workflows import RunSettings
 
 
 def _steps(settings: RunSettings, data, method) -> Dict[str, Any]:
@@ -32,42 +34,47 @@ def _steps(settings: RunSettings, data, method) -> Dict[str, Any]:
 
 
 def dry_run(settings: RunSettings) -> Dict[str, Any]:
-    """Print the resolved settings, the parameter counts of student and teachers and the step counts."""
+    """Print the resolved settings and where their defaults come from, the student's preprocessing, the parameter
+    counts of student and teachers, the step counts, and what cannot be resolved; nothing is trained or written.
+
+    Exits non-zero, after printing everything it could resolve, when the run would not start.
+    """
     print(f"method: {settings.method}\n{settings_text(settings.groups())}\n")
     if settings.data.aug_preset == "cifar":  # every field is printed; say which one is idle
         print("aug_scale is not used by aug_preset 'cifar' (RandomCrop after padding, no resized crop)")
     report: Dict[str, Any] = {"method": settings.method}
+    preset_lines = settings.preset.describe() if settings.preset else []
+    report["demo_preset"] = dict(settings.preset.applied) if settings.preset else {}
+    for line in preset_lines:
+        print(line)
+    if not preset_lines:
+        print("defaults: the library's own (the settings dataclasses); the demo preset is only for the embedded "
+              "demo data")
+    checked = check_run(settings, train_demo=False)
     method = settings.create_method()
-    try:
-        data = load_data(settings.data, seed=settings.training.seed)
-    except Exception as e:  # noqa: BLE001 - a dry run reports what it cannot check instead of failing
-        print(f"dataset {settings.data.dataset!r} could not be loaded here ({type(e).__name__}: {e}); the "
-              "parameter counts below use the models' own heads and the step counts follow from its size")
-        data = None
-    if data is not None:
-        student = build_student(settings.model, data)
-        report.update(num_classes=data.num_classes, **_steps(settings, data, method))
-    else:
-        student = create_backbone(settings.model.student, pretrained=False, image_size=settings.model.image_size)
-    report["student"] = {"name": settings.model.student, "parameters": student.num_parameters()}
-    report["teachers"] = []
-    try:  # the demo teachers are named, not trained: a run trains them first if they are not cached
-        teachers = get_workflow(settings.method).teachers(settings, False)
-    except ValueError as e:  # what the run itself refuses
-        report["missing_teachers"] = True
-        print(f"{e}; the run would stop here")
-        teachers = []
+    if checked.data is not None:
+        report.update(num_classes=checked.data.num_classes, **_steps(settings, checked.data, method))
+    student = checked.student
+    if student is None:  # the data or the student's weights are missing: its size with the model's own head
+        try:
+            student = create_backbone(settings.model.student, pretrained=False, image_size=settings.model.image_size)
+        except Exception:  # noqa: BLE001 - already reported as a problem
+            student = None
+    report["student"] = {"name": settings.model.student,
+                         "parameters": student.num_parameters() if student is not None else None}
+    if student is not None:
+        pre = student.preprocess
+        source = "image_size as set, the rest from the student's own configuration" if settings.model.image_size \
+            else "the student's own pretrained configuration"
+        report["preprocess"] = pre.to_dict()
+        print(f"student preprocessing (from {source}): {pre.input_size[1]}x{pre.input_size[2]} px, "
+              f"{pre.interpolation}, crop_pct {pre.crop_pct:g}, mean {list(pre.mean)}, std {list(pre.std)}")
     if settings.training.teacher_cache:  # its stored outputs stand in for the teachers: none is loaded
         source = settings.training.teacher_cache
         report["teacher_cache"] = local_checkpoint_name(os.path.abspath(source)) if os.path.isdir(source) else source
         print(f"teacher cache: {report['teacher_cache']} (no teacher is loaded)")
-    for name in teachers:
-        try:
-            params = create_backbone(name, pretrained=False).num_parameters()
-        except Exception as e:  # noqa: BLE001
-            params = f"unknown ({type(e).__name__}: {e})"
-        report["teachers"].append({"name": os.path.basename(name.rstrip("/")) if os.path.isabs(name) else name,
-                                   "parameters": params})
+    report["teachers"] = [{"name": _teacher_name(name), "parameters": params}
+                          for name, params in checked.teacher_sizes.items()]
     print(f"student {report['student']['name']}: {_count(report['student']['parameters'])} parameters")
     for t in report["teachers"]:
         print(f"teacher {t['name']}: {_count(t['parameters'])} parameters")
@@ -78,8 +85,17 @@ def dry_run(settings: RunSettings) -> Dict[str, Any]:
     else:  # the dataset is not here (e.g. offline): the formula, with the numbers it does know
         report.update(_step_formula(settings))
         print(report["step_formula"])
+    for note in checked.notes:
+        print(note)
+    report["problems"] = checked.problems
     print("dry run: nothing was trained")
+    if checked.problems:
+        sys.exit(f"dry run: the run would not start:\n{problems_text(checked.problems)}")
     return report
+
+
+def _teacher_name(name: str) -> str:
+    return local_checkpoint_name(os.path.abspath(name)) if os.path.isdir(name) else name
 
 
 def _step_formula(settings: RunSettings) -> Dict[str, Any]:
@@ -95,4 +111,4 @@ def _step_formula(settings: RunSettings) -> Dict[str, Any]:
 
 
 def _count(n) -> str:
-    return f"{n:,}" if isinstance(n, int) else str(n)
+    return f"{n:,}" if isinstance(n, int) else "unknown (cannot be loaded)" if n is None else str(n)

@@ -53,15 +53,21 @@ def build_student(model_args: ModelArguments, data: ImageClassificationData, see
                            allow_pickle_weights=model_args.allow_pickle_weights)
 
 
+def build_teacher(model_args: ModelArguments, student: Backbone, name: str, index: int = 0) -> Teacher:
+    """Teacher ``name`` (the ``index``-th, whose ``--teacher_revisions`` entry applies), checked against ``student``'s
+    classes and label names."""
+    revisions = list(model_args.teacher_revisions)
+    return create_teacher(name, student.preprocess, student.num_classes, student.label_names,
+                          label_mapping=model_args.label_mapping_dict(),
+                          align_labels_by_name=model_args.align_labels_by_name,
+                          revision=revisions[index] if index < len(revisions) else None,
+                          trust_remote_code=model_args.trust_remote_code,
+                          allow_pickle_weights=model_args.allow_pickle_weights)
+
+
 def build_teachers(model_args: ModelArguments, student: Backbone, paths: Optional[Sequence[str]] = None) -> List[Teacher]:
     names = list(paths if paths is not None else model_args.teachers)
-    revisions = list(model_args.teacher_revisions) + [None] * len(names)
-    return [create_teacher(name, student.preprocess, student.num_classes, student.label_names,
-                           label_mapping=model_args.label_mapping_dict(),
-                           align_labels_by_name=model_args.align_labels_by_name, revision=rev,
-                           trust_remote_code=model_args.trust_remote_code,
-                           allow_pickle_weights=model_args.allow_pickle_weights)
-            for name, rev in zip(names, revisions)]
+    return [build_teacher(model_args, student, name, i) for i, name in enumerate(names)]
 
 
 def dataset_info(data: ImageClassificationData, data_args: DataArguments) -> Dict[str, Any]:

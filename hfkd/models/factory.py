@@ -305,6 +305,15 @@ def _wrap_module(model: nn.Module, preprocess: Optional[PreprocessConfig]) -> Ba
     return ModuleBackbone(model, preprocess, num_classes, source={"name": type(model).__name__})
 
 
+def run_folder_student(path: str) -> Optional[str]:
+    """``path/student`` when ``path`` is a run's output folder (no model of its own, a saved student inside)."""
+    student = os.path.join(path, "student")
+    if (os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json"))
+            and os.path.isfile(os.path.join(student, "config.json"))):
+        return student
+    return None
+
+
 def _from_name(name: str, num_classes, revision, pretrained, model_kwargs, trust_remote_code: bool = False,
                allow_pickle_weights: bool = False) -> Backbone:
     import timm
@@ -316,6 +325,14 @@ def _from_name(name: str, num_classes, revision, pretrained, model_kwargs, trust
             check_hub_weights_format(name, revision, allow_pickle_weights)
         return _from_timm(name, num_classes, revision, pretrained, model_kwargs)
     local = name[len("local-dir:"):] if name.startswith("local-dir:") else name
+    saved = run_folder_student(local)
+    if saved is not None:
+        # An hfkd run's output folder (`hfkd train --output_dir outputs/teacher`): its saved student, named by the
+        # run's folder so that tables and cards say "teacher", not "teacher/student".
+        backbone = _from_name(saved, num_classes, revision, pretrained, model_kwargs, trust_remote_code,
+                              allow_pickle_weights)
+        backbone.source["name"] = ("local-dir:" if backbone.library == "timm" else "") + os.path.abspath(local)
+        return backbone
     if os.path.isdir(local) or "/" in name and not timm.is_model(name):
         cfg = _read_config(local, revision)
         if pretrained and os.path.isdir(local):

@@ -16,7 +16,7 @@ from ...methods.registry import normalize_name
 from ..arguments import (BAKERunArguments, DistillRunArguments, ExtracurricularRunArguments, FEEDRunArguments,
                          RunArguments)
 from . import bake, extracurricular, feed
-from .base import RunSettings, method_teachers
+from .base import RunSettings, default_data, method_teachers, no_task
 from .distill import distill, train
 
 
@@ -26,13 +26,18 @@ class Workflow:
     arguments: Type[RunArguments] = DistillRunArguments
     #: ``teachers(settings, train) -> paths``: the teachers it loads (the dry run lists them untrained)
     teachers: Callable[[RunSettings, bool], List[str]] = method_teachers
+    #: ``load(settings) -> data``: what it trains on
+    load: Callable[[RunSettings], Any] = default_data
+    #: ``task(settings)``: the student's task (``None``: classification)
+    task: Callable[[RunSettings], Any] = no_task
 
 
 _WORKFLOWS: Dict[str, Workflow] = {
     "supervised": Workflow(train, RunArguments),
     "bake": Workflow(bake.run_bake, BAKERunArguments),
     "feed": Workflow(feed.run_feed, FEEDRunArguments, feed.teachers),
-    "extracurricular": Workflow(extracurricular.run_extracurricular, ExtracurricularRunArguments, extracurricular.teachers),
+    "extracurricular": Workflow(extracurricular.run_extracurricular, ExtracurricularRunArguments, extracurricular.teachers,
+                                extracurricular.load, extracurricular.task),
 }
 
 

@@ -13,13 +13,13 @@ from typing import Any, Dict, List
 
 from ...methods.registry import create_method
 from ...results import results_table
-from ..pipeline import load_data, run_with_baseline, subfolder_args, write_results
-from .base import RunSettings, method_teachers
+from ..pipeline import run_with_baseline, subfolder_args, write_results
+from .base import RunSettings, method_teachers, run_data
 
 
 def run_bake(settings: RunSettings) -> List[Dict[str, Any]]:
     args, run_args, cfg = settings.training, settings.run, settings.method_config
-    data = load_data(settings.data, seed=args.seed)
+    data = run_data(settings)
     method_teachers(settings)  # refuses --teachers
     rows = run_with_baseline(settings.create_method(), settings.model, settings.data, args, data, teacher_paths=[],
                              baseline=False)

@@ -1,14 +1,15 @@
 """What every workflow shares: the parsed settings, and the teachers a method loads."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import List
+from dataclasses import dataclass, field
+from typing import Any, Callable, List, Optional
 
 from ...methods.base import DistillationMethod, MethodConfig
 from ...methods.registry import create_method, get_method_class
 from ...training.args import DistillationArguments
 from ..arguments import DataArguments, ModelArguments, RunArguments
-from ..demo import resolve_teachers
+from ..demo import Preset, resolve_teachers
+from ..pipeline import load_data
 
 
 @dataclass
@@ -21,6 +22,10 @@ class RunSettings:
     training: DistillationArguments
     method_config: MethodConfig
     run: RunArguments
+    #: the demo preset as it was applied (``preset.applied``: what it set; nothing off the embedded data)
+    preset: Optional[Preset] = field(default=None, compare=False, repr=False)
+    #: the data, once loaded (the checks load it before anything trains; the workflow reuses it)
+    loaded_data: Any = field(default=None, compare=False, repr=False)
 
     def create_method(self) -> DistillationMethod:
         return create_method(self.method, self.method_config)
@@ -43,3 +48,20 @@ def method_teachers(settings: RunSettings, train: bool = True) -> List[str]:
     needed = cls.min_teachers > 0 and not settings.training.teacher_cache
     return resolve_teachers(settings.model.teachers, settings.data.dataset, what=settings.method, needed=needed,
                             train=train)
+
+
+def default_data(settings: RunSettings):
+    """The run's data: ``--dataset`` and its splits, split with ``--seed``."""
+    return load_data(settings.data, seed=settings.training.seed)
+
+
+def run_data(settings: RunSettings, load: Callable[[RunSettings], Any] = default_data):
+    """The run's data, loaded once (``load(settings)``) and kept on ``settings``."""
+    if settings.loaded_data is None:
+        settings.loaded_data = load(settings)
+    return settings.loaded_data
+
+
+def no_task(settings: RunSettings):
+    """Classification: the trainer's default task."""
+    return None

@@ -6,14 +6,14 @@ from typing import Any, Dict, List
 
 from ...results import results_table
 from ..demo import DEMO_STUDENT, demo_teachers
-from ..pipeline import build_student, load_data, run, run_with_baseline, write_results
-from .base import RunSettings, method_teachers
+from ..pipeline import build_student, run, run_with_baseline, write_results
+from .base import RunSettings, method_teachers, run_data
 
 
 def distill(settings: RunSettings) -> List[Dict[str, Any]]:
     """Baseline and distilled student (see the module docstring); returns the results rows."""
     args, model_args = settings.training, settings.model
-    data = load_data(settings.data, seed=args.seed)
+    data = run_data(settings)
     teachers = method_teachers(settings)
     method = settings.create_method()
     if (method.starts_from_trained_student and not settings.model.teachers and model_args.student == DEMO_STUDENT
@@ -31,7 +31,7 @@ def distill(settings: RunSettings) -> List[Dict[str, Any]]:
 def train(settings: RunSettings) -> Dict[str, float]:
     """Supervised training of ``--student`` (teachers, baselines); returns the eval metrics."""
     args = settings.training
-    data = load_data(settings.data, seed=args.seed)
+    data = run_data(settings)
     student = build_student(settings.model, data, seed=args.seed)
     _, metrics = run(settings.create_method(), student, [], data, args, settings.data, license=settings.model.license)
     print({k: v for k, v in metrics.items() if k.startswith("eval_")})

@@ -24,7 +24,7 @@ from ...training.args import DistillationArguments
 from ..arguments import DataArguments, ExtracurricularRunArguments
 from ..demo import EXTRACURRICULAR_TEACHER, regression_task, resolve_teachers
 from ..pipeline import build_student, build_teachers, load_data, result_row, run, run_seeds, subfolder_args, teacher_rows
-from .base import RunSettings
+from .base import RunSettings, run_data
 
 
 def task_of(cfg: ExtracurricularRunArguments) -> Optional[RegressionTask]:
@@ -43,6 +43,15 @@ def load_task_data(data_args: DataArguments, cfg: ExtracurricularRunArguments, s
     if data_args.max_train_samples:
         data.train = data.train.select(range(min(data_args.max_train_samples, len(data.train))))
     return data
+
+
+def task(settings: RunSettings) -> Optional[RegressionTask]:
+    return task_of(settings.run)
+
+
+def load(settings: RunSettings):
+    """The run's data: the digits or ``--dataset``, or the rotated digits for the regression demo."""
+    return load_task_data(settings.data, settings.run, seed=settings.training.seed)
 
 
 def teachers(settings: RunSettings, train: bool = True) -> List[str]:
@@ -105,7 +114,7 @@ def run_extracurricular(settings: RunSettings) -> List[Dict[str, Any]]:
     args, cfg = settings.training, settings.run
     task = task_of(cfg)
     # One data split for every seed (the data seed is --seed); --seeds vary initialisation, order and augmentation.
-    data = load_task_data(settings.data, cfg, seed=args.seed)
+    data = run_data(settings, load)
     teacher_paths = teachers(settings)
     keys = REGRESSION_METRICS if task is not None else RESULT_METRICS
     return run_seeds(args, cfg.seeds, lambda seed_args: run_seed(settings, seed_args, data, task, teacher_paths),

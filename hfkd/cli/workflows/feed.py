@@ -2,7 +2,8 @@
 
 What runs, per seed (folders under ``--output_dir``, or ``--output_dir/seed_{s}`` with several seeds):
 
-* ``baseline/``: the student trained with cross-entropy only (``--baseline``);
+* ``baseline/``: the student trained with cross-entropy only (``--baseline``, or when it is generation 1's
+  teacher: sequential generations without ``--sequential_teacher``);
 * ``parallel/``: parallel FEED from ``--teachers`` (the cached demo teachers by default; ``--parallel false`` skips it);
 * ``generation_{g}/`` for g = 1..``--generations``: sequential FEED.  Generation 1 distils from a
   trained model of the student's architecture (``--sequential_teacher``, by default the baseline
@@ -18,8 +19,8 @@ from ...methods.registry import create_method
 from ...results import RESULT_METRICS
 from ...training.args import DistillationArguments
 from ..demo import resolve_teachers
-from ..pipeline import build_student, build_teachers, load_data, result_row, run, run_seeds, subfolder_args, teacher_rows
-from .base import RunSettings
+from ..pipeline import build_student, build_teachers, result_row, run, run_seeds, subfolder_args, teacher_rows
+from .base import RunSettings, run_data
 
 
 def teachers(settings: RunSettings, train: bool = True) -> List[str]:
@@ -42,7 +43,8 @@ def run_seed(settings: RunSettings, args: DistillationArguments, data, teacher_p
         return student, trainer, metrics
 
     baseline_path = None
-    if cfg.baseline:
+    # Without --sequential_teacher the baseline is generation 1's teacher, so the generations need it.
+    if cfg.baseline or (cfg.generations and not cfg.sequential_teacher):
         student, _, metrics = train("baseline", create_method("supervised"), [])
         baseline_path = os.path.join(args.output_dir, "baseline", "student")
         rows.append(result_row(student.name, "student, no KD (baseline)", metrics, student.num_parameters(),
@@ -55,8 +57,8 @@ def run_seed(settings: RunSettings, args: DistillationArguments, data, teacher_p
     previous = cfg.sequential_teacher or baseline_path
     for g in range(1, cfg.generations + 1):
         if previous is None:
-            raise ValueError("sequential FEED needs generation 1's teacher: keep --baseline true (it is trained "
-                             "here) or pass --sequential_teacher PATH (a trained model of the student's architecture)")
+            raise ValueError("sequential FEED needs generation 1's teacher: pass --sequential_teacher PATH (a trained "
+                             "model of the student's architecture), or leave it out and the baseline is trained for it")
         student, _, metrics = train(f"generation_{g}", settings.create_method(), [previous])
         rows.append(result_row(student.name, f"student, sequential FEED gen {g}", metrics,
                                student.num_parameters(), seed=args.seed))
@@ -67,7 +69,7 @@ def run_seed(settings: RunSettings, args: DistillationArguments, data, teacher_p
 def run_feed(settings: RunSettings) -> List[Dict[str, Any]]:
     args = settings.training
     # One data split for every seed: the seeds vary initialisation, shuffling and augmentation only.
-    data = load_data(settings.data, seed=args.seed)
+    data = run_data(settings)
     teacher_paths = teachers(settings)
     return run_seeds(args, settings.run.seeds, lambda seed_args: run_seed(settings, seed_args, data, teacher_paths),
                      RESULT_METRICS)

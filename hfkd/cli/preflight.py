@@ -1,0 +1,161 @@
+"""Every check of a run before its first training step, the no-KD baseline's included.
+
+The output folder, the dataset and its splits, the student (its pretrained weights), every teacher (weights
+loadable, classes and label names against the student's) and the teacher cache are resolved and checked here,
+in that order, before anything trains or is written.  A real run stops on the first list of problems, naming each;
+the dry run prints them and exits non-zero.  Nothing here trains, except the demo's own teachers on the embedded
+digits when a real run needs them (they are trained once and cached; a dry run only names them).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+from ..cache.lookup import open_teacher_cache
+from ..launch import is_main_process
+from ..models.backbone import Backbone
+from ..models.factory import create_backbone, run_folder_student
+from ..output_dir import OutputDirError, OutputDirLock, check_output_dir, remove_run_outputs
+from ..settings import shorten
+from .demo import DEMO_STUDENT, cache_dir, demo_teacher_path
+from .pipeline import build_student, build_teacher
+from .workflows import RunSettings, get_workflow
+from .workflows.base import run_data
+
+# Subfolders of a run (baseline/, seed_N/, generation_N/ ...) are part of its output folder.
+NESTED = True
+
+
+@dataclass
+class Checked:
+    """What the checks resolved, and what they could not."""
+
+    data: Any = None
+    student: Optional[Backbone] = None
+    #: the teachers the run loads, as given or as the demo's cached folders
+    teachers: List[str] = field(default_factory=list)
+    #: teacher -> parameter count (``None`` when it could not be loaded)
+    teacher_sizes: Dict[str, Optional[int]] = field(default_factory=dict)
+    problems: List[str] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
+
+
+def _why(e: BaseException, limit: int = 500) -> str:
+    text = str(e)
+    return f"{type(e).__name__}: {text if len(text) <= limit else text[:limit] + '... (cut)'}"
+
+
+def _is_demo_model(path: str) -> bool:
+    return os.path.abspath(path).startswith(os.path.abspath(cache_dir()) + os.sep)
+
+
+def _looks_like_a_folder(name: str) -> bool:
+    # A Hub id is ORG/NAME; a path starts with ./ ../ / ~ or has more parts.
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+
+
+def _teacher_problem(name: str, e: BaseException) -> str:
+    if not os.path.exists(name) and _looks_like_a_folder(name):
+        return (f"teacher {shorten(name)} cannot be loaded: there is no folder {shorten(name)} (a teacher is a timm "
+                "name, a Hub id ORG/NAME, a saved model folder or the output folder of an `hfkd train` run)")
+    if isinstance(e.__cause__, (LocalEntryNotFoundError, OfflineModeIsEnabled)):
+        return (f"teacher {shorten(name)} cannot be loaded offline: its weights are not in the local cache; go online "
+                "once (HF_HUB_OFFLINE=0) to download them, or give a local folder")
+    return f"teacher {shorten(name)} cannot be loaded: {_why(e)}"
+
+
+def check_teacher(settings: RunSettings, student: Backbone, name: str, index: int, checked: Checked) -> None:
+    """Load teacher ``name`` and check its classes and label names against ``student``'s; record its size."""
+    if _is_demo_model(name) and not os.path.isfile(os.path.join(name, "model.safetensors")):
+        arch = os.path.basename(name.rstrip("/")).split("-")[0]
+        checked.notes.append(f"demo teacher {arch} is not in the cache yet ({cache_dir()}): it will be trained on "
+                             "first use, then cached")
+        checked.teacher_sizes[name] = create_backbone(arch, pretrained=False).num_parameters()
+        return
+    try:
+        teacher = build_teacher(settings.model, student, name, index)
+    except Exception as e:  # noqa: BLE001 - every reason a teacher cannot be used is reported, with its name
+        checked.problems.append(_teacher_problem(name, e))
+        checked.teacher_sizes[name] = None
+        return
+    checked.teacher_sizes[name] = teacher.backbone.num_parameters()
+    if run_folder_student(name):
+        checked.notes.append(f"teacher {shorten(name)} is a run's output folder: its saved student is loaded")
+
+
+def check_run(settings: RunSettings, *, train_demo: bool) -> Checked:
+    """Resolve and check everything the run needs (see the module docstring); ``train_demo`` trains missing demo
+    teachers (a real run on the embedded digits), else they are only named."""
+    checked = Checked()
+    args, workflow = settings.training, get_workflow(settings.method)
+    try:
+        check_output_dir(args.output_dir, resume=bool(args.resume_from_checkpoint), overwrite=args.overwrite_output_dir,
+                         nested=NESTED, check_lock=is_main_process())
+    except OutputDirError as e:
+        checked.problems.append(str(e))
+    try:
+        checked.data = run_data(settings, workflow.load)
+    except Exception as e:  # noqa: BLE001 - a dataset that cannot be loaded, for any reason, stops the run here
+        checked.problems.append(f"dataset {shorten(settings.data.dataset)} cannot be loaded: {_why(e)}")
+    task = workflow.task(settings)
+    # The teachers are checked against the student; when its pretrained weights cannot be loaded, against the same
+    # architecture from random weights, so that one run of the checks names every problem.
+    stand_in = None
+    if checked.data is not None:
+        try:
+            checked.student = stand_in = build_student(settings.model, checked.data, task=task)
+        except Exception as e:  # noqa: BLE001
+            checked.problems.append(f"student {shorten(settings.model.student)} cannot be loaded: {_why(e)}")
+            if settings.model.student_pretrained:
+                try:
+                    stand_in = build_student(dataclasses.replace(settings.model, student_pretrained=False),
+                                             checked.data, task=task)
+                except Exception:  # noqa: BLE001 - the architecture itself is unknown: reported above
+                    stand_in = None
+    method = settings.create_method()
+    if method.starts_from_trained_student and settings.model.student == DEMO_STUDENT and not settings.model.teachers:
+        cached = os.path.isfile(os.path.join(demo_teacher_path(DEMO_STUDENT), "model.safetensors"))
+        checked.notes.append(f"{settings.method} starts from the demo student trained with cross-entropy ("
+                             + ("cached)" if cached else "not in the cache yet: it will be trained on first use)"))
+    try:  # the demo teachers are trained (once, cached) only for a real run that has nothing else wrong
+        checked.teachers = workflow.teachers(settings, train_demo and not checked.problems)
+    except ValueError as e:  # what the run itself refuses (e.g. no --teachers on other data)
+        checked.problems.append(str(e))
+    extra = [t for t in [getattr(settings.run, "sequential_teacher", None)] if t]
+    if stand_in is not None:
+        for i, name in enumerate(checked.teachers):
+            check_teacher(settings, stand_in, name, i, checked)
+        for name in extra:  # FEED's generation-1 teacher
+            check_teacher(settings, stand_in, name, len(checked.teachers), checked)
+    if args.teacher_cache and checked.student is not None and checked.data is not None:
+        data = checked.data
+        try:
+            open_teacher_cache(args.teacher_cache, teachers=[], method=method, student=checked.student,
+                               train_dataset=data.train, image_column=data.image_column, label_column=data.label_column,
+                               label_names=data.label_names, augment=settings.data.augment(), seed=args.seed)
+        except Exception as e:  # noqa: BLE001
+            checked.problems.append(f"teacher cache {shorten(args.teacher_cache)} cannot be used: {_why(e)}")
+    return checked
+
+
+def claim_output_dir(settings: RunSettings) -> Optional[OutputDirLock]:
+    """Lock the run's top folder for the whole command (main process) and, with ``--overwrite_output_dir``, remove
+    hfkd's own outputs of the earlier run in it and its subfolders (nothing else)."""
+    args = settings.training
+    if not is_main_process():
+        return None
+    lock = OutputDirLock(args.output_dir).acquire()
+    if args.overwrite_output_dir and not args.resume_from_checkpoint:
+        for path in remove_run_outputs(args.output_dir, nested=NESTED):
+            print(f"overwrite_output_dir: removed {os.path.relpath(path, args.output_dir)} of the earlier run",
+                  flush=True)
+    return lock
+
+
+def problems_text(problems: List[str]) -> str:
+    """The problems, one a line."""
+    return "\n".join(f"  - {p}" for p in problems)
