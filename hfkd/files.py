@@ -41,6 +41,21 @@ def refuse_symlink(path: str, what: str) -> None:
             "link (its files would land outside the folder you chose). Remove the link, or choose another path")
 
 
+def write_file_atomic(path: str, data: Union[str, bytes]) -> None:
+    """Write ``path`` whole or not at all, never through a symbolic link (a temporary sibling, then a rename)."""
+    refuse_symlink(path, "the file being written")
+    tmp = f"{path}.tmp-{os.getpid()}"
+    mode = "wb" if isinstance(data, bytes) else "w"
+    try:
+        with open(tmp, mode, **({} if isinstance(data, bytes) else {"encoding": "utf-8"})) as f:
+            f.write(data)
+        os.replace(tmp, path)  # replaces a link at `path` itself, never its target
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        raise
+
+
 def mark_writer(folder: str) -> None:
     refuse_symlink(folder, "the folder being written")
     with open(os.path.join(folder, WRITER_MARKER), "w", encoding="utf-8") as f:

@@ -246,3 +246,22 @@ def test_stages_a_stopped_generation_left_are_removed_others_refused(tmp_path, c
     with pytest.raises(FileExistsError, match="never overwrites"):
         _cache(cache_setup, folder)
     assert os.listdir(staging) == ["notes.txt"]
+
+
+def test_the_results_files_are_never_written_through_a_link(tmp_path, capsys):
+    """A command's results.md / results.json: a link planted at their name is refused, its target untouched."""
+    from hfkd.cli.pipeline import write_results
+
+    outside = tmp_path / "outside.md"
+    outside.write_text("the user's file")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.md").symlink_to(outside)
+    with pytest.raises(FileExistsError, match="symbolic link"):
+        write_results(str(run), "| a | b |", [{"model": "x"}])
+    assert outside.read_text() == "the user's file"
+    (run / "results.md").unlink()
+    write_results(str(run), "| a | b |", [{"model": "x"}])
+    assert (run / "results.md").read_text() == "| a | b |\n"
+    assert json.loads((run / "results.json").read_text()) == [{"model": "x"}]
+    assert sorted(p.name for p in run.iterdir()) == ["results.json", "results.md"]  # no temporary file left

@@ -9,6 +9,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 from accelerate.utils import set_seed
 
 from ..data.loading import ImageClassificationData, load_image_dataset
+from ..files import write_file_atomic
 from ..hub.card import local_checkpoint_name
 from ..hub.secrets import redact_secrets
 from ..launch import is_main_process
@@ -108,10 +109,8 @@ def write_results(output_dir: str, table: str, rows: Sequence[Dict[str, Any]]) -
     table, rows = redact_secrets(table), redact_secrets(list(rows))  # a model name may carry a token
     print("\n" + table + "\n", flush=True)
     os.makedirs(output_dir, exist_ok=True)
-    with open(os.path.join(output_dir, "results.md"), "w", encoding="utf-8") as f:
-        f.write(table + "\n")
-    with open(os.path.join(output_dir, "results.json"), "w", encoding="utf-8") as f:
-        json.dump(list(rows), f, indent=2, default=str)
+    write_file_atomic(os.path.join(output_dir, "results.md"), table + "\n")
+    write_file_atomic(os.path.join(output_dir, "results.json"), json.dumps(list(rows), indent=2, default=str))
 
 
 def result_row(model: str, role: str, metrics: Dict[str, Any], params: Optional[int], keys=RESULT_METRICS,
