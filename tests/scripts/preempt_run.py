@@ -87,6 +87,10 @@ def main():
     rank = trainer.accelerator.process_index
     try:
         trainer.train()
+    except SystemExit as stop:  # the preempted run's exit, as each process saw it
+        with open(os.path.join(opts.out_dir, f"exit-{opts.tag}-rank{rank}.json"), "w") as f:
+            json.dump({"code": stop.code, "step": trainer.state.global_step}, f)
+        raise
     finally:
         with open(os.path.join(opts.out_dir, f"seen-{opts.tag}-rank{rank}.json"), "w") as f:
             json.dump(seen, f)
