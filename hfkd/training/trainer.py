@@ -333,9 +333,8 @@ class DistillationTrainer:
         self.state.epoch = state["epoch"]
         self.state.batches_in_epoch = state["batches_in_epoch"]
         self.state.samples_in_epoch = samples
-        world = (recorded.get("run") or {}).get("world_size", self.accelerator.num_processes)
-        if self.args.max_steps <= 0 and int(world) != self.accelerator.num_processes:
-            self._steps_to_finish_epochs(int(world))
+        if self.args.max_steps <= 0:
+            self._steps_to_finish_epochs()
         self.state.skipped_steps = state.get("skipped_steps", 0)
         self.state.log_history = state.get("log_history", [])
         self.teacher_metrics = state.get("teacher_metrics", {})
@@ -367,18 +366,20 @@ class DistillationTrainer:
                 "of an epoch")
         return samples
 
-    def _steps_to_finish_epochs(self, world: int) -> None:
-        # A budget in epochs: the steps done so far were counted on `world` processes, so the step budget
-        # computed for this run's count would end too early or too late; count the rest of the epochs instead.
+    def _steps_to_finish_epochs(self) -> None:
+        # A budget in epochs: the steps done so far may have been counted on another number of processes or
+        # with another batch size, so the step budget computed for this run could end too early or too late;
+        # count the steps of the rest of the epochs instead (the same number when nothing changed).
         rest = self._epoch_samples - self.state.samples_in_epoch
         batches = rest // self._samples_per_batch if self.args.dataloader_drop_last else -(-rest // self._samples_per_batch)
         steps = math.ceil(batches / self.args.gradient_accumulation_steps)
         remaining_epochs = max(0, self.state.num_epochs - self.state.epoch - 1)
         max_steps = self.state.global_step + steps + remaining_epochs * self.steps_per_epoch
-        logger.warning("resumed on %d process(es) from a checkpoint of %d: %d more step(s) finish epoch %d of %d "
-                       "(the learning-rate schedule keeps this run's length of %d steps)", self.accelerator.num_processes,
-                       world, max_steps - self.state.global_step, self.state.num_epochs - 1, self.state.num_epochs,
-                       self.state.max_steps)
+        if max_steps != self.state.max_steps:
+            logger.warning("resumed at step %d: %d more step(s) of %d process(es) finish the %d epoch(s); the run ends "
+                           "at step %d (the learning-rate schedule keeps this run's length of %d steps)",
+                           self.state.global_step, max_steps - self.state.global_step, self.accelerator.num_processes,
+                           self.state.num_epochs, max_steps, self.state.max_steps)
         self.state.max_steps = max_steps
 
     def _epoch_batches(self, loader, epoch: int, start: int):
