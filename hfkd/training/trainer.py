@@ -455,12 +455,13 @@ class DistillationTrainer:
 
     def train(self) -> TrainerState:
         """Train until ``max_steps`` / ``num_train_epochs``; resumes when asked.  Returns the state."""
-        self._setup_training()
-        self._resume()
-        # SIGTERM / SIGINT / SIGUSR1 from here on: a checkpoint at the next step boundary, then Preempted.
+        # SIGTERM / SIGINT / SIGUSR1 from here on (also while setting up and resuming): a checkpoint at the next
+        # step boundary, then Preempted.
         self._preemption = Preemption(self.accelerator)
-        start = time.perf_counter()
         with self._preemption:
+            self._setup_training()
+            self._resume()
+            start = time.perf_counter()
             try:
                 self._train_loop()
             except PreemptionRequested:  # raised by the evaluation loop
