@@ -42,6 +42,7 @@ def main():
     parser.add_argument("--allow", default="")
     parser.add_argument("--tag", default="run")
     parser.add_argument("--save_steps", type=int, default=1000)
+    parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--in_eval", action="store_true", help="send the signal inside the evaluation of step --at")
     opts = parser.parse_args()
 
@@ -49,7 +50,7 @@ def main():
     torch.manual_seed(0)
     student = create_backbone("test_resnet", num_classes=10, pretrained=False, image_size=32)
     args = DistillationArguments(
-        output_dir=os.path.join(opts.out_dir, "run"), num_train_epochs=2, per_device_train_batch_size=8,
+        output_dir=os.path.join(opts.out_dir, "run"), num_train_epochs=opts.epochs, per_device_train_batch_size=8,
         learning_rate=0.01, optim="momentum", lr_scheduler_type="constant", save_strategy="steps",
         save_steps=opts.save_steps, eval_strategy="steps" if opts.in_eval else "no", eval_steps=opts.at or 1, disable_tqdm=True, eval_teachers=False, logging_steps=1,
         seed=0, resume_from_checkpoint="latest" if opts.resume else None,
