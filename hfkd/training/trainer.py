@@ -349,14 +349,14 @@ class DistillationTrainer:
         continued (``RemainingEpochBatchSampler``).  A method's own batch sampler (BAKE's) can only skip whole
         batches of every process: a position that is not a whole number of this run's steps is refused.
         """
+        run = recorded.get("run") or {}
+        world = int(run.get("world_size", self.accelerator.num_processes))
         samples = recorded.get("samples_in_epoch")
-        if samples is None:  # written before positions were kept in samples: batches of the recorded world size
-            world = (recorded.get("run") or {}).get("world_size", self.accelerator.num_processes)
-            samples = min(recorded["batches_in_epoch"] * int(world) * self.args.per_device_train_batch_size,
-                          self._epoch_samples)
+        if samples is None:  # written before positions were kept in samples: batches of the recorded layout
+            batch_size = int(run.get("per_device_train_batch_size", self.args.per_device_train_batch_size))
+            samples = min(recorded["batches_in_epoch"] * world * batch_size, self._epoch_samples)
         samples = int(samples)
         if samples and samples % self._samples_per_batch and not self._global_order:
-            world = (recorded.get("run") or {}).get("world_size")
             raise ValueError(
                 f"{path} stopped {samples} samples into epoch {recorded.get('epoch')}, which is not a whole number "
                 f"of this run's steps ({self.args.per_device_train_batch_size} x {self.accelerator.num_processes} "
