@@ -96,3 +96,30 @@ def test_teacher_cache_generation_stops_at_a_signal_and_leaves_no_partial_cache(
     assert stop.value.code == 143
     assert not os.path.exists(out) and not os.path.exists(str(out) + ".partial")
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is given back
+
+
+@pytest.mark.parametrize("processes,start", [(1, 0), (1, 3), (2, 8), (2, 12), (3, 5), (4, 25)])
+def test_the_rest_of_an_epoch_is_shared_out_without_a_gap_or_a_repeat(processes, start):
+    from hfkd.data.samplers import RemainingEpochBatchSampler
+
+    order = list(range(100, 130))  # 30 samples
+    shards = [list(RemainingEpochBatchSampler(order, start, 4, processes, rank)) for rank in range(processes)]
+    assert len({len(s) for s in shards}) == 1, "every process must take part in every step"
+    assert all(len(s) == len(RemainingEpochBatchSampler(order, start, 4, processes, 0)) for s in shards)
+    seen = [i for step in zip(*shards) for batch in step for i in batch]
+    tail = (len(order) - start) % (4 * processes)
+    if tail == 0 or tail >= processes:
+        assert seen == order[start:], "each remaining sample once, in the global order"
+    else:  # fewer samples in the last step than processes: the processes without one repeat the last sample
+        assert seen[:len(order) - start] == order[start:] and set(seen[len(order) - start:]) == {order[-1]}
+        assert len(seen) - (len(order) - start) == processes - tail
+    kept = [i for step in zip(*(RemainingEpochBatchSampler(order, start, 4, processes, r, drop_last=True)
+                                for r in range(processes))) for batch in step for i in batch]
+    assert kept == order[start:start + (len(order) - start) // (4 * processes) * 4 * processes]
+
+
+def test_a_tail_shorter_than_the_processes_repeats_only_what_it_must():
+    from hfkd.data.samplers import RemainingEpochBatchSampler
+
+    shards = [list(RemainingEpochBatchSampler(list(range(10)), 9, 4, 2, rank)) for rank in range(2)]
+    assert shards == [[[9]], [[9]]]  # one sample left, two processes: both must step
