@@ -8,6 +8,10 @@ With N processes, process ``r`` takes a contiguous block of the images whose siz
 of the batch size, so every batch is a batch of the 1-process run: the teachers see the same
 tensors and the merged cache is bitwise the 1-process one.  Each process writes one shard per
 view; the main process merges them in ``(index, view)`` order.
+
+A preemption signal (SIGTERM, SIGINT, SIGUSR1) stops generation at the next batch boundary all
+processes agree on: the unfinished ``.partial`` folder is removed, so that the requeued command
+starts again, and :class:`hfkd.preemption.Preempted` exits with ``128 + the signal number``.
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ from ..losses import ensemble_probs
 from ..models.backbone import Backbone, hub_id
 from ..models.preprocess import PreprocessConfig
 from ..models.teacher import bind_teacher
+from ..preemption import Preemption
 from ..version import __version__
 from .card import write_dataset_card
 from .format import (UNLISTED_FILES, CacheMetadata, augmentation_dict, dataset_fingerprint, datasets_fingerprint,
@@ -216,8 +221,7 @@ def cache_teacher_outputs(
 def _generate(accelerator, train_dataset, teachers, preprocess, augment, image_column, label_column, seed, num_views,
               batch_size, num_workers, ensemble, top_k, dtype, metadata, output_dir) -> None:
     """Run the teachers over every view into ``.partial`` shards; the main process merges them into the cache."""
-    from datasets import Dataset, concatenate_datasets, load_from_disk
-    from datasets.table import InMemoryTable
+    from datasets import concatenate_datasets, load_from_disk
     from torch.utils.data import DataLoader, Subset
 
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -229,25 +233,14 @@ def _generate(accelerator, train_dataset, teachers, preprocess, augment, image_c
     weights = [t.weight for t in teachers]
     for t in teachers:
         t.to(accelerator.device)
-    for view in range(num_views):
-        views.set_epoch(view)
-        loader = DataLoader(Subset(views, list(block)), batch_size=batch_size, num_workers=num_workers)
-        parts: Dict[str, List[np.ndarray]] = {}
-        for batch in loader:
-            x = batch["pixel_values"].to(accelerator.device)
-            logits = [t(x).logits.float() for t in teachers]
-            stacked = (ensemble_probs(logits, weights).log().unsqueeze(1) if ensemble
-                       else torch.stack(logits, dim=1)).cpu()
-            index = batch["index"].numpy().astype(np.int64)
-            columns = {"index": index, "view": np.full_like(index, view, dtype=np.int32),
-                       "seed": np.array([sample_seed(seed, view, int(i)) for i in index], dtype=np.int64),
-                       "label": batch["labels"].numpy().astype(np.int64), **encode_logits(stacked, top_k, dtype)}
-            for k, v in columns.items():
-                parts.setdefault(k, []).append(v)
-        if parts:
-            table = _rows_table({k: np.concatenate(v) for k, v in parts.items()})
-            with _quiet_datasets():
-                Dataset(InMemoryTable(table)).save_to_disk(os.path.join(partial, f"rank{rank:05d}-view{view:05d}"))
+    # Every process polls at the same points: as many as the largest block has batches.
+    num_batches = max(math.ceil(len(_block(len(views), batch_size, r, world)) / batch_size) for r in range(world))
+    with Preemption(accelerator) as preemption:
+        for view in range(num_views):
+            views.set_epoch(view)
+            loader = DataLoader(Subset(views, list(block)), batch_size=batch_size, num_workers=num_workers)
+            _teacher_view(teachers, weights, loader, num_batches, preemption, accelerator, view, seed, ensemble,
+                          top_k, dtype, os.path.join(partial, f"rank{rank:05d}-view{view:05d}"))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         pieces = [load_from_disk(os.path.join(partial, d)) for d in sorted(os.listdir(partial))
@@ -264,3 +257,37 @@ def _generate(accelerator, train_dataset, teachers, preprocess, augment, image_c
         os.replace(staging, output_dir)  # appears complete or not at all
         del pieces, merged
         shutil.rmtree(partial)
+
+
+def _teacher_view(teachers, weights, loader, num_batches, preemption, accelerator, view, seed, ensemble, top_k,
+                  dtype, shard) -> None:
+    """The teachers' outputs of one view of this process's block, saved as one shard at ``shard``."""
+    from datasets import Dataset
+    from datasets.table import InMemoryTable
+
+    parts: Dict[str, List[np.ndarray]] = {}
+    batches = iter(loader)
+    for _ in range(num_batches):
+        if preemption.requested():
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                # Nothing of a partial cache can be reused: the requeued command must find the folder free.
+                shutil.rmtree(os.path.dirname(shard), ignore_errors=True)
+            raise preemption.stop()
+        batch = next(batches, None)
+        if batch is None:  # this block is shorter than the largest one
+            continue
+        x = batch["pixel_values"].to(accelerator.device)
+        logits = [t(x).logits.float() for t in teachers]
+        stacked = (ensemble_probs(logits, weights).log().unsqueeze(1) if ensemble
+                   else torch.stack(logits, dim=1)).cpu()
+        index = batch["index"].numpy().astype(np.int64)
+        columns = {"index": index, "view": np.full_like(index, view, dtype=np.int32),
+                   "seed": np.array([sample_seed(seed, view, int(i)) for i in index], dtype=np.int64),
+                   "label": batch["labels"].numpy().astype(np.int64), **encode_logits(stacked, top_k, dtype)}
+        for k, v in columns.items():
+            parts.setdefault(k, []).append(v)
+    if parts:
+        table = _rows_table({k: np.concatenate(v) for k, v in parts.items()})
+        with _quiet_datasets():
+            Dataset(InMemoryTable(table)).save_to_disk(shard)

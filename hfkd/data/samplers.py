@@ -1,4 +1,4 @@
-"""Batch samplers that shape what a batch holds (BAKE's class-aware batches).
+"""Batch samplers that shape what a batch holds (BAKE's class-aware batches), and the rest of an epoch.
 
 Works with Accelerate: the trainer passes the sampler as ``batch_sampler=`` to
 the ``DataLoader`` and ``accelerator.prepare`` wraps it in a ``BatchSamplerShard``
@@ -22,7 +22,7 @@ from typing import Dict, Iterator, List, Sequence
 import numpy as np
 from torch.utils.data import Sampler
 
-__all__ = ["ClassAwareBatchSampler"]
+__all__ = ["ClassAwareBatchSampler", "RemainingEpochBatchSampler", "epoch_order", "seedable_sampler"]
 
 
 class ClassAwareBatchSampler(Sampler[List[int]]):
@@ -100,3 +100,69 @@ class ClassAwareBatchSampler(Sampler[List[int]]):
                 if self.intra_class_images:
                     batch.extend(int(p) for p in self._partners(rng, int(a)))
             yield batch
+
+
+def seedable_sampler(loader):
+    """The sampler of a prepared loader whose order ``set_epoch`` fixes (Accelerate's seedable sampler), or ``None``.
+
+    One process: ``DataLoaderShard -> BatchSampler -> sampler``; several: ``-> BatchSamplerShard -> BatchSampler
+    -> sampler``.  A method's own batch sampler has no such sampler.
+    """
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    for holder in (batch_sampler, getattr(batch_sampler, "batch_sampler", None)):
+        sampler = getattr(holder, "sampler", None)
+        if sampler is not None and hasattr(sampler, "set_epoch") and hasattr(sampler, "initial_seed"):
+            return sampler
+    return None
+
+
+def epoch_order(sampler, epoch: int) -> List[int]:
+    """The global order of the dataset's indices in ``epoch``: the same on every process and world size.
+
+    Accelerate's seedable sampler reseeds its generator from ``initial_seed + epoch`` at each pass and
+    then moves its own epoch on; the epoch it had is put back so that the loader is left as it was.
+    """
+    saved = sampler.epoch
+    sampler.set_epoch(epoch)
+    try:
+        return [int(i) for i in sampler]
+    finally:
+        sampler.set_epoch(saved)
+
+
+class RemainingEpochBatchSampler(Sampler[List[int]]):
+    """This process's batches of the rest of an epoch, from sample ``start`` of its global ``order``.
+
+    The global order is cut into steps of ``batch_size * num_processes`` samples, each process taking
+    its ``batch_size`` slice, the layout of Accelerate's ``BatchSamplerShard``; it lets a run resumed on
+    another number of processes continue at the exact sample where the checkpoint stopped.  The last,
+    incomplete step is split as evenly as the processes allow (none is padded with repeated samples,
+    unlike Accelerate's ``even_batches``), or dropped with ``drop_last``.  Only when it holds fewer
+    samples than there are processes does a process without one repeat the last sample: every process
+    must take part in every step (DDP).
+    """
+
+    def __init__(self, order: Sequence[int], start: int, batch_size: int, num_processes: int = 1,
+                 process_index: int = 0, drop_last: bool = False):
+        if not 0 <= start <= len(order):
+            raise ValueError(f"start={start} is outside the epoch's {len(order)} samples")
+        self.remaining = list(order[start:])
+        self.batch_size, self.num_processes, self.process_index = int(batch_size), int(num_processes), int(process_index)
+        self.drop_last = bool(drop_last)
+
+    def __len__(self) -> int:
+        step = self.batch_size * self.num_processes
+        full, rest = divmod(len(self.remaining), step)
+        return full + (1 if rest and not self.drop_last else 0)
+
+    def __iter__(self) -> Iterator[List[int]]:
+        step, b, r = self.batch_size * self.num_processes, self.batch_size, self.process_index
+        for begin in range(0, len(self.remaining), step):
+            chunk = self.remaining[begin:begin + step]
+            if len(chunk) == step:
+                yield chunk[r * b:(r + 1) * b]
+            elif not self.drop_last:
+                base, extra = divmod(len(chunk), self.num_processes)
+                lo = r * base + min(r, extra)
+                mine = chunk[lo:lo + base + (1 if r < extra else 0)]
+                yield mine or chunk[-1:]

@@ -79,7 +79,9 @@ class BAKE(DistillationMethod):
         super().__init__(config, **kwargs)
 
     def train_batch_sampler(self, labels: Sequence[int], batch_size: int, seed: int):
-        # The trainer sets the sampler's epoch (also inside accelerate's BatchSamplerShard).
+        # The trainer sets the sampler's epoch (also inside accelerate's BatchSamplerShard). Its batches can only
+        # be skipped whole, so the trainer refuses a mid-epoch resume whose position is not a whole number of the
+        # new run's steps (another number of processes or batch size; docs/launch.md).
         if self.config.intra_class_images == 0:
             return None
         return ClassAwareBatchSampler(labels, batch_size, self.config.intra_class_images, seed)

@@ -14,6 +14,7 @@ from torch import nn
 from ..cache.lookup import open_teacher_cache
 from ..data import checks
 from ..data.loading import find_columns
+from ..data.samplers import RemainingEpochBatchSampler, epoch_order, seedable_sampler
 from ..data.transforms import AugmentConfig, ImageClassificationDataset, create_image_transform
 from ..hub.card import PLOT_FILENAME, create_model_card, plot_training_curves
 from ..hub.push import push_to_hub
@@ -26,6 +27,7 @@ from ..models.backbone import Backbone
 from ..models.factory import create_backbone
 from ..models.teacher import Teacher, bind_teacher
 from ..output_dir import OutputDirLock, check_output_dir, remove_run_outputs
+from ..preemption import Preemption, PreemptionRequested
 from ..settings import check_finite_settings
 from ..tasks import Task, create_task
 from . import validation
@@ -47,7 +49,10 @@ logger = logging.getLogger(__name__)
 class TrainerState:
     global_step: int = 0
     epoch: int = 0
-    batches_in_epoch: int = 0
+    batches_in_epoch: int = 0  # this process's batches of the current epoch
+    # Where the epoch stands in samples of its global order (all processes together): what a run resumed
+    # on another number of processes continues from (docs/launch.md, "Resuming on another number of processes").
+    samples_in_epoch: int = 0
     max_steps: int = 0
     num_epochs: int = 0
     log_history: List[Dict[str, Any]] = field(default_factory=list)
@@ -151,7 +156,10 @@ class DistillationTrainer:
         self.teacher_metrics: Dict[str, Dict[str, float]] = {}
         self._model = None  # the prepared DistillationModule
         self.model_ema = None  # timm ModelEmaV3 of the student when args.model_ema
+        self._preemption = Preemption()  # signal handlers are installed only while train() runs
         self._eval_loader = None
+        self._last_save, self._last_save_step = None, -1
+        self._windows: Optional[tuple] = None  # (first batch, end) of the loader being trained on, in epoch batches
 
     # -- set-up -----------------------------------------------------------------------------------
     def _claim_output_dir(self) -> None:
@@ -192,6 +200,16 @@ class DistillationTrainer:
                           generator=torch.Generator().manual_seed(args.seed), **common)
 
     def _eval_dataloader(self, dataset=None):
+        return self._polled(self._prepared_eval_dataloader(dataset))
+
+    def _polled(self, loader):
+        # A signal during evaluation stops it at a batch boundary the processes agree on; train() then saves.
+        for batch in loader:
+            if self._preemption.requested():
+                raise PreemptionRequested()
+            yield batch
+
+    def _prepared_eval_dataloader(self, dataset=None):
         from torch.utils.data import DataLoader
 
         if dataset is None:
@@ -239,15 +257,15 @@ class DistillationTrainer:
         for t in self.teachers:
             t.to(device)
         prepare_teachers(self.teachers, self.args)
-        loader = self._eval_dataloader()
         results = {}
         for i, t in enumerate(self.teachers):
-            results[f"teacher_{i}"] = {"name": t.name, **self.task.evaluate(self.accelerator, loader,
+            results[f"teacher_{i}"] = {"name": t.name, **self.task.evaluate(self.accelerator, self._eval_dataloader(),
                                                                             lambda x, t=t: t(x).logits)}
         if len(self.teachers) > 1:
             weights = [t.weight for t in self.teachers]
             results["ensemble"] = self.task.evaluate(
-                self.accelerator, loader, lambda x: self.task.ensemble([t(x).logits for t in self.teachers], weights))
+                self.accelerator, self._eval_dataloader(),
+                lambda x: self.task.ensemble([t(x).logits for t in self.teachers], weights))
         self.teacher_metrics = results
         metric = self.task.main_metric
         flat = {f"{k}_{metric}": v[f"eval_{metric}"] for k, v in results.items()}
@@ -306,6 +324,11 @@ class DistillationTrainer:
         acc.register_for_checkpointing(scheduler)
         self.state.max_steps, self.state.num_epochs = max_steps, num_epochs
         self.steps_per_epoch = steps_per_epoch
+        # Samples of the epoch's global order that one batch of every process takes together.
+        self._samples_per_batch = args.per_device_train_batch_size * acc.num_processes
+        epoch_samples = len(train_loader) * self._samples_per_batch
+        self._global_order = seedable_sampler(train_loader) is not None
+        self._epoch_samples = min(epoch_samples, len(self.train_dataset)) if self._global_order else epoch_samples
         if args.report_to:  # a tracker's config is written (and often uploaded): no credentials in it
             config = {**{k: v for k, v in args.to_dict().items() if isinstance(v, (int, float, str, bool))},
                       "method": self.method.name, **self.method.hparams()}
@@ -315,17 +338,83 @@ class DistillationTrainer:
         path = resolve_checkpoint(self.args.resume_from_checkpoint, self.args.output_dir)
         if path is None:
             return
-        check_same_run(read_state(path).get("run"), run_signature(self), self.args.resume_allow_changes, path)
+        recorded = read_state(path)
+        check_same_run(recorded.get("run"), run_signature(self), self.args.resume_allow_changes, path)
+        samples = self._resume_position(recorded, path)
         state, method_state = load_checkpoint(self.accelerator, path)
         self.state.global_step = state["global_step"]
         self.state.epoch = state["epoch"]
         self.state.batches_in_epoch = state["batches_in_epoch"]
+        self.state.samples_in_epoch = samples
+        if self.args.max_steps <= 0:
+            self._steps_to_finish_epochs()
         self.state.skipped_steps = state.get("skipped_steps", 0)
         self.state.log_history = state.get("log_history", [])
         self.teacher_metrics = state.get("teacher_metrics", {})
         method_state, model_ema = split_ema_state(method_state)
         load_ema_state(self.model_ema, model_ema, path)
         self.method.load_extra_state(method_state)
+
+    def _resume_position(self, recorded: Dict[str, Any], path: str) -> int:
+        """The checkpoint's position in its epoch, in samples of the global order; refused where not reproducible.
+
+        The default sampler's global order is the same on any number of processes, so any position can be
+        continued (``RemainingEpochBatchSampler``).  A method's own batch sampler (BAKE's) can only skip whole
+        batches of every process: a position that is not a whole number of this run's steps is refused.
+        """
+        run = recorded.get("run") or {}
+        world = int(run.get("world_size", self.accelerator.num_processes))
+        samples = recorded.get("samples_in_epoch")
+        if samples is None:  # written before positions were kept in samples: batches of the recorded layout
+            batch_size = int(run.get("per_device_train_batch_size", self.args.per_device_train_batch_size))
+            samples = min(recorded["batches_in_epoch"] * world * batch_size, self._epoch_samples)
+        samples = int(samples)
+        if samples and samples % self._samples_per_batch and not self._global_order:
+            raise ValueError(
+                f"{path} stopped {samples} samples into epoch {recorded.get('epoch')}, which is not a whole number "
+                f"of this run's steps ({self.args.per_device_train_batch_size} x {self.accelerator.num_processes} "
+                f"processes = {self._samples_per_batch} samples), and method {self.method.name!r} draws its own "
+                f"batches, so the rest of the epoch cannot be reproduced exactly (a sample would be skipped or "
+                f"repeated). Resume on {world} processes with the same batch size, or from a checkpoint at the end "
+                "of an epoch")
+        return samples
+
+    def _steps_to_finish_epochs(self) -> None:
+        # A budget in epochs: the steps done so far may have been counted on another number of processes or
+        # with another batch size, so the step budget computed for this run could end too early or too late;
+        # count the steps of the rest of the epochs instead (the same number when nothing changed).
+        rest = self._epoch_samples - self.state.samples_in_epoch
+        batches = rest // self._samples_per_batch if self.args.dataloader_drop_last else -(-rest // self._samples_per_batch)
+        steps = math.ceil(batches / self.args.gradient_accumulation_steps)
+        remaining_epochs = max(0, self.state.num_epochs - self.state.epoch - 1)
+        max_steps = self.state.global_step + steps + remaining_epochs * self.steps_per_epoch
+        if max_steps != self.state.max_steps:
+            logger.warning("resumed at step %d: %d more step(s) of %d process(es) finish the %d epoch(s); the run ends "
+                           "at step %d (the learning-rate schedule keeps this run's length of %d steps)",
+                           self.state.global_step, max_steps - self.state.global_step, self.accelerator.num_processes,
+                           self.state.num_epochs, max_steps, self.state.max_steps)
+        self.state.max_steps = max_steps
+
+    def _epoch_batches(self, loader, epoch: int, start: int):
+        """This process's batches of ``epoch`` from sample ``start`` of the global order, and how many there are."""
+        if start == 0:
+            return loader, len(loader)
+        if start % self._samples_per_batch == 0:  # whole steps: Accelerate's skip (bitwise the same batches)
+            skip = start // self._samples_per_batch
+            return self.accelerator.skip_first_batches(loader, skip), max(0, len(loader) - skip)
+        # Resumed on another number of processes: cut the rest of the epoch's global order anew.
+        from accelerate.data_loader import DataLoaderShard
+
+        acc, args = self.accelerator, self.args
+        batches = RemainingEpochBatchSampler(
+            epoch_order(seedable_sampler(loader), epoch), start, args.per_device_train_batch_size,
+            acc.num_processes, acc.process_index, args.dataloader_drop_last)
+        logger.warning("resuming epoch %d at sample %d of %d on %d process(es): %d more batch(es) per process",
+                       epoch, start, self._epoch_samples, acc.num_processes, len(batches))
+        self.train_dataset.set_epoch(epoch)
+        rest = DataLoaderShard(self.train_dataset, device=acc.device, batch_sampler=batches,
+                               num_workers=args.dataloader_num_workers, pin_memory=torch.cuda.is_available())
+        return rest, len(batches)
 
     def _save(self) -> str:
         state = {k: v for k, v in asdict(self.state).items() if k != "should_stop"}
@@ -335,6 +424,7 @@ class DistillationTrainer:
                      run=run_signature(self))
         path = save_checkpoint(self.accelerator, self.args.output_dir, self.state.global_step, state,
                                {**self.method.extra_state(), **ema_state(self.model_ema)}, self.args.save_total_limit)
+        self._last_save, self._last_save_step = path, self.state.global_step
         self.callbacks("on_save", self, path)
         return path
 
@@ -374,8 +464,9 @@ class DistillationTrainer:
         gas = self.args.gradient_accumulation_steps
         if gas == 1:
             return 1.0
-        window_start = self.state.batches_in_epoch // gas * gas
-        return gas / min(gas, len(self._train_loader_prepared) - window_start)
+        first, end = self._windows or (0, len(self._train_loader_prepared))
+        window_start = first + (self.state.batches_in_epoch - first) // gas * gas
+        return gas / min(gas, end - window_start)
 
     def _skip_nonfinite(self) -> None:
         # on_nonfinite_loss="skip": this batch updates nothing (gradients of the accumulation window dropped).
@@ -388,23 +479,49 @@ class DistillationTrainer:
         means = {k: torch.stack([r[k].float() for r in self._running]).mean() for k in keys}
         reduced = {k: self.accelerator.reduce(v, reduction="mean").item() for k, v in means.items()}
         reduced["learning_rate"] = self.lr_scheduler.get_last_lr()[0]
-        reduced["epoch"] = self.state.epoch + self.state.batches_in_epoch / max(1, len(self._train_loader_prepared))
+        reduced["epoch"] = self.state.epoch + self.state.samples_in_epoch / max(1, self._epoch_samples)
         self._running = []
         self._log(reduced)
 
     def train(self) -> TrainerState:
         """Train until ``max_steps`` / ``num_train_epochs``; resumes when asked.  Returns the state."""
+        # SIGTERM / SIGINT / SIGUSR1 from here on (also while setting up and resuming): a checkpoint at the next
+        # step boundary, then Preempted.
+        self._preemption = Preemption(self.accelerator)
+        with self._preemption:
+            self._setup_training()
+            self._resume()
+            start = time.perf_counter()
+            try:
+                self._train_loop()
+            except PreemptionRequested:  # raised by the evaluation loop
+                pass
+            if self._preemption.requested():
+                path = self._last_save if self._last_save_step == self.state.global_step else self._save()
+                self.state.train_runtime += time.perf_counter() - start
+                for tracker in self.accelerator.trackers:
+                    tracker.finish()
+                stop = self._preemption.stop(path)
+                if self.accelerator.is_main_process:
+                    logger.warning("hfkd: %s; resume with resume_from_checkpoint='latest'", stop)
+                raise stop
+        self.state.train_runtime += time.perf_counter() - start
+        self.callbacks("on_train_end", self)
+        # Trackers only: Accelerator.end_training would also tear down the process group, and a
+        # distributed evaluate() or save_model() commonly follows train().
+        for tracker in self.accelerator.trackers:
+            tracker.finish()
+        return self.state
+
+    def _train_loop(self) -> None:
         acc, args = self.accelerator, self.args
-        self._setup_training()
-        self._resume()
         if args.eval_teachers and not self.teacher_metrics:
             self.evaluate_teachers()
         self._running: List[Dict[str, torch.Tensor]] = []
-        start = time.perf_counter()
         self.callbacks("on_train_begin", self)
         self._model.train()
         loader = self._train_loader_prepared
-        start_epoch, skip = self.state.epoch, self.state.batches_in_epoch
+        start_epoch, start_samples = self.state.epoch, self.state.samples_in_epoch
         for epoch in range(start_epoch, self.state.num_epochs):
             if self.state.global_step >= self.state.max_steps or self.state.should_stop:
                 break
@@ -416,11 +533,19 @@ class DistillationTrainer:
                 inner.set_epoch(epoch)
             self.method.on_epoch_start(epoch)
             self.callbacks("on_epoch_begin", self, epoch)
-            batches = acc.skip_first_batches(loader, skip) if epoch == start_epoch and skip else loader
-            self.state.batches_in_epoch = skip if epoch == start_epoch else 0
+            start = start_samples if epoch == start_epoch else 0
+            batches, num_batches = self._epoch_batches(loader, epoch, start)
+            self.state.samples_in_epoch = start
+            self.state.batches_in_epoch = start // self._samples_per_batch
+            # Accelerate counts accumulation windows from where this loader starts and closes one at its end.
+            self._windows = (self.state.batches_in_epoch, self.state.batches_in_epoch + num_batches)
+            done = 0
             for batch in batches:
                 self._train_step(batch)
+                done += 1
                 self.state.batches_in_epoch += 1
+                self.state.samples_in_epoch = min(self._epoch_samples,
+                                                  self.state.samples_in_epoch + self._samples_per_batch)
                 if not acc.sync_gradients:
                     continue
                 self.lr_scheduler.step()
@@ -428,25 +553,18 @@ class DistillationTrainer:
                 if self.model_ema is not None:
                     self.model_ema.update(self._student_module(), step=self.state.global_step)
                 self._after_step()
-                if self.state.global_step >= self.state.max_steps or self.state.should_stop:
+                if (self.state.global_step >= self.state.max_steps or self.state.should_stop
+                        or self._preemption.requested()):
                     break
-            finished_epoch = self.state.batches_in_epoch >= len(loader)
-            if not finished_epoch:
+            if done < num_batches or self._preemption.requested():
                 break
             self.method.on_epoch_end(epoch)
-            self.state.epoch, self.state.batches_in_epoch = epoch + 1, 0
+            self.state.epoch, self.state.batches_in_epoch, self.state.samples_in_epoch = epoch + 1, 0, 0
             self.callbacks("on_epoch_end", self, epoch)
             if args.eval_strategy == "epoch" and self.eval_dataset is not None:
                 self.evaluate()
             if args.save_strategy == "epoch":
                 self._save()
-        self.state.train_runtime += time.perf_counter() - start
-        self.callbacks("on_train_end", self)
-        # Trackers only: Accelerator.end_training would also tear down the process group, and a
-        # distributed evaluate() or save_model() commonly follows train().
-        for tracker in acc.trackers:
-            tracker.finish()
-        return self.state
 
     def _after_step(self) -> None:
         args, step = self.args, self.state.global_step
