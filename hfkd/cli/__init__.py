@@ -10,6 +10,7 @@ registry imports nothing heavy, so ``hfkd --help`` answers without torch.
 """
 from __future__ import annotations
 
+import difflib
 import importlib
 import sys
 from typing import Dict, List, Optional
@@ -47,7 +48,10 @@ def main(argv: Optional[List[str]] = None):
         return None
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        sys.exit(f"hfkd: unknown command {name!r}\n\n{_usage()}")
+        close = difflib.get_close_matches(name, list(COMMANDS), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        sys.exit(f"hfkd: unknown command {name[:100]!r}{hint}\nusage: hfkd <command> [options]; commands: "
+                 f"{', '.join(COMMANDS)} (hfkd --help)")
     module, function = COMMANDS[name].split(":")
     return getattr(importlib.import_module(module), function)(rest)
 

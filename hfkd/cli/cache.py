@@ -10,20 +10,27 @@ flags, which must be the ones the student trains with (the trainer checks).
 """
 from __future__ import annotations
 
-from ..cache.generate import cache_teacher_outputs
-from ..cache.hub import push_teacher_cache
-from ..launch import is_main_process
+from ..lazy import lazy_function
 from .arguments import CacheArguments, DataArguments, ModelArguments
-from .demo import cache_preset, resolve_teachers
 from .parser import parse_args
-from .pipeline import build_student, build_teachers, load_data
+
+# The cache writer, the demo and the models import torch: loaded once the settings are parsed, so that `hfkd cache --help` and a bad option answer
+# without it.
+cache_teacher_outputs = lazy_function("..cache.generate", "cache_teacher_outputs", __package__)
+push_teacher_cache = lazy_function("..cache.hub", "push_teacher_cache", __package__)
+is_main_process = lazy_function("..launch", "is_main_process", __package__)
+cache_preset = lazy_function(".demo", "cache_preset", __package__)
+resolve_teachers = lazy_function(".demo", "resolve_teachers", __package__)
+build_student = lazy_function(".pipeline", "build_student", __package__)
+build_teachers = lazy_function(".pipeline", "build_teachers", __package__)
+load_data = lazy_function(".pipeline", "load_data", __package__)
 
 
 def main(argv=None) -> str:
     # ``hfkd cache`` passes its argv; recipes/cache_teachers.py reads sys.argv (argparse names the script).
     prog = {"prog": "hfkd cache"} if argv is not None else {}
     (model_args, data_args, cache), _ = parse_args((ModelArguments, DataArguments, CacheArguments), argv,
-                                                   preset=cache_preset(), **prog)
+                                                   preset=lambda given: cache_preset(), **prog)
     data = load_data(data_args, seed=cache.seed)
     teacher_paths = resolve_teachers(model_args.teachers, data_args.dataset, what="a teacher cache")
     student = build_student(model_args, data)

@@ -8,13 +8,18 @@ from __future__ import annotations
 import sys
 from typing import List, Optional, Sequence
 
-from ..methods.registry import get_method_class, list_methods, normalize_name
+from ..lazy import lazy_function
+from ..methods.registry import describe_method, get_config_class, list_methods, normalize_name
 from ..training.args import DistillationArguments
-from .arguments import DataArguments, ModelArguments
-from .demo import demo_preset
-from .dry_run import dry_run
+from .arguments import DataArguments, ModelArguments, run_arguments
 from .parser import parse_args, peek, read_config
-from .workflows import RunSettings, get_workflow
+
+# The demo, the workflows and the dry run import torch: they load once the settings are parsed, so that
+# `hfkd distill --help` and a bad option answer without it.
+demo_preset = lazy_function(".demo", "demo_preset", __package__)
+dry_run = lazy_function(".dry_run", "dry_run", __package__)
+RunSettings = lazy_function(".workflows", "RunSettings", __package__)
+get_workflow = lazy_function(".workflows", "get_workflow", __package__)
 
 DEFAULT_METHOD = "kd"
 
@@ -42,12 +47,9 @@ def parse_distill_args(argv: Optional[Sequence[str]] = None, method: Optional[st
                              f"`hfkd distill --method {chosen}` (or recipes/{normalize_name(chosen)}.py)")
         chosen = method
     name = normalize_name(chosen or method or DEFAULT_METHOD)
-    method_class = get_method_class(name)
-    workflow = get_workflow(name)
-    types = (ModelArguments, DataArguments, DistillationArguments, method_class.config_class, workflow.arguments)
+    types = (ModelArguments, DataArguments, DistillationArguments, get_config_class(name), run_arguments(name))
     extra = () if fixed_method else (_method_option(list_methods(), name),)
-    description = (f"{method_class.__name__}: {(method_class.__doc__ or '').strip().splitlines()[0]}"
-                   if method_class.__doc__ else None)
+    description = describe_method(name)
     (model, data, training, method_config, run), _ = parse_args(
         types, argv, config=config, preset=lambda given: demo_preset(name, given), extra_options=extra, prog=prog,
         description=description)

@@ -7,13 +7,17 @@ import sys
 import tempfile
 from typing import List, Optional
 
-from ..launch import is_main_process
-from ..models.factory import create_backbone
+from ..lazy import lazy_function
 from ..training.args import DistillationArguments
-from ..training.trainer import DistillationTrainer
 from .arguments import DataArguments, EvalArguments
 from .parser import parse_args
-from .pipeline import load_data
+
+# The models, the trainer and the data import torch: loaded once the settings are parsed, so that `hfkd eval --help` and a bad option answer
+# without it.
+is_main_process = lazy_function("..launch", "is_main_process", __package__)
+create_backbone = lazy_function("..models.factory", "create_backbone", __package__)
+DistillationTrainer = lazy_function("..training.trainer", "DistillationTrainer", __package__)
+load_data = lazy_function(".pipeline", "load_data", __package__)
 
 # MODEL may come first, as a positional argument, or as --model.
 _MODEL_POSITIONAL = (("model_path",), dict(nargs="?", default=argparse.SUPPRESS, metavar="MODEL",

@@ -12,6 +12,8 @@ _TEACHER_DTYPES = ("bf16", "fp16", "fp32")
 _STRATEGIES = ("no", "steps", "epoch")
 _SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial", "multistep")
 _EPOCH_SCHEDULERS = ("constant", "linear", "cosine", "multistep")
+# timm's optimizers that run SGD with Nesterov momentum (torch refuses Nesterov without momentum, at the first step)
+_NESTEROV = ("sgd", "nesterov", "sgdw", "nesterovw", "sgdp")
 
 
 @dataclass
@@ -144,6 +146,7 @@ class DistillationArguments:
             problems.append(f"gradient_accumulation_steps must be >= 1 (got {self.gradient_accumulation_steps})")
         if self.max_steps <= 0 and self.num_train_epochs <= 0:
             problems.append("set num_train_epochs > 0 or max_steps > 0")
+        problems += _momentum_problems(self)
         if self.weight_decay < 0:
             problems.append(f"weight_decay must be >= 0 (got {self.weight_decay})")
         if self.max_grad_norm < 0:
@@ -197,6 +200,16 @@ class DistillationArguments:
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
+
+
+def _momentum_problems(args: DistillationArguments) -> List[str]:
+    if args.momentum < 0:
+        return [f"momentum must be >= 0 (got {args.momentum})"]
+    optim = args.optim.lower().removeprefix("lookahead_")
+    if optim in _NESTEROV and args.momentum == 0:
+        return [f"optim={args.optim} uses Nesterov momentum, which needs momentum > 0 (got 0): set momentum (0.9 is "
+                "usual), or use optim=momentum for SGD without Nesterov (with momentum 0 it is plain SGD)"]
+    return []
 
 
 def _speed_problems(args: DistillationArguments) -> List[str]:
