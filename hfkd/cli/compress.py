@@ -16,6 +16,7 @@ import numpy as np
 
 from ..compress.settings import CompressionArguments, PruningConfig
 from ..data.default import DEFAULT_DATASET
+from ..extras import MissingDependencyError, require
 from ..lazy import lazy_function
 from ..training.args import DistillationArguments
 from .arguments import CompressModelArguments, DataArguments
@@ -62,9 +63,15 @@ def compare_recoveries(student, data, teachers, pruning: PruningConfig, args: Di
 
 
 def main(argv: Optional[Sequence[str]] = None):
-    (model_args, data_args, pruning, compression, args), _ = parse_args(
-        (CompressModelArguments, DataArguments, PruningConfig, CompressionArguments, DistillationArguments),
-        argv, preset=lambda given: importlib.import_module(".demo", __package__).COMPRESS_PRESET)
+    try:
+        (model_args, data_args, pruning, compression, args), _ = parse_args(
+            (CompressModelArguments, DataArguments, PruningConfig, CompressionArguments, DistillationArguments),
+            argv, preset=lambda given: importlib.import_module(".demo", __package__).COMPRESS_PRESET)
+        # Before anything loads: pruning needs torch-pruning, the int8 export onnx, onnxscript and onnxruntime.
+        exports = compression.quantize and not model_args.seeds
+        require("compress", "hfkd compress", None if exports else ("torch_pruning",))
+    except (ValueError, MissingDependencyError) as e:
+        raise SystemExit(f"hfkd compress: error: {e}") from None
     if not model_args.student and data_args.dataset != DEFAULT_DATASET:
         raise SystemExit(f"hfkd compress: error: compressing on {data_args.dataset} needs --student (a saved "
                          "student trained on it); the demo's KD student only knows the embedded digits")

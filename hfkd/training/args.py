@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
 
+from ..extras import tracker_problems
 from ..settings import field_type_problems
 
 _MIXED = ("no", "bf16", "fp16")
@@ -170,6 +171,7 @@ class DistillationArguments:
         if self.save_total_limit is not None and self.save_total_limit < 1:
             problems.append("save_total_limit must be >= 1 or None")
         problems += self._epoch_schedule_problems()
+        problems += tracker_problems(self.report_to)  # Accelerate would skip a missing tracker without a word
         if self.push_to_hub and not self.hub_model_id:
             problems.append("push_to_hub needs hub_model_id=ORG/NAME")
         problems += _speed_problems(self)
