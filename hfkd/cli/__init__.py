@@ -13,7 +13,14 @@ from __future__ import annotations
 import difflib
 import importlib
 import sys
+import time
 from typing import Dict, List, Optional
+
+from ..lazy import lazy_function
+from ..training.callbacks import format_duration
+
+# Which process am I: Accelerate's answer, loaded only once a command has run (it imports torch).
+is_main_process = lazy_function("..launch", "is_main_process", __package__)
 
 # name -> "module:function" taking argv (imported only when the subcommand runs)
 COMMANDS: Dict[str, str] = {
@@ -53,7 +60,11 @@ def main(argv: Optional[List[str]] = None):
         sys.exit(f"hfkd: unknown command {name[:100]!r}{hint}\nusage: hfkd <command> [options]; commands: "
                  f"{', '.join(COMMANDS)} (hfkd --help)")
     module, function = COMMANDS[name].split(":")
-    return getattr(importlib.import_module(module), function)(rest)
+    start = time.perf_counter()
+    result = getattr(importlib.import_module(module), function)(rest)
+    if is_main_process():
+        print(f"hfkd {name}: done in {format_duration(time.perf_counter() - start)}", flush=True)
+    return result
 
 
 __all__ = ["COMMANDS", "DESCRIPTIONS", "main", "cli"]
