@@ -1,9 +1,12 @@
 """What a run prints on the main process: a start banner, rounded metrics, the training time, where the student
 was saved, and the command's total time."""
 import re
+import sys
 
+import pytest
 from helpers.models import tiny_student, tiny_teacher
 
+import hfkd.cli.push  # noqa: F401 - the command the refusal test stands in
 from hfkd import DistillationTrainer
 from hfkd.cli import COMMANDS
 from hfkd.cli import main as hfkd_main
@@ -57,3 +60,27 @@ def test_a_dataset_without_a_name_is_called_in_memory(tmp_path, small_digits):
     trainer.state.num_epochs, trainer.state.max_steps, trainer.steps_per_epoch = 1, 1, 8
     banner = start_banner(trainer)
     assert "data: in-memory dataset: 256 train, no eval split" in banner and "teachers: none" in banner
+
+
+def test_a_resume_refusal_is_one_message_not_a_traceback(monkeypatch, capsys):
+    from hfkd.training.resume import ResumeRefused, check_same_run
+
+    with pytest.raises(ResumeRefused, match="learning_rate: checkpoint 0.01, now 0.5"):
+        check_same_run({"learning_rate": 0.01}, {"learning_rate": 0.5}, [], "out/checkpoint-4")
+
+    def refuse(argv):
+        check_same_run({"learning_rate": 0.01}, {"learning_rate": 0.5}, [], "out/checkpoint-4")
+
+    monkeypatch.setattr(sys.modules["hfkd.cli.push"], "main", refuse)  # any command; push is the cheapest
+    with pytest.raises(SystemExit) as exit_info:
+        hfkd_main(["push", "x", "y"])
+    message = str(exit_info.value.code)
+    assert message.startswith("hfkd push: error: out/checkpoint-4 was written by a different run")
+    assert "resume_allow_changes=['learning_rate']" in message
+
+    def bug(argv):
+        raise ValueError("a bug, not a refusal")
+
+    monkeypatch.setattr(sys.modules["hfkd.cli.push"], "main", bug)
+    with pytest.raises(ValueError, match="a bug"):  # anything else keeps its traceback
+        hfkd_main(["push", "x", "y"])

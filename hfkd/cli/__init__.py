@@ -41,6 +41,17 @@ DESCRIPTIONS = {
 }
 
 
+# Errors that refuse a run for a reason the message states with its fix (a resume of another run, a damaged
+# checkpoint, an output folder in use, a missing optional package): said in one message, not a traceback.
+# module -> class; looked up only in modules already imported, since an error can only come from one of those.
+REFUSALS = {"hfkd.training.resume": "ResumeRefused", "hfkd.training.checkpoint": "CheckpointError",
+            "hfkd.output_dir": "OutputDirError", "hfkd.extras": "MissingDependencyError"}
+
+
+def _refusals() -> tuple:
+    return tuple(getattr(sys.modules[m], name) for m, name in REFUSALS.items() if m in sys.modules)
+
+
 def _usage() -> str:
     lines = ["usage: hfkd <command> [options]   (hfkd <command> --help for its options)", "", "commands:"]
     lines += [f"  {name:<10}{DESCRIPTIONS.get(name, '')}" for name in COMMANDS]
@@ -61,7 +72,12 @@ def main(argv: Optional[List[str]] = None):
                  f"{', '.join(COMMANDS)} (hfkd --help)")
     module, function = COMMANDS[name].split(":")
     start = time.perf_counter()
-    result = getattr(importlib.import_module(module), function)(rest)
+    try:
+        result = getattr(importlib.import_module(module), function)(rest)
+    except Exception as e:  # noqa: BLE001 - only hfkd's refusals become one message; anything else is re-raised
+        if isinstance(e, _refusals()):
+            sys.exit(f"hfkd {name}: error: {e}")
+        raise
     if is_main_process():
         print(f"hfkd {name}: done in {format_duration(time.perf_counter() - start)}", flush=True)
     return result
