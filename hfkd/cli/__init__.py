@@ -10,17 +10,17 @@ registry imports nothing heavy, so ``hfkd --help`` answers without torch.
 """
 from __future__ import annotations
 
-import difflib
 import importlib
 import sys
 import time
 from typing import Dict, List, Optional
 
 from ..lazy import lazy_function
-from ..training.callbacks import format_duration
 
-# Which process am I: Accelerate's answer, loaded only once a command has run (it imports torch).
+# Loaded once a command has run: "which process am I" is Accelerate's answer (torch), and `hfkd --help` should cost
+# no more than Python's start.
 is_main_process = lazy_function("..launch", "is_main_process", __package__)
+format_duration = lazy_function("..training.callbacks", "format_duration", __package__)
 
 # name -> "module:function" taking argv (imported only when the subcommand runs)
 COMMANDS: Dict[str, str] = {
@@ -66,6 +66,8 @@ def main(argv: Optional[List[str]] = None):
         return None
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
+        import difflib  # only for a mistyped command: `hfkd --help` should cost no more than Python's start
+
         close = difflib.get_close_matches(name, list(COMMANDS), n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
         sys.exit(f"hfkd: unknown command {name[:100]!r}{hint}\nusage: hfkd <command> [options]; commands: "
