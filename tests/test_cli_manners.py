@@ -138,3 +138,9 @@ def test_sgd_without_momentum_is_refused_with_the_fix():
         DistillationArguments(optim="momentum", momentum=-0.5)
     assert DistillationArguments(optim="momentum", momentum=0.0).momentum == 0.0  # plain SGD is fine
     assert DistillationArguments(optim="adamw", momentum=0.0).optim == "adamw"
+
+
+def test_a_huge_string_value_is_quoted_short():
+    with pytest.raises(ValueError) as info:
+        DistillationArguments(lr_scheduler_type="x" * 1_000_000)
+    assert "lr_scheduler_type must be one of" in str(info.value) and len(str(info.value)) < 1000

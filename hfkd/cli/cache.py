@@ -14,8 +14,8 @@ from ..lazy import lazy_function
 from .arguments import CacheArguments, DataArguments, ModelArguments
 from .parser import parse_args
 
-# The cache writer, the demo and the models import torch: loaded once the settings are parsed, so that `hfkd cache --help` and a bad option answer
-# without it.
+# The cache writer, the demo and the models import torch: loaded once the settings are parsed,
+# so that `hfkd cache --help` and a bad option answer without it.
 cache_teacher_outputs = lazy_function("..cache.generate", "cache_teacher_outputs", __package__)
 push_teacher_cache = lazy_function("..cache.hub", "push_teacher_cache", __package__)
 is_main_process = lazy_function("..launch", "is_main_process", __package__)

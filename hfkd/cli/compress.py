@@ -22,8 +22,8 @@ from ..training.args import DistillationArguments
 from .arguments import CompressModelArguments, DataArguments
 from .parser import parse_args
 
-# Compression, the demo and the models import torch: loaded once the settings are parsed, so that `hfkd compress --help` and a bad option answer
-# without it.
+# Compression, the demo and the models import torch: loaded once the settings are parsed,
+# so that `hfkd compress --help` and a bad option answer without it.
 eval_arrays = lazy_function("..compress.measure", "eval_arrays", __package__)
 top1 = lazy_function("..compress.measure", "top1", __package__)
 torch_predict = lazy_function("..compress.measure", "torch_predict", __package__)

@@ -12,8 +12,8 @@ from ..training.args import DistillationArguments
 from .arguments import DataArguments, EvalArguments
 from .parser import parse_args
 
-# The models, the trainer and the data import torch: loaded once the settings are parsed, so that `hfkd eval --help` and a bad option answer
-# without it.
+# The models, the trainer and the data import torch: loaded once the settings are parsed,
+# so that `hfkd eval --help` and a bad option answer without it.
 is_main_process = lazy_function("..launch", "is_main_process", __package__)
 create_backbone = lazy_function("..models.factory", "create_backbone", __package__)
 DistillationTrainer = lazy_function("..training.trainer", "DistillationTrainer", __package__)

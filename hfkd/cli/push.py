@@ -7,8 +7,8 @@ from typing import List, Optional
 
 from ..lazy import lazy_function
 
-# The Hub upload's modules import torch: loaded once the settings are parsed, so that `hfkd push --help` and a bad option answer
-# without it.
+# The Hub upload's modules import torch: loaded once the settings are parsed,
+# so that `hfkd push --help` and a bad option answer without it.
 push_to_hub = lazy_function("..hub.push", "push_to_hub", __package__)
 
 

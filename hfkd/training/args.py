@@ -5,7 +5,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
 
 from ..extras import tracker_problems
-from ..settings import field_type_problems
+from ..settings import field_type_problems, shorten
 
 _MIXED = ("no", "bf16", "fp16")
 _NONFINITE = ("raise", "skip")
@@ -138,7 +138,7 @@ class DistillationArguments:
         if problems:  # the range checks below assume the types are right
             raise ValueError("invalid DistillationArguments: " + "; ".join(problems))
         if self.on_nonfinite_loss not in _NONFINITE:
-            problems.append(f"on_nonfinite_loss must be one of {_NONFINITE} (got {self.on_nonfinite_loss!r})")
+            problems.append(f"on_nonfinite_loss must be one of {_NONFINITE} (got {shorten(self.on_nonfinite_loss)})")
         if self.learning_rate <= 0:
             problems.append(f"learning_rate must be > 0 (got {self.learning_rate})")
         if self.per_device_train_batch_size < 1 or self.per_device_eval_batch_size < 1:
@@ -157,14 +157,14 @@ class DistillationArguments:
         if self.warmup_steps < 0:
             problems.append(f"warmup_steps must be >= 0 (got {self.warmup_steps})")
         if self.mixed_precision is not None and self.mixed_precision not in _MIXED:
-            problems.append(f"mixed_precision must be one of {_MIXED} (got {self.mixed_precision!r})")
+            problems.append(f"mixed_precision must be one of {_MIXED} (got {shorten(self.mixed_precision)})")
         if self.lr_scheduler_type not in _SCHEDULERS:
-            problems.append(f"lr_scheduler_type must be one of {_SCHEDULERS} (got {self.lr_scheduler_type!r})")
+            problems.append(f"lr_scheduler_type must be one of {_SCHEDULERS} (got {shorten(self.lr_scheduler_type)})")
         if self.lr_scheduler_type == "multistep" and not self.lr_milestones:
             problems.append("lr_scheduler_type=multistep needs lr_milestones (epochs)")
         for name in ("eval_strategy", "save_strategy"):
             if getattr(self, name) not in _STRATEGIES:
-                problems.append(f"{name} must be one of {_STRATEGIES} (got {getattr(self, name)!r})")
+                problems.append(f"{name} must be one of {_STRATEGIES} (got {shorten(getattr(self, name))})")
         for name in ("logging_steps", "eval_steps", "save_steps"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1 (got {getattr(self, name)})")
@@ -197,7 +197,7 @@ class DistillationArguments:
                             "give the warm-up as warmup_epochs, not warmup_steps / warmup_ratio")
         if epoch_style and self.lr_scheduler_type not in _EPOCH_SCHEDULERS:
             problems.append(f"with lr_step_per_epoch or warmup_epochs, lr_scheduler_type must be one of "
-                            f"{_EPOCH_SCHEDULERS} (got {self.lr_scheduler_type!r})")
+                            f"{_EPOCH_SCHEDULERS} (got {shorten(self.lr_scheduler_type)})")
         return problems
 
     def to_dict(self) -> Dict[str, Any]:
@@ -225,5 +225,5 @@ def _speed_problems(args: DistillationArguments) -> List[str]:
     if args.model_ema_as_student and not args.model_ema:
         problems.append("model_ema_as_student needs model_ema=True")
     if args.teacher_dtype is not None and args.teacher_dtype not in _TEACHER_DTYPES:
-        problems.append(f"teacher_dtype must be one of {_TEACHER_DTYPES} or unset (got {args.teacher_dtype!r})")
+        problems.append(f"teacher_dtype must be one of {_TEACHER_DTYPES} or unset (got {shorten(args.teacher_dtype)})")
     return problems

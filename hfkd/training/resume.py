@@ -91,7 +91,8 @@ def check_same_run(recorded: Optional[Dict[str, Any]], now: Dict[str, Any], allo
         if k not in refused:
             logger.warning("resuming %s with %s changed (allowed): checkpoint %r, now %r", path, k, recorded.get(k), now.get(k))
     if refused:
-        lines = "\n".join(f"  {k}: checkpoint {shorten(recorded.get(k))}, now {shorten(now.get(k))}" for k in refused)
+        lines = "\n".join(f"  {k}: checkpoint {shorten(recorded.get(k))}, now {shorten(now.get(k))}"
+                          for k in refused)
         raise ResumeRefused(
             f"{path} was written by a different run; resuming would continue another trajectory silently:\n{lines}\n"
             f"Resume with the checkpoint's settings, use a new output_dir, or accept the changes with "
