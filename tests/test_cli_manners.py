@@ -77,7 +77,9 @@ def test_an_unknown_flag_is_one_line_and_a_short_usage(capsys):
 
 
 def test_unknown_methods_choices_and_commands_get_a_did_you_mean(capsys):
-    assert "unknown method 'meal_v3' (did you mean 'meal_v2'?)" in _error(capsys, "distill", "--method", "meal_v3")
+    err = _error(capsys, "distill", "--method", "meal_v3")
+    assert "unknown method 'meal_v3' (did you mean 'meal_v2'?)" in err
+    assert err.strip().splitlines()[-1] == "usage: hfkd distill [options]   (every option: hfkd distill --help)"
     err = _error(capsys, "distill", "--lr_scheduler_type", "cosin")
     assert "invalid choice 'cosin' (did you mean cosine?)" in err and len(err.strip().splitlines()) == 2
     err = _error(capsys, "distil")
@@ -114,7 +116,8 @@ def test_a_python_tag_in_yaml_is_one_line_and_never_runs(tmp_path, capsys):
     assert "\n" not in message and "line 1" in message and "refused, not run" in message
     assert not marker.exists()
     err = _error(capsys, "distill", "--config", str(cfg))
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    lines = err.strip().splitlines()  # the message in one line, then the one-line usage
+    assert len(lines) == 2 and lines[1].startswith("usage: hfkd distill") and "Traceback" not in err
 
 
 def test_an_alias_bomb_is_refused_quickly_with_a_short_message(tmp_path):

@@ -12,7 +12,7 @@ from ..lazy import lazy_function
 from ..methods.registry import describe_method, get_config_class, list_methods, normalize_name
 from ..training.args import DistillationArguments
 from .arguments import DataArguments, ModelArguments, run_arguments
-from .parser import parse_args, peek, read_config
+from .parser import parse_args, peek, read_config, short_usage
 
 # The demo, the workflows and the dry run import torch: they load once the settings are parsed, so that
 # `hfkd distill --help` and a bad option answer without it.
@@ -67,5 +67,5 @@ def main(argv: Optional[List[str]] = None, method: Optional[str] = None, fixed_m
     try:
         settings = parse_distill_args(argv, method, fixed_method, prog=prog)
     except ValueError as e:  # a bad setting: say what and how to fix it, without a traceback
-        sys.exit(f"{prog}: error: {e}")
+        sys.exit(f"{prog}: error: {e}\n{short_usage(prog)}")
     return run_settings(settings)
