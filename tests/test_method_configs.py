@@ -61,3 +61,18 @@ def test_an_unknown_method_gets_the_closest_name():
         hfkd.create_method("meal-v3")
     with pytest.raises(ValueError, match=r"unknown method 'pskdd' \(did you mean 'pskd'\?\)"):
         get_config_class("pskdd")
+
+
+def test_a_built_in_name_is_taken_before_its_module_is_imported():
+    code = ("from hfkd.methods.registry import register_method\n"
+            "from hfkd.methods.base import DistillationMethod\n"
+            "class Mine(DistillationMethod):\n    name = 'pskd'\n"
+            "try:\n    register_method(Mine)\nexcept ValueError as e:\n    print(e)\n")
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": root})
+    assert "a method named 'pskd' is already registered (PSKD)" in out.stdout, out.stderr[-2000:]

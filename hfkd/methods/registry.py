@@ -41,6 +41,8 @@ def register_method(cls: Type["DistillationMethod"]) -> Type["DistillationMethod
     if not cls.name:
         raise ValueError(f"{cls.__name__} has no `name`")
     key = normalize_name(cls.name)
+    if key in BUILTIN and key not in _METHODS and cls.__module__ != BUILTIN[key][0]:
+        importlib.import_module(BUILTIN[key][0])  # a built-in name is taken even before its module is imported
     if key in _METHODS and _METHODS[key] is not cls:
         raise ValueError(f"a method named {cls.name!r} is already registered ({_METHODS[key].__name__})")
     _METHODS[key] = cls
