@@ -63,7 +63,7 @@ def compare_recoveries(student, data, teachers, pruning: PruningConfig, args: Di
 
 
 def main(argv: Optional[Sequence[str]] = None):
-    try:
+    try:  # the demo's preset is read after the parse: hfkd.cli.demo imports torch
         (model_args, data_args, pruning, compression, args), _ = parse_args(
             (CompressModelArguments, DataArguments, PruningConfig, CompressionArguments, DistillationArguments),
             argv, preset=lambda given: importlib.import_module(".demo", __package__).COMPRESS_PRESET)
