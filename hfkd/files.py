@@ -20,6 +20,9 @@ from .settings import shorten
 # Inside a folder while hfkd writes it: who is writing, so a later run can tell a folder left by a
 # killed writer (safe to remove) from one another live process is writing or a stranger's folder.
 WRITER_MARKER = ".hfkd-writing"
+# The names of the files one student save wrote (hidden, never pushed): a later save may replace the folder
+# only when it holds nothing else (hfkd.hub.save writes it; the output-folder check reads it).
+SAVE_MANIFEST_FILE = ".hfkd-files.json"
 
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
@@ -309,3 +312,30 @@ def read_json(path: str) -> Optional[dict]:
             return json.load(f)
     except FileNotFoundError:
         return None
+
+
+def check_save_target(path: str) -> None:
+    """Refuse to save where replacing the folder would delete or replace something hfkd did not write,
+    or where a symbolic link would carry the save outside the folder."""
+    refuse_symlink(path, "the save folder")
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise FileExistsError(f"{path} exists and is not a folder; hfkd saves a student into a folder and never "
+                              "replaces a file: choose another path or move the file")
+    if not os.path.isdir(path):
+        return
+    present = set(relative_files(path))
+    if not present:
+        return
+    recorded = read_json(os.path.join(path, SAVE_MANIFEST_FILE))
+    if recorded is None:
+        shown = ", ".join(sorted(present)[:5]) + (", ..." if len(present) > 5 else "")
+        raise FileExistsError(
+            f"{path} is not empty ({shown}) and is not a student hfkd saved; saving there would delete those files. "
+            f"Save into a new or empty folder (e.g. {os.path.join(path, 'student')}) or move the files away"
+        )
+    foreign = sorted(present - set(recorded.get("files", [])) - {SAVE_MANIFEST_FILE, WRITER_MARKER})
+    if foreign:
+        raise FileExistsError(
+            f"{path} is an hfkd save but also holds files hfkd did not write: {foreign}; replacing the save would "
+            "delete them. Move them out of the folder, or save into another folder"
+        )

@@ -27,3 +27,18 @@ def lazy_exports(package: str, exports: Dict[str, str]) -> Tuple[Callable[[str],
         return sorted(exports)
 
     return __getattr__, __dir__
+
+
+def lazy_function(module: str, name: str, package: str) -> Callable[..., Any]:
+    """``module.name`` as a function that imports ``module`` on its first call.
+
+    A command's parse must not load torch (``hfkd distill --help``), but what runs after the parse does:
+    the command names its heavy helpers with this and they load once the settings are read.
+    """
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(module, package), name)(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    call.__doc__ = f"{module}.{name}, imported on the first call"
+    return call

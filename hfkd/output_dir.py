@@ -22,7 +22,7 @@ import time
 from contextlib import contextmanager
 from typing import Dict, Iterator, List, Optional
 
-from .hub.save import check_save_target
+from .files import check_save_target
 from .settings import shorten
 
 logger = logging.getLogger(__name__)

@@ -61,18 +61,18 @@ def field_type_problems(obj) -> List[str]:
         value, hint = getattr(obj, f.name), hints.get(f.name)
         if hint is not None and not _type_ok(value, hint):
             expected = _NAMES.get(hint) or str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
-            problems.append(f"{f.name} must be {expected}, got {value!r} ({type(value).__name__})")
+            problems.append(f"{f.name} must be {expected}, got {shorten(value)} ({type(value).__name__})")
         elif isinstance(value, float) and not math.isfinite(value):
             problems.append(f"{f.name} must be a finite number, got {value}")
         elif isinstance(value, list) and any(isinstance(v, float) and not math.isfinite(v) for v in value):
-            problems.append(f"{f.name} must hold finite numbers, got {value}")
+            problems.append(f"{f.name} must hold finite numbers, got {shorten(value)}")
     return problems
 
 
 def check_finite_settings(settings: Mapping[str, Any], owner: str) -> None:
     """Every float setting is finite (``inf``/``nan`` would train to NaN weights without a word)."""
     bad = [f"{k}={v}" for k, v in settings.items() if isinstance(v, float) and not math.isfinite(v)]
-    bad += [f"{k}={v}" for k, v in settings.items()
+    bad += [f"{k}={shorten(v)}" for k, v in settings.items()
             if isinstance(v, (list, tuple)) and any(isinstance(x, float) and not math.isfinite(x) for x in v)]
     if bad:
         raise ValueError(f"{owner}: non-finite values {bad}; every numeric setting must be a finite number")

@@ -141,6 +141,7 @@ HEAVY = ("torch", "timm", "transformers", "datasets")
 @pytest.mark.parametrize("modules", [
     "hfkd",
     "hfkd.cli",  # the command registry
+    "hfkd.methods, hfkd.methods.registry, hfkd.methods.configs",  # the method configs and their names
     "hfkd.cli.arguments, hfkd.training.args, hfkd.data.augment, hfkd.settings",  # the settings dataclasses
 ])
 def test_import_loads_nothing_heavy(modules):
@@ -150,3 +151,31 @@ def test_import_loads_nothing_heavy(modules):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "", f"importing {modules} loaded {out.stdout.strip()}"
+
+
+def _help_commands():
+    from hfkd.cli import COMMANDS
+    from hfkd.methods.registry import list_methods
+
+    return ([[]] + [[name] for name in COMMANDS]
+            + [["distill", "--method", method] for method in list_methods()])
+
+
+@pytest.mark.slow
+def test_help_loads_nothing_heavy():
+    """``hfkd --help``, ``hfkd CMD --help`` for every command and ``hfkd distill --method M --help`` for every
+    method answer without torch or timm: a command's run-time modules load after its settings are parsed."""
+    code = ("import contextlib, io, sys\nfrom hfkd.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+            "    try:\n        main(sys.argv[1:] + ['--help'])\n    except SystemExit as e:\n"
+            "        assert e.code in (0, None), e.code\n"
+            "assert 'usage' in out.getvalue()\n"
+            f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    loaded = {}
+    for argv in _help_commands():
+        out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env, timeout=120)
+        assert out.returncode == 0, f"hfkd {' '.join(argv)} --help failed: {out.stderr[-2000:]}"
+        if out.stdout.strip():
+            loaded[" ".join(["hfkd", *argv, "--help"])] = out.stdout.strip()
+    assert not loaded, f"--help loaded heavy modules: {loaded}"

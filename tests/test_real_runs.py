@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from hfkd.cli import main as hfkd_main
-from hfkd.cli.demo import demo_preset
+from hfkd.cli.preset import demo_preset
 from hfkd.cli.distill import main as distill_main
 from hfkd.cli.distill import parse_distill_args, run_settings
 from hfkd.cli.preflight import claim_output_dir

@@ -12,7 +12,15 @@ from __future__ import annotations
 
 import importlib
 import sys
+import time
 from typing import Dict, List, Optional
+
+from ..lazy import lazy_function
+
+# Loaded once a command has run: "which process am I" is Accelerate's answer (torch), and `hfkd --help` should cost
+# no more than Python's start.
+is_main_process = lazy_function("..launch", "is_main_process", __package__)
+format_duration = lazy_function("..training.callbacks", "format_duration", __package__)
 
 # name -> "module:function" taking argv (imported only when the subcommand runs)
 COMMANDS: Dict[str, str] = {
@@ -33,6 +41,17 @@ DESCRIPTIONS = {
 }
 
 
+# Errors that refuse a run for a reason the message states with its fix (a resume of another run, a damaged
+# checkpoint, an output folder in use, a missing optional package): said in one message, not a traceback.
+# module -> class; looked up only in modules already imported, since an error can only come from one of those.
+REFUSALS = {"hfkd.training.resume": "ResumeRefused", "hfkd.training.checkpoint": "CheckpointError",
+            "hfkd.output_dir": "OutputDirError", "hfkd.extras": "MissingDependencyError"}
+
+
+def _refusals() -> tuple:
+    return tuple(getattr(sys.modules[m], name) for m, name in REFUSALS.items() if m in sys.modules)
+
+
 def _usage() -> str:
     lines = ["usage: hfkd <command> [options]   (hfkd <command> --help for its options)", "", "commands:"]
     lines += [f"  {name:<10}{DESCRIPTIONS.get(name, '')}" for name in COMMANDS]
@@ -47,9 +66,23 @@ def main(argv: Optional[List[str]] = None):
         return None
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        sys.exit(f"hfkd: unknown command {name!r}\n\n{_usage()}")
+        import difflib  # only for a mistyped command: `hfkd --help` should cost no more than Python's start
+
+        close = difflib.get_close_matches(name, list(COMMANDS), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        sys.exit(f"hfkd: unknown command {name[:100]!r}{hint}\nusage: hfkd <command> [options]; commands: "
+                 f"{', '.join(COMMANDS)} (hfkd --help)")
     module, function = COMMANDS[name].split(":")
-    return getattr(importlib.import_module(module), function)(rest)
+    start = time.perf_counter()
+    try:
+        result = getattr(importlib.import_module(module), function)(rest)
+    except Exception as e:  # noqa: BLE001 - only hfkd's refusals become one message; anything else is re-raised
+        if isinstance(e, _refusals()):
+            sys.exit(f"hfkd {name}: error: {e}")
+        raise
+    if is_main_process():
+        print(f"hfkd {name}: done in {format_duration(time.perf_counter() - start)}", flush=True)
+    return result
 
 
 __all__ = ["COMMANDS", "DESCRIPTIONS", "main", "cli"]

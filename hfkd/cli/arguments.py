@@ -9,10 +9,11 @@ imports no torch.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, List, Optional
+from typing import ClassVar, Dict, List, Optional, Type
 
 from ..data.augment import AugmentConfig
 from ..data.default import DEFAULT_DATASET
+from ..methods.registry import normalize_name
 
 _AUTO_AUGMENT = "a timm policy string such as rand-m9-mstd0.5 or augmix-m5-w4-d2"
 
@@ -231,3 +232,15 @@ class CompressModelArguments:
         "help": "Teachers of the recovery (default: the demo teachers)."})
     seeds: List[int] = field(default_factory=list, metadata={
         "help": "Instead of one run: prune once, then compare KD recovery with plain fine-tuning over these seeds."})
+
+
+# -- a method's run options, known without importing its workflow (which loads torch) ----------------------
+#: method -> the run options of its workflow (hfkd/cli/workflows); a method not listed runs DistillRunArguments
+RUN_ARGUMENTS: Dict[str, Type[RunArguments]] = {
+    "supervised": RunArguments, "bake": BAKERunArguments, "feed": FEEDRunArguments,
+    "extracurricular": ExtracurricularRunArguments,
+}
+
+
+def run_arguments(method: str) -> Type[RunArguments]:
+    return RUN_ARGUMENTS.get(normalize_name(method), DistillRunArguments)

@@ -1,7 +1,6 @@
 """``recipes/cache_teachers.py`` (and ``hfkd cache``): build a teacher cache, optionally push it to the Hub.
 
     python recipes/cache_teachers.py                     # demo, offline: the demo teachers on the digits
-    (on other data --student is required and the demo preset does not apply: see hfkd/cli/demo.py)
     accelerate launch recipes/cache_teachers.py --teachers resnet50 convnext_tiny --student resnet18 \\
         --dataset ORG/DATA --num_views 10 --storage topk --top_k 10 --dtype float16 --output_dir caches/in1k
     python recipes/meal_v2.py --teacher_cache outputs/teacher_cache
@@ -13,16 +12,22 @@ from __future__ import annotations
 
 import sys
 
-from ..cache.format import TeacherCacheError
-from ..cache.generate import cache_teacher_outputs
-from ..cache.hub import push_teacher_cache
-from ..cache.lookup import verify_teacher_cache
-from ..launch import is_main_process
+from ..lazy import lazy_function
 from .arguments import CacheArguments, DataArguments, ModelArguments
-from .demo import Preset, cache_preset, resolve_teachers
 from .distill import require_student
 from .parser import parse_args
-from .pipeline import build_student, build_teachers, load_data
+from .preset import Preset, cache_preset
+
+# The cache writer, the demo and the models import torch: loaded once the settings are parsed,
+# so that `hfkd cache --help` and a bad option answer without it.
+cache_teacher_outputs = lazy_function("..cache.generate", "cache_teacher_outputs", __package__)
+push_teacher_cache = lazy_function("..cache.hub", "push_teacher_cache", __package__)
+verify_teacher_cache = lazy_function("..cache.lookup", "verify_teacher_cache", __package__)
+is_main_process = lazy_function("..launch", "is_main_process", __package__)
+resolve_teachers = lazy_function(".demo", "resolve_teachers", __package__)
+build_student = lazy_function(".pipeline", "build_student", __package__)
+build_teachers = lazy_function(".pipeline", "build_teachers", __package__)
+load_data = lazy_function(".pipeline", "load_data", __package__)
 
 
 def main(argv=None) -> str:
@@ -63,7 +68,7 @@ def _verify(source: str) -> str:
     """``hfkd cache --verify SOURCE``: exit 1 with the damaged file named, or print what was checked."""
     try:
         cache = verify_teacher_cache(source)
-    except TeacherCacheError as e:
+    except ValueError as e:  # TeacherCacheError: the damaged file and the fix
         sys.exit(f"hfkd cache --verify: {e}")
     print(f"teacher cache {source} is intact: {len(cache.metadata.files)} file(s), sizes and sha256 match its "
           f"manifest; {cache.metadata.num_samples} images x {cache.metadata.num_views} view(s)")

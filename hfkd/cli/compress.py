@@ -13,16 +13,27 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..compress.measure import eval_arrays, top1, torch_predict
-from ..compress.pipeline import CompressionArguments, compress_student, recover
-from ..compress.prune import PruningConfig, prune_backbone
+from ..compress.settings import CompressionArguments, PruningConfig
 from ..data.default import DEFAULT_DATASET
-from ..hub.load import from_pretrained
+from ..extras import MissingDependencyError, require
+from ..lazy import lazy_function
 from ..training.args import DistillationArguments
 from .arguments import CompressModelArguments, DataArguments
-from .demo import COMPRESS_PRESET, Preset, demo_student, resolve_teachers
 from .parser import parse_args
-from .pipeline import load_data
+from .preset import COMPRESS_PRESET, Preset
+
+# Compression, the demo and the models import torch: loaded once the settings are parsed,
+# so that `hfkd compress --help` and a bad option answer without it.
+eval_arrays = lazy_function("..compress.measure", "eval_arrays", __package__)
+top1 = lazy_function("..compress.measure", "top1", __package__)
+torch_predict = lazy_function("..compress.measure", "torch_predict", __package__)
+compress_student = lazy_function("..compress.pipeline", "compress_student", __package__)
+recover = lazy_function("..compress.pipeline", "recover", __package__)
+prune_backbone = lazy_function("..compress.prune", "prune_backbone", __package__)
+from_pretrained = lazy_function("..hub.load", "from_pretrained", __package__)
+demo_student = lazy_function(".demo", "demo_student", __package__)
+resolve_teachers = lazy_function(".demo", "resolve_teachers", __package__)
+load_data = lazy_function(".pipeline", "load_data", __package__)
 
 
 def compare_recoveries(student, data, teachers, pruning: PruningConfig, args: DistillationArguments,
@@ -55,7 +66,13 @@ def main(argv: Optional[Sequence[str]] = None):
     # The demo's recovery settings apply only on the embedded digits; elsewhere the dataclasses' defaults.
     types = (CompressModelArguments, DataArguments, PruningConfig, CompressionArguments, DistillationArguments)
     preset = Preset(lambda given: COMPRESS_PRESET, types)
-    (model_args, data_args, pruning, compression, args), _ = parse_args(types, argv, preset=preset)
+    try:
+        (model_args, data_args, pruning, compression, args), _ = parse_args(types, argv, preset=preset)
+        # Before anything loads: pruning needs torch-pruning, the int8 export onnx, onnxscript and onnxruntime.
+        exports = compression.quantize and not model_args.seeds
+        require("compress", "hfkd compress", None if exports else ("torch_pruning",))
+    except (ValueError, MissingDependencyError) as e:
+        raise SystemExit(f"hfkd compress: error: {e}") from None
     for line in preset.describe():
         print(line, flush=True)
     if not model_args.student and data_args.dataset != DEFAULT_DATASET:

@@ -1,7 +1,7 @@
 """``hfkd distill --method NAME [--config x.yaml] [options]``: parse every settings group, then run.
 
 The recipes (``recipes/kd.py`` ...) are this command with the method fixed.  On the embedded digits (the
-default ``--dataset``) the demo preset (:func:`hfkd.cli.demo.demo_preset`) fills what was not given, so that with
+default ``--dataset``) the demo preset (:func:`hfkd.cli.preset.demo_preset`) fills what was not given, so that with
 no other arguments it runs the method's demo; on any other data the settings are the dataclasses' defaults and the
 student's own preprocessing, and ``--student`` is required.  Everything is checked before anything trains
 (:mod:`hfkd.cli.preflight`).
@@ -11,14 +11,21 @@ from __future__ import annotations
 import sys
 from typing import List, Optional, Sequence
 
-from ..methods.registry import get_method_class, list_methods, normalize_name
+from ..lazy import lazy_function
+from ..methods.registry import describe_method, get_config_class, list_methods, normalize_name
 from ..training.args import DistillationArguments
-from .arguments import DataArguments, ModelArguments
-from .demo import Preset, demo_preset, is_demo_data
-from .dry_run import dry_run
-from .parser import parse_args, peek, read_config
-from .preflight import check_run, claim_output_dir, problems_text
-from .workflows import RunSettings, get_workflow
+from .arguments import DataArguments, ModelArguments, run_arguments
+from .parser import parse_args, peek, read_config, short_usage
+from .preset import Preset, demo_preset, is_demo_data
+
+# The workflows, the checks and the dry run import torch: they load once the settings are parsed, so that
+# `hfkd distill --help` and a bad option answer without it.
+dry_run = lazy_function(".dry_run", "dry_run", __package__)
+RunSettings = lazy_function(".workflows", "RunSettings", __package__)
+get_workflow = lazy_function(".workflows", "get_workflow", __package__)
+check_run = lazy_function(".preflight", "check_run", __package__)
+claim_output_dir = lazy_function(".preflight", "claim_output_dir", __package__)
+problems_text = lazy_function(".preflight", "problems_text", __package__)
 
 DEFAULT_METHOD = "kd"
 
@@ -46,12 +53,9 @@ def parse_distill_args(argv: Optional[Sequence[str]] = None, method: Optional[st
                              f"`hfkd distill --method {chosen}` (or recipes/{normalize_name(chosen)}.py)")
         chosen = method
     name = normalize_name(chosen or method or DEFAULT_METHOD)
-    method_class = get_method_class(name)
-    workflow = get_workflow(name)
-    types = (ModelArguments, DataArguments, DistillationArguments, method_class.config_class, workflow.arguments)
+    types = (ModelArguments, DataArguments, DistillationArguments, get_config_class(name), run_arguments(name))
     extra = () if fixed_method else (_method_option(list_methods(), name),)
-    description = (f"{method_class.__name__}: {(method_class.__doc__ or '').strip().splitlines()[0]}"
-                   if method_class.__doc__ else None)
+    description = describe_method(name)
     preset = Preset(lambda given: demo_preset(name, given), types)
     (model, data, training, method_config, run), _ = parse_args(
         types, argv, config=config, preset=preset, extra_options=extra, prog=prog, description=description,
@@ -60,13 +64,14 @@ def parse_distill_args(argv: Optional[Sequence[str]] = None, method: Optional[st
     return RunSettings(name, model, data, training, method_config, run, preset=preset)
 
 
-PRESET_EPILOG = ("Where the defaults come from: on the embedded demo data (no --dataset, or --dataset hfkd/digits) "
-                 "the (default: ...) values shown are the demo preset's (hfkd/cli/demo.py), filling only what was "
-                 "not given. On any other data they are the library's own (the settings dataclasses: AdamW at 1e-3, "
-                 "cosine schedule, checkpoints every 500 steps keeping 2, timm's training augmentation, no baseline), "
-                 "--student is required and starts from its pretrained weights, and image size, interpolation, crop "
-                 "and mean/std are the student's own (timm's data config or its transformers image processor). "
-                 "--dry_run prints what was resolved and from where.")
+PRESET_EPILOG = ("Where the defaults come from: the (default: ...) values above are the library's own (the settings "
+                 "dataclasses: AdamW at 1e-3, cosine schedule, checkpoints every 500 steps keeping 2, timm's training "
+                 "augmentation, no baseline) and a --config file's values. On any other data than the embedded digits "
+                 "they apply as shown, --student is required and starts from its pretrained weights, and image size, "
+                 "interpolation, crop and mean/std are the student's own (timm's data config or its transformers "
+                 "image processor). On the embedded demo data (no --dataset, or --dataset hfkd/digits) the demo "
+                 "preset (hfkd/cli/preset.py) fills only what was not given. --dry_run prints what was resolved and "
+                 "from where.")
 
 
 def require_student(student, dataset: str) -> None:
@@ -99,5 +104,5 @@ def main(argv: Optional[List[str]] = None, method: Optional[str] = None, fixed_m
     try:
         settings = parse_distill_args(argv, method, fixed_method, prog=prog)
     except ValueError as e:  # a bad setting: say what and how to fix it, without a traceback
-        sys.exit(f"{prog}: error: {e}")
+        sys.exit(f"{prog}: error: {e}\n{short_usage(prog)}")
     return run_settings(settings)

@@ -14,20 +14,26 @@ import json
 import os
 import sys
 import tempfile
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from ..data.default import DEFAULT_DATASET
-from ..hub.card import local_checkpoint_name
-from ..hub.load import from_pretrained
-from ..launch import is_main_process
-from ..models.backbone import Backbone
-from ..models.factory import create_backbone
+from ..lazy import lazy_function
 from ..settings import shorten
 from ..training.args import DistillationArguments
-from ..training.trainer import DistillationTrainer
 from .arguments import EvalArguments, EvalDataArguments
 from .parser import parse_args
-from .pipeline import load_data
+
+if TYPE_CHECKING:
+    from ..models.backbone import Backbone
+
+# The models, the trainer and the data import torch: loaded once the settings are parsed,
+# so that `hfkd eval --help` and a bad option answer without it.
+is_main_process = lazy_function("..launch", "is_main_process", __package__)
+create_backbone = lazy_function("..models.factory", "create_backbone", __package__)
+from_pretrained = lazy_function("..hub.load", "from_pretrained", __package__)
+local_checkpoint_name = lazy_function("..hub.card", "local_checkpoint_name", __package__)
+DistillationTrainer = lazy_function("..training.trainer", "DistillationTrainer", __package__)
+load_data = lazy_function(".pipeline", "load_data", __package__)
 
 # MODEL may come first, as a positional argument, or as --model.
 _MODEL_POSITIONAL = (("model_path",), dict(nargs="?", default=argparse.SUPPRESS, metavar="MODEL",

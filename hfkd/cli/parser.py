@@ -8,23 +8,34 @@ argparse reads the command line once.  Only the options that choose the parser i
 (``--config``, and ``--method`` for ``hfkd distill``) are read first, by :func:`peek`, the way
 transformers' ``HfArgumentParser`` reads an args file.  Which settings the user gave is known
 after the parse, so a preset fills only the others and may depend on what was given.
+
+The options are built here from the dataclass fields rather than by ``HfArgumentParser``: importing
+transformers costs half a second before any help is printed, and its options are not what a person
+types (every flag listed twice, ``--no_x`` with ``--x``'s help, defaults appended to help texts that
+name their own).  Here each option has one spelling in the help (``--learning_rate``; ``--learning-rate``
+is still read), booleans are bare flags or take a value (``--x``, ``--x false``), abbreviations are
+refused, and an unknown option or value gets the closest name and a one-line usage.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import sys
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Type, Union, get_type_hints
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type, Union, get_type_hints
 
 import yaml
-from transformers import HfArgumentParser
 
-from ..methods.base import MethodConfig
+from ..methods.configs import MethodConfig
+from ..settings import shorten
 from ..training.args import DistillationArguments
 
 CONFIG_HELP = "A YAML file of settings (any option below, and `method`); command-line flags override it."
 CONFIG_MISSING = "--config needs a YAML file: --config path/to/settings.yaml"
+# How much of a YAML parser's own message is quoted: it may hold a piece of the file.
+_MESSAGE_LIMIT = 300
 
 #: ``preset(given) -> {option: value}``: the command's own defaults, which may depend on the given settings
 Preset = Union[None, Mapping[str, Any], Callable[[Mapping[str, Any]], Mapping[str, Any]]]
@@ -48,6 +59,108 @@ class ConfigFile:
     values: Dict[str, Any] = field(default_factory=dict)
 
 
+# -- the command line's manners -------------------------------------------------------------------------
+def short_usage(prog: str) -> str:
+    return f"usage: {prog} [options]   (every option: {prog} --help)"
+
+
+def did_you_mean(word: str, candidates: Sequence[str]) -> str:
+    """`` (did you mean X?)`` for the closest of ``candidates``, or nothing."""
+    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def parse_bool(value: str) -> bool:
+    """``--flag true|false`` (also yes/no, 1/0, on/off)."""
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "y", "1", "on", "t"):
+        return True
+    if text in ("false", "no", "n", "0", "off", "f"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {shorten(value)}")
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Each option once, its default appended only when its help does not already say what the default is."""
+
+    def __init__(self, prog, indent_increment=2, max_help_position=32, width=None):
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if (not action.option_strings or "default" in text.lower() or isinstance(action, _TurnOff)
+                or default is None or default is argparse.SUPPRESS or default is NOT_GIVEN or default == []):
+            return text
+        shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default).lower() \
+            if isinstance(default, bool) else str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})"
+
+
+class _TurnOff(argparse.Action):
+    """``--no_x``: sets the boolean ``x`` to false."""
+
+    def __init__(self, option_strings, dest, help=None):
+        super().__init__(option_strings, dest, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, False)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse without abbreviations; an error is one line with the closest name, then a one-line usage."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def options(self) -> List[str]:
+        return [s for a in self._actions for s in a.option_strings if s.startswith("--")]
+
+    def parse_known_args(self, args=None, namespace=None):
+        return super().parse_known_args(underscored(sys.argv[1:] if args is None else args, self.options()), namespace)
+
+    def parse_args(self, args=None, namespace=None):
+        namespace, rest = self.parse_known_args(args, namespace)
+        if rest:
+            self.error(self._unknown(rest))
+        return namespace
+
+    def _unknown(self, rest: Sequence[str]) -> str:
+        word = rest[0]
+        if word.startswith("-"):
+            name = word.split("=", 1)[0][:100]
+            others = sum(1 for w in rest[1:] if w.startswith("--"))
+            more = f" (and {others} more unknown option{'s' if others > 1 else ''})" if others else ""
+            return f"unknown option {name}{did_you_mean(name, self.options())}{more}"
+        return f"unexpected value {shorten(word)} (each value follows its --option)"
+
+    def _check_value(self, action, value):
+        if action.choices is not None and value not in action.choices:
+            choices = [str(c) for c in action.choices]
+            raise argparse.ArgumentError(action, f"invalid choice {shorten(value)}{did_you_mean(str(value), choices)}; "
+                                                 f"choose from {', '.join(choices)}")
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n{short_usage(self.prog)}\n")
+
+
+def underscored(argv: Sequence[str], options: Sequence[str]) -> List[str]:
+    """``--learning-rate`` read as ``--learning_rate`` (the help shows one spelling; both are accepted)."""
+    known, out = set(options), []
+    for i, token in enumerate(argv):
+        if token == "--":
+            return out + list(argv[i:])
+        if token.startswith("--") and "-" in token[2:].split("=", 1)[0]:
+            name, eq, value = token.partition("=")
+            spelled = "--" + name[2:].replace("-", "_")
+            token = spelled + eq + value if spelled in known else token
+        out.append(token)
+    return out
+
+
+# -- --config ------------------------------------------------------------------------------------------
 class _PeekParser(argparse.ArgumentParser):
     def error(self, message):  # a ValueError the command turns into its one-line error
         raise ValueError(message)
@@ -59,7 +172,7 @@ def peek(argv: Sequence[str], *names: str) -> Dict[str, Optional[str]]:
     for name in names:
         parser.add_argument(f"--{name}")
     try:
-        known, _ = parser.parse_known_args(list(argv))
+        known, _ = parser.parse_known_args(underscored(argv, [f"--{n}" for n in names]))
     except ValueError as e:
         if "--config" in str(e):
             raise ValueError(CONFIG_MISSING) from None
@@ -67,12 +180,48 @@ def peek(argv: Sequence[str], *names: str) -> Dict[str, Optional[str]]:
     return vars(known)
 
 
+class _SettingsLoader(yaml.SafeLoader):
+    """``yaml.safe_load``'s loader that also refuses a key written twice (YAML keeps the last one silently)."""
+
+
+def _mapping_without_duplicates(loader: _SettingsLoader, node: yaml.MappingNode, deep: bool = False):
+    loader.flatten_mapping(node)
+    seen: Dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        try:
+            first = seen.setdefault(key, line)
+        except TypeError:  # an unhashable key: construct_mapping names it
+            continue
+        if first != line:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{shorten(key)} is given twice (lines {first} and {line}); keep one", key_node.start_mark)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_SettingsLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML error in one line: what and where, never more than a few hundred characters of the file."""
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    mark = getattr(error, "problem_mark", None)
+    where = f"line {mark.line + 1}: " if mark is not None else ""
+    if "could not determine a constructor" in problem:
+        problem += " (a settings file holds plain values: YAML tags that build Python objects are refused, not run)"
+    problem = " ".join(problem.split())
+    return where + (problem if len(problem) <= _MESSAGE_LIMIT else problem[:_MESSAGE_LIMIT] + "... (cut)")
+
+
 def load_yaml(path: str) -> Dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as f:
-            values = yaml.safe_load(f) or {}
+            values = yaml.load(f, Loader=_SettingsLoader) or {}  # noqa: S506 - a SafeLoader subclass
     except FileNotFoundError:
-        raise ValueError(f"--config {path}: no such file") from None
+        raise ValueError(f"--config {shorten(path)}: no such file") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: {_yaml_problem(e)}") from None
     if not isinstance(values, dict):
         raise ValueError(f"{path}: expected a mapping of option: value, got {type(values).__name__}")
     return values
@@ -88,33 +237,81 @@ def read_config(argv: Sequence[str]) -> ConfigFile:
     return ConfigFile(path, load_yaml(path))
 
 
+# -- dataclasses into options ----------------------------------------------------------------------------
 def _group_name(dtype: Type) -> str:
+    """A settings group's title in words: ``training``, ``KD method``, ``pruning``."""
     if dtype is DistillationArguments:
         return "training"
+    named = getattr(dtype, "_argument_group_name", None)
+    if named:
+        return named
     if issubclass(dtype, MethodConfig):
-        return f"method ({dtype.__name__})"
-    return getattr(dtype, "_argument_group_name", dtype.__name__)
+        return f"{dtype.__name__.removesuffix('Config')} method"
+    stem = dtype.__name__.removesuffix("Arguments").removesuffix("Config")
+    words = "".join(f" {c.lower()}" if c.isupper() and i and not stem[i - 1].isupper() else c.lower()
+                    for i, c in enumerate(stem))
+    return words.strip() or dtype.__name__
 
 
-class GroupedParser(HfArgumentParser):
-    """HfArgumentParser with one titled group per dataclass, described by its docstring."""
-
-    def _add_dataclass_arguments(self, dtype):
-        doc = (dtype.__doc__ or "").strip().split("\n")[0]
-        group = self.add_argument_group(_group_name(dtype), None if doc.startswith(dtype.__name__ + "(") else doc)
-        hints = get_type_hints(dtype)
-        for f in dataclasses.fields(dtype):
-            if f.init:
-                f.type = hints[f.name]
-                self._parse_dataclass_field(group, f)
+def _unwrap_optional(hint: Any) -> Any:
+    if typing.get_origin(hint) is Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return hint
 
 
-def create_parser(dataclass_types: Sequence[Type], extra_options=(), **parser_kwargs) -> GroupedParser:
+_METAVARS = {int: "INT", float: "FLOAT", str: "TEXT"}
+
+
+def _option_kwargs(f: dataclasses.Field, hint: Any) -> Dict[str, Any]:
+    """argparse keywords of one dataclass field: its type's converter, default, help and choices."""
+    kwargs: Dict[str, Any] = {"dest": f.name, "help": f.metadata.get("help", "")}
+    kwargs.update({k: v for k, v in f.metadata.items() if k != "help"})  # choices
+    if f.default is not dataclasses.MISSING:
+        kwargs["default"] = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+        kwargs["default"] = f.default_factory()
+    base = _unwrap_optional(hint)
+    if base is bool:
+        kwargs.update(type=parse_bool, nargs="?", const=True, metavar="BOOL")
+    elif typing.get_origin(base) in (list, List):
+        inner = (typing.get_args(base) or (str,))[0]
+        kwargs.update(nargs="+", type=inner if inner in _METAVARS else str)
+        kwargs.setdefault("metavar", _METAVARS.get(inner, "TEXT") if "choices" not in kwargs else None)
+    else:
+        kwargs["type"] = base if base in _METAVARS else str
+        if "choices" not in kwargs:
+            kwargs["metavar"] = _METAVARS.get(base, "TEXT")
+    if kwargs.get("metavar") is None:
+        kwargs.pop("metavar", None)
+    return kwargs
+
+
+def add_dataclass_options(parser: argparse.ArgumentParser, dtype: Type) -> None:
+    """One titled group of options for the fields of ``dtype``, described by its docstring."""
+    doc = (dtype.__doc__ or "").strip().split("\n")[0]
+    group = parser.add_argument_group(_group_name(dtype), None if doc.startswith(dtype.__name__ + "(") else doc)
+    hints = get_type_hints(dtype)
+    for f in dataclasses.fields(dtype):
+        if not f.init:
+            continue
+        kwargs = _option_kwargs(f, hints[f.name])
+        group.add_argument(f"--{f.name}", **kwargs)
+        if _unwrap_optional(hints[f.name]) is bool and kwargs.get("default") is True:
+            group.add_argument(f"--no_{f.name}", action=_TurnOff, dest=f.name,
+                               help=f"Turn {f.name} off (the same as --{f.name} false).")
+
+
+def create_parser(dataclass_types: Sequence[Type], extra_options=(), **parser_kwargs) -> ArgumentParser:
     """The argparse parser of ``dataclass_types`` plus ``--config`` and ``extra_options``."""
-    parser = GroupedParser(list(dataclass_types), **parser_kwargs)
+    parser_kwargs.setdefault("usage", "%(prog)s [options]")
+    parser = ArgumentParser(**parser_kwargs)
     parser.add_argument("--config", metavar="YAML", help=CONFIG_HELP)
     for flags, kwargs in extra_options:
         parser.add_argument(*flags, **kwargs)
+    for dtype in dataclass_types:
+        add_dataclass_options(parser, dtype)
     return parser
 
 
@@ -125,8 +322,8 @@ def _yaml_value(action: argparse.Action, value: Any, key: str, path: str) -> Any
         return value
     try:
         return action.type(value)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: {key}: invalid value {value!r} ({e})") from None
+    except (TypeError, ValueError, argparse.ArgumentTypeError) as e:
+        raise ValueError(f"{path}: {key}: invalid value {shorten(value)} ({shorten(str(e))})") from None
 
 
 def parse_args(dataclass_types: Sequence[Type], argv: Optional[Sequence[str]] = None, *,
@@ -138,27 +335,30 @@ def parse_args(dataclass_types: Sequence[Type], argv: Optional[Sequence[str]] = 
     Returns ``(instances, extras)``: ``extras`` holds the ``extra_options`` (``(flags, argparse kwargs)``
     shown in ``--help`` and handled by the caller, such as ``--method``) that the user gave.
     ``config`` is the already-read YAML file, when the caller needed one of its keys first.
-    ``preset`` fills the options given neither on the command line nor in the YAML file.
+    ``preset`` fills the options given neither on the command line nor in the YAML file; it is called
+    after the parse (``--help`` shows the dataclasses' defaults and the YAML file's values, never runs it).
     Unknown YAML keys and values that fail a dataclass's checks raise ``ValueError``.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     config = config if config is not None else read_config(argv)
     parser = create_parser(dataclass_types, extra_options, **parser_kwargs)
-    actions = {a.dest: a for a in parser._actions if a.dest not in (argparse.SUPPRESS, "help")}
+    actions = {a.dest: a for a in parser._actions
+               if a.dest not in (argparse.SUPPRESS, "help") and not isinstance(a, _TurnOff)}
     fields = {f.name for dtype in dataclass_types for f in dataclasses.fields(dtype) if f.init}
-    unknown = sorted(set(config.values) - (set(actions) - {"config"}))
+    unknown = sorted(map(str, set(config.values) - (set(actions) - {"config"})))
     if unknown:
         groups = ", ".join(_group_name(t) for t in dataclass_types)
-        raise ValueError(f"{config.path or 'settings'}: unknown keys {unknown}; the options are those of {groups} "
-                         "(see --help)")
+        close = {k: difflib.get_close_matches(k, sorted(actions), n=1) for k in unknown[:5]}
+        hints = "".join(f"; {k}: did you mean {m[0]}?" for k, m in close.items() if m)
+        raise ValueError(f"{config.path or 'settings'}: unknown keys {shorten(unknown)}{hints}; the options are "
+                         f"those of {groups} (see --help)")
     yaml_values = {k: _yaml_value(actions[k], v, k, config.path or "settings") for k, v in config.values.items()}
-    preset_for = preset if callable(preset) else (lambda given, values=dict(preset or {}): values)
-    # What --help shows as each option's default: the preset's, then the YAML file's.
-    parser.set_defaults(**{**{k: v for k, v in preset_for(yaml_values).items() if k in actions}, **yaml_values})
+    parser.set_defaults(**yaml_values)  # --help shows the YAML file's values as the defaults
     namespace = argparse.Namespace(**{dest: NOT_GIVEN for dest in actions})
     parser.parse_args(argv, namespace=namespace)
     given = {**yaml_values, **{k: v for k, v in vars(namespace).items() if v is not NOT_GIVEN}}
-    values = {**{k: v for k, v in preset_for(given).items() if k in fields}, **given}
+    preset_values = (preset(given) if callable(preset) else preset) or {}
+    values = {**{k: v for k, v in preset_values.items() if k in fields}, **given}
     instances = []
     for dtype in dataclass_types:
         names = {f.name for f in dataclasses.fields(dtype) if f.init}

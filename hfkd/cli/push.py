@@ -5,7 +5,11 @@ import argparse
 import sys
 from typing import List, Optional
 
-from ..hub.push import push_to_hub
+from ..lazy import lazy_function
+
+# The Hub upload's modules import torch: loaded once the settings are parsed,
+# so that `hfkd push --help` and a bad option answer without it.
+push_to_hub = lazy_function("..hub.push", "push_to_hub", __package__)
 
 
 def main(argv: Optional[List[str]] = None):

@@ -6,9 +6,14 @@
 
 See docs/compression.md.  Needs the ``compress`` extra (torch-pruning, onnx, onnxscript, onnxruntime).
 """
-from .pipeline import CompressionArguments, CompressionResult, compress_student, recover, save_compressed
-from .prune import CompressionError, PruningConfig, count_macs_params, prune_backbone
-from .export import export_onnx, quantize_onnx
+from ..lazy import lazy_exports
 
-__all__ = ["CompressionArguments", "CompressionResult", "compress_student", "recover", "save_compressed",
-           "CompressionError", "PruningConfig", "count_macs_params", "prune_backbone", "export_onnx", "quantize_onnx"]
+# Names load on first use: the settings (hfkd.compress.settings) import no torch, the rest torch and the extra.
+_EXPORTS = {
+    "CompressionArguments": ".settings", "PruningConfig": ".settings",
+    "CompressionResult": ".pipeline", "compress_student": ".pipeline", "recover": ".pipeline",
+    "save_compressed": ".pipeline", "CompressionError": ".prune", "count_macs_params": ".prune",
+    "prune_backbone": ".prune", "export_onnx": ".export", "quantize_onnx": ".export",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = list(_EXPORTS)

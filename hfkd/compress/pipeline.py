@@ -5,7 +5,7 @@ import copy
 import json
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
@@ -21,28 +21,8 @@ from ..training.trainer import DistillationTrainer
 from .export import INT8_FILE, ONNX_FILE, check_export, compare, export_onnx, onnx_predict, quantize_onnx
 from .measure import eval_arrays, interleaved_latency, top1, torch_predict
 from .prune import PruningConfig, _attention_heads, count_macs_params, prune_backbone
+from .settings import CompressionArguments
 from .serialization import pruning_record, state_dict_bytes
-
-
-@dataclass
-class CompressionArguments:
-    recovery_method: str = field(default="kd", metadata={
-        "help": "hfkd method that fine-tunes the pruned student (kd, meal_v2, supervised, ...)."})
-    quantize: bool = field(default=True, metadata={"help": "Export to ONNX and quantize to int8 (onnxruntime)."})
-    calibration_samples: int = field(default=256, metadata={"help": "Training images that calibrate int8 ranges."})
-    calibration_method: str = field(default="minmax", metadata={"help": "minmax, entropy or percentile."})
-    latency_rounds: int = field(default=30, metadata={"help": "Rounds of the side-by-side latency measurement."})
-    latency_threads: int = field(default=1, metadata={
-        "help": "CPU threads of PyTorch and ONNX Runtime while timing (1: stable on a shared machine, where two "
-                "OpenMP threads can wait on each other for seconds)."})
-
-    def __post_init__(self):
-        if self.calibration_samples < 1:
-            raise ValueError(f"calibration_samples must be >= 1 (got {self.calibration_samples})")
-        if self.latency_threads < 1:
-            raise ValueError(f"latency_threads must be >= 1 (got {self.latency_threads})")
-        if self.latency_rounds < 1:
-            raise ValueError(f"latency_rounds must be >= 1 (got {self.latency_rounds})")
 
 
 @dataclass

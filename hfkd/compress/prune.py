@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import copy
 from importlib import metadata
-from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
 from ..models.backbone import Backbone
+from .settings import PruningConfig
 
-CRITERIA = ("l1", "l2", "taylor", "fpgm", "lamp", "random")
-TARGETS = ("macs", "params")
 
 
 class LogitsModule(nn.Module):
@@ -37,40 +35,6 @@ class LogitsModule(nn.Module):
 
 class CompressionError(ValueError):
     """A model hfkd cannot prune, export or quantize; the message names the layer or step and the fix."""
-
-
-@dataclass
-class PruningConfig:
-    target: str = field(default="macs", metadata={"help": f"What to shrink to target_ratio: one of {TARGETS}."})
-    target_ratio: float = field(default=0.5, metadata={"help": "Fraction of the MACs (or params) to keep, in (0, 1)."})
-    criterion: str = field(default="l2", metadata={
-        "help": f"Channel importance: one of {CRITERIA} (l1/l2: weight magnitude; taylor: |weight x gradient| on a "
-                "batch of training images; fpgm: geometric median; lamp: layer-adaptive magnitude)."})
-    global_pruning: bool = field(default=False, metadata={
-        "help": "Rank channels across all layers (uneven widths) instead of the same ratio in every layer."})
-    max_layer_ratio: float = field(default=0.9, metadata={"help": "Most any one layer may lose, in (0, 1)."})
-    search_steps: int = field(default=6, metadata={
-        "help": "Bisection steps for the per-layer ratio that just meets the target (each prunes a fresh copy)."})
-    prune_heads: bool = field(default=True, metadata={
-        "help": "Remove whole attention heads of transformers models (their head size is kept)."})
-    ignored_layers: List[str] = field(default_factory=list, metadata={
-        "help": "Module names never pruned (the classifier always is)."})
-    round_to: Optional[int] = field(default=None, metadata={"help": "Keep channel counts multiples of this."})
-
-    def __post_init__(self):
-        problems = []
-        if self.target not in TARGETS:
-            problems.append(f"target must be one of {TARGETS} (got {self.target!r})")
-        if not 0 < self.target_ratio < 1:
-            problems.append(f"target_ratio is the fraction to keep and must be in (0, 1) (got {self.target_ratio})")
-        if self.criterion not in CRITERIA:
-            problems.append(f"criterion must be one of {CRITERIA} (got {self.criterion!r})")
-        if not 0 < self.max_layer_ratio < 1:
-            problems.append(f"max_layer_ratio must be in (0, 1) (got {self.max_layer_ratio})")
-        if self.search_steps < 0:
-            problems.append(f"search_steps must be >= 0 (got {self.search_steps})")
-        if problems:
-            raise ValueError("invalid pruning settings: " + "; ".join(problems))
 
 
 def count_macs_params(backbone: Backbone) -> Tuple[int, int]:

@@ -10,6 +10,7 @@ import os
 import re
 from typing import Any, Dict, List, Optional, Sequence
 
+from ..extras import note_missing
 from .card_sections import compression_section, task_sections
 from .markdown import code_span, fenced, markdown_text, python_string
 from .secrets import redact_secrets
@@ -277,6 +278,7 @@ def plot_training_curves(log_history: Sequence[Dict[str, Any]], path: str) -> bo
     try:  # the object API: no pyplot, so no global backend or figure state is touched
         from matplotlib.figure import Figure
     except ImportError:
+        note_missing("plot", "the training curves are not drawn")
         return False
     fig = Figure(figsize=(6, 3.5), dpi=100)
     ax = fig.add_subplot()

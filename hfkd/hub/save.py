@@ -8,15 +8,12 @@ import shutil
 from contextlib import contextmanager
 from typing import Any, Dict, Optional
 
-from ..files import (WRITER_MARKER, disk_full_explained, mark_writer, read_json, refuse_symlink, relative_files,
-                     remove_abandoned, replace_folder)
+from ..files import (SAVE_MANIFEST_FILE, WRITER_MARKER, check_save_target, disk_full_explained, mark_writer,
+                     refuse_symlink, relative_files, remove_abandoned, replace_folder)
 from ..models.backbone import Backbone
 from .secrets import redact_secrets
 
 HFKD_METADATA_FILE = "hfkd.json"
-# The names of the files one save wrote (hidden, never pushed): a later save may replace the folder
-# only when it holds nothing else.
-SAVE_MANIFEST_FILE = ".hfkd-files.json"
 # Weight formats that unpickle (run code) on load: never written next to a student.
 PICKLE_SUFFIXES = (".bin", ".pth", ".pt", ".pkl", ".ckpt", ".pth.tar")
 
@@ -62,33 +59,6 @@ def atomic_directory(path: str, needed_bytes: Optional[int] = None):
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         replace_folder(tmp, path, old_prefix=f".{base}.old-")
-
-
-def check_save_target(path: str) -> None:
-    """Refuse to save where replacing the folder would delete or replace something hfkd did not write,
-    or where a symbolic link would carry the save outside the folder."""
-    refuse_symlink(path, "the save folder")
-    if os.path.lexists(path) and not os.path.isdir(path):
-        raise FileExistsError(f"{path} exists and is not a folder; hfkd saves a student into a folder and never "
-                              "replaces a file: choose another path or move the file")
-    if not os.path.isdir(path):
-        return
-    present = set(relative_files(path))
-    if not present:
-        return
-    recorded = read_json(os.path.join(path, SAVE_MANIFEST_FILE))
-    if recorded is None:
-        shown = ", ".join(sorted(present)[:5]) + (", ..." if len(present) > 5 else "")
-        raise FileExistsError(
-            f"{path} is not empty ({shown}) and is not a student hfkd saved; saving there would delete those files. "
-            f"Save into a new or empty folder (e.g. {os.path.join(path, 'student')}) or move the files away"
-        )
-    foreign = sorted(present - set(recorded.get("files", [])) - {SAVE_MANIFEST_FILE, WRITER_MARKER})
-    if foreign:
-        raise FileExistsError(
-            f"{path} is an hfkd save but also holds files hfkd did not write: {foreign}; replacing the save would "
-            "delete them. Move them out of the folder, or save into another folder"
-        )
 
 
 def _save_timm(student: Backbone, out: str, metadata: Optional[Dict[str, Any]]) -> None:

@@ -1,17 +1,16 @@
-"""Distillation methods.  Importing this package registers the built-in ones."""
-from .base import DistillationMethod, LossOutput, MethodConfig, MethodContext
-from .registry import create_method, get_method_class, list_methods, normalize_name, register_method
-from .kd import KD, KDConfig
-from .supervised import Supervised, SupervisedConfig
-from .meal_v2 import MEALv2, MEALv2Config, MEALv2Discriminator
-from .feed import FEED, FEEDConfig
-from .bake import BAKE, BAKEConfig
-from .pskd import PSKD, PSKDConfig
-from .extracurricular import Extracurricular, ExtracurricularConfig
+"""Distillation methods.  Names load on first use (:mod:`hfkd.lazy`): the registry and the method configs
+import no torch, and a built-in method's module is imported (and registers it) when it is first asked for."""
+from ..lazy import lazy_exports
 
-__all__ = [
-    "DistillationMethod", "LossOutput", "MethodConfig", "MethodContext", "create_method", "get_method_class",
-    "list_methods", "normalize_name", "register_method", "KD", "KDConfig", "Supervised", "SupervisedConfig",
-    "MEALv2", "MEALv2Config", "MEALv2Discriminator", "FEED", "FEEDConfig", "BAKE", "BAKEConfig", "PSKD",
-    "PSKDConfig", "Extracurricular", "ExtracurricularConfig",
-]
+_EXPORTS = {
+    "DistillationMethod": ".base", "LossOutput": ".base", "MethodContext": ".base",
+    "MethodConfig": ".configs", "KDConfig": ".configs", "SupervisedConfig": ".configs", "MEALv2Config": ".configs",
+    "FEEDConfig": ".configs", "BAKEConfig": ".configs", "PSKDConfig": ".configs", "ExtracurricularConfig": ".configs",
+    "create_method": ".registry", "get_method_class": ".registry", "get_config_class": ".registry",
+    "describe_method": ".registry", "list_methods": ".registry", "normalize_name": ".registry",
+    "register_method": ".registry",
+    "KD": ".kd", "Supervised": ".supervised", "MEALv2": ".meal_v2", "MEALv2Discriminator": ".meal_v2",
+    "FEED": ".feed", "BAKE": ".bake", "PSKD": ".pskd", "Extracurricular": ".extracurricular",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = list(_EXPORTS)

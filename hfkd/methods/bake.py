@@ -21,7 +21,6 @@ to the baseline (2x the images per epoch; ``M = 3``, the CIFAR-100 setting, give
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import torch
@@ -30,34 +29,11 @@ import torch.nn.functional as F
 from ..data.samplers import ClassAwareBatchSampler
 from ..losses import bake_targets, soft_kl_div
 from ..models.backbone import OutputRequest
-from .base import DistillationMethod, LossOutput, MethodConfig, check_positive, gather_rows
+from .base import DistillationMethod, LossOutput, gather_rows
+from .configs import BAKEConfig
 from .registry import register_method
 
 __all__ = ["BAKE", "BAKEConfig"]
-
-
-@dataclass
-class BAKEConfig(MethodConfig):
-    """Settings of batch knowledge ensembling (method ``bake``)."""
-
-    omega: float = field(default=0.5, metadata={
-        "help": "Propagation weight w in [0, 1): 0.5 for ImageNet / CIFAR-100, 0.9 for TinyImageNet and fine-grained."})
-    temperature: float = field(default=4.0, metadata={"help": "T of the ensembled targets and of the KD term (> 0)."})
-    kd_weight: float = field(default=1.0, metadata={
-        "help": "lambda, weight of T^2 KL(Q || softmax(z/T)) (>= 0; 1.0 in every official config)."})
-    intra_class_images: int = field(default=1, metadata={
-        "help": "M same-class partners per anchor in each batch (0: shuffled batches)."})
-    global_ensemble: bool = field(default=False, metadata={
-        "help": "Build the ensemble over the batch of all processes instead of the local one."})
-
-    def __post_init__(self):
-        if not 0.0 <= float(self.omega) < 1.0:
-            raise ValueError(f"omega must be in [0, 1) (I - omega A must be invertible), got {self.omega}")
-        self.temperature = check_positive("temperature", self.temperature)
-        if float(self.kd_weight) < 0:
-            raise ValueError(f"kd_weight must be >= 0, got {self.kd_weight}")
-        if int(self.intra_class_images) < 0:
-            raise ValueError(f"intra_class_images must be >= 0, got {self.intra_class_images}")
 
 
 @register_method

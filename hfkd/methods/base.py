@@ -6,9 +6,10 @@ in DDP with the student and checkpoints them, but never saves them with the
 student.  State that is not a parameter (a prediction bank) goes through
 :meth:`extra_state`.  The trainer knows no method by name.
 
-A method's settings are one dataclass, a subclass of :class:`MethodConfig` declared in the
-method's own file (``KDConfig`` in ``kd.py``).  The constructor, :meth:`DistillationMethod.hparams`,
-the command line, YAML files and the model card all read that one declaration.
+A method's settings are one dataclass, a subclass of :class:`MethodConfig`; the built-in ones are
+declared in :mod:`hfkd.methods.configs`, which imports no torch, so the command line reads them cheaply.
+The constructor, :meth:`DistillationMethod.hparams`, the command line, YAML files and the model card
+all read that one declaration.
 """
 from __future__ import annotations
 
@@ -21,15 +22,8 @@ from torch import nn
 
 from ..models.backbone import Backbone, BackboneOutput, OutputRequest
 from ..tasks import create_task
-
-
-@dataclass
-class MethodConfig:
-    """Base of every method's settings: fields with a default and ``metadata={"help": ...}``.
-
-    Values are checked in the subclass's ``__post_init__``, so a bad setting fails when it is
-    parsed or the method is built, before training.
-    """
+# MethodConfig and the checks live in configs.py (torch-free); imported here for the methods written against base.
+from .configs import MethodConfig, check_positive, check_probability  # noqa: F401
 
 
 def build_config(config_class: Type[MethodConfig], config: Optional[MethodConfig], overrides: Dict[str, Any],
@@ -197,14 +191,3 @@ class DistillationMethod(nn.Module):
             return None
         return [getattr(t, "weight", 1.0) for t in self.context.teachers]
 
-
-def check_probability(name: str, value: float) -> float:
-    if not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1], got {value}")
-    return float(value)
-
-
-def check_positive(name: str, value: float) -> float:
-    if not float(value) > 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
-    return float(value)

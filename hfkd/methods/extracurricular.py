@@ -9,7 +9,6 @@ regression (:class:`hfkd.tasks.RegressionTask`) matches Gaussians with the close
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Dict, Optional
 
 import numpy as np
@@ -17,56 +16,12 @@ import torch
 
 from ..data.transforms import sample_seed
 from ..losses import ensemble_probs, gaussian_kl, soft_kl_rows
-from .base import DistillationMethod, LossOutput, MethodConfig
+from .base import DistillationMethod, LossOutput
+from .configs import ExtracurricularConfig
 from .registry import register_method
 
-MIX_MODES = ("both", "mixup", "cutmix")
-UNCERTAINTY_MODES = ("none", "weight", "select")
-REGRESSION_MATCHES = ("gaussian", "mean")
 # Keeps the mixing draws apart from the augmentation's, which are seeded from the same (seed, epoch, index).
 _MIX_STREAM = 0x6D6978
-
-
-@dataclass
-class ExtracurricularConfig(MethodConfig):
-    """Settings of extracurricular learning (method ``extracurricular``)."""
-
-    temperature: float = field(default=4.0, metadata={"help": "Softmax temperature of the classification KL."})
-    alpha: float = field(default=0.9, metadata={
-        "help": "Weight of the teacher-matching term; 1 - alpha weighs the hard-label loss on real samples only."})
-    extra_ratio: float = field(default=1.0, metadata={
-        "help": "Extra (mixed, unlabelled) samples per real sample in each batch; 0 = classic KD."})
-    mix: str = field(default="both", metadata={"help": "How extra samples are made: MixUp and CutMix, or only one.",
-                                                "choices": MIX_MODES})
-    cutmix_prob: float = field(default=0.5, metadata={"help": "With mix='both': probability that a sample is CutMix."})
-    mix_alpha: float = field(default=1.0, metadata={
-        "help": "Mixing coefficient lambda ~ Beta(mix_alpha, mix_alpha) per extra sample (1 = uniform)."})
-    uncertainty: str = field(default="none", metadata={
-        "help": "Emphasis on uncertain extra samples: 'none', 'weight' (weight each extra sample's term by the "
-                "teachers' uncertainty, mean weight 1) or 'select' (keep the most uncertain uncertain_fraction).",
-        "choices": UNCERTAINTY_MODES})
-    uncertain_fraction: float = field(default=0.5, metadata={"help": "Fraction of extra samples kept by 'select'."})
-    regression_match: str = field(default="gaussian", metadata={
-        "help": "Regression only: 'gaussian' (KL between the Gaussians) or 'mean' (squared error of the means: "
-                "classic point matching).", "choices": REGRESSION_MATCHES})
-
-    def __post_init__(self):
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
-        if not self.extra_ratio >= 0:
-            raise ValueError(f"extra_ratio must be >= 0 (extra samples per real one), got {self.extra_ratio}")
-        if not 0.0 <= self.cutmix_prob <= 1.0:
-            raise ValueError(f"cutmix_prob must be in [0, 1], got {self.cutmix_prob}")
-        if not self.mix_alpha > 0:
-            raise ValueError(f"mix_alpha must be > 0 (Beta distribution parameter), got {self.mix_alpha}")
-        if not 0.0 < self.uncertain_fraction <= 1.0:
-            raise ValueError(f"uncertain_fraction must be in (0, 1], got {self.uncertain_fraction}")
-        for name, value, allowed in (("mix", self.mix, MIX_MODES), ("uncertainty", self.uncertainty, UNCERTAINTY_MODES),
-                                     ("regression_match", self.regression_match, REGRESSION_MATCHES)):
-            if value not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
 
 
 def mix_pair(anchor: torch.Tensor, partner: torch.Tensor, lam: float, cutmix: bool, box_center) -> torch.Tensor:

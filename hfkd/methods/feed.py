@@ -31,21 +31,21 @@ Where each piece comes from (docs/methods.md, "FEED"; no official FEED code exis
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..losses import feed_loss
-from ..models.backbone import LAST_STAGE, OutputRequest
-from .base import DistillationMethod, LossOutput, MethodConfig, MethodContext, check_positive
+from ..models.backbone import OutputRequest
+from .base import DistillationMethod, LossOutput, MethodContext
+from .configs import FEEDConfig, Stage
 from .registry import register_method
 
 __all__ = ["FEED", "FEEDConfig", "FeatureLayout", "NonLinearTransform", "infer_layout", "to_channels_first", "match_spatial"]
 
-Stage = Union[int, str]
 # Prefix tokens ([CLS], distillation, register tokens) tried when a model does not declare them.
 _MAX_PREFIX_TOKENS = 8
 
@@ -149,33 +149,6 @@ class NonLinearTransform(nn.Sequential):
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
 
 
-@dataclass
-class FEEDConfig(MethodConfig):
-    """Settings of FEED (method ``feed``).  Stages are ``"last"`` or a stage index (``"2"`` and ``2`` alike)."""
-
-    beta: float = field(default=500.0, metadata={
-        "help": "Weight of the feature term (> 0). 500 is Factor Transfer's value for the same L1 loss; "
-                "FEED's own is not known."})
-    stage: str = field(default=LAST_STAGE, metadata={
-        "help": "The student's feature stage: 'last' (the last map before pooling, the paper's choice) or a "
-                "timm / transformers stage index."})
-    teacher_stage: Optional[str] = field(default=None, metadata={
-        "help": "The teachers' stage (default: the same as stage). 'last' pairs any architectures."})
-    kernel_size: int = field(default=3, metadata={
-        "help": "Convolution size of the per-teacher transforms (odd; 3 as in Factor Transfer, 1: per-position)."})
-    ce_weight: float = field(default=1.0, metadata={"help": "Weight of the cross-entropy on the labels (>= 0)."})
-
-    def __post_init__(self):
-        self.beta = check_positive("beta", self.beta)
-        if self.ce_weight < 0:
-            raise ValueError(f"ce_weight must be >= 0, got {self.ce_weight}")
-        self.stage = _parse_stage(self.stage)
-        if self.teacher_stage is not None:
-            self.teacher_stage = _parse_stage(self.teacher_stage)
-        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be odd and >= 1, got {self.kernel_size}")
-
-
 @register_method
 class FEED(DistillationMethod):
     """Parallel FEED: ``CE + beta * sum_n mean|phi(NTL_n(F_s)) - phi(F_n)|``, one NTL per teacher.
@@ -270,13 +243,3 @@ class FEED(DistillationMethod):
             loss = loss + self.config.ce_weight * ce
             logs["ce"] = ce.detach()
         return LossOutput(loss, logs)
-
-
-def _parse_stage(stage: Stage) -> Stage:
-    """``"last"`` or an int (also from a command-line string such as ``"2"``)."""
-    if isinstance(stage, str) and stage != LAST_STAGE:
-        try:
-            return int(stage)
-        except ValueError:
-            raise ValueError(f"stage must be '{LAST_STAGE}' or a stage index, got {stage!r}") from None
-    return stage

@@ -1,27 +1,14 @@
 """Classic knowledge distillation (Hinton, Vinyals & Dean, 2015)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Optional
 
 import torch.nn.functional as F
 
 from ..losses import ensemble_probs, soft_kl_div
-from .base import DistillationMethod, LossOutput, MethodConfig, check_positive, check_probability
+from .base import DistillationMethod, LossOutput
+from .configs import KDConfig
 from .registry import register_method
-
-
-@dataclass
-class KDConfig(MethodConfig):
-    """Settings of classic knowledge distillation (method ``kd``)."""
-
-    temperature: float = field(default=4.0, metadata={"help": "T: softens teacher and student logits (> 0)."})
-    alpha: float = field(default=0.9, metadata={
-        "help": "Weight of the distillation term in [0, 1]; 1 - alpha weighs the cross-entropy on the labels."})
-
-    def __post_init__(self):
-        self.temperature = check_positive("temperature", self.temperature)
-        self.alpha = check_probability("alpha", self.alpha)
 
 
 @register_method

@@ -16,7 +16,6 @@ recipe's business (``--student_pretrained true`` or ``--student path/to/a/traine
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
@@ -24,7 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..losses import meal_v2_loss
-from .base import DistillationMethod, LossOutput, MethodConfig, MethodContext, check_positive
+from .base import DistillationMethod, LossOutput, MethodContext
+from .configs import MEALv2Config
 from .registry import register_method
 
 __all__ = ["MEALv2", "MEALv2Config", "MEALv2Discriminator"]
@@ -76,31 +76,6 @@ def discriminator_targets(num_rows_per_side: int, device=None) -> torch.Tensor:
     """``[2N, 2]`` one-hot targets: ``[1, 0]`` for the N student rows, then ``[0, 1]`` for the N teacher rows."""
     rows = [STUDENT_TARGET] * num_rows_per_side + [TEACHER_TARGET] * num_rows_per_side
     return torch.tensor(rows, dtype=torch.float32, device=device)
-
-
-@dataclass
-class MEALv2Config(MethodConfig):
-    """Settings of MEAL V2 (method ``meal_v2``)."""
-
-    use_discriminator: bool = field(default=True, metadata={
-        "help": "Add the discriminator loss (the official train.py always does)."})
-    discriminator_weight: float = field(default=1.0, metadata={"help": "w_D, weight of the discriminator loss (>= 0)."})
-    discriminator_reduction: int = field(default=8, metadata={
-        "help": "Width reduction r of the discriminator's layers: C -> C/r -> C/r^2 -> 2 (>= 1)."})
-    discriminator_lr: Optional[float] = field(default=None, metadata={
-        "help": "The discriminator's own learning rate; default: the student's (what the official code ran)."})
-    hard_label_weight: float = field(default=0.0, metadata={
-        "help": "Weight of an extra cross-entropy on the labels (paper: 0, no hard labels)."})
-
-    def __post_init__(self):
-        if self.discriminator_weight < 0:
-            raise ValueError(f"discriminator_weight must be >= 0, got {self.discriminator_weight}")
-        if int(self.discriminator_reduction) < 1:
-            raise ValueError(f"discriminator_reduction must be >= 1, got {self.discriminator_reduction}")
-        if self.discriminator_lr is not None:
-            self.discriminator_lr = check_positive("discriminator_lr", self.discriminator_lr)
-        if self.hard_label_weight < 0:
-            raise ValueError(f"hard_label_weight must be >= 0, got {self.hard_label_weight}")
 
 
 @register_method

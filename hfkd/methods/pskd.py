@@ -25,35 +25,19 @@ the cost of ~3 significant digits per stored probability (values below 6e-8 flus
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Dict, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
 
 from ..losses import pskd_alpha, pskd_targets, soft_cross_entropy
-from .base import DistillationMethod, LossOutput, MethodConfig, MethodContext, check_probability, gather_rows
+from .base import DistillationMethod, LossOutput, MethodContext, gather_rows
+from .configs import BANK_DTYPES, PSKDConfig
 from .registry import register_method
 
 __all__ = ["PSKD", "PSKDConfig"]
 
-_BANK_DTYPES = {"float32": torch.float32, "float16": torch.float16}
-
-
-@dataclass
-class PSKDConfig(MethodConfig):
-    """Settings of progressive self-knowledge distillation (method ``pskd``)."""
-
-    alpha_T: float = field(default=0.8, metadata={
-        "help": "Weight of the past predictions in the last epoch, in [0, 1] (paper and code: 0.8)."})
-    bank_dtype: str = field(default="float32", metadata={
-        "help": "Storage of the N x C prediction bank: float32 (as the official code) or float16 (half the memory).",
-        "choices": sorted(_BANK_DTYPES)})
-
-    def __post_init__(self):
-        self.alpha_T = check_probability("alpha_T", self.alpha_T)
-        if self.bank_dtype not in _BANK_DTYPES:
-            raise ValueError(f"bank_dtype must be one of {sorted(_BANK_DTYPES)}, got {self.bank_dtype!r}")
+_BANK_DTYPES = {name: getattr(torch, name) for name in BANK_DTYPES}
 
 
 @register_method

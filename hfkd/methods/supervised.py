@@ -1,21 +1,11 @@
 """Plain cross-entropy: trains teachers and no-KD baselines."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Optional
 
-from .base import DistillationMethod, LossOutput, MethodConfig, check_probability
+from .base import DistillationMethod, LossOutput
+from .configs import SupervisedConfig
 from .registry import register_method
-
-
-@dataclass
-class SupervisedConfig(MethodConfig):
-    """Settings of plain supervised training (method ``supervised``)."""
-
-    label_smoothing: float = field(default=0.0, metadata={"help": "Label smoothing of the cross-entropy, in [0, 1]."})
-
-    def __post_init__(self):
-        self.label_smoothing = check_probability("label_smoothing", self.label_smoothing)
 
 
 @register_method

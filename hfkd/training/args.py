@@ -4,7 +4,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
 
-from ..settings import field_type_problems
+from ..extras import tracker_problems
+from ..settings import field_type_problems, shorten
 
 _MIXED = ("no", "bf16", "fp16")
 _NONFINITE = ("raise", "skip")
@@ -13,6 +14,8 @@ _TEACHER_DTYPES = ("bf16", "fp16", "fp32")
 _STRATEGIES = ("no", "steps", "epoch")
 _SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial", "multistep")
 _EPOCH_SCHEDULERS = ("constant", "linear", "cosine", "multistep")
+# timm's optimizers that run SGD with Nesterov momentum (torch refuses Nesterov without momentum, at the first step)
+_NESTEROV = ("sgd", "nesterov", "sgdw", "nesterovw", "sgdp")
 
 
 @dataclass
@@ -146,9 +149,9 @@ class DistillationArguments:
         if problems:  # the range checks below assume the types are right
             raise ValueError("invalid DistillationArguments: " + "; ".join(problems))
         if self.on_nonfinite_loss not in _NONFINITE:
-            problems.append(f"on_nonfinite_loss must be one of {_NONFINITE} (got {self.on_nonfinite_loss!r})")
+            problems.append(f"on_nonfinite_loss must be one of {_NONFINITE} (got {shorten(self.on_nonfinite_loss)})")
         if self.on_bad_image not in _BAD_IMAGE:
-            problems.append(f"on_bad_image must be one of {_BAD_IMAGE} (got {self.on_bad_image!r})")
+            problems.append(f"on_bad_image must be one of {_BAD_IMAGE} (got {shorten(self.on_bad_image)})")
         if self.learning_rate <= 0:
             problems.append(f"learning_rate must be > 0 (got {self.learning_rate})")
         if self.per_device_train_batch_size < 1 or self.per_device_eval_batch_size < 1:
@@ -157,6 +160,7 @@ class DistillationArguments:
             problems.append(f"gradient_accumulation_steps must be >= 1 (got {self.gradient_accumulation_steps})")
         if self.max_steps <= 0 and self.num_train_epochs <= 0:
             problems.append("set num_train_epochs > 0 or max_steps > 0")
+        problems += _momentum_problems(self)
         if self.weight_decay < 0:
             problems.append(f"weight_decay must be >= 0 (got {self.weight_decay})")
         if self.max_grad_norm < 0:
@@ -166,20 +170,21 @@ class DistillationArguments:
         if self.warmup_steps < 0:
             problems.append(f"warmup_steps must be >= 0 (got {self.warmup_steps})")
         if self.mixed_precision is not None and self.mixed_precision not in _MIXED:
-            problems.append(f"mixed_precision must be one of {_MIXED} (got {self.mixed_precision!r})")
+            problems.append(f"mixed_precision must be one of {_MIXED} (got {shorten(self.mixed_precision)})")
         if self.lr_scheduler_type not in _SCHEDULERS:
-            problems.append(f"lr_scheduler_type must be one of {_SCHEDULERS} (got {self.lr_scheduler_type!r})")
+            problems.append(f"lr_scheduler_type must be one of {_SCHEDULERS} (got {shorten(self.lr_scheduler_type)})")
         if self.lr_scheduler_type == "multistep" and not self.lr_milestones:
             problems.append("lr_scheduler_type=multistep needs lr_milestones (epochs)")
         for name in ("eval_strategy", "save_strategy"):
             if getattr(self, name) not in _STRATEGIES:
-                problems.append(f"{name} must be one of {_STRATEGIES} (got {getattr(self, name)!r})")
+                problems.append(f"{name} must be one of {_STRATEGIES} (got {shorten(getattr(self, name))})")
         for name in ("logging_steps", "eval_steps", "save_steps"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1 (got {getattr(self, name)})")
         if self.save_total_limit is not None and self.save_total_limit < 1:
             problems.append("save_total_limit must be >= 1 or None")
         problems += self._epoch_schedule_problems()
+        problems += tracker_problems(self.report_to)  # Accelerate would skip a missing tracker without a word
         if self.push_to_hub and not self.hub_model_id:
             problems.append("push_to_hub needs hub_model_id=ORG/NAME")
         problems += _speed_problems(self)
@@ -205,11 +210,21 @@ class DistillationArguments:
                             "give the warm-up as warmup_epochs, not warmup_steps / warmup_ratio")
         if epoch_style and self.lr_scheduler_type not in _EPOCH_SCHEDULERS:
             problems.append(f"with lr_step_per_epoch or warmup_epochs, lr_scheduler_type must be one of "
-                            f"{_EPOCH_SCHEDULERS} (got {self.lr_scheduler_type!r})")
+                            f"{_EPOCH_SCHEDULERS} (got {shorten(self.lr_scheduler_type)})")
         return problems
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
+
+
+def _momentum_problems(args: DistillationArguments) -> List[str]:
+    if args.momentum < 0:
+        return [f"momentum must be >= 0 (got {args.momentum})"]
+    optim = args.optim.lower().removeprefix("lookahead_")
+    if optim in _NESTEROV and args.momentum == 0:
+        return [f"optim={args.optim} uses Nesterov momentum, which needs momentum > 0 (got 0): set momentum (0.9 is "
+                "usual), or use optim=momentum for SGD without Nesterov (with momentum 0 it is plain SGD)"]
+    return []
 
 
 def _speed_problems(args: DistillationArguments) -> List[str]:
@@ -223,5 +238,5 @@ def _speed_problems(args: DistillationArguments) -> List[str]:
     if args.model_ema_as_student and not args.model_ema:
         problems.append("model_ema_as_student needs model_ema=True")
     if args.teacher_dtype is not None and args.teacher_dtype not in _TEACHER_DTYPES:
-        problems.append(f"teacher_dtype must be one of {_TEACHER_DTYPES} or unset (got {args.teacher_dtype!r})")
+        problems.append(f"teacher_dtype must be one of {_TEACHER_DTYPES} or unset (got {shorten(args.teacher_dtype)})")
     return problems

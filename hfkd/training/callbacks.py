@@ -1,7 +1,10 @@
 """Trainer callbacks: hooks that see the trainer at fixed points of the loop."""
 from __future__ import annotations
 
-from typing import Any, Dict, List
+import time
+from typing import Any, Dict, List, Mapping
+
+from ..results import METRIC_FORMATS, format_metric
 
 
 class TrainerCallback:
@@ -15,6 +18,7 @@ class TrainerCallback:
     def on_save(self, trainer, checkpoint_dir: str) -> None: ...
     def on_epoch_end(self, trainer, epoch: int) -> None: ...
     def on_train_end(self, trainer) -> None: ...
+    def on_save_model(self, trainer, output_dir: str) -> None: ...
 
 
 class CallbackHandler:
@@ -29,16 +33,69 @@ class CallbackHandler:
             getattr(cb, event)(trainer, *args)
 
 
+def format_duration(seconds: float) -> str:
+    """``4.2 s``, ``3 min 05 s``, ``2 h 07 min``."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def metrics_text(metrics: Mapping[str, Any]) -> str:
+    """Metrics for a log line: accuracies and ECE as percentages with 2 decimals, other numbers to 4 significant
+    digits (``top-1 (%) 97.22, NLL 0.215, eval_runtime 1.234``)."""
+    parts = []
+    for key, value in metrics.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if key in METRIC_FORMATS:
+            parts.append(f"{METRIC_FORMATS[key][0]} {format_metric(key, value)}")
+        else:
+            parts.append(f"{key} {value:.4g}")
+    return ", ".join(parts)
+
+
+def start_banner(trainer) -> str:
+    """What is about to train, in a few lines: data and split sizes, device, processes, precision, student and
+    teachers, steps, output folder."""
+    args, acc, state = trainer.args, trainer.accelerator, trainer.state
+    data = trainer.dataset_info.get("id") or "in-memory dataset"
+    evaluation = f", {len(trainer.eval_dataset):,} eval" if trainer.eval_dataset is not None else ", no eval split"
+    precision = acc.mixed_precision if acc.mixed_precision != "no" else "fp32"
+    if args.teacher_dtype:
+        precision += f" (teachers {args.teacher_dtype})"
+    if trainer.teacher_cache is not None:
+        teachers = f"teacher cache {args.teacher_cache}"
+    else:
+        teachers = ", ".join(t.name for t in trainer.teachers) or "none"
+    steps = (f"{state.num_epochs} epoch(s) x {trainer.steps_per_epoch} steps = {state.max_steps} optimizer steps"
+             + (f", resuming at step {state.global_step}" if state.global_step else ""))
+    rows = [("method", trainer.method.name), ("data", f"{data}: {len(trainer.train_dataset):,} train{evaluation}"),
+            ("device", f"{acc.device}, {acc.num_processes} process(es), {precision}"),
+            ("student", f"{trainer.student.name} ({trainer.student.num_parameters():,} parameters)"),
+            ("teachers", teachers), ("steps", steps), ("output", args.output_dir)]
+    return "\n".join(f"{name:>9}: {value}" for name, value in rows)
+
+
 class ProgressCallback(TrainerCallback):
-    """A tqdm bar over optimiser steps, on the main process only."""
+    """On the main process: a start banner, a tqdm bar over optimiser steps, rounded metrics, the training time
+    at the end, and where the student was saved."""
 
     def __init__(self):
         self.bar = None
+        self.start = None
 
     def on_train_begin(self, trainer):
         from tqdm.auto import tqdm
 
-        disable = trainer.args.disable_tqdm or not trainer.accelerator.is_main_process
+        main = trainer.accelerator.is_main_process
+        if main:
+            print(start_banner(trainer), flush=True)
+        self.start = time.perf_counter()
+        disable = trainer.args.disable_tqdm or not main
         self.bar = tqdm(total=trainer.state.max_steps, initial=trainer.state.global_step, disable=disable,
                         desc=f"{trainer.method.name}", dynamic_ncols=True)
 
@@ -48,14 +105,20 @@ class ProgressCallback(TrainerCallback):
 
     def on_log(self, trainer, logs):
         if self.bar is not None and "loss" in logs:
-            self.bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs.get('learning_rate', 0):.2e}")
+            self.bar.set_postfix(loss=f"{logs['loss']:.4g}", lr=f"{logs.get('learning_rate', 0):.3g}")
 
     def on_evaluate(self, trainer, metrics):
         if self.bar is not None and not self.bar.disable:
-            shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
-            self.bar.write(f"[step {trainer.state.global_step}] {shown}")
+            self.bar.write(f"[step {trainer.state.global_step}] {metrics_text(metrics)}")
 
     def on_train_end(self, trainer):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+        if trainer.accelerator.is_main_process and self.start is not None:
+            took = format_duration(time.perf_counter() - self.start)
+            print(f"trained {trainer.state.global_step} optimizer steps in {took}", flush=True)
+
+    def on_save_model(self, trainer, output_dir):
+        if trainer.accelerator.is_main_process:
+            print(f"student saved to {output_dir}", flush=True)

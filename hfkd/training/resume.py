@@ -14,7 +14,13 @@ import logging
 from dataclasses import asdict
 from typing import Any, Dict, Optional, Sequence
 
+from ..settings import shorten
+
 logger = logging.getLogger(__name__)
+
+
+class ResumeRefused(ValueError):
+    """A checkpoint written by a different run: resuming it would continue another trajectory."""
 
 # DistillationArguments fields that change what the student becomes.  The step budget is among them:
 # the learning-rate schedule (cosine, linear, warm-up ratio) is a function of the total length, so a
@@ -85,8 +91,9 @@ def check_same_run(recorded: Optional[Dict[str, Any]], now: Dict[str, Any], allo
         if k not in refused:
             logger.warning("resuming %s with %s changed (allowed): checkpoint %r, now %r", path, k, recorded.get(k), now.get(k))
     if refused:
-        lines = "\n".join(f"  {k}: checkpoint {recorded.get(k)!r}, now {now.get(k)!r}" for k in refused)
-        raise ValueError(
+        lines = "\n".join(f"  {k}: checkpoint {shorten(recorded.get(k))}, now {shorten(now.get(k))}"
+                          for k in refused)
+        raise ResumeRefused(
             f"{path} was written by a different run; resuming would continue another trajectory silently:\n{lines}\n"
             f"Resume with the checkpoint's settings, use a new output_dir, or accept the changes with "
             f"resume_allow_changes={refused}"

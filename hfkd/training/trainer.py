@@ -610,6 +610,7 @@ class DistillationTrainer:
         self.accelerator.wait_for_everyone()
         if error is not None:
             raise error
+        self.callbacks("on_save_model", self, output_dir)
         return output_dir
 
     def _save_student(self, output_dir, baseline_metrics, card_extras) -> None:

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Type
 
 from ...methods.registry import normalize_name
-from ..arguments import (BAKERunArguments, DistillRunArguments, ExtracurricularRunArguments, FEEDRunArguments,
-                         RunArguments)
+from ..arguments import RUN_ARGUMENTS, DistillRunArguments, RunArguments, run_arguments
 from . import bake, extracurricular, feed
 from .base import RunSettings, default_data, method_teachers, no_task
 from .distill import distill, train
@@ -32,12 +31,14 @@ class Workflow:
     task: Callable[[RunSettings], Any] = no_task
 
 
+# Each workflow's run options are named in cli/arguments.py (RUN_ARGUMENTS), which the parser reads without
+# importing the workflows.
 _WORKFLOWS: Dict[str, Workflow] = {
-    "supervised": Workflow(train, RunArguments),
-    "bake": Workflow(bake.run_bake, BAKERunArguments),
-    "feed": Workflow(feed.run_feed, FEEDRunArguments, feed.teachers),
-    "extracurricular": Workflow(extracurricular.run_extracurricular, ExtracurricularRunArguments, extracurricular.teachers,
-                                extracurricular.load, extracurricular.task),
+    "supervised": Workflow(train, run_arguments("supervised")),
+    "bake": Workflow(bake.run_bake, run_arguments("bake")),
+    "feed": Workflow(feed.run_feed, run_arguments("feed"), feed.teachers),
+    "extracurricular": Workflow(extracurricular.run_extracurricular, run_arguments("extracurricular"),
+                                extracurricular.teachers, extracurricular.load, extracurricular.task),
 }
 
 
@@ -45,6 +46,7 @@ def register_workflow(method_name: str, run: Callable[[RunSettings], Any],
                       arguments: Type[RunArguments] = DistillRunArguments,
                       teachers: Callable[[RunSettings, bool], List[str]] = method_teachers) -> None:
     _WORKFLOWS[normalize_name(method_name)] = Workflow(run, arguments, teachers)
+    RUN_ARGUMENTS[normalize_name(method_name)] = arguments
 
 
 def get_workflow(method_name: str) -> Workflow:

@@ -8,7 +8,8 @@ from ...methods.base import DistillationMethod, MethodConfig
 from ...methods.registry import create_method, get_method_class
 from ...training.args import DistillationArguments
 from ..arguments import DataArguments, ModelArguments, RunArguments
-from ..demo import Preset, resolve_teachers
+from ..demo import resolve_teachers
+from ..preset import Preset
 from ..pipeline import load_data
 
 

@@ -5,6 +5,7 @@ import dataclasses
 from typing import Any, Dict, List
 
 from ...results import results_table
+from ...training.callbacks import metrics_text
 from ..demo import DEMO_STUDENT, demo_teachers
 from ..pipeline import build_student, run, run_with_baseline, write_results
 from .base import RunSettings, method_teachers, run_data
@@ -34,5 +35,5 @@ def train(settings: RunSettings) -> Dict[str, float]:
     data = run_data(settings)
     student = build_student(settings.model, data, seed=args.seed)
     _, metrics = run(settings.create_method(), student, [], data, args, settings.data, license=settings.model.license)
-    print({k: v for k, v in metrics.items() if k.startswith("eval_")})
+    print("eval:", metrics_text({k: v for k, v in metrics.items() if k.startswith("eval_")}))
     return metrics

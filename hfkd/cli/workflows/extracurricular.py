@@ -22,7 +22,8 @@ from ...results import REGRESSION_METRICS, RESULT_METRICS, gap_closed
 from ...tasks import RegressionTask
 from ...training.args import DistillationArguments
 from ..arguments import DataArguments, ExtracurricularRunArguments
-from ..demo import EXTRACURRICULAR_TEACHER, regression_task, resolve_teachers
+from ..demo import regression_task, resolve_teachers
+from ..preset import EXTRACURRICULAR_TEACHER
 from ..pipeline import build_student, build_teachers, load_data, result_row, run, run_seeds, subfolder_args, teacher_rows
 from .base import RunSettings, run_data
 
