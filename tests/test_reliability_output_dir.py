@@ -27,7 +27,10 @@ def test_a_second_run_is_refused_while_the_first_lives(tmp_path, small_digits, c
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
     first = subprocess.Popen([sys.executable, SCRIPT, str(out)], stdout=subprocess.PIPE, text=True, env=env)
     try:
-        assert first.stdout.readline().strip() == "ready", "the first run did not start"
+        lines = []  # the run prints its banner and progress before "ready"
+        while not lines or lines[-1] not in ("ready", ""):
+            lines.append(first.stdout.readline().strip() if len(lines) < 200 else "")
+        assert lines[-1] == "ready", f"the first run did not start: {lines[-5:]}"
         checkpoint = out / "checkpoint-2"
         before = {p.name: p.stat().st_mtime_ns for p in checkpoint.iterdir()}
         # seed 2, saving every 3 steps and keeping one checkpoint: its rotation would delete checkpoint-2

@@ -5,6 +5,7 @@ import os
 import pytest
 import torch
 
+import hfkd.training.args as training_args
 from conftest import FAKE_TOKEN, run_args
 from hfkd import DistillationTrainer, create_backbone
 
@@ -27,6 +28,8 @@ def _files_holding(folder, needle: str):
 # -- redaction of everything written --------------------------------------------------------------
 def test_a_token_in_an_argument_is_in_no_file_written(tmp_path, small_digits, monkeypatch):
     """run_name holding a token: the checkpoints, the lineage, the card and the trackers' config never hold it."""
+    # The tracker is faked below (init_trackers): tensorboard itself need not be installed.
+    monkeypatch.setattr(training_args, "tracker_problems", lambda report_to: [])
     args = run_args(tmp_path / "run", max_steps=2, save_strategy="steps", save_steps=1,
                     run_name=f"exp-{FAKE_TOKEN}", report_to=["tensorboard"])
     trainer = DistillationTrainer(_student(), method="supervised", args=args, train_dataset=small_digits.train,
