@@ -39,9 +39,14 @@ class CompressionResult:
 
 def recover(pruned: Backbone, data, teachers: Sequence[Any], method: Union[str, Any], args, augment=None):
     """Fine-tune a copy of ``pruned`` with any hfkd method through the ordinary trainer; returns the trainer."""
+    # The data's own name (a folder by its name, never its path) goes into the lineage, as a command's run records
+    # it: the card names the dataset, and a demo run on the embedded digits is recognisable as the demo's.
+    source = getattr(data, "source", None)
+    info = {"id": local_checkpoint_name(source) or source if isinstance(source, str) else None,
+            "train_samples": len(data.train), "eval_samples": len(data.eval) if data.eval is not None else 0}
     trainer = DistillationTrainer(copy.deepcopy(pruned), teachers=list(teachers), method=method, args=args,
                                   train_dataset=data.train, eval_dataset=data.eval, augment=augment,
-                                  image_column=data.image_column, label_column=data.label_column)
+                                  image_column=data.image_column, label_column=data.label_column, dataset_info=info)
     trainer.train()
     return trainer
 
