@@ -1,13 +1,16 @@
 """The command line as a person types it: one spelling per flag, booleans, --no_* flags, no abbreviations, a
 did-you-mean and a one-line usage on a mistake, group titles in words; YAML files that cannot surprise."""
+import dataclasses
 import re
 import time
 
 import pytest
+from transformers import HfArgumentParser
 
 from hfkd.cli import main as hfkd_main
 from hfkd.cli.distill import parse_distill_args
-from hfkd.cli.parser import parse_args
+from hfkd.cli.arguments import DataArguments, ModelArguments
+from hfkd.cli.parser import create_parser, parse_args
 from hfkd.methods import list_methods
 from hfkd.training.args import DistillationArguments
 
@@ -59,6 +62,28 @@ def test_booleans_are_bare_flags_or_take_a_value_and_dashes_are_accepted():
     assert s.training.per_device_train_batch_size == 8
     s = parse_distill_args(["--no-eval-teachers", "--baseline", "false"])  # the baseline is off by default off the demo
     assert s.training.eval_teachers is False and s.run.baseline is False
+
+
+def test_options_come_from_hfargumentparser_with_one_spelling_and_the_dataclasses_untouched(capsys):
+    types = (ModelArguments, DataArguments, DistillationArguments)
+    parser = create_parser(types)
+    assert isinstance(parser, HfArgumentParser)
+    options = parser._option_string_actions
+    # HfArgumentParser's dashed aliases are read (the same action) but neither listed nor named in errors
+    assert options["--learning-rate"] is options["--learning_rate"]
+    assert options["--learning_rate"].option_strings == ["--learning_rate"]
+    assert options["--no-eval-teachers"] is options["--no_eval_teachers"]
+    assert options["--no_eval_teachers"].option_strings == ["--no_eval_teachers"]
+    err = _error(capsys, "distill", "--learning-rate", "fast")
+    assert "argument --learning_rate: invalid float value: 'fast'" in err and "--learning-rate" not in err
+    # HfArgumentParser writes the resolved type into the field it is given: the dataclasses keep their own
+    for dtype in types:
+        declared = {k: v for c in reversed(dtype.__mro__) for k, v in vars(c).get("__annotations__", {}).items()}
+        assert {f.name: f.type for f in dataclasses.fields(dtype)} == {f.name: declared[f.name]
+                                                                       for f in dataclasses.fields(dtype)}
+    # an Optional[bool] is a bare flag too (HfArgumentParser makes it take a value)
+    assert parse_distill_args(["--use_cpu"]).training.use_cpu is True
+    assert parse_distill_args([]).training.use_cpu is None
 
 
 def test_abbreviations_are_refused_with_the_full_name(capsys):

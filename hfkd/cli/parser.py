@@ -9,24 +9,26 @@ argparse reads the command line once.  Only the options that choose the parser i
 transformers' ``HfArgumentParser`` reads an args file.  Which settings the user gave is known
 after the parse, so a preset fills only the others and may depend on what was given.
 
-The options are built here from the dataclass fields rather than by ``HfArgumentParser``: importing
-transformers costs half a second before any help is printed, and its options are not what a person
-types (every flag listed twice, ``--no_x`` with ``--x``'s help, defaults appended to help texts that
-name their own).  Here each option has one spelling in the help (``--learning_rate``; ``--learning-rate``
-is still read), booleans are bare flags or take a value (``--x``, ``--x false``), abbreviations are
-refused, and an unknown option or value gets the closest name and a one-line usage.
+The options come from transformers' ``HfArgumentParser`` (each dataclass field becomes an option by its
+``_parse_dataclass_field``: type, default, choices, lists, ``Optional``, ``--no_x`` for booleans that default to
+true), with hfkd's manners on top: each option has one spelling in the help (``--learning_rate``;
+HfArgumentParser's ``--learning-rate`` alias is still read), booleans are bare flags or take a value
+(``--x``, ``--x false``), ``--no_x`` has its own help, one default is shown, types are named (``INT``),
+abbreviations are refused, and an unknown option or value gets the closest name and a one-line usage.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import difflib
 import sys
-import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type, Union, get_type_hints
 
 import yaml
+from transformers import HfArgumentParser
+from transformers.hf_argparser import string_to_bool
 
 from ..methods.configs import MethodConfig
 from ..settings import shorten
@@ -89,7 +91,7 @@ class HelpFormatter(argparse.HelpFormatter):
     def _get_help_string(self, action):
         text = action.help or ""
         default = action.default
-        if (not action.option_strings or "default" in text.lower() or isinstance(action, _TurnOff)
+        if (not action.option_strings or "default" in text.lower() or action.nargs == 0  # a flag such as --no_x
                 or default is None or default is argparse.SUPPRESS or default is NOT_GIVEN or default == []):
             return text
         shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default).lower() \
@@ -97,29 +99,42 @@ class HelpFormatter(argparse.HelpFormatter):
         return f"{text} (default: {shown.replace('%', '%%')})"
 
 
-class _TurnOff(argparse.Action):
-    """``--no_x``: sets the boolean ``x`` to false."""
-
-    def __init__(self, option_strings, dest, help=None):
-        super().__init__(option_strings, dest, nargs=0, help=help)
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, self.dest, False)
+_METAVARS = {int: "INT", float: "FLOAT", str: "TEXT"}
 
 
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse without abbreviations; an error is one line with the closest name, then a one-line usage."""
+class ArgumentParser(HfArgumentParser):
+    """HfArgumentParser's options with hfkd's manners: one spelling in the help, bare or valued booleans, a
+    ``--no_x`` with its own help, named types, no abbreviations; an error is one line with the closest name,
+    then a one-line usage."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, dataclass_types: Sequence[Type] = (), **kwargs):
         kwargs.setdefault("allow_abbrev", False)
         kwargs.setdefault("formatter_class", HelpFormatter)
-        super().__init__(*args, **kwargs)
+        super().__init__(list(dataclass_types), **kwargs)
+
+    def _add_dataclass_arguments(self, dtype: Type) -> None:
+        """One titled group per dataclass (described by its docstring); each field's option is made by
+        HfArgumentParser, then given hfkd's manners."""
+        doc = (dtype.__doc__ or "").strip().split("\n")[0]
+        group = self.add_argument_group(_group_name(dtype), None if doc.startswith(dtype.__name__ + "(") else doc)
+        hints = get_type_hints(dtype)
+        for f in dataclasses.fields(dtype):
+            if not f.init:
+                continue
+            # HfArgumentParser writes the resolved type into the field it is given: a copy keeps the
+            # dataclass's own fields as they are.
+            f = copy.copy(f)
+            f.type = hints[f.name]
+            first = len(self._actions)
+            self._parse_dataclass_field(group, f)
+            option, *turn_off = self._actions[first:]
+            _with_manners(option)
+            for action in turn_off:  # --no_x of a boolean whose default is true
+                action.option_strings = action.option_strings[:1]
+                action.help = f"Turn {f.name} off (the same as --{f.name} false)."
 
     def options(self) -> List[str]:
         return [s for a in self._actions for s in a.option_strings if s.startswith("--")]
-
-    def parse_known_args(self, args=None, namespace=None):
-        return super().parse_known_args(underscored(sys.argv[1:] if args is None else args, self.options()), namespace)
 
     def parse_args(self, args=None, namespace=None):
         namespace, rest = self.parse_known_args(args, namespace)
@@ -146,18 +161,17 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n{short_usage(self.prog)}\n")
 
 
-def underscored(argv: Sequence[str], options: Sequence[str]) -> List[str]:
-    """``--learning-rate`` read as ``--learning_rate`` (the help shows one spelling; both are accepted)."""
-    known, out = set(options), []
-    for i, token in enumerate(argv):
-        if token == "--":
-            return out + list(argv[i:])
-        if token.startswith("--") and "-" in token[2:].split("=", 1)[0]:
-            name, eq, value = token.partition("=")
-            spelled = "--" + name[2:].replace("-", "_")
-            token = spelled + eq + value if spelled in known else token
-        out.append(token)
-    return out
+def _with_manners(action: argparse.Action) -> None:
+    """hfkd's manners on the option HfArgumentParser made for one field."""
+    # One spelling in the help and in errors: the dashed alias (--learning-rate) stays registered, so it is read.
+    action.option_strings = action.option_strings[:1]
+    # A YAML file may give a value the dataclass has no default for; the dataclass names it when it is missing.
+    action.required = False
+    if action.type is string_to_bool:
+        # --x, --x false: also for Optional[bool], which HfArgumentParser gives no bare form; the error says the fix.
+        action.type, action.nargs, action.const, action.metavar = parse_bool, "?", True, "BOOL"
+    elif action.choices is None:
+        action.metavar = _METAVARS.get(action.type, "TEXT")
 
 
 # -- --config ------------------------------------------------------------------------------------------
@@ -172,7 +186,7 @@ def peek(argv: Sequence[str], *names: str) -> Dict[str, Optional[str]]:
     for name in names:
         parser.add_argument(f"--{name}")
     try:
-        known, _ = parser.parse_known_args(underscored(argv, [f"--{n}" for n in names]))
+        known, _ = parser.parse_known_args(list(argv))
     except ValueError as e:
         if "--config" in str(e):
             raise ValueError(CONFIG_MISSING) from None
@@ -253,65 +267,13 @@ def _group_name(dtype: Type) -> str:
     return words.strip() or dtype.__name__
 
 
-def _unwrap_optional(hint: Any) -> Any:
-    if typing.get_origin(hint) is Union:
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if len(args) == 1:
-            return args[0]
-    return hint
-
-
-_METAVARS = {int: "INT", float: "FLOAT", str: "TEXT"}
-
-
-def _option_kwargs(f: dataclasses.Field, hint: Any) -> Dict[str, Any]:
-    """argparse keywords of one dataclass field: its type's converter, default, help and choices."""
-    kwargs: Dict[str, Any] = {"dest": f.name, "help": f.metadata.get("help", "")}
-    kwargs.update({k: v for k, v in f.metadata.items() if k != "help"})  # choices
-    if f.default is not dataclasses.MISSING:
-        kwargs["default"] = f.default
-    elif f.default_factory is not dataclasses.MISSING:
-        kwargs["default"] = f.default_factory()
-    base = _unwrap_optional(hint)
-    if base is bool:
-        kwargs.update(type=parse_bool, nargs="?", const=True, metavar="BOOL")
-    elif typing.get_origin(base) in (list, List):
-        inner = (typing.get_args(base) or (str,))[0]
-        kwargs.update(nargs="+", type=inner if inner in _METAVARS else str)
-        kwargs.setdefault("metavar", _METAVARS.get(inner, "TEXT") if "choices" not in kwargs else None)
-    else:
-        kwargs["type"] = base if base in _METAVARS else str
-        if "choices" not in kwargs:
-            kwargs["metavar"] = _METAVARS.get(base, "TEXT")
-    if kwargs.get("metavar") is None:
-        kwargs.pop("metavar", None)
-    return kwargs
-
-
-def add_dataclass_options(parser: argparse.ArgumentParser, dtype: Type) -> None:
-    """One titled group of options for the fields of ``dtype``, described by its docstring."""
-    doc = (dtype.__doc__ or "").strip().split("\n")[0]
-    group = parser.add_argument_group(_group_name(dtype), None if doc.startswith(dtype.__name__ + "(") else doc)
-    hints = get_type_hints(dtype)
-    for f in dataclasses.fields(dtype):
-        if not f.init:
-            continue
-        kwargs = _option_kwargs(f, hints[f.name])
-        group.add_argument(f"--{f.name}", **kwargs)
-        if _unwrap_optional(hints[f.name]) is bool and kwargs.get("default") is True:
-            group.add_argument(f"--no_{f.name}", action=_TurnOff, dest=f.name,
-                               help=f"Turn {f.name} off (the same as --{f.name} false).")
-
-
 def create_parser(dataclass_types: Sequence[Type], extra_options=(), **parser_kwargs) -> ArgumentParser:
-    """The argparse parser of ``dataclass_types`` plus ``--config`` and ``extra_options``."""
+    """The parser of ``dataclass_types`` plus ``--config`` and ``extra_options``."""
     parser_kwargs.setdefault("usage", "%(prog)s [options]")
-    parser = ArgumentParser(**parser_kwargs)
+    parser = ArgumentParser(dataclass_types, **parser_kwargs)
     parser.add_argument("--config", metavar="YAML", help=CONFIG_HELP)
     for flags, kwargs in extra_options:
         parser.add_argument(*flags, **kwargs)
-    for dtype in dataclass_types:
-        add_dataclass_options(parser, dtype)
     return parser
 
 
@@ -342,8 +304,10 @@ def parse_args(dataclass_types: Sequence[Type], argv: Optional[Sequence[str]] = 
     argv = list(sys.argv[1:] if argv is None else argv)
     config = config if config is not None else read_config(argv)
     parser = create_parser(dataclass_types, extra_options, **parser_kwargs)
-    actions = {a.dest: a for a in parser._actions
-               if a.dest not in (argparse.SUPPRESS, "help") and not isinstance(a, _TurnOff)}
+    actions: Dict[str, argparse.Action] = {}
+    for action in parser._actions:  # an option before its --no_x (the same dest)
+        if action.dest not in (argparse.SUPPRESS, "help"):
+            actions.setdefault(action.dest, action)
     fields = {f.name for dtype in dataclass_types for f in dataclasses.fields(dtype) if f.init}
     unknown = sorted(map(str, set(config.values) - (set(actions) - {"config"})))
     if unknown:
