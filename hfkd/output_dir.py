@@ -22,7 +22,7 @@ import time
 from contextlib import contextmanager
 from typing import Dict, Iterator, List, Optional
 
-from .files import check_save_target
+from .files import check_save_target, pid_alive
 from .settings import shorten
 
 logger = logging.getLogger(__name__)
@@ -193,16 +193,6 @@ def scheduler_job_id() -> Optional[str]:
     return None
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
-
-
 _HELD: Dict[str, int] = {}  # lock path -> how many holders in this process
 
 
@@ -264,7 +254,7 @@ class OutputDirLock:
         if holder.get("host") == socket.gethostname() and isinstance(pid, int):
             if pid == os.getpid():
                 return None  # ours: re-entrant, not stale
-            if not _pid_alive(pid):
+            if not pid_alive(pid):
                 return f"its process {pid} on this host is gone"
         return None
 

@@ -190,17 +190,6 @@ def metadata_problems(raw: Dict[str, Any]) -> List[str]:
 
 
 # -- the files -------------------------------------------------------------------------------------
-def _size_problems(folder: str, manifest: Dict[str, Dict[str, Any]]) -> List[str]:
-    problems = []
-    for rel, want in sorted(manifest.items()):
-        path = os.path.join(folder, rel)
-        if not os.path.isfile(path):
-            problems.append(f"{rel} is missing")
-        elif os.path.getsize(path) != want["size"]:
-            problems.append(f"{rel} has {os.path.getsize(path)} bytes, {want['size']} were written")
-    return problems
-
-
 def manifest_bytes(metadata: CacheMetadata) -> int:
     return sum(int(f["size"]) for f in (metadata.files or {}).values())
 
@@ -220,7 +209,7 @@ def check_files(folder: str, metadata: CacheMetadata, where: str, content: bool 
                        "cannot be checked; generate it again to get one", where, metadata.format_version)
         return
     manifest = metadata.files if only is None else {k: v for k, v in metadata.files.items() if k in set(only)}
-    problems = manifest_problems(folder, manifest) if content else _size_problems(folder, manifest)
+    problems = manifest_problems(folder, manifest, content=content)
     if problems:
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
         located = where if folder in where else f"{where} ({folder})"
