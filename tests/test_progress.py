@@ -84,3 +84,20 @@ def test_a_resume_refusal_is_one_message_not_a_traceback(monkeypatch, capsys):
     monkeypatch.setattr(sys.modules["hfkd.cli.push"], "main", bug)
     with pytest.raises(ValueError, match="a bug"):  # anything else keeps its traceback
         hfkd_main(["push", "x", "y"])
+
+
+def test_the_banner_names_a_teacher_cache_given_as_an_argument():
+    """DistillationTrainer(teacher_cache=...) leaves args.teacher_cache unset: the banner names the cache it opened."""
+    from types import SimpleNamespace
+
+    from hfkd.training.callbacks import start_banner
+
+    trainer = SimpleNamespace(
+        args=SimpleNamespace(teacher_dtype=None, teacher_cache=None, output_dir="out"),
+        accelerator=SimpleNamespace(mixed_precision="no", device="cpu", num_processes=1),
+        state=SimpleNamespace(num_epochs=1, max_steps=2, global_step=0), steps_per_epoch=2,
+        dataset_info={"id": "hfkd/digits"}, eval_dataset=None, train_dataset=[0] * 4,
+        method=SimpleNamespace(name="kd"), teachers=[], teacher_cache=SimpleNamespace(source="org/soft-labels"),
+        student=SimpleNamespace(name="test_resnet", num_parameters=lambda: 10))
+    banner = start_banner(trainer)
+    assert "teachers: teacher cache org/soft-labels" in banner and "None" not in banner

@@ -68,7 +68,8 @@ def start_banner(trainer) -> str:
     if args.teacher_dtype:
         precision += f" (teachers {args.teacher_dtype})"
     if trainer.teacher_cache is not None:
-        teachers = f"teacher cache {args.teacher_cache}"
+        # the cache the trainer opened: given as an argument, args.teacher_cache is None
+        teachers = f"teacher cache {trainer.teacher_cache.source}"
     else:
         teachers = ", ".join(t.name for t in trainer.teachers) or "none"
     steps = (f"{state.num_epochs} epoch(s) x {trainer.steps_per_epoch} steps = {state.max_steps} optimizer steps"
