@@ -14,13 +14,12 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..compress.settings import CompressionArguments, PruningConfig
-from ..data.default import DEFAULT_DATASET
 from ..extras import MissingDependencyError, require
 from ..lazy import lazy_function
 from ..training.args import DistillationArguments
 from .arguments import CompressModelArguments, DataArguments
 from .parser import parse_args
-from .preset import COMPRESS_PRESET, Preset
+from .preset import COMPRESS_PRESET, Preset, is_demo_data
 
 # Compression, the demo and the models import torch: loaded once the settings are parsed,
 # so that `hfkd compress --help` and a bad option answer without it.
@@ -75,7 +74,7 @@ def main(argv: Optional[Sequence[str]] = None):
         raise SystemExit(f"hfkd compress: error: {e}") from None
     for line in preset.describe():
         print(line, flush=True)
-    if not model_args.student and data_args.dataset != DEFAULT_DATASET:
+    if not model_args.student and not is_demo_data(data_args.dataset):
         raise SystemExit(f"hfkd compress: error: compressing on {data_args.dataset} needs --student (a saved "
                          "student trained on it); the demo's KD student only knows the embedded digits")
     data = load_data(data_args, seed=0)

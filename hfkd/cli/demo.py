@@ -12,7 +12,6 @@ import functools
 import os
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
-from ..data.default import DEFAULT_DATASET
 from ..data.loading import load_image_dataset
 from ..data.rotated_digits import load_rotated_digits
 from ..methods.registry import create_method
@@ -22,7 +21,7 @@ from ..training.trainer import DistillationTrainer
 from .arguments import ModelArguments
 from .pipeline import build_student
 from .preset import (DEFAULT_TEACHER_EPOCHS, DEMO_AUGMENT, DEMO_IMAGE_SIZE, DEMO_KD_EPOCHS, DEMO_LEARNING_RATE,
-                     DEMO_STUDENT, DEMO_TEACHERS, REGRESSION_TEACHERS)
+                     DEMO_STUDENT, DEMO_TEACHERS, REGRESSION_TEACHERS, is_demo_data)
 
 
 # -- the demo models: trained once, cached ----------------------------------------------------------
@@ -138,7 +137,7 @@ def resolve_teachers(teachers: Sequence[str], dataset: str, *, what: str, needed
     teachers = list(teachers)
     if teachers or not needed:
         return teachers
-    if dataset != DEFAULT_DATASET:
+    if not is_demo_data(dataset):
         raise ValueError(f"no --teachers given: {what} on {dataset} needs teachers trained on it (pass --teachers "
                          f"PATH ...); the cached demo teachers only know the embedded demo data{hint}")
     if task is not None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Dict, List, Optional
 
-from ...data.default import DEFAULT_DATASET
 from ...data.rotated_digits import load_rotated_digits
 from ...methods.registry import create_method
 from ...results import REGRESSION_METRICS, RESULT_METRICS, gap_closed
@@ -23,7 +22,7 @@ from ...tasks import RegressionTask
 from ...training.args import DistillationArguments
 from ..arguments import DataArguments, ExtracurricularRunArguments
 from ..demo import regression_task, resolve_teachers
-from ..preset import EXTRACURRICULAR_TEACHER
+from ..preset import EXTRACURRICULAR_TEACHER, is_demo_data
 from ..pipeline import build_student, build_teachers, load_data, result_row, run, run_seeds, subfolder_args, teacher_rows
 from .base import RunSettings, run_data
 
@@ -37,7 +36,7 @@ def load_task_data(data_args: DataArguments, cfg: ExtracurricularRunArguments, s
     """The digits (or ``--dataset``) for classification, the rotated digits for regression."""
     if not cfg.regression:
         return load_data(data_args, seed=seed)
-    if data_args.dataset != DEFAULT_DATASET:
+    if not is_demo_data(data_args.dataset):
         raise ValueError("--regression true runs the embedded rotation demo; for your own regression data use "
                          "DistillationTrainer(..., task=RegressionTask(...)) (docs/extracurricular.md)")
     data = load_rotated_digits(max_angle=cfg.max_angle)  # one fixed split and draw of angles, like the digits
