@@ -19,18 +19,20 @@ QUOTE_LIMIT = 200
 _NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
 
+def cut(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """``text`` as it is when it fits in ``limit`` characters, else its first ``limit`` marked as cut."""
+    return text if len(text) <= limit else f"{text[:limit]}... (cut)"
+
+
 def shorten(value: Any, limit: int = QUOTE_LIMIT) -> str:
-    """``repr(value)`` for a message, cut to ``limit`` characters with the full length named.
+    """``repr(value)`` for a message, cut to ``limit`` characters (:func:`cut`).
 
     Every validation message that quotes a user's or a file's value goes through this.  Long
     containers are not rendered whole first (``reprlib`` caps each level), so a huge value costs little.
     """
     r = reprlib.Repr()
     r.maxstring, r.maxother, r.maxlist, r.maxdict, r.maxtuple, r.maxset, r.maxlevel = limit, limit, 20, 20, 20, 20, 3
-    text = r.repr(value)
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]}... (cut)"
+    return cut(r.repr(value), limit)
 
 
 def _type_ok(value: Any, hint: Any) -> bool:

@@ -31,7 +31,7 @@ from transformers import HfArgumentParser
 from transformers.hf_argparser import string_to_bool
 
 from ..methods.configs import MethodConfig
-from ..settings import shorten
+from ..settings import cut, shorten
 from ..training.args import DistillationArguments
 
 CONFIG_HELP = "A YAML file of settings (any option below, and `method`); command-line flags override it."
@@ -225,7 +225,7 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
     if "could not determine a constructor" in problem:
         problem += " (a settings file holds plain values: YAML tags that build Python objects are refused, not run)"
     problem = " ".join(problem.split())
-    return where + (problem if len(problem) <= _MESSAGE_LIMIT else problem[:_MESSAGE_LIMIT] + "... (cut)")
+    return where + cut(problem, _MESSAGE_LIMIT)
 
 
 def load_yaml(path: str) -> Dict[str, Any]:

@@ -20,7 +20,7 @@ from ..launch import is_main_process
 from ..models.backbone import Backbone
 from ..models.factory import create_backbone, run_folder_student
 from ..output_dir import OutputDirError, OutputDirLock, check_output_dir, remove_run_outputs
-from ..settings import shorten
+from ..settings import cut, shorten
 from .demo import DEMO_STUDENT, cache_dir, demo_teacher_path
 from .pipeline import build_student, build_teacher
 from .workflows import RunSettings, get_workflow
@@ -45,8 +45,7 @@ class Checked:
 
 
 def _why(e: BaseException, limit: int = 500) -> str:
-    text = str(e)
-    return f"{type(e).__name__}: {text if len(text) <= limit else text[:limit] + '... (cut)'}"
+    return f"{type(e).__name__}: {cut(str(e), limit)}"
 
 
 def _is_demo_model(path: str) -> bool:
