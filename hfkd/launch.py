@@ -21,7 +21,7 @@ from typing import Any, Dict
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, PartialState
-from accelerate.utils import DistributedDataParallelKwargs, parse_flag_from_env
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType, parse_flag_from_env
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +82,28 @@ def check_launch(accelerator) -> None:
         )
 
 
+def check_fsdp(accelerator) -> None:
+    """Refuse a launch that asked for FSDP when Accelerate prepared something else.
+
+    ``accelerate launch --use_fsdp`` (or an ``accelerate config`` with FSDP) exports ``ACCELERATE_USE_FSDP``;
+    on CPU processes Accelerate then prepares plain DDP (``MULTI_CPU``) without a word, so a student sized for
+    sharding would be replicated whole on every process.  Saying so here is cheaper than that surprise.
+    """
+    if not parse_flag_from_env("ACCELERATE_USE_FSDP"):
+        return
+    chosen = accelerator.distributed_type
+    if chosen == DistributedType.FSDP:
+        return
+    name = getattr(chosen, "value", str(chosen))
+    raise RuntimeError(
+        f"FSDP was asked for (ACCELERATE_USE_FSDP is set, by `accelerate launch --use_fsdp` or an accelerate "
+        f"config), but Accelerate runs {name} on {accelerator.num_processes} process(es), so each process would "
+        "hold the whole student instead of a shard. Accelerate shards with FSDP only on GPUs (or other "
+        "accelerators), not on CPU processes. Launch on GPUs, or drop --use_fsdp (and the FSDP settings of your "
+        "accelerate config) to train with a full copy of the student per process (docs/launch.md, \"FSDP\")."
+    )
+
+
 def _destroy_process_group() -> None:
     # Left to interpreter teardown, gloo's worker threads can be destroyed while still joinable and the
     # process aborts ("terminate called without an active exception") after a run that succeeded.
@@ -109,6 +131,8 @@ def create_accelerator(args=None) -> Accelerator:
         step_scheduler_with_optimizer=False,
     )
     check_launch(accelerator)
+    if args is not None:  # only training prepares a model that FSDP would shard
+        check_fsdp(accelerator)
     use_cpu_cores(accelerator)
     if accelerator.num_processes > 1:
         atexit.unregister(_destroy_process_group)
