@@ -167,6 +167,12 @@ def test_a_dataset_dict_as_train_dataset_is_named(tmp_path, small_digits):
                             train_dataset=DatasetDict(train=small_digits.train))
 
 
+def test_a_streamed_train_dataset_is_refused_with_the_way_out(tmp_path, small_digits):
+    stream = small_digits.train.select(range(8)).to_iterable_dataset()
+    with pytest.raises(TypeError, match=r"train_dataset is a streamed datasets.IterableDataset.*without streaming=True"):
+        DistillationTrainer(_student(), method="supervised", args=_args(tmp_path), train_dataset=stream)
+
+
 # -- images and paths -----------------------------------------------------------------------------
 def _image_folder(root, classes, truncate=None):
     for c in classes:
