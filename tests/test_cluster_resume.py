@@ -81,7 +81,7 @@ def test_a_requeued_job_resumes_into_its_folder_while_its_old_lock_is_there(tmp_
         old.wait()
 
 
-def test_teacher_cache_generation_stops_at_a_signal_and_leaves_no_partial_cache(tmp_path, digits):
+def test_teacher_cache_generation_stops_at_a_signal_and_the_same_call_continues(tmp_path, digits):
     teacher = create_backbone("test_resnet", num_classes=10, pretrained=False, image_size=32)
     forward = teacher.forward
 
@@ -94,8 +94,13 @@ def test_teacher_cache_generation_stops_at_a_signal_and_leaves_no_partial_cache(
         cache_teacher_outputs([teacher], digits.train.select(range(32)), str(out), student=tiny_student(),
                               batch_size=8)
     assert stop.value.code == 143
-    assert not os.path.exists(out) and not os.path.exists(str(out) + ".partial")
+    assert not os.path.exists(out)  # no cache appears before it is complete
+    assert not [n for n in os.listdir(str(out) + ".partial") if n.startswith("rank")]  # no view was finished
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is given back
+    teacher.forward = forward
+    assert os.path.isdir(cache_teacher_outputs([teacher], digits.train.select(range(32)), str(out),
+                                               student=tiny_student(), batch_size=8))
+    assert not os.path.exists(str(out) + ".partial")
 
 
 @pytest.mark.parametrize("processes,start", [(1, 0), (1, 3), (2, 8), (2, 12), (3, 5), (4, 25)])

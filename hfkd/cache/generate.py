@@ -9,12 +9,23 @@ of the batch size, so every batch is a batch of the 1-process run: the teachers 
 tensors and the merged cache is bitwise the 1-process one.  Each process writes one shard per
 view; the main process merges them in ``(index, view)`` order.
 
+Generation is resumable.  A shard appears under its final name only when it is complete (written
+beside it, then renamed), and ``.partial`` holds the generation's plan (:func:`_plan`: the cache's
+metadata without the command, the teachers' weight hashes, and the number of processes and the batch
+size, which fix the blocks).
+The same command run again after a kill or a preemption keeps the finished views (those whose shards
+every process finished) and computes only the others; a stopped generation with another plan is
+removed as before.  The teachers see the same tensors either way, so the result is bitwise the
+uninterrupted one.
+
 A preemption signal (SIGTERM, SIGINT, SIGUSR1) stops generation at the next batch boundary all
-processes agree on: the unfinished ``.partial`` folder is removed, so that the requeued command
-starts again, and :class:`hfkd.preemption.Preempted` exits with ``128 + the signal number``.
+processes agree on: the finished shards stay in ``.partial`` for the requeued command, and
+:class:`hfkd.preemption.Preempted` exits with ``128 + the signal number``.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import os
@@ -43,6 +54,9 @@ from .format import (UNLISTED_FILES, CacheMetadata, augmentation_dict, dataset_f
                      encode_logits, images_sha256)
 
 logger = logging.getLogger(__name__)
+
+#: in ``.partial``: what a stopped generation was making, so that only the same generation continues it
+PLAN_FILE = "hfkd_generation_plan.json"
 
 
 def _teacher_entry(teacher) -> Dict[str, Any]:
@@ -85,12 +99,41 @@ def _quiet_datasets():
             enable_progress_bars()
 
 
-def _clear_stages(output_dir: str) -> None:
-    """Refuse an existing cache folder; remove the ``.partial``/``.staging`` stages a stopped or failed hfkd
-    generation left (its writer marker names a dead process of this host, or this process), refuse others."""
+def _weights_sha256(module: torch.nn.Module) -> str:
+    """A hash of a teacher's weights: the metadata names a teacher, which a retrained folder keeps."""
+    h = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        h.update(name.encode())
+        h.update(str(tensor.dtype).encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _plan(metadata: CacheMetadata, teachers: Sequence[Any], processes: int, batch_size: int) -> Dict[str, Any]:
+    """What decides the shards' contents and boundaries: a stopped generation continues only under the same."""
+    plan = {k: v for k, v in metadata.to_dict().items() if k not in ("command", "files")}
+    plan.update(processes=int(processes), batch_size=int(batch_size),
+                teacher_weights=[_weights_sha256(t.backbone) for t in teachers])
+    return json.loads(json.dumps(plan, sort_keys=True))  # tuples -> lists, as read back from the file
+
+
+def _read_plan(partial: str) -> Optional[Dict[str, Any]]:
+    try:
+        with open(os.path.join(partial, PLAN_FILE), encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _clear_stages(output_dir: str, plan: Dict[str, Any]) -> bool:
+    """Refuse an existing cache folder; of the ``.partial``/``.staging`` stages a stopped or failed hfkd
+    generation left (its writer marker names a dead process of this host, or this process), keep a
+    ``.partial`` of the same plan (returns True: the generation continues) and remove the others; refuse
+    stages hfkd did not provably leave."""
     if os.path.lexists(output_dir):
         raise FileExistsError(f"{output_dir} already exists; hfkd never overwrites a folder: choose another "
                               "output_dir or remove it yourself")
+    resume = False
     for stage in (output_dir + ".partial", output_dir + ".staging"):
         if not os.path.lexists(stage):
             continue
@@ -98,8 +141,14 @@ def _clear_stages(output_dir: str) -> None:
             raise FileExistsError(f"{stage} already exists and is not a stage a stopped hfkd cache generation left "
                                   "(another one may be writing it); hfkd never overwrites a folder: choose another "
                                   "output_dir or remove it yourself")
-        logger.warning("removing %s, left by an earlier cache generation that stopped", stage)
+        if stage.endswith(".partial") and _read_plan(stage) == plan:
+            logger.warning("continuing the cache generation that stopped in %s: its finished shards are kept", stage)
+            resume = True
+            continue
+        logger.warning("removing %s, left by an earlier cache generation that stopped%s", stage,
+                       " with other settings" if _read_plan(stage) is not None else "")
         shutil.rmtree(stage)
+    return resume
 
 
 def _cache_bytes(num_rows: int, num_teachers: int, num_classes: int, top_k: Optional[int], dtype: str) -> int:
@@ -192,17 +241,20 @@ def cache_teacher_outputs(
 
     rank = accelerator.process_index
     partial, staging = output_dir + ".partial", output_dir + ".staging"
-    problem = None
+    plan = _plan(metadata, teachers, accelerator.num_processes, batch_size)
+    problem, resume = None, False
     if accelerator.is_main_process:  # the stages' marker names the main process: only it can judge them
         try:
-            _clear_stages(output_dir)
+            resume = _clear_stages(output_dir, plan)
         except FileExistsError as e:
             problem = str(e)
     problem = broadcast_object_list([problem])[0]  # every process refuses together, none waits for the others
     if problem:
         raise FileExistsError(problem)
-    if accelerator.is_main_process:
+    if accelerator.is_main_process and not resume:
         os.makedirs(partial, exist_ok=False)
+        with open(os.path.join(partial, PLAN_FILE), "w", encoding="utf-8") as f:
+            json.dump(plan, f, indent=2, sort_keys=True)
     # A failure removes what this process wrote (the main process: both stages) and lets a retry in.
     needed = _cache_bytes(len(train_dataset) * num_views, 1 if ensemble else len(teachers), num_classes, top_k, dtype)
     own = [partial, staging] if accelerator.is_main_process else [
@@ -218,9 +270,20 @@ def cache_teacher_outputs(
     return output_dir
 
 
+def _shard_name(rank: int, view: int) -> str:
+    return f"rank{rank:05d}-view{view:05d}"
+
+
+def _finished_views(partial: str, ranks: Sequence[int], num_views: int) -> List[int]:
+    """The views every process with samples finished (a shard exists under its final name only when complete)."""
+    return [view for view in range(num_views)
+            if all(os.path.isdir(os.path.join(partial, _shard_name(r, view))) for r in ranks)]
+
+
 def _generate(accelerator, train_dataset, teachers, preprocess, augment, image_column, label_column, seed, num_views,
               batch_size, num_workers, ensemble, top_k, dtype, metadata, output_dir) -> None:
     """Run the teachers over every view into ``.partial`` shards; the main process merges them into the cache."""
+    from accelerate.utils import broadcast_object_list
     from datasets import concatenate_datasets, load_from_disk
     from torch.utils.data import DataLoader, Subset
 
@@ -235,16 +298,24 @@ def _generate(accelerator, train_dataset, teachers, preprocess, augment, image_c
         t.to(accelerator.device)
     # Every process polls at the same points: as many as the largest block has batches.
     num_batches = max(math.ceil(len(_block(len(views), batch_size, r, world)) / batch_size) for r in range(world))
+    # Every process skips the same views (the main process judges them), so all poll at the same points.
+    writers = [r for r in range(world) if len(_block(len(views), batch_size, r, world))]  # the others write nothing
+    finished = _finished_views(partial, writers, num_views) if accelerator.is_main_process else None
+    finished = broadcast_object_list([finished])[0]
+    if finished and accelerator.is_main_process:
+        logger.warning("teacher cache: %d of %d views were finished by the generation that stopped; computing the "
+                       "other %d", len(finished), num_views, num_views - len(finished))
     with Preemption(accelerator) as preemption:
         for view in range(num_views):
+            if view in finished:
+                continue
             views.set_epoch(view)
             loader = DataLoader(Subset(views, list(block)), batch_size=batch_size, num_workers=num_workers)
             _teacher_view(teachers, weights, loader, num_batches, preemption, accelerator, view, seed, ensemble,
-                          top_k, dtype, os.path.join(partial, f"rank{rank:05d}-view{view:05d}"))
+                          top_k, dtype, os.path.join(partial, _shard_name(rank, view)))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        pieces = [load_from_disk(os.path.join(partial, d)) for d in sorted(os.listdir(partial))
-                  if os.path.isdir(os.path.join(partial, d))]
+        pieces = [load_from_disk(os.path.join(partial, _shard_name(r, v))) for v in range(num_views) for r in writers]
         merged = concatenate_datasets(pieces).sort(["index", "view"])
         os.makedirs(staging)
         mark_writer(staging)  # a generation stopped while merging leaves a stage a retry may remove
@@ -269,10 +340,8 @@ def _teacher_view(teachers, weights, loader, num_batches, preemption, accelerato
     batches = iter(loader)
     for _ in range(num_batches):
         if preemption.requested():
+            # The finished shards stay in .partial: the requeued command continues from them.
             accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                # Nothing of a partial cache can be reused: the requeued command must find the folder free.
-                shutil.rmtree(os.path.dirname(shard), ignore_errors=True)
             raise preemption.stop()
         batch = next(batches, None)
         if batch is None:  # this block is shorter than the largest one
@@ -288,6 +357,13 @@ def _teacher_view(teachers, weights, loader, num_batches, preemption, accelerato
         for k, v in columns.items():
             parts.setdefault(k, []).append(v)
     if parts:
+        # Written beside its final name and renamed when complete: a killed write never looks finished.
         table = _rows_table({k: np.concatenate(v) for k, v in parts.items()})
+        writing = shard + ".writing"
+        if os.path.isdir(writing):  # a killed write of this process's shard, inside hfkd's own stage
+            shutil.rmtree(writing)
         with _quiet_datasets():
-            Dataset(InMemoryTable(table)).save_to_disk(shard)
+            Dataset(InMemoryTable(table)).save_to_disk(writing)
+        if os.path.isdir(shard):  # finished before a stop that left other processes' shards of this view unfinished
+            shutil.rmtree(shard)
+        os.replace(writing, shard)
