@@ -237,10 +237,13 @@ def remove_own(paths: Iterable[str]) -> List[str]:
 
 @contextmanager
 def disk_full_explained(folder: str, what: str, *, needed: Union[int, Callable[[], int], None] = None,
-                        cleanup: Iterable[str] = (), where_to_change: str = "the output folder") -> Iterator[None]:
+                        cleanup: Iterable[str] = (), where_to_change: str = "the output folder",
+                        cleanup_only_when_full: bool = False) -> Iterator[None]:
     """Turn a full disk while writing ``what`` into ``folder`` into one :class:`DiskFullError`.
 
-    On any failure the folders in ``cleanup`` (what this write created) are removed; a full disk is then
+    On any failure the folders in ``cleanup`` (what this write created) are removed (with
+    ``cleanup_only_when_full``, only when the disk is full: a resumable write keeps them for the retry
+    otherwise); a full disk is then
     reported with its mount point, the free space left after the clean-up and about what the write needed
     (``needed``: bytes, or a function giving them, called only when a write fails).
     """
@@ -254,7 +257,7 @@ def disk_full_explained(folder: str, what: str, *, needed: Union[int, Callable[[
             except Exception:  # noqa: BLE001 - only the message's estimate; the write's own error matters
                 needed = None
         full = out_of_space(error, folder, needed)  # before the clean-up frees the partial write's space
-        removed = remove_own(cleanup)
+        removed = remove_own(cleanup) if full or not cleanup_only_when_full else []
         if not full:
             raise
         free = free_bytes(folder)

@@ -13,6 +13,7 @@ from hfkd.files import sha256
 TESTS = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(TESTS, "scripts"))
 from cache_killed import generate  # noqa: E402  (the generation the killed script runs)
+from helpers.launch import run_two_processes  # noqa: E402
 from helpers.models import tiny_student, tiny_teacher  # noqa: E402
 
 SCRIPT = os.path.join(TESTS, "scripts", "cache_killed.py")
@@ -59,6 +60,25 @@ def test_a_killed_generation_continues_to_the_bitwise_same_cache(tmp_path):
     assert calls[0] == 8, "view 0 was kept, views 1 and 2 computed (4 calls each)"
     assert _files(out) == _files(reference)
     assert not os.path.exists(partial)
+
+
+@pytest.mark.slow
+def test_two_processes_killed_midway_continue_to_the_one_process_cache(tmp_path):
+    """Rank 1 killed in view 1 (torchrun ends rank 0): both ranks' view-0 shards are kept, the rest computed."""
+    out = str(tmp_path / "cache")
+    env = {"HFKD_CACHE": str(tmp_path / "hfkd")}
+    # 16 images per process, batch 8: 2 teacher calls per view; rank 1's 3rd call is in view 1
+    killed = run_two_processes(SCRIPT, out, "3", "1", env=env, check=False)
+    assert killed.returncode != 0 and not os.path.exists(out)
+    left = os.listdir(out + ".partial")
+    assert {"rank00000-view00000", "rank00001-view00000"} <= set(left) and "rank00001-view00001" not in left, left
+    resumed = run_two_processes(SCRIPT, out, "0", env=env)
+    assert "CALLS rank 0: 4" in resumed.stdout and "CALLS rank 1: 4" in resumed.stdout, resumed.stdout[-2000:]
+    reference = _files(generate(str(tmp_path / "reference"), tiny_teacher(), tiny_student()))
+    # The rows bitwise; state.json (and the manifest holding its hash) carries datasets' fingerprint of how
+    # the shards were merged, which differs between 1 and 2 processes also without a kill.
+    data = {k: v for k, v in _files(out).items() if k.endswith(".arrow")}
+    assert data and data == {k: v for k, v in reference.items() if k.endswith(".arrow")}
 
 
 def test_a_stopped_generation_of_other_teacher_weights_starts_again(tmp_path, monkeypatch):

@@ -255,12 +255,13 @@ def cache_teacher_outputs(
         os.makedirs(partial, exist_ok=False)
         with open(os.path.join(partial, PLAN_FILE), "w", encoding="utf-8") as f:
             json.dump(plan, f, indent=2, sort_keys=True)
-    # A failure removes what this process wrote (the main process: both stages) and lets a retry in.
+    # A full disk removes what this process wrote (the main process: both stages) to free the space; any other
+    # failure (a teacher's error, a lost peer process) keeps the finished shards for the same command to continue.
     needed = _cache_bytes(len(train_dataset) * num_views, 1 if ensemble else len(teachers), num_classes, top_k, dtype)
     own = [partial, staging] if accelerator.is_main_process else [
         os.path.join(partial, f"rank{rank:05d}-view{view:05d}") for view in range(num_views)]
     with disk_full_explained(os.path.dirname(output_dir), f"the teacher cache {output_dir}", needed=needed,
-                             cleanup=own, where_to_change="an output_dir"):
+                             cleanup=own, where_to_change="an output_dir", cleanup_only_when_full=True):
         if accelerator.is_main_process:
             mark_writer(partial)  # a stopped generation's stage is then recognisably hfkd's, and removable
         accelerator.wait_for_everyone()

@@ -1,8 +1,10 @@
-"""A teacher-cache generation that SIGKILLs itself in the teacher's forward call number KILL_AT.
+"""A teacher-cache generation whose process of rank KILL_RANK SIGKILLs itself in its teacher's forward call KILL_AT.
 
-    python tests/scripts/cache_killed.py OUT_DIR KILL_AT     (PYTHONPATH: the repository and tests/)
+    python tests/scripts/cache_killed.py OUT_DIR KILL_AT [KILL_RANK]     (PYTHONPATH: the repository and tests/)
 
-The same generation as tests/test_teacher_cache_resume.py's (32 digits, 3 views, batch 8: 4 calls per view).
+KILL_AT 0 kills nothing; each process then prints how many teacher calls it made.  The same generation as
+tests/test_teacher_cache_resume.py's (32 digits, 3 views, batch 8: 4 calls per view on one process, 2 on each
+of two).  Under torchrun, only the process of rank KILL_RANK (default 0) is killed; torchrun then ends the others.
 """
 import os
 import signal
@@ -23,18 +25,20 @@ def generate(out_dir, teacher, student):
                                  batch_size=8, command="hfkd cache (test)")
 
 
-def main(out_dir: str, kill_at: int) -> None:
+def main(out_dir: str, kill_at: int, kill_rank: int = 0) -> None:
     student, teacher = tiny_student(), tiny_teacher()
     forward, calls = teacher.forward, [0]
+    rank = int(os.environ.get("RANK", "0"))
 
     def killed_forward(*a, **kw):
         calls[0] += 1
-        if calls[0] == kill_at:
+        if calls[0] == kill_at and rank == kill_rank:
             os.kill(os.getpid(), signal.SIGKILL)  # no clean-up runs: what a kill -9 or an OOM killer leaves
         return forward(*a, **kw)
     teacher.forward = killed_forward
     generate(out_dir, teacher, student)
+    print(f"CALLS rank {rank}: {calls[0]}", flush=True)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]))
+    main(sys.argv[1], int(sys.argv[2]), *(int(a) for a in sys.argv[3:]))
