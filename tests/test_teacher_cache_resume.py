@@ -1,5 +1,6 @@
 """Teacher-cache generation is resumable (issue 23): killed midway, the same call keeps the finished views,
 computes the others, and the cache is bitwise the uninterrupted one."""
+import importlib.util
 import os
 import subprocess
 import sys
@@ -7,16 +8,17 @@ import sys
 import pytest
 import torch
 
+from helpers.launch import run_two_processes
+from helpers.models import tiny_student, tiny_teacher
 from hfkd.cache.generate import PLAN_FILE
 from hfkd.files import sha256
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(TESTS, "scripts"))
-from cache_killed import generate  # noqa: E402  (the generation the killed script runs)
-from helpers.launch import run_two_processes  # noqa: E402
-from helpers.models import tiny_student, tiny_teacher  # noqa: E402
-
 SCRIPT = os.path.join(TESTS, "scripts", "cache_killed.py")
+_spec = importlib.util.spec_from_file_location("cache_killed", SCRIPT)
+_script = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_script)
+generate = _script.generate  # the very generation the killed script runs
 
 
 def _files(folder):
