@@ -4,6 +4,7 @@
     python benchmarks/teacher_cache.py --section storage      # generation cost, bytes/image/view: full/top-k x fp32/fp16
     python benchmarks/teacher_cache.py --section disk         # bytes/view on disk, 10 and 1000 classes, no teacher run
     python benchmarks/teacher_cache.py --section accuracy     # cached vs online MEAL V2 and KD, 3 seeds, R = 1 and 4
+    python benchmarks/teacher_cache.py --section accuracy --methods kd --sources "cache R=4" "cache R=4 K=4"
     python benchmarks/teacher_cache.py --section integrity    # cost of the checks on open: sizes, sha256, split hashes
 
 All on the embedded demo: the demo student and teachers (hfkd/cli/demo.py: cifar_resnet8 <- cifar_resnet20 +
@@ -189,7 +190,12 @@ def accuracy(a, tmp, data, teachers, init):
         if method not in a.methods:
             continue
         for seed in a.seeds:
-            for source in ("online", "cache R=1", "cache R=4"):
+            for source in a.sources:
+                # "cache R=4 K=4": 4 views per decode (crops_per_image); a pass over the images then trains on
+                # as many views as K epochs of one view, so it runs epochs / K passes (FKD's count).
+                crops = int(source.split("K=")[1]) if "K=" in source else 1
+                if plan["epochs"] % crops:
+                    continue
                 from accelerate.utils import set_seed
 
                 set_seed(seed)
@@ -197,11 +203,12 @@ def accuracy(a, tmp, data, teachers, init):
 
                 model = (_student(plan["init"]) if plan["init"]
                          else create_backbone(DEMO_STUDENT, num_classes=10, pretrained=False, image_size=32))
-                cache = None if source == "online" else caches[int(source[-1])]
+                cache = None if source == "online" else caches[int(source.split("R=")[1][0])]
                 trainer = DistillationTrainer(
                     model, None if cache else teachers, create_method(method, **plan["kwargs"]),
-                    _args(os.path.join(tmp, "acc"), num_train_epochs=plan["epochs"], learning_rate=plan["lr"],
-                          seed=seed), train_dataset=data.train, eval_dataset=data.eval, augment=AUGMENT,
+                    _args(os.path.join(tmp, "acc"), num_train_epochs=plan["epochs"] // crops,
+                          learning_rate=plan["lr"], seed=seed, crops_per_image=crops),
+                    train_dataset=data.train, eval_dataset=data.eval, augment=AUGMENT,
                     teacher_cache=cache)
                 trainer.train()
                 acc = trainer.evaluate()["eval_accuracy"]
@@ -223,6 +230,8 @@ def main(argv=None):
     p.add_argument("--storage_images", type=int, default=512)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--methods", nargs="+", default=["meal_v2", "kd"])
+    p.add_argument("--sources", nargs="+", default=["online", "cache R=1", "cache R=4"],
+                   help="accuracy: where the teachers' outputs come from; 'cache R=4 K=4' adds 4 views per decode")
     p.add_argument("--json", default=None, help="also write the results here")
     a = p.parse_args(argv)
     data = _data()

@@ -244,3 +244,16 @@ def test_epoch_reaches_persistent_workers(small_digits):
         ds.set_epoch(epoch)
         assert torch.equal(seen[epoch], torch.stack([ds[i]["pixel_values"] for i in range(8)]))
     assert not torch.equal(seen[0], seen[1])
+
+
+def test_an_image_already_in_the_mode_is_not_copied():
+    """The decoded image goes to the transform as it is; converting an RGB image to RGB copied it (~3 % of a
+    224-px sample, benchmarks/data_path.py)."""
+    from PIL import Image
+
+    from hfkd.data.checks import _image
+
+    rgb, gray = Image.new("RGB", (8, 6), (1, 2, 3)), Image.new("L", (8, 6), 7)
+    assert _image(rgb, None, 0, "image", "RGB") is rgb
+    converted = _image(gray, None, 0, "image", "RGB")
+    assert converted.mode == "RGB" and converted.getpixel((0, 0)) == (7, 7, 7)

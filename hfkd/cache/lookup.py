@@ -163,18 +163,38 @@ class TeacherCache:
     # -- the views ------------------------------------------------------------------------------
     def view_of(self, epoch: int, index: int) -> int:
         """The stored view image ``index`` is trained on at ``epoch``: without replacement within R epochs."""
+        return self.views_of(epoch, index, 1)[0]
+
+    def views_of(self, epoch: int, index: int, k: int = 1) -> List[int]:
+        """The ``k`` stored views image ``index`` is trained on at ``epoch`` (``k`` views per decode, as FKD).
+
+        ``k`` distinct views per epoch, and no view repeated within a block of ``R // k`` epochs: one permutation
+        of the R views per image and block, seeded from ``(seed, block, index)``, dealt ``k`` at a time (``R % k``
+        views of each block are left out when ``k`` does not divide R).  ``k = 1`` is the one-view draw.
+        """
         r = self.metadata.num_views
+        if not 1 <= k <= r:
+            raise ValueError(f"{k} views per image, but the teacher cache stores {r} view(s) per image: "
+                             f"use at most {r} views per image, or generate a cache with num_views >= {k}")
         if r == 1:
-            return 0
+            return [0]
+        epochs_per_block = r // k
         order = list(range(r))
-        random.Random(sample_seed(self.draw_seed, epoch // r, index)).shuffle(order)
-        return order[epoch % r]
+        random.Random(sample_seed(self.draw_seed, epoch // epochs_per_block, index)).shuffle(order)
+        start = (epoch % epochs_per_block) * k
+        return order[start:start + k]
+
+    def views(self, epoch: int, index: int, k: int = 1) -> List[Tuple[int, Dict[str, Any]]]:
+        """Each of the ``k`` views' seed and stored outputs for the batch (:meth:`views_of`)."""
+        out = []
+        for view in self.views_of(epoch, index, k):
+            position = int(self.columns.position[index * self.metadata.num_views + view])
+            out.append((int(self.columns.seeds[position]), {BATCH_PREFIX + "view": view, **self.columns.row(position)}))
+        return out
 
     def __call__(self, epoch: int, index: int) -> Tuple[int, Dict[str, Any]]:
         """The dataset's view provider: the view's seed, and its stored outputs for the batch."""
-        view = self.view_of(epoch, index)
-        position = int(self.columns.position[index * self.metadata.num_views + view])
-        return int(self.columns.seeds[position]), {BATCH_PREFIX + "view": view, **self.columns.row(position)}
+        return self.views(epoch, index, 1)[0]
 
     def attach(self, dataset: ImageClassificationDataset, preprocess) -> None:
         """Make ``dataset`` replay the stored views; un-augmented caches (fixed labels) get the eval transform."""

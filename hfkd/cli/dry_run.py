@@ -25,7 +25,7 @@ def _steps(settings: RunSettings, data, method) -> Dict[str, Any]:
     else:
         per_process = math.ceil(len(labels) / world)
         divide = math.floor if args.dataloader_drop_last else math.ceil
-        batches = max(1, divide(per_process / args.per_device_train_batch_size))
+        batches = max(1, divide(per_process / (args.per_device_train_batch_size // args.crops_per_image)))
     per_epoch = max(1, math.ceil(batches / args.gradient_accumulation_steps))
     total = args.max_steps if args.max_steps > 0 else int(args.num_train_epochs) * per_epoch
     epochs = math.ceil(total / per_epoch)

@@ -224,7 +224,9 @@ def _image(image, dataset, index: int, image_column: str, mode: str):
     try:
         if not hasattr(image, "convert"):
             image = Image.fromarray(np.asarray(image))
-        return image.convert(mode)
+        # Already in the mode (datasets decodes RGB JPEGs as RGB): convert() would copy it, ~3 % of a 224-px
+        # training sample's cost (docs/performance.md); the transforms never write into their input.
+        return image if image.mode == mode else image.convert(mode)
     except _bad_image_errors() as e:  # PIL decodes lazily: a truncated file fails here
         raise bad_image_error(dataset, index, image_column, e) from e
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..models.preprocess import PreprocessConfig
+from ..settings import shorten
 from .augment import AugmentConfig
 from .checks import BAD_IMAGE_POLICIES, image_file, read_rows
 
@@ -177,6 +178,10 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
     the seed of the sample's view instead of ``sample_seed(seed, epoch, index)`` and adds the
     ``extra`` fields to the row (a teacher cache uses it to replay stored views with their soft labels).
 
+    ``views_per_image`` (K > 1, FKD's multi-crop) makes K views of each decoded image, each with its own
+    seed and extra fields, from ``view_provider.views(epoch, index, K)`` (a teacher cache's stored views): a
+    batch of ``n`` indices yields ``n * K`` rows, the views of an image next to each other.
+
     ``on_bad_image``: ``"raise"`` stops at an unreadable image (or a decompression bomb), naming its row and file;
     ``"skip"`` leaves it out of its batch and marks the row in :attr:`bad_rows` (a shared-memory mask, so rows
     met by data-loader workers are seen by the main process too).
@@ -184,11 +189,14 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
 
     def __init__(self, dataset, transform: Callable, image_column: str, label_column: str, seed: int = 0,
                  image_mode: str = "RGB", view_provider: Optional[Callable[[int, int], Tuple[int, dict]]] = None,
-                 on_bad_image: str = "raise"):
+                 on_bad_image: str = "raise", views_per_image: int = 1):
         if len(dataset) == 0:
             raise ValueError("the dataset is empty: there is nothing to train or evaluate on")
         if on_bad_image not in BAD_IMAGE_POLICIES:
             raise ValueError(f"on_bad_image must be one of {BAD_IMAGE_POLICIES} (got {on_bad_image!r})")
+        if isinstance(views_per_image, bool) or not isinstance(views_per_image, int) or views_per_image < 1:
+            raise ValueError(f"views_per_image must be an integer >= 1 (got {shorten(repr(views_per_image))})")
+        self.views_per_image = views_per_image
         self.dataset = dataset.select_columns([image_column, label_column])
         self.transform = transform
         self.image_column = image_column
@@ -249,15 +257,31 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
             indices = [i for i in indices if i not in skipped]
             if not indices:  # every image of the batch is bad: the next readable row stands in (never an empty batch)
                 return self.__getitems__([self._next_readable(max(bad))])
-        if self.view_provider is None:
+        labels = rows[self.label_column]
+        if self.views_per_image == 1 and self.view_provider is None:
             pixels = seeded_batch(self.transform, images, self.seed, self.epoch, indices)
             extras = [{}] * len(indices)
-        else:  # the provider picks each view's seed (and adds its fields, e.g. the cached soft labels)
+        elif self.views_per_image == 1:  # the provider picks each view's seed (and adds its fields, e.g. soft labels)
             epoch = self.epoch
             seeds, extras = zip(*(self.view_provider(epoch, i) for i in indices))
             pixels = seeded_batch(self.transform, images, self.seed, epoch, indices, seeds=seeds)
+        else:  # K views of each decoded image: the decode (the costly part at real sizes) serves K samples
+            k, epoch = self.views_per_image, self.epoch
+            views = [view for i in indices for view in self._views(epoch, i, k)]
+            seeds, extras = zip(*views)
+            images = [image for image in images for _ in range(k)]
+            indices = [i for i in indices for _ in range(k)]
+            labels = [label for label in labels for _ in range(k)]
+            pixels = seeded_batch(self.transform, images, self.seed, epoch, indices, seeds=seeds)
         return [{"pixel_values": p, "labels": self._target(label), "index": i, **extra}
-                for p, label, i, extra in zip(pixels, rows[self.label_column], indices, extras)]
+                for p, label, i, extra in zip(pixels, labels, indices, extras)]
+
+    def _views(self, epoch: int, index: int, k: int):
+        views = getattr(self.view_provider, "views", None)  # None without a provider too
+        if views is None:
+            raise ValueError(f"views_per_image={k} needs stored views to draw from (a teacher cache's); this "
+                             "dataset has none: train with a teacher cache, or with views_per_image=1")
+        return views(epoch, index, k)
 
     def _next_readable(self, after: int) -> int:
         for step in range(1, len(self.dataset) + 1):

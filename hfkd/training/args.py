@@ -138,6 +138,10 @@ class DistillationArguments:
         default=None, metadata={"help": "A teacher cache (folder or Hub dataset id) to distil from, no teacher run."})
     teacher_cache_revision: Optional[str] = field(
         default=None, metadata={"help": "Hub revision (branch, tag or commit) of a teacher_cache given by its id."})
+    crops_per_image: int = field(
+        default=1, metadata={"help": "Views per decoded image (FKD's multi-crop): each image loaded serves K views, "
+                                     "each with its own stored teacher outputs; needs a teacher_cache of >= K views; "
+                                     "per_device_train_batch_size counts views (a multiple of K)."})
 
     def __post_init__(self):
         if isinstance(self.report_to, str):
@@ -156,6 +160,12 @@ class DistillationArguments:
             problems.append(f"learning_rate must be > 0 (got {self.learning_rate})")
         if self.per_device_train_batch_size < 1 or self.per_device_eval_batch_size < 1:
             problems.append("batch sizes must be >= 1")
+        if self.crops_per_image < 1:
+            problems.append(f"crops_per_image must be >= 1 (got {self.crops_per_image})")
+        elif self.per_device_train_batch_size % self.crops_per_image:
+            problems.append(f"per_device_train_batch_size counts views, so it must be a multiple of crops_per_image "
+                            f"(got {self.per_device_train_batch_size} and {self.crops_per_image}): each image loaded "
+                            f"brings {self.crops_per_image} views")
         if self.gradient_accumulation_steps < 1:
             problems.append(f"gradient_accumulation_steps must be >= 1 (got {self.gradient_accumulation_steps})")
         if self.max_steps <= 0 and self.num_train_epochs <= 0:

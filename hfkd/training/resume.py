@@ -34,7 +34,7 @@ TRAJECTORY_ARGS = (
     "channels_last", "model_ema", "model_ema_decay", "model_ema_warmup", "teacher_dtype",
 )
 OTHER_FIELDS = ("method", "method_hparams", "augment", "dataset", "train_samples", "world_size", "mixed_precision",
-                "student", "teachers", "teacher_cache")
+                "student", "teachers", "teacher_cache", "crops_per_image")
 
 
 def dataset_fingerprint(dataset) -> str:
@@ -73,6 +73,8 @@ def run_signature(trainer) -> Dict[str, Any]:
         # The stored outputs that stand in for the teachers: another cache is another trajectory.
         teacher_cache=cache_signature(getattr(trainer, "teacher_cache", None)),
     )
+    if args.crops_per_image != 1:  # recorded only when set, so checkpoints written before it resume unchanged
+        signature["crops_per_image"] = args.crops_per_image
     return json.loads(json.dumps(signature, default=str))  # tuples -> lists, as read back from the checkpoint
 
 

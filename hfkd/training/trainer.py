@@ -143,6 +143,7 @@ class DistillationTrainer:
             revision=self.args.teacher_cache_revision)
         if self.teacher_cache is None:
             self.method.check_teachers(len(teachers))
+        self._check_crops_per_image()
         self.teachers: List[Teacher] = [bind_teacher(t, self.student.preprocess, self.student.num_classes,
                                                      self.student.label_names) for t in teachers]
         self.augment = augment or getattr(self.teacher_cache, "augment", None) or AugmentConfig()
@@ -174,6 +175,21 @@ class DistillationTrainer:
                     logger.warning("overwrite_output_dir: removed %s", path)
         acc.wait_for_everyone()
 
+    def _check_crops_per_image(self) -> None:
+        """K views per decode need K stored views per image, each with its teachers' outputs: a cache of >= K."""
+        k = self.args.crops_per_image
+        if k == 1:
+            return
+        if self.teacher_cache is None:
+            raise ValueError(f"crops_per_image={k} trains each decoded image on {k} views, each with its own stored "
+                             f"teacher outputs, so it needs a teacher cache (teacher_cache=...; methods that train "
+                             f"from one: KD, MEAL V2); method {self.method.name!r} runs without one here. Make a "
+                             f"cache with `hfkd cache --num_views {k}` or more, or set crops_per_image=1")
+        stored = self.teacher_cache.metadata.num_views
+        if k > stored:
+            raise ValueError(f"crops_per_image={k}, but the teacher cache stores {stored} view(s) per image: use "
+                             f"crops_per_image <= {stored}, or a cache generated with num_views >= {k}")
+
     def _wrap(self, dataset, training: bool) -> ImageClassificationDataset:
         if isinstance(dataset, ImageClassificationDataset):
             return dataset
@@ -181,7 +197,13 @@ class DistillationTrainer:
         transform = create_image_transform(self.student.preprocess, training, self.augment)
         mode = "RGB" if self.student.preprocess.input_size[0] == 3 else "L"
         return self.task.dataset_class(dataset, transform, self.image_column, self.label_column,
-                                          seed=self.args.seed, image_mode=mode, on_bad_image=self.args.on_bad_image)
+                                          seed=self.args.seed, image_mode=mode, on_bad_image=self.args.on_bad_image,
+                                          views_per_image=self.args.crops_per_image if training else 1)
+
+    @property
+    def _images_per_batch(self) -> int:
+        """Images a process loads per batch: the batch size counts views, ``crops_per_image`` of each image."""
+        return self.args.per_device_train_batch_size // self.args.crops_per_image
 
     def _train_loader(self):
         from torch.utils.data import DataLoader
@@ -189,13 +211,16 @@ class DistillationTrainer:
         args = self.args
         labels = self.train_dataset.labels
         sampler = self.method.train_batch_sampler(labels, args.per_device_train_batch_size, args.seed)
+        if sampler is not None and args.crops_per_image > 1:
+            raise ValueError(f"method {self.method.name!r} draws its own batches, which crops_per_image cannot "
+                             "split into views; set crops_per_image=1")
         common = dict(num_workers=args.dataloader_num_workers, pin_memory=torch.cuda.is_available(),
                       persistent_workers=args.dataloader_persistent_workers)
         if args.dataloader_num_workers > 0:
             self.train_dataset.share_epoch()  # set_epoch must reach the workers' copies
         if sampler is not None:
             return DataLoader(self.train_dataset, batch_sampler=sampler, **common)
-        return DataLoader(self.train_dataset, batch_size=args.per_device_train_batch_size, shuffle=True,
+        return DataLoader(self.train_dataset, batch_size=self._images_per_batch, shuffle=True,
                           drop_last=args.dataloader_drop_last,
                           generator=torch.Generator().manual_seed(args.seed), **common)
 
@@ -288,7 +313,7 @@ class DistillationTrainer:
 
         set_seed(args.seed)  # before modules are built and the sampler is made (seedable sampler)
         train_loader = acc.prepare(self._train_loader())
-        validation.check_steps(len(train_loader), len(self.train_dataset), args.per_device_train_batch_size,
+        validation.check_steps(len(train_loader), len(self.train_dataset), self._images_per_batch,
                                args.dataloader_drop_last, acc.num_processes)
         steps_per_epoch = max(1, math.ceil(len(train_loader) / args.gradient_accumulation_steps))
         if args.gradient_accumulation_steps > len(train_loader):
@@ -324,8 +349,8 @@ class DistillationTrainer:
         acc.register_for_checkpointing(scheduler)
         self.state.max_steps, self.state.num_epochs = max_steps, num_epochs
         self.steps_per_epoch = steps_per_epoch
-        # Samples of the epoch's global order that one batch of every process takes together.
-        self._samples_per_batch = args.per_device_train_batch_size * acc.num_processes
+        # Samples (images) of the epoch's global order that one batch of every process takes together.
+        self._samples_per_batch = self._images_per_batch * acc.num_processes
         epoch_samples = len(train_loader) * self._samples_per_batch
         self._global_order = seedable_sampler(train_loader) is not None
         self._epoch_samples = min(epoch_samples, len(self.train_dataset)) if self._global_order else epoch_samples
@@ -407,7 +432,7 @@ class DistillationTrainer:
 
         acc, args = self.accelerator, self.args
         batches = RemainingEpochBatchSampler(
-            epoch_order(seedable_sampler(loader), epoch), start, args.per_device_train_batch_size,
+            epoch_order(seedable_sampler(loader), epoch), start, self._images_per_batch,
             acc.num_processes, acc.process_index, args.dataloader_drop_last)
         logger.warning("resuming epoch %d at sample %d of %d on %d process(es): %d more batch(es) per process",
                        epoch, start, self._epoch_samples, acc.num_processes, len(batches))

@@ -1,0 +1,149 @@
+"""The training data path at ImageNet sizes: hfkd's against timm's own, samples per second.
+
+    python benchmarks/data_path.py --rounds 5                   # 1 process x 1 thread, and 2 workers
+    python benchmarks/data_path.py --rounds 5 --workers 0       # per core only
+    python benchmarks/data_path.py --profile hfkd               # cProfile of one pass of an arm, in one process
+
+Both arms read the same imagefolder of JPEGs (made once in ``--folder``; default 500 x 375, quality 90, the
+size of a typical ImageNet training image) and produce the same batches: read, decode to RGB, RandomResizedCrop
+to 224 (scale 0.08-1, bicubic), horizontal flip, colour jitter 0.4, to-tensor, normalise, collate 64 samples.
+
+* hfkd: ``load_image_dataset(folder)`` (an ``imagefolder`` through ``datasets``) wrapped in
+  ``ImageClassificationDataset`` with ``create_image_transform`` (timm's transform, every sample seeded from
+  (seed, epoch, index), batches read with ``__getitems__``), as the trainer builds it.
+* timm: ``timm.data.ImageDataset(folder)`` (files read by path) with ``timm.data.create_transform``, the same
+  settings, unseeded, as timm's ``train.py`` reads an image folder.
+
+One arm is one pass of a shuffled ``DataLoader`` over ``--images`` samples. The arms run in interleaved rounds
+whose order rotates, so the load of a shared machine hits both alike; the ratio hfkd / timm is taken per round
+and reported as median [min, max]. ``--workers 0`` runs in the main process with one torch thread (the cost per
+core); ``--workers 2`` uses the machine's two cores.
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import pstats
+import statistics
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from hfkd.data import load_image_dataset
+from hfkd.data.augment import AugmentConfig
+from hfkd.data.transforms import ImageClassificationDataset, create_image_transform
+from hfkd.models.preprocess import PreprocessConfig
+
+PREPROCESS = PreprocessConfig(input_size=(3, 224, 224))
+AUGMENT = AugmentConfig()  # timm's defaults: scale (0.08, 1), ratio (3/4, 4/3), hflip 0.5, colour jitter 0.4
+
+
+def make_folder(folder: str, images: int, width: int, height: int, quality: int, classes: int = 4) -> str:
+    """An imagefolder of JPEGs with natural-image statistics (smooth shapes plus grain), made once."""
+    from PIL import Image
+
+    marker = os.path.join(folder, f".made-{images}-{width}x{height}-q{quality}")
+    if os.path.exists(marker):
+        return folder
+    rng = np.random.default_rng(0)
+    for i in range(images):
+        label = f"class{i % classes}"
+        os.makedirs(os.path.join(folder, label), exist_ok=True)
+        # A low-resolution random field upsampled (smooth regions and edges) plus pixel noise (texture): JPEGs of
+        # about the size ImageNet's are at this resolution, so decoding costs what it costs there.
+        coarse = Image.fromarray(rng.integers(0, 256, (height // 24, width // 24, 3), dtype=np.uint8))
+        smooth = np.asarray(coarse.resize((width, height), Image.BICUBIC), dtype=np.int16)
+        grain = rng.normal(0, 12, (height, width, 3))
+        pixels = np.clip(smooth + grain, 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(os.path.join(folder, label, f"{i:05d}.jpg"), quality=quality)
+    open(marker, "w").close()
+    return folder
+
+
+def hfkd_dataset(folder: str):
+    data = load_image_dataset(folder, validation_fraction=0.0)
+    transform = create_image_transform(PREPROCESS, is_training=True, augment=AUGMENT)
+    return ImageClassificationDataset(data.train, transform, data.image_column, data.label_column, seed=0)
+
+
+def timm_dataset(folder: str):
+    from timm.data import ImageDataset, create_transform
+
+    transform = create_transform(
+        input_size=PREPROCESS.input_size, is_training=True, scale=AUGMENT.scale, ratio=AUGMENT.ratio,
+        hflip=AUGMENT.hflip, color_jitter=AUGMENT.color_jitter, interpolation=PREPROCESS.interpolation,
+        mean=PREPROCESS.mean, std=PREPROCESS.std)
+    return ImageDataset(folder, transform=transform)
+
+
+def one_pass(dataset, batch_size: int, workers: int, epoch: int) -> float:
+    """Samples per second of one shuffled pass (loader start-up included, as a training epoch pays it)."""
+    if hasattr(dataset, "set_epoch"):
+        dataset.set_epoch(epoch)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
+                                         generator=torch.Generator().manual_seed(epoch))
+    start, samples = time.perf_counter(), 0
+    for batch in loader:
+        pixels = batch["pixel_values"] if isinstance(batch, dict) else batch[0]
+        samples += len(pixels)
+    return samples / (time.perf_counter() - start)
+
+
+def _spread(values):
+    return f"{statistics.median(values):.3f} [{min(values):.3f}, {max(values):.3f}]"
+
+
+def compare(datasets, rounds: int, batch_size: int, workers: int) -> None:
+    names = list(datasets)
+    rates = {n: [] for n in names}
+    for r in range(rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            rates[name].append(one_pass(datasets[name], batch_size, workers, epoch=r))
+    where = "1 process, 1 thread" if workers == 0 else f"{workers} workers"
+    print(f"\n## {where}, {rounds} interleaved rounds\n")
+    print("| arm | samples/s median [min, max] |\n|---|---|")
+    for name in names:
+        print(f"| {name} | {statistics.median(rates[name]):.1f} [{min(rates[name]):.1f}, {max(rates[name]):.1f}] |")
+    ratios = [h / t for h, t in zip(rates["hfkd"], rates["timm"])]
+    print(f"\nhfkd / timm: **{_spread(ratios)}**", flush=True)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--folder", default=os.path.join(tempfile.gettempdir(), "hfkd-bench-jpegs"))
+    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--width", type=int, default=500)
+    parser.add_argument("--height", type=int, default=375)
+    parser.add_argument("--quality", type=int, default=90)
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    parser.add_argument("--profile", choices=("hfkd", "timm"), help="cProfile one pass of this arm and stop")
+    a = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    folder = make_folder(os.path.join(a.folder, f"{a.images}-{a.width}x{a.height}-q{a.quality}"), a.images,
+                         a.width, a.height, a.quality)
+    sizes = [os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(folder) for f in files if f.endswith(".jpg")]
+    print(f"{len(sizes)} JPEGs of {a.width}x{a.height}, quality {a.quality}, mean {np.mean(sizes) / 1024:.0f} KiB, "
+          f"in {folder}; torch {torch.__version__}, load average {os.getloadavg()[0]:.1f}")
+    datasets = {"hfkd": hfkd_dataset(folder), "timm": timm_dataset(folder)}
+    if a.profile:
+        one_pass(datasets[a.profile], a.batch_size, 0, epoch=0)  # warm the file cache
+        profiler = cProfile.Profile()
+        profiler.enable()
+        one_pass(datasets[a.profile], a.batch_size, 0, epoch=1)
+        profiler.disable()
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+        return
+    for workers in a.workers:
+        one_pass(datasets["hfkd"], a.batch_size, workers, epoch=-1)  # warm the file cache and the imports
+        one_pass(datasets["timm"], a.batch_size, workers, epoch=-1)
+        compare(datasets, a.rounds, a.batch_size, workers)
+
+
+if __name__ == "__main__":
+    main()

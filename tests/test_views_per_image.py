@@ -1,0 +1,131 @@
+"""K views per decode from a teacher cache (FKD's multi-crop): which views, their pixels and stored outputs."""
+import random
+
+import pytest
+import torch
+
+from hfkd import cache_teacher_outputs, create_backbone
+from hfkd.cache.lookup import TeacherCache
+from hfkd.data.augment import AugmentConfig
+from hfkd.data.transforms import ImageClassificationDataset, create_image_transform, sample_seed
+
+AUGMENT = AugmentConfig(scale=(0.25, 1.0), hflip=0.5, color_jitter=None)
+
+
+@pytest.fixture(scope="module")
+def cache_r4(tmp_path_factory, digits):
+    torch.manual_seed(0)
+    teacher = create_backbone("test_resnet", num_classes=10, pretrained=False, image_size=32)
+    student = create_backbone("test_efficientnet", num_classes=10, pretrained=False, image_size=32)
+    train = digits.train.select(range(6))
+    folder = str(tmp_path_factory.mktemp("cache") / "r4")
+    cache_teacher_outputs([teacher], train, folder, student=student, augment=AUGMENT, num_views=4, seed=0)
+    return {"folder": folder, "train": train, "student": student}
+
+
+def test_one_view_per_image_draws_as_before(cache_r4):
+    cache = TeacherCache(cache_r4["folder"], draw_seed=3)
+    for index in range(6):
+        for epoch in range(9):
+            order = list(range(4))  # the one-view draw: a permutation per block of R epochs, one view per epoch
+            random.Random(sample_seed(3, epoch // 4, index)).shuffle(order)
+            assert cache.views_of(epoch, index, 1) == [cache.view_of(epoch, index)] == [order[epoch % 4]]
+
+
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_k_views_are_distinct_and_not_repeated_within_a_block(cache_r4, k):
+    cache = TeacherCache(cache_r4["folder"], draw_seed=1)
+    per_block = 4 // k
+    for index in range(6):
+        for block in range(3):
+            drawn = [v for e in range(block * per_block, (block + 1) * per_block) for v in cache.views_of(e, index, k)]
+            assert len(drawn) == per_block * k == len(set(drawn))
+    again = TeacherCache(cache_r4["folder"], draw_seed=1)  # a resumed run draws the same
+    assert all(again.views_of(e, i, k) == cache.views_of(e, i, k) for e in range(5) for i in range(6))
+
+
+def test_more_views_than_stored_is_refused(cache_r4):
+    with pytest.raises(ValueError, match="5 views per image, but the teacher cache stores 4.*num_views >= 5"):
+        TeacherCache(cache_r4["folder"]).views_of(0, 0, 5)
+
+
+def test_a_batch_has_k_views_of_each_image_with_their_stored_outputs(cache_r4):
+    train, preprocess = cache_r4["train"], cache_r4["student"].preprocess
+    cache = TeacherCache(cache_r4["folder"], draw_seed=2)
+    transform = create_image_transform(preprocess, True, AUGMENT)
+    views = ImageClassificationDataset(train, transform, "image", "label", seed=9, views_per_image=2)
+    cache.attach(views, preprocess)
+    online = ImageClassificationDataset(train, transform, "image", "label", seed=0)  # what generation made
+    views.set_epoch(3)
+    rows = views.__getitems__([4, 1, 5])
+    assert [r["index"] for r in rows] == [4, 4, 1, 1, 5, 5]
+    for n, index in enumerate([4, 1, 5]):
+        pair = rows[2 * n:2 * n + 2]
+        assert [r["cache_view"] for r in pair] == cache.views_of(3, index, 2)
+        for row in pair:
+            view = row["cache_view"]
+            online.set_epoch(view)  # stored view v is the view an online run with the cache's seed sees at epoch v
+            assert torch.equal(row["pixel_values"], online[index]["pixel_values"])
+            assert row["labels"] == int(train[index]["label"])
+            stored = cache.columns.row(int(cache.columns.position[index * 4 + view]))  # that view's stored row
+            assert torch.equal(torch.as_tensor(row["cache_logits"]), torch.as_tensor(stored["cache_logits"]))
+    assert not torch.equal(torch.as_tensor(rows[0]["cache_logits"]), torch.as_tensor(rows[1]["cache_logits"]))
+
+
+def test_k_views_without_stored_views_are_refused(digits):
+    transform = create_image_transform(create_backbone("test_efficientnet", num_classes=10, pretrained=False,
+                                                           image_size=32).preprocess,
+                                       True, AUGMENT)
+    views = ImageClassificationDataset(digits.train.select(range(4)), transform, "image", "label", views_per_image=2)
+    with pytest.raises(ValueError, match="views_per_image=2 needs stored views.*teacher cache"):
+        views.__getitems__([0, 1])
+    with pytest.raises(ValueError, match="views_per_image must be an integer >= 1"):
+        ImageClassificationDataset(digits.train.select(range(4)), transform, "image", "label", views_per_image=0)
+
+
+# -- the trainer: crops_per_image ------------------------------------------------------------------------------
+def _trainer(cache_r4, tmp_path, name, cache=True, method="kd", **kw):
+    import copy
+
+    from conftest import run_args
+    from hfkd import DistillationTrainer, create_method
+
+    settings = dict(max_steps=4, per_device_train_batch_size=4, crops_per_image=2, learning_rate=0.05,
+                    optim="momentum", lr_scheduler_type="constant", seed=0, use_cpu=True)
+    args = run_args(tmp_path / name, **{**settings, **kw})
+    return DistillationTrainer(copy.deepcopy(cache_r4["student"]), None, create_method(method), args,
+                               train_dataset=cache_r4["train"], augment=None if cache else AUGMENT,
+                               teacher_cache=cache_r4["folder"] if cache else None)
+
+
+def test_the_batch_size_counts_views(cache_r4, tmp_path):
+    trainer = _trainer(cache_r4, tmp_path, "run")
+    batches = list(trainer._train_loader())
+    assert [len(b["labels"]) for b in batches] == [4, 4, 4]  # 6 images x 2 views, 2 images per batch of 4 views
+    assert sorted(i for b in batches for i in b["index"].tolist()) == sorted(list(range(6)) * 2)
+    for b in batches:
+        assert b["index"][0] == b["index"][1] and b["cache_view"][0] != b["cache_view"][1]
+
+
+def test_crops_per_image_is_refused_where_it_cannot_work(cache_r4, tmp_path):
+    with pytest.raises(ValueError, match="crops_per_image=2 .* needs a teacher cache.*'supervised'"):
+        _trainer(cache_r4, tmp_path, "a", cache=False, method="supervised")
+    with pytest.raises(ValueError, match="crops_per_image=8, but the teacher cache stores 4 view"):
+        _trainer(cache_r4, tmp_path, "b", crops_per_image=8, per_device_train_batch_size=8)
+    with pytest.raises(ValueError, match="must be a multiple of crops_per_image"):
+        _trainer(cache_r4, tmp_path, "c", per_device_train_batch_size=5)
+
+
+def test_a_resumed_run_trains_on_the_same_views(cache_r4, tmp_path):
+    straight = _trainer(cache_r4, tmp_path, "straight", max_steps=5)  # across the epoch boundary (3 steps)
+    straight.train()
+    stopped = _trainer(cache_r4, tmp_path, "resumed", max_steps=5, save_strategy="steps", save_steps=2)
+    stopped.train()
+    resumed = _trainer(cache_r4, tmp_path, "resumed", max_steps=5,
+                       resume_from_checkpoint=str(tmp_path / "resumed" / "checkpoint-2"))
+    resumed.train()
+    a, b = straight.student.state_dict(), resumed.student.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match=r"(?s)different run.*crops_per_image"):
+        _trainer(cache_r4, tmp_path, "resumed", max_steps=5, crops_per_image=1, per_device_train_batch_size=4,
+                 resume_from_checkpoint=str(tmp_path / "resumed" / "checkpoint-2")).train()
