@@ -36,6 +36,7 @@ from ..losses import ensemble_probs
 from ..models.backbone import Backbone, hub_id
 from ..models.preprocess import PreprocessConfig
 from ..models.teacher import bind_teacher
+from ..models.zero_shot import zero_shot_entry
 from ..preemption import Preemption
 from ..version import __version__
 from .card import write_dataset_card
@@ -49,7 +50,7 @@ def _teacher_entry(teacher) -> Dict[str, Any]:
     backbone = teacher.backbone
     return {"name": backbone.name, "library": backbone.library, "revision": backbone.source.get("revision"),
             "hub_id": hub_id(backbone), "weight": teacher.weight, "num_parameters": backbone.num_parameters(),
-            "preprocess": backbone.preprocess.to_dict()}
+            "preprocess": backbone.preprocess.to_dict(), **zero_shot_entry(backbone)}
 
 
 def _rows_table(columns: Dict[str, np.ndarray]):

@@ -16,7 +16,7 @@ from ..launch import is_main_process
 from ..methods.base import DistillationMethod
 from ..methods.registry import create_method
 from ..models.backbone import Backbone
-from ..models.factory import create_backbone
+from ..models.factory import create_backbone, is_zero_shot_source
 from ..models.teacher import Teacher, create_teacher
 from ..results import RESULT_METRICS, markdown_table, results_table, summarize_seeds
 from ..training.args import DistillationArguments
@@ -58,12 +58,15 @@ def build_teacher(model_args: ModelArguments, student: Backbone, name: str, inde
     """Teacher ``name`` (the ``index``-th, whose ``--teacher_revisions`` entry applies), checked against ``student``'s
     classes and label names."""
     revisions = list(model_args.teacher_revisions)
+    revision = revisions[index] if index < len(revisions) else None
+    # Prompts phrase a zero-shot teacher's classes; the templates shared by all teachers skip the classifiers.
+    zero_shot = {"prompt_templates": model_args.prompts_for(name)} if is_zero_shot_source(name, revision) else {}
     return create_teacher(name, student.preprocess, student.num_classes, student.label_names,
                           label_mapping=model_args.label_mapping_dict(),
                           align_labels_by_name=model_args.align_labels_by_name,
-                          revision=revisions[index] if index < len(revisions) else None,
+                          revision=revision,
                           trust_remote_code=model_args.trust_remote_code,
-                          allow_pickle_weights=model_args.allow_pickle_weights)
+                          allow_pickle_weights=model_args.allow_pickle_weights, **zero_shot)
 
 
 def build_teachers(model_args: ModelArguments, student: Backbone, paths: Optional[Sequence[str]] = None) -> List[Teacher]:

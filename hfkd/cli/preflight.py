@@ -84,6 +84,11 @@ def check_teacher(settings: RunSettings, student: Backbone, name: str, index: in
     checked.teacher_sizes[name] = teacher.backbone.num_parameters()
     if run_folder_student(name):
         checked.notes.append(f"teacher {shorten(name)} is a run's output folder: its saved student is loaded")
+    prompts = teacher.backbone.source.get("prompt_templates")
+    if teacher.backbone.source.get("zero_shot"):
+        checked.notes.append(
+            f"teacher {shorten(name)} is zero-shot (CLIP): its {teacher.backbone.num_classes} classes are the "
+            f"student's label names {shorten(teacher.backbone.label_names)}, phrased by the prompts {shorten(prompts)}")
 
 
 def check_run(settings: RunSettings, *, train_demo: bool) -> Checked:
