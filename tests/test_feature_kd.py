@@ -1,0 +1,67 @@
+"""feature_kd: pooled student features, projected, matched to a headless teacher's embedding."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import run_args
+from hfkd import DistillationTrainer, create_backbone, create_method
+from hfkd.methods import MethodContext
+from hfkd.models import create_teacher
+
+
+def _models():
+    torch.manual_seed(0)
+    student = create_backbone("test_resnet", num_classes=10, pretrained=False, image_size=32)
+    # a backbone without a classifier (timm's num_classes=0): only its pooled features are read
+    import timm
+
+    teacher = create_backbone(timm.create_model("test_vit", num_classes=0, img_size=32))
+    assert teacher.num_classes == 0
+    return student, teacher
+
+
+def test_feature_kd_loss_by_hand():
+    student, backbone = _models()
+    teacher = create_teacher(backbone, student.preprocess)
+    method = create_method("feature_kd", projector="linear", feature_weight=2.0)
+    method.setup(MethodContext(num_classes=10, num_train_samples=8, num_epochs=1, steps_per_epoch=1,
+                               student=student, teachers=[teacher]))
+    (projector,) = method.projectors
+    assert (projector.in_features, projector.out_features) == (student.model.num_features, backbone.model.num_features)
+    x = torch.randn(4, 3, 32, 32)
+    s = student(x, method.student_request)
+    t = teacher(x, method.teacher_request)
+    out = method.compute_loss({}, s, [t])
+    expected = 2.0 * (1 - F.cosine_similarity(projector(s.pooled), t.pooled, dim=-1)).mean()
+    torch.testing.assert_close(out.loss, expected)
+    assert not method.uses_labels and "ce" not in out.logs
+    out.loss.backward()  # the projector is trained with the student
+    assert projector.weight.grad is not None and student.model.fc.weight.grad is None  # no logits in the loss
+
+
+def test_mlp_projector_and_mse():
+    student, backbone = _models()
+    method = create_method("feature_kd", distance="mse")
+    method.setup(MethodContext(num_classes=10, num_train_samples=8, num_epochs=1, steps_per_epoch=1,
+                               student=student, teachers=[create_teacher(backbone, student.preprocess)]))
+    (projector,) = method.projectors
+    assert isinstance(projector, torch.nn.Sequential) and projector[-1].out_features == backbone.model.num_features
+    with pytest.raises(ValueError, match="distance must be one of"):
+        create_method("feature_kd", distance="l3")
+
+
+def test_feature_kd_without_labels_loss_falls_and_keeps_the_projector_out_of_the_student(small_digits, tmp_path):
+    student, teacher = _models()
+    method = create_method("feature_kd")
+    trainer = DistillationTrainer(student, [teacher], method,
+                                  run_args(tmp_path, max_steps=24, use_cpu=True, per_device_train_batch_size=16,
+                                           lr_scheduler_type="constant", eval_teachers=True),
+                                  train_dataset=small_digits.train, eval_dataset=small_digits.eval)
+    trainer.train()
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    assert len(losses) == 24
+    first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
+    assert last < 0.7 * first, losses
+    assert trainer.teacher_metrics == {}  # a headless teacher has no accuracy on the student's classes
+    assert all(not k.startswith("projectors") for k in trainer.student.state_dict())
+    assert any(k.startswith("projectors") for k in method.state_dict())
