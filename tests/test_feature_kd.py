@@ -65,3 +65,19 @@ def test_feature_kd_without_labels_loss_falls_and_keeps_the_projector_out_of_the
     assert trainer.teacher_metrics == {}  # a headless teacher has no accuracy on the student's classes
     assert all(not k.startswith("projectors") for k in trainer.student.state_dict())
     assert any(k.startswith("projectors") for k in method.state_dict())
+
+
+@pytest.mark.parametrize("method, accepted", [("feature_kd", True), ("kd", False)])
+def test_the_command_takes_a_teacher_of_other_classes_for_feature_kd_only(tmp_path, capsys, method, accepted):
+    from helpers.models import saved_model
+    from hfkd.cli import main as hfkd_main
+
+    teacher = saved_model(tmp_path / "five_classes", num_classes=5)  # not the digits' 10 classes
+    argv = ["distill", "--method", method, "--student", "test_resnet", "--max_train_samples", "64",
+            "--eval_strategy", "no", "--eval_teachers", "false", "--save_strategy", "no", "--teachers", teacher,
+            "--output_dir", str(tmp_path / "never"), "--dry_run"]
+    if accepted:
+        assert hfkd_main(argv)["problems"] == []
+    else:
+        with pytest.raises(SystemExit, match="predicts 5 classes but the student predicts 10"):
+            hfkd_main(argv)
