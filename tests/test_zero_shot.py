@@ -220,6 +220,12 @@ def test_dry_run_resolves_a_zero_shot_teacher_with_the_command_lines_prompts(cli
     assert report["problems"] == []
     assert "is zero-shot (CLIP): its 10 classes are the student's label names" in out
     assert "a drawing of the number {}." in out
+    # the closing note's real-size cost: 1 teacher forward per image and epoch; per 1M images and view in float16,
+    # 28 bytes of keys plus, per teacher, top-5: 5 * (2 + 4) + 2 bytes, full: 10 * 2 bytes
+    cost = report["teacher_cost"]
+    assert cost["teacher_forwards_per_image_per_epoch"] == 1
+    assert cost["cache_bytes_per_million_views_float16"] == {"top5": 60e6, "full": 48e6}
+    assert "teacher cost: 1 teacher forward(s) per training image per epoch" in out and "top5 0.06 GB" in out
 
 
 def test_teacher_prompts_per_teacher_from_yaml():

@@ -41,7 +41,7 @@ from ..preemption import Preemption
 from ..version import __version__
 from .card import write_dataset_card
 from .format import (UNLISTED_FILES, CacheMetadata, augmentation_dict, dataset_fingerprint, datasets_fingerprint,
-                     encode_logits, images_sha256)
+                     encode_logits, estimated_bytes_per_view, images_sha256)
 
 logger = logging.getLogger(__name__)
 
@@ -105,9 +105,7 @@ def _clear_stages(output_dir: str) -> None:
 
 def _cache_bytes(num_rows: int, num_teachers: int, num_classes: int, top_k: Optional[int], dtype: str) -> int:
     """About what the generation writes: the shards, then the merged copy next to them."""
-    item = np.dtype(dtype).itemsize
-    per_row = 28 + num_teachers * (top_k * (item + 4) + item if top_k else num_classes * item)
-    return 2 * num_rows * per_row
+    return 2 * num_rows * estimated_bytes_per_view(num_teachers, num_classes, top_k, dtype)
 
 
 def _default_command() -> str:
