@@ -81,3 +81,42 @@ def test_the_command_takes_a_teacher_of_other_classes_for_feature_kd_only(tmp_pa
     else:
         with pytest.raises(SystemExit, match="predicts 5 classes but the student predicts 10"):
             hfkd_main(argv)
+
+
+@pytest.fixture(scope="module")
+def dinov2_folder(tmp_path_factory):
+    from transformers import Dinov2Config, Dinov2Model
+
+    folder = str(tmp_path_factory.mktemp("dinov2"))
+    torch.manual_seed(0)
+    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+                             image_size=32, patch_size=8)).save_pretrained(folder)
+    return folder
+
+
+def test_a_dinov2_folder_is_a_headless_feature_teacher(dinov2_folder, small_digits, tmp_path):
+    from transformers import Dinov2Model
+
+    backbone = create_backbone(dinov2_folder)
+    assert backbone.num_classes == 0 and backbone.preprocess.image_size == (32, 32)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        pooled = backbone(x, method_request()).pooled
+        expected = Dinov2Model.from_pretrained(dinov2_folder).eval()(pixel_values=x).pooler_output
+    torch.testing.assert_close(pooled, expected)  # the class token after DINOv2's final norm, no random head
+    student = create_backbone("test_resnet", num_classes=10, pretrained=False, image_size=32)
+    trainer = DistillationTrainer(student, [dinov2_folder], create_method("feature_kd"),
+                                  run_args(tmp_path, max_steps=2, use_cpu=True, per_device_train_batch_size=16),
+                                  train_dataset=small_digits.train)
+    trainer.train()
+    assert trainer.method.projectors[0][-1].out_features == 32
+    with pytest.raises(ValueError, match="predicts 0 classes"):  # a logit method refuses it
+        DistillationTrainer(create_backbone("test_resnet", num_classes=10, pretrained=False, image_size=32),
+                            [dinov2_folder], create_method("kd"), run_args(tmp_path / "kd"),
+                            train_dataset=small_digits.train)
+
+
+def method_request():
+    from hfkd.models import OutputRequest
+
+    return OutputRequest(pooled=True)

@@ -9,7 +9,7 @@ from typing import Any, Dict, Optional, Sequence, Union
 from torch import nn
 
 from ..settings import shorten
-from .backbone import Backbone, ModuleBackbone, TimmBackbone, TransformersBackbone
+from .backbone import Backbone, HeadlessTransformersBackbone, ModuleBackbone, TimmBackbone, TransformersBackbone
 from .config_check import check_input_size, check_model_config
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, PreprocessConfig
 from .zero_shot import ZeroShotBackbone, is_zero_shot_config
@@ -227,6 +227,28 @@ def _from_zero_shot(path: str, revision, pretrained, model_kwargs, zero_shot: Di
     )
 
 
+def is_headless_config(cfg: Dict[str, Any]) -> bool:
+    """A transformers encoder saved without a classification head (``architectures: ["Dinov2Model"]``)."""
+    architectures = cfg.get("architectures") or []
+    return bool(architectures) and not any(str(a).endswith("ForImageClassification") for a in architectures)
+
+
+def _from_transformers_headless(path: str, revision, pretrained, model_kwargs, trust_remote_code: bool = False,
+                                allow_pickle_weights: bool = False) -> HeadlessTransformersBackbone:
+    """A feature teacher: the encoder as saved, no head added (a random head would teach nothing)."""
+    from transformers import AutoConfig, AutoModel
+
+    kwargs = dict(model_kwargs, trust_remote_code=trust_remote_code)
+    if pretrained:
+        if not allow_pickle_weights:
+            kwargs.setdefault("use_safetensors", True)
+        model = AutoModel.from_pretrained(path, revision=revision, **kwargs)
+    else:
+        model = AutoModel.from_config(AutoConfig.from_pretrained(path, revision=revision, **kwargs))
+    return HeadlessTransformersBackbone(model, _transformers_preprocess(model, path, revision, trust_remote_code), 0,
+                                        None, {"name": path, "revision": revision, "pretrained": pretrained})
+
+
 def _from_timm(name: str, num_classes, revision, pretrained, model_kwargs) -> TimmBackbone:
     import timm
 
@@ -398,6 +420,9 @@ def _from_name(name: str, num_classes, revision, pretrained, model_kwargs, trust
         if is_zero_shot_config(cfg):
             return _from_zero_shot(local, revision, pretrained, model_kwargs, zero_shot or {}, trust_remote_code,
                                    allow_pickle_weights)
+        if num_classes is None and is_headless_config(cfg):
+            return _from_transformers_headless(local, revision, pretrained, model_kwargs, trust_remote_code,
+                                               allow_pickle_weights)
         return _from_transformers(local, num_classes, revision, pretrained, model_kwargs, trust_remote_code,
                                   allow_pickle_weights)
     if timm.is_model(name):
