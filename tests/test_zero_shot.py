@@ -238,3 +238,22 @@ def test_teacher_prompts_per_teacher_from_yaml():
                                  teacher_prompts={"clip_a": ["a {}."], "clip_b": "a sketch of a {}."})
     assert per_teacher.prompts_for("clip_a") == ["a {}."] and per_teacher.prompts_for("clip_b") == ["a sketch of a {}."]
     assert per_teacher.prompts_for("clip_c") is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["meal_v2", "feature_kd"])
+def test_two_processes_distil_from_a_zero_shot_teacher(clip_folder, tmp_path, method):
+    from safetensors.torch import load_file
+
+    from helpers.launch import run_two_processes
+
+    script = os.path.join(os.path.dirname(__file__), "scripts", "any_teacher_ddp.py")
+    run_two_processes(script, str(tmp_path), clip_folder, method)
+    r0, r1 = (load_file(str(tmp_path / f"rank{r}.safetensors")) for r in (0, 1))
+    assert r0["num_processes"].item() == 2 and r0["steps"].item() == 6  # 96 images / (2 x 16) x 2 epochs
+    trained = [k for k in r0 if k.startswith(("student.", "method."))]
+    assert any(k.startswith("student.") for k in trained)
+    assert method != "feature_kd" or any(k.startswith("method.projectors") for k in trained)
+    for k in trained:
+        assert torch.equal(r0[k], r1[k]), f"{k} differs across ranks"
+    assert any(not torch.equal(r0[k], r0[f"initial.{k}"]) for k in trained if k.startswith("student."))

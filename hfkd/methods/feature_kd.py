@@ -92,6 +92,10 @@ class FeatureKD(DistillationMethod):
             ce = F.cross_entropy(student.logits.float(), batch["labels"])
             loss = loss + self.config.ce_weight * ce
             logs["ce"] = ce.detach()
+        else:
+            # Without labels the student's head has no part in the loss, and DDP (without the slower
+            # find_unused_parameters) stops at a parameter without gradient: give the head an exact zero gradient.
+            loss = loss + 0.0 * student.logits.float().sum()
         return LossOutput(loss, logs)
 
     def param_groups(self, learning_rate: float) -> List[Dict[str, Any]]:
