@@ -26,6 +26,7 @@ __all__ = [
     "pskd_targets",
     "bake_targets",
     "feed_loss",
+    "feature_distillation_loss",
     "normalize_factor",
     "soft_kl_rows",
     "gaussian_kl",
@@ -195,6 +196,32 @@ def feed_loss(student_maps: Sequence[torch.Tensor], teacher_maps: Sequence[torch
             term = (normalize_factor(s) - normalize_factor(t.detach())).abs().mean()
             total = term if total is None else total + term
     return total
+
+
+FEATURE_DISTANCES = ("cosine", "mse", "smooth_l1")
+
+
+def feature_distillation_loss(student: torch.Tensor, teacher: torch.Tensor, distance: str = "cosine",
+                              beta: float = 1.0) -> torch.Tensor:
+    """A distance between projected student features and a teacher's, averaged over every feature vector.
+
+    ``student`` and ``teacher`` have the same shape, ``[N, D]`` (pooled) or ``[N, L, D]`` (a spatial map as
+    tokens); the last axis is the feature.  ``cosine``: mean of ``1 - cos(s, t)`` per vector (scale-free, so a
+    teacher's large embedding norms do not dominate); ``mse``: mean squared error per element; ``smooth_l1``:
+    Huber with threshold ``beta`` per element.  The teacher is a constant.
+    """
+    if student.shape != teacher.shape:
+        raise ValueError(f"feature_distillation_loss: student features {tuple(student.shape)} and teacher features "
+                         f"{tuple(teacher.shape)} differ; project the student's to the teacher's size first")
+    if distance not in FEATURE_DISTANCES:
+        raise ValueError(f"feature_distillation_loss: distance must be one of {FEATURE_DISTANCES}, got {distance!r}")
+    with _float32_region(student):
+        s, t = _f32(student), _f32(teacher).detach()
+        if distance == "cosine":
+            return (1.0 - F.cosine_similarity(s, t, dim=-1)).mean()
+        if distance == "mse":
+            return F.mse_loss(s, t)
+        return F.smooth_l1_loss(s, t, beta=beta)
 
 
 def split_gaussian(outputs: torch.Tensor):

@@ -126,7 +126,8 @@ def test_help_lists_the_methods_and_shows_the_chosen_ones_options(capsys):
 CHANGED = {"kd": dict(temperature=2.0, alpha=0.5), "meal_v2": dict(discriminator_weight=0.5, discriminator_lr=0.1),
            "pskd": dict(alpha_T=0.4, bank_dtype="float16"), "bake": dict(omega=0.9, kd_weight=0.5),
            "feed": dict(beta=7.0, stage="2", kernel_size=1), "supervised": dict(label_smoothing=0.1),
-           "extracurricular": dict(extra_ratio=0.5, mix="cutmix", uncertainty="select", regression_match="mean")}
+           "extracurricular": dict(extra_ratio=0.5, mix="cutmix", uncertainty="select", regression_match="mean"),
+           "feature_kd": dict(distance="smooth_l1", projector="linear", ce_weight=0.5)}
 
 
 @pytest.mark.parametrize("name", list_methods())

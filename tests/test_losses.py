@@ -114,3 +114,25 @@ def test_losses_compute_in_float32_under_bf16_inputs():
 def test_losses_reject_bad_input(call):
     with pytest.raises(ValueError):
         call()
+
+
+def test_feature_distillation_loss_by_hand():
+    s = torch.tensor([[3.0, 4.0], [1.0, 0.0]], requires_grad=True)
+    t = torch.tensor([[6.0, 8.0], [0.0, 2.0]])
+    # cosine: row 0 points the same way (cos 1), row 1 is orthogonal (cos 0): mean of 1 - cos = 0.5
+    assert losses.feature_distillation_loss(s, t, "cosine").item() == pytest.approx(0.5)
+    # mse: squared differences 9, 16, 1, 4 -> mean 7.5
+    assert losses.feature_distillation_loss(s, t, "mse").item() == pytest.approx(7.5)
+    # smooth L1 (beta 1): |d| = 3, 4 -> |d| - 0.5; |d| = 1, 2 -> 0.5, 1.5: (2.5 + 3.5 + 0.5 + 1.5) / 4
+    assert losses.feature_distillation_loss(s, t, "smooth_l1").item() == pytest.approx(2.0)
+    # a spatial map [N, L, D]: the cosine is per token
+    maps_s, maps_t = s.detach().view(1, 2, 2), t.view(1, 2, 2)
+    assert losses.feature_distillation_loss(maps_s, maps_t).item() == pytest.approx(0.5)
+    # the teacher is a constant
+    t_grad = t.clone().requires_grad_(True)
+    losses.feature_distillation_loss(s, t_grad, "mse").backward()
+    assert s.grad is not None and t_grad.grad is None
+    with pytest.raises(ValueError, match="differ"):
+        losses.feature_distillation_loss(s, t[:, :1])
+    with pytest.raises(ValueError, match="distance must be one of"):
+        losses.feature_distillation_loss(s, t, "l3")

@@ -330,6 +330,17 @@ def decode_logits(columns: Dict[str, torch.Tensor], num_teachers: int, num_class
                                columns["logsumexp"].reshape(b, num_teachers), num_classes)
 
 
+# The three integer key columns of a row (image index, view, seed) with Arrow's per-row overhead, measured.
+KEY_BYTES_PER_VIEW = 28
+
+
+def estimated_bytes_per_view(num_teachers: int, num_classes: int, top_k: Optional[int], dtype: str) -> int:
+    """Bytes one stored view takes on disk, key columns included (before the cache exists: the dry run's estimate)."""
+    width = np.dtype(dtype).itemsize
+    per_teacher = top_k * (width + 4) + width if top_k else num_classes * width
+    return KEY_BYTES_PER_VIEW + num_teachers * per_teacher
+
+
 def bytes_per_view(metadata: CacheMetadata) -> int:
     """Bytes of teacher outputs per stored view (the three integer key columns excluded)."""
     width = np.dtype(metadata.dtype).itemsize

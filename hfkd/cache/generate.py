@@ -47,11 +47,12 @@ from ..losses import ensemble_probs
 from ..models.backbone import Backbone, hub_id
 from ..models.preprocess import PreprocessConfig
 from ..models.teacher import bind_teacher
+from ..models.zero_shot import zero_shot_entry
 from ..preemption import Preemption
 from ..version import __version__
 from .card import write_dataset_card
 from .format import (UNLISTED_FILES, CacheMetadata, augmentation_dict, dataset_fingerprint, datasets_fingerprint,
-                     encode_logits, images_sha256)
+                     encode_logits, estimated_bytes_per_view, images_sha256)
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ def _teacher_entry(teacher) -> Dict[str, Any]:
     backbone = teacher.backbone
     return {"name": backbone.name, "library": backbone.library, "revision": backbone.source.get("revision"),
             "hub_id": hub_id(backbone), "weight": teacher.weight, "num_parameters": backbone.num_parameters(),
-            "preprocess": backbone.preprocess.to_dict()}
+            "preprocess": backbone.preprocess.to_dict(), **zero_shot_entry(backbone)}
 
 
 def _rows_table(columns: Dict[str, np.ndarray]):
@@ -153,9 +154,7 @@ def _clear_stages(output_dir: str, plan: Dict[str, Any]) -> bool:
 
 def _cache_bytes(num_rows: int, num_teachers: int, num_classes: int, top_k: Optional[int], dtype: str) -> int:
     """About what the generation writes: the shards, then the merged copy next to them."""
-    item = np.dtype(dtype).itemsize
-    per_row = 28 + num_teachers * (top_k * (item + 4) + item if top_k else num_classes * item)
-    return 2 * num_rows * per_row
+    return 2 * num_rows * estimated_bytes_per_view(num_teachers, num_classes, top_k, dtype)
 
 
 def _default_command() -> str:

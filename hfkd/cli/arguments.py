@@ -33,6 +33,10 @@ class ModelArguments:
     teachers: List[str] = field(default_factory=list, metadata={
         "help": "Teachers: timm names, Hub ids, saved model folders, or the output folder of an `hfkd train` run."})
     teacher_revisions: List[str] = field(default_factory=list, metadata={"help": "Hub revisions, one per teacher."})
+    teacher_prompts: List[str] = field(default_factory=list, metadata={
+        "help": "Prompt templates of the zero-shot (CLIP) teachers, each with one {} for the label name, e.g. "
+                "'a photo of a {}.'; several are averaged. Shared by all zero-shot teachers; in YAML a mapping "
+                "teacher: [templates] gives them per teacher. Default: 'a photo of a {}.'."})
     image_size: Optional[int] = field(default=None, metadata={
         "help": "Training resolution of the student (default: the student's own, from its pretrained configuration: "
                 "timm's data config or a transformers image processor)."})
@@ -53,9 +57,19 @@ class ModelArguments:
     def __post_init__(self):
         if isinstance(self.teachers, str):  # `teachers: resnet18` in YAML means one teacher, not 8 letters
             self.teachers = [self.teachers]
+        if isinstance(self.teacher_prompts, str):  # one template, not its letters
+            self.teacher_prompts = [self.teacher_prompts]
         if self.image_size is not None and (isinstance(self.image_size, bool) or not isinstance(self.image_size, int)
                                             or self.image_size <= 0):
             raise ValueError(f"image_size must be a positive integer (got {self.image_size!r})")
+
+    def prompts_for(self, teacher: str) -> Optional[List[str]]:
+        """The prompt templates of zero-shot teacher ``teacher`` (None: the default template)."""
+        prompts = self.teacher_prompts
+        if isinstance(prompts, dict):  # YAML: per teacher
+            prompts = prompts.get(teacher)
+            return [prompts] if isinstance(prompts, str) else prompts
+        return list(prompts) or None
 
     def label_mapping_dict(self):
         """``label_mapping`` as a dict (YAML gives one; the command line a ``a=b,c=d`` string)."""

@@ -7,6 +7,7 @@ import os
 import sys
 from typing import Any, Dict
 
+from ..cache.format import estimated_bytes_per_view
 from ..hub.card import local_checkpoint_name
 from ..launch import num_processes
 from ..models.factory import create_backbone
@@ -87,11 +88,35 @@ def dry_run(settings: RunSettings) -> Dict[str, Any]:
         print(report["step_formula"])
     for note in checked.notes:
         print(note)
+    teachers = len(report["teachers"])
+    if teachers and not settings.training.teacher_cache:
+        num_classes = report.get("num_classes") or (student.num_classes if student is not None else None)
+        report["teacher_cost"] = _teacher_cost(teachers, num_classes, report.get("epochs"))
+        print(report["teacher_cost"]["text"])
     report["problems"] = checked.problems
     print("dry run: nothing was trained")
     if checked.problems:
         sys.exit(f"dry run: the run would not start:\n{problems_text(checked.problems)}")
     return report
+
+
+def _teacher_cost(teachers: int, num_classes, epochs) -> Dict[str, Any]:
+    """What the teachers cost at real size: forwards per image, and a teacher cache's size per million images."""
+    cost: Dict[str, Any] = {"teacher_forwards_per_image_per_epoch": teachers}
+    text = (f"teacher cost: {teachers} teacher forward(s) per training image per epoch"
+            + (f", {teachers * epochs} per image over the {epochs} epochs" if epochs else "")
+            + f"; a teacher cache pays {teachers} per stored view, once (hfkd cache, docs/teacher_cache.md)")
+    if num_classes:
+        sizes = {f"top{k}" if k else "full": estimated_bytes_per_view(teachers, num_classes, k, "float16") * 1e6
+                 for k in (5, 10, None) if not k or k < num_classes}
+        cost["cache_bytes_per_million_views_float16"] = sizes
+        text += ("\n  its size per 1M images and view, float16: "
+                 + ", ".join(f"{name} {_gigabytes(size)}" for name, size in sizes.items()))
+    return {**cost, "text": text}
+
+
+def _gigabytes(n: float) -> str:
+    return f"{n / 1e9:.2f} GB"
 
 
 def _teacher_name(name: str) -> str:

@@ -16,7 +16,7 @@ from ..launch import is_main_process
 from ..methods.base import DistillationMethod
 from ..methods.registry import create_method
 from ..models.backbone import Backbone
-from ..models.factory import create_backbone
+from ..models.factory import create_backbone, is_zero_shot_source
 from ..models.teacher import Teacher, create_teacher
 from ..results import RESULT_METRICS, markdown_table, results_table, summarize_seeds
 from ..training.args import DistillationArguments
@@ -54,21 +54,27 @@ def build_student(model_args: ModelArguments, data: ImageClassificationData, see
                            allow_pickle_weights=model_args.allow_pickle_weights)
 
 
-def build_teacher(model_args: ModelArguments, student: Backbone, name: str, index: int = 0) -> Teacher:
+def build_teacher(model_args: ModelArguments, student: Backbone, name: str, index: int = 0,
+                  check_classes: bool = True) -> Teacher:
     """Teacher ``name`` (the ``index``-th, whose ``--teacher_revisions`` entry applies), checked against ``student``'s
-    classes and label names."""
+    classes and label names unless ``check_classes`` is false (a method that reads no teacher logits)."""
     revisions = list(model_args.teacher_revisions)
-    return create_teacher(name, student.preprocess, student.num_classes, student.label_names,
+    revision = revisions[index] if index < len(revisions) else None
+    # Prompts phrase a zero-shot teacher's classes; the templates shared by all teachers skip the classifiers.
+    zero_shot = {"prompt_templates": model_args.prompts_for(name)} if is_zero_shot_source(name, revision) else {}
+    return create_teacher(name, student.preprocess, student.num_classes if check_classes else None,
+                          student.label_names,
                           label_mapping=model_args.label_mapping_dict(),
                           align_labels_by_name=model_args.align_labels_by_name,
-                          revision=revisions[index] if index < len(revisions) else None,
+                          revision=revision,
                           trust_remote_code=model_args.trust_remote_code,
-                          allow_pickle_weights=model_args.allow_pickle_weights)
+                          allow_pickle_weights=model_args.allow_pickle_weights, **zero_shot)
 
 
-def build_teachers(model_args: ModelArguments, student: Backbone, paths: Optional[Sequence[str]] = None) -> List[Teacher]:
+def build_teachers(model_args: ModelArguments, student: Backbone, paths: Optional[Sequence[str]] = None,
+                   check_classes: bool = True) -> List[Teacher]:
     names = list(paths if paths is not None else model_args.teachers)
-    return [build_teacher(model_args, student, name, i) for i, name in enumerate(names)]
+    return [build_teacher(model_args, student, name, i, check_classes) for i, name in enumerate(names)]
 
 
 def dataset_info(data: ImageClassificationData, data_args: DataArguments) -> Dict[str, Any]:
@@ -148,7 +154,7 @@ def run_with_baseline(method: DistillationMethod, model_args: ModelArguments, da
         base_row = result_row(base_student.name, "student, no KD (baseline)", base_metrics,
                               base_student.num_parameters())
     student = build_student(model_args, data, seed=args.seed)
-    teachers = build_teachers(model_args, student, teacher_paths)
+    teachers = build_teachers(model_args, student, teacher_paths, check_classes=method.reads_teacher_logits)
     baseline_metrics = {**base_metrics, "params": base_student.num_parameters()} if baseline else None
     trainer, metrics = run(method, student, teachers, data, args, data_args, baseline_metrics=baseline_metrics,
                            license=model_args.license)

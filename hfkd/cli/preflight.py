@@ -17,6 +17,7 @@ from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 
 from ..cache.lookup import open_teacher_cache
 from ..launch import is_main_process
+from ..methods.registry import get_method_class
 from ..models.backbone import Backbone
 from ..models.factory import create_backbone, run_folder_student
 from ..output_dir import OutputDirError, OutputDirLock, check_output_dir, remove_run_outputs
@@ -76,7 +77,9 @@ def check_teacher(settings: RunSettings, student: Backbone, name: str, index: in
         checked.teacher_sizes[name] = create_backbone(arch, pretrained=False).num_parameters()
         return
     try:
-        teacher = build_teacher(settings.model, student, name, index)
+        # feature_kd reads only the teachers' features: their classes need not be the student's
+        check_classes = get_method_class(settings.method).reads_teacher_logits
+        teacher = build_teacher(settings.model, student, name, index, check_classes)
     except Exception as e:  # noqa: BLE001 - every reason a teacher cannot be used is reported, with its name
         checked.problems.append(_teacher_problem(name, e))
         checked.teacher_sizes[name] = None
@@ -84,6 +87,11 @@ def check_teacher(settings: RunSettings, student: Backbone, name: str, index: in
     checked.teacher_sizes[name] = teacher.backbone.num_parameters()
     if run_folder_student(name):
         checked.notes.append(f"teacher {shorten(name)} is a run's output folder: its saved student is loaded")
+    prompts = teacher.backbone.source.get("prompt_templates")
+    if teacher.backbone.source.get("zero_shot"):
+        checked.notes.append(
+            f"teacher {shorten(name)} is zero-shot (CLIP): its {teacher.backbone.num_classes} classes are the "
+            f"student's label names {shorten(teacher.backbone.label_names)}, phrased by the prompts {shorten(prompts)}")
 
 
 def check_run(settings: RunSettings, *, train_demo: bool) -> Checked:

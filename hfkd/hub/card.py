@@ -247,7 +247,9 @@ def create_model_card(lineage: Dict[str, Any], baseline: Optional[Dict[str, Any]
         or args.get("mixed_precision") or "no",
         teachers=[{**t, "link": _model_link(t, in_table=True), "top1": _pct((t.get("metrics") or {}).get("eval_accuracy")),
                    "top5": _pct((t.get("metrics") or {}).get("eval_top5_accuracy")),
-                   "params": _params(t.get("num_parameters"))} for t in teachers],
+                   "params": _params(t.get("num_parameters")),
+                   # a zero-shot teacher's classes are its prompts: the card shows them
+                   "prompts": ", ".join(code_span(p) for p in t.get("prompt_templates") or [])} for t in teachers],
         method=method, hparams=method.get("hparams") or {}, args=args, dataset=dataset,
         hub_dataset=_hub_dataset(dataset), augmentation=lineage.get("augmentation") or {}, preprocess=pre,
         image_size=(pre.get("input_size") or [None, None, None])[1:], metrics=lineage.get("metrics") or {},

@@ -106,6 +106,9 @@ class DistillationMethod(nn.Module):
     max_teachers: ClassVar[Optional[int]] = None
     #: whether the loss reads the ground-truth labels
     uses_labels: bool = True
+    #: whether the loss reads the teachers' logits; if not (feature distillation), a teacher needs no classes of
+    #: the student's and is neither label-checked nor evaluated
+    reads_teacher_logits: ClassVar[bool] = True
     #: the method expects a trained (pretrained) student to start from; the demo then provides one
     starts_from_trained_student: ClassVar[bool] = False
     #: the tasks (``hfkd.tasks``) whose outputs the loss understands

@@ -225,5 +225,32 @@ class ExtracurricularConfig(MethodConfig):
         check_choice("regression_match", self.regression_match, REGRESSION_MATCHES)
 
 
-__all__ = ["MethodConfig", "KDConfig", "SupervisedConfig", "MEALv2Config", "FEEDConfig", "BAKEConfig", "PSKDConfig",
+FEATURE_DISTANCES = ("cosine", "mse", "smooth_l1")  # hfkd.losses.feature_distillation_loss (no torch here)
+PROJECTORS = ("linear", "mlp")
+
+
+@dataclass
+class FeatureKDConfig(MethodConfig):
+    """Settings of feature distillation (method ``feature_kd``): the student's pooled features, through a learned
+    projector per teacher, matched to each teacher's pooled embedding."""
+
+    distance: str = field(default="cosine", metadata={
+        "help": "cosine (default: AM-RADIO, Ranzinger et al. 2024, matches foundation-model summary features with "
+                "it), mse (timm's feature distillation) or smooth_l1."})
+    projector: str = field(default="mlp", metadata={
+        "help": "linear, or mlp (Linear-GELU-Linear, the teacher's width inside; AM-RADIO's adaptor heads are MLPs). "
+                "Trained and checkpointed with the student, never saved with it."})
+    feature_weight: float = field(default=1.0, metadata={"help": "Weight of the feature term (> 0)."})
+    ce_weight: float = field(default=0.0, metadata={
+        "help": "Weight of the cross-entropy on the labels (>= 0); 0, the default, needs no labels."})
+
+    def check(self):
+        check_choice("distance", self.distance, FEATURE_DISTANCES)
+        check_choice("projector", self.projector, PROJECTORS)
+        self.feature_weight = check_positive("feature_weight", self.feature_weight)
+        if self.ce_weight < 0:
+            raise ValueError(f"ce_weight must be >= 0, got {shorten(self.ce_weight)}")
+
+
+__all__ = ["MethodConfig", "FeatureKDConfig", "KDConfig", "SupervisedConfig", "MEALv2Config", "FEEDConfig", "BAKEConfig", "PSKDConfig",
            "ExtracurricularConfig", "check_positive", "check_probability", "check_choice", "parse_stage", "LAST_STAGE"]

@@ -29,6 +29,7 @@ BUILTIN: Dict[str, tuple] = {
     "bake": ("hfkd.methods.bake", "BAKEConfig"),
     "pskd": ("hfkd.methods.pskd", "PSKDConfig"),
     "extracurricular": ("hfkd.methods.extracurricular", "ExtracurricularConfig"),
+    "feature_kd": ("hfkd.methods.feature_kd", "FeatureKDConfig"),
 }
 
 

@@ -141,6 +141,27 @@ class TransformersBackbone(Backbone):
         return BackboneOutput(logits=out.logits, pooled=pooled, feature_maps=maps)
 
 
+class HeadlessTransformersBackbone(Backbone):
+    """A transformers encoder without a classifier (``AutoModel``: DINOv2, ViT, ...): a feature teacher.
+
+    Like timm's ``num_classes=0`` it has no classes, and its "logits" are its pooled features: the model's own
+    ``pooler_output`` (DINOv2, ViT: the class token after the final norm), else the mean of the last hidden states.
+    """
+
+    library = "transformers"
+
+    def _forward(self, x: torch.Tensor, request: OutputRequest) -> BackboneOutput:
+        out = self.model(pixel_values=x, output_hidden_states=bool(request.feature_stages))
+        pooled = getattr(out, "pooler_output", None)
+        if pooled is None:
+            pooled = out.last_hidden_state.mean(dim=1)
+        pooled = pooled.flatten(1)
+        maps: Dict[Stage, torch.Tensor] = {}
+        for stage in request.feature_stages:
+            maps[stage] = out.hidden_states[-1 if stage == LAST_STAGE else int(stage)]
+        return BackboneOutput(logits=pooled, pooled=pooled if request.pooled else None, feature_maps=maps)
+
+
 class ModuleBackbone(Backbone):
     """Any ``nn.Module`` mapping images to logits; no pooled features or maps."""
 

@@ -9,9 +9,10 @@ from typing import Any, Dict, Optional, Sequence, Union
 from torch import nn
 
 from ..settings import shorten
-from .backbone import Backbone, ModuleBackbone, TimmBackbone, TransformersBackbone
+from .backbone import Backbone, HeadlessTransformersBackbone, ModuleBackbone, TimmBackbone, TransformersBackbone
 from .config_check import check_input_size, check_model_config
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, PreprocessConfig
+from .zero_shot import ZeroShotBackbone, is_zero_shot_config
 
 ModelSource = Union[str, nn.Module, Backbone, "PretrainedConfig"]  # noqa: F821
 
@@ -138,9 +139,11 @@ def check_remote_code(cfg: Dict[str, Any], name: str, trust_remote_code: bool = 
 
 def _transformers_preprocess(model: nn.Module, path: Optional[str], revision: Optional[str],
                              trust_remote_code: bool = False) -> PreprocessConfig:
-    size = getattr(model.config, "image_size", 224)
+    # A two-tower model (CLIP) keeps the image size in its vision config.
+    config = getattr(model.config, "vision_config", None) or model.config
+    size = getattr(config, "image_size", 224)
     size = size if isinstance(size, int) else max(size)
-    pre = PreprocessConfig(input_size=(getattr(model.config, "num_channels", 3), size, size))
+    pre = PreprocessConfig(input_size=(getattr(config, "num_channels", 3), size, size))
     if path is None:
         return pre
     try:
@@ -203,6 +206,49 @@ def _from_transformers(path: str, num_classes, revision, pretrained, model_kwarg
                               trust_remote_code)
 
 
+def _from_zero_shot(path: str, revision, pretrained, model_kwargs, zero_shot: Dict[str, Any],
+                    trust_remote_code: bool = False, allow_pickle_weights: bool = False) -> ZeroShotBackbone:
+    """A CLIP folder or Hub id as a classifier over ``zero_shot["label_names"]`` (hfkd/models/zero_shot.py)."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    kwargs = dict(model_kwargs, trust_remote_code=trust_remote_code)
+    if pretrained:
+        if not allow_pickle_weights:
+            kwargs.setdefault("use_safetensors", True)
+        model = AutoModel.from_pretrained(path, revision=revision, **kwargs)
+    else:
+        model = AutoModel.from_config(AutoConfig.from_pretrained(path, revision=revision, **kwargs))
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+    return ZeroShotBackbone(
+        model, tokenizer, _transformers_preprocess(model, path, revision, trust_remote_code),
+        zero_shot.get("label_names"), zero_shot.get("prompt_templates"),
+        {"name": path, "revision": revision, "pretrained": pretrained},
+    )
+
+
+def is_headless_config(cfg: Dict[str, Any]) -> bool:
+    """A transformers encoder saved without a classification head (``architectures: ["Dinov2Model"]``)."""
+    architectures = cfg.get("architectures") or []
+    return bool(architectures) and not any(str(a).endswith("ForImageClassification") for a in architectures)
+
+
+def _from_transformers_headless(path: str, revision, pretrained, model_kwargs, trust_remote_code: bool = False,
+                                allow_pickle_weights: bool = False) -> HeadlessTransformersBackbone:
+    """A feature teacher: the encoder as saved, no head added (a random head would teach nothing)."""
+    from transformers import AutoConfig, AutoModel
+
+    kwargs = dict(model_kwargs, trust_remote_code=trust_remote_code)
+    if pretrained:
+        if not allow_pickle_weights:
+            kwargs.setdefault("use_safetensors", True)
+        model = AutoModel.from_pretrained(path, revision=revision, **kwargs)
+    else:
+        model = AutoModel.from_config(AutoConfig.from_pretrained(path, revision=revision, **kwargs))
+    return HeadlessTransformersBackbone(model, _transformers_preprocess(model, path, revision, trust_remote_code), 0,
+                                        None, {"name": path, "revision": revision, "pretrained": pretrained})
+
+
 def _from_timm(name: str, num_classes, revision, pretrained, model_kwargs) -> TimmBackbone:
     import timm
 
@@ -225,6 +271,7 @@ def create_backbone(
     preprocess: Optional[PreprocessConfig] = None,
     trust_remote_code: bool = False,
     allow_pickle_weights: bool = False,
+    prompt_templates: Optional[Sequence[str]] = None,
     **model_kwargs: Any,
 ) -> Backbone:
     """Build a :class:`Backbone` from any supported source.
@@ -242,6 +289,11 @@ def create_backbone(
     ``trust_remote_code``: build a transformers model whose ``config.json`` names its own code (``auto_map``);
     off by default, and never asked interactively.  ``allow_pickle_weights``: load a folder holding only pickled
     weights (``pytorch_model.bin``, ``*.pth``) with torch's ``weights_only`` unpickler; by default it is refused.
+
+    A CLIP model (a folder or Hub id whose ``config.json`` says ``model_type: clip``) becomes a zero-shot
+    classifier over ``label_names`` (required), its logits the model's scaled similarities to the prompts
+    ``template.format(label)`` for each of ``prompt_templates`` (default ``["a photo of a {}."]``), the
+    templates' embeddings averaged (docs/any_teacher.md).
     """
     _check_sizes(num_classes, image_size)
     if isinstance(model, Backbone):
@@ -256,10 +308,16 @@ def create_backbone(
         backbone = _wrap_transformers(AutoModelForImageClassification.from_config(model),
                                       {"name": getattr(model, "model_type", "transformers"), "pretrained": False})
     elif isinstance(model, str):
-        backbone = _from_name_or_explain(model, num_classes, revision, pretrained, model_kwargs,
+        zero_shot = {"label_names": label_names, "prompt_templates": prompt_templates}
+        backbone = _from_name_or_explain(model, num_classes, revision, pretrained, model_kwargs, zero_shot=zero_shot,
                                          trust_remote_code=trust_remote_code, allow_pickle_weights=allow_pickle_weights)
     else:
         raise TypeError(f"cannot build a model from {type(model).__name__}; pass a name, a folder or an nn.Module")
+    if prompt_templates is not None and not isinstance(backbone, ZeroShotBackbone):
+        raise ValueError(
+            f"prompt_templates apply to zero-shot (CLIP) models only, and {shorten(backbone.name)} is a classifier "
+            "with classes of its own; drop the templates for it"
+        )
     if num_classes is not None and backbone.num_classes != num_classes:
         raise ValueError(f"{backbone.name} predicts {backbone.num_classes} classes, but {num_classes} were asked for")
     if preprocess is not None:
@@ -305,6 +363,22 @@ def _wrap_module(model: nn.Module, preprocess: Optional[PreprocessConfig]) -> Ba
     return ModuleBackbone(model, preprocess, num_classes, source={"name": type(model).__name__})
 
 
+def is_zero_shot_source(model: ModelSource, revision: Optional[str] = None) -> bool:
+    """Whether ``model`` names a zero-shot (CLIP) model, which takes its classes from the label names it is given."""
+    if isinstance(model, ZeroShotBackbone):
+        return True
+    if not isinstance(model, str) or model.startswith(("hf-hub:", "hf_hub:")):
+        return False
+    local = model[len("local-dir:"):] if model.startswith("local-dir:") else model
+    local = run_folder_student(local) or local
+    if not (os.path.isdir(local) or "/" in local):
+        return False
+    try:
+        return is_zero_shot_config(_read_config(local, revision))
+    except (OSError, ValueError):
+        return False  # not a readable model: create_backbone names the problem
+
+
 def run_folder_student(path: str) -> Optional[str]:
     """``path/student`` when ``path`` is a run's output folder (no model of its own, a saved student inside)."""
     student = os.path.join(path, "student")
@@ -315,7 +389,7 @@ def run_folder_student(path: str) -> Optional[str]:
 
 
 def _from_name(name: str, num_classes, revision, pretrained, model_kwargs, trust_remote_code: bool = False,
-               allow_pickle_weights: bool = False) -> Backbone:
+               allow_pickle_weights: bool = False, zero_shot: Optional[Dict[str, Any]] = None) -> Backbone:
     import timm
 
     if name.startswith("hf-hub:") or name.startswith("hf_hub:"):
@@ -330,7 +404,7 @@ def _from_name(name: str, num_classes, revision, pretrained, model_kwargs, trust
         # An hfkd run's output folder (`hfkd train --output_dir outputs/teacher`): its saved student, named by the
         # run's folder so that tables and cards say "teacher", not "teacher/student".
         backbone = _from_name(saved, num_classes, revision, pretrained, model_kwargs, trust_remote_code,
-                              allow_pickle_weights)
+                              allow_pickle_weights, zero_shot)
         backbone.source["name"] = ("local-dir:" if backbone.library == "timm" else "") + os.path.abspath(local)
         return backbone
     if os.path.isdir(local) or "/" in name and not timm.is_model(name):
@@ -343,6 +417,12 @@ def _from_name(name: str, num_classes, revision, pretrained, model_kwargs, trust
                 check_hub_weights_format(local, revision, allow_pickle_weights)
             return _from_timm(prefix + local, num_classes, revision, pretrained, model_kwargs)
         check_remote_code(cfg, name, trust_remote_code)
+        if is_zero_shot_config(cfg):
+            return _from_zero_shot(local, revision, pretrained, model_kwargs, zero_shot or {}, trust_remote_code,
+                                   allow_pickle_weights)
+        if num_classes is None and is_headless_config(cfg):
+            return _from_transformers_headless(local, revision, pretrained, model_kwargs, trust_remote_code,
+                                               allow_pickle_weights)
         return _from_transformers(local, num_classes, revision, pretrained, model_kwargs, trust_remote_code,
                                   allow_pickle_weights)
     if timm.is_model(name):

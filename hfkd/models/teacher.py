@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from .backbone import Backbone, BackboneOutput, OutputRequest
-from .factory import ModelSource, create_backbone
+from .factory import ModelSource, create_backbone, is_zero_shot_source
 from .preprocess import PreprocessConfig, adapt_batch
 
 
@@ -149,9 +149,14 @@ def create_teacher(
     ``backbone_kwargs`` go to :func:`create_backbone`, e.g. ``revision``, ``trust_remote_code=True`` (a teacher
     built by its own code) or ``allow_pickle_weights=True`` (a teacher folder of pickled weights); both opt-ins
     are off by default, as for students.
+
+    A zero-shot (CLIP) teacher takes the student's ``label_names`` as its classes (``prompt_templates`` in
+    ``backbone_kwargs`` say how they are phrased), so it needs no label alignment.
     """
     if isinstance(model, Teacher):
         backbone, weight = model.backbone, model.weight
+    elif is_zero_shot_source(model, backbone_kwargs.get("revision")):
+        backbone = create_backbone(model, label_names=label_names, **backbone_kwargs)
     else:
         backbone = create_backbone(model, **backbone_kwargs)
     perm = None

@@ -11,6 +11,7 @@ import torch
 
 from ..hub.card import local_checkpoint_name
 from ..models.backbone import hub_id
+from ..models.zero_shot import zero_shot_entry
 from ..hub.secrets import redact_secrets
 from .bad_images import bad_image_summary
 
@@ -92,7 +93,8 @@ def model_entry(backbone) -> Dict[str, Any]:
             "revision": backbone.source.get("revision"), "pretrained": backbone.source.get("pretrained"),
             "hub_id": hub_id(backbone), "local": local_checkpoint_name(backbone.name) is not None,
             "license": source_license(backbone),
-            "num_parameters": backbone.num_parameters(), "preprocess": backbone.preprocess.to_dict()}
+            "num_parameters": backbone.num_parameters(), "preprocess": backbone.preprocess.to_dict(),
+            **zero_shot_entry(backbone)}
 
 
 def without_local_paths(value: Any) -> Any:

@@ -144,8 +144,10 @@ class DistillationTrainer:
         if self.teacher_cache is None:
             self.method.check_teachers(len(teachers))
         self._check_crops_per_image()
-        self.teachers: List[Teacher] = [bind_teacher(t, self.student.preprocess, self.student.num_classes,
-                                                     self.student.label_names) for t in teachers]
+        # A method reading only the teachers' features binds them without a class check (num_classes None).
+        classes = self.student.num_classes if self.method.reads_teacher_logits else None
+        self.teachers: List[Teacher] = [bind_teacher(t, self.student.preprocess, classes, self.student.label_names)
+                                        for t in teachers]
         self.augment = augment or getattr(self.teacher_cache, "augment", None) or AugmentConfig()
         self.dataset_info = dict(dataset_info or _dataset_info(train_dataset, eval_dataset))
         self.train_dataset = self._wrap(train_dataset, training=True)
@@ -276,8 +278,8 @@ class DistillationTrainer:
 
     def evaluate_teachers(self) -> Dict[str, Dict[str, float]]:
         """Each teacher's accuracy, and the ensemble's when there are several (measured once)."""
-        if not self.teachers or self.eval_dataset is None:
-            return {}
+        if not self.teachers or self.eval_dataset is None or not self.method.reads_teacher_logits:
+            return {}  # a feature teacher's logits (if any) are not over the student's classes
         device = self.accelerator.device
         for t in self.teachers:
             t.to(device)
