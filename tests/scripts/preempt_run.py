@@ -98,7 +98,9 @@ def main():
     assert bool(trainer.method.seen.all()), "the PS-KD bank misses images after two epochs"
     trainer.save_model()
     evaluations = [e["step"] for e in trainer.state.log_history if "eval_accuracy" in e]
-    print("DONE", trainer.state.global_step, trainer.accelerator.num_processes, "EVALS", evaluations, flush=True)
+    # One line from the main process only: two ranks printing at once interleave their lines ("DONE DONE10 10 2").
+    if trainer.accelerator.is_main_process:
+        print("DONE", trainer.state.global_step, trainer.accelerator.num_processes, "EVALS", evaluations, flush=True)
 
 
 if __name__ == "__main__":
