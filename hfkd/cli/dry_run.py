@@ -21,7 +21,7 @@ def _steps(settings: RunSettings, data, method) -> Dict[str, Any]:
     world = num_processes()
     if data.streamed:  # no known length: the run is max_steps long (the checks refuse a stream without it)
         return {"processes": world, "train_images": None, "steps_per_epoch": None, "epochs": None,
-                "total_steps": args.max_steps}
+                "total_steps": args.max_steps if args.max_steps > 0 else "max_steps (not set)"}
     labels = data.train[data.label_column]
     sampler = method.train_batch_sampler(labels, args.per_device_train_batch_size, args.seed)
     if sampler is not None:

@@ -59,9 +59,6 @@ def check_stream_run(args, method, task, teacher_cache, train, evaluation) -> No
         problems.append("the learning-rate schedule is counted in epochs (lr_step_per_epoch, warmup_epochs, "
                         "warmup_start_factor or multistep milestones), and a stream's epoch has no known length: use "
                         "a schedule in steps (cosine, linear, constant; warmup_steps or warmup_ratio)")
-    if "epoch" in (args.save_strategy, args.eval_strategy):
-        problems.append("save_strategy/eval_strategy 'epoch': processes end their parts of a stream at different "
-                        "steps, so there is no common end of an epoch; use 'steps' (save_steps, eval_steps)")
     if getattr(task, "name", "classification") != "classification":
         problems.append(f"task {task.name!r}: streams are supported for classification only")
     for split, data in (("train", train), ("eval", evaluation)):
@@ -134,7 +131,23 @@ def steps(args):
 
 
 def train_loop(trainer) -> None:
-    """Train from this process's stream until ``max_steps`` (or a stop); epochs follow each other per process."""
+    """Train from this process's stream until ``max_steps`` (or a stop); epochs follow each other per process.
+
+    ``eval_strategy`` / ``save_strategy`` ``"epoch"``: processes end their parts of a stream at different steps, so
+    there is no end of an epoch common to all of them to evaluate or save at; the run is evaluated (by the caller)
+    and saved at its end instead, and ``"steps"`` does it along the way.
+    """
+    acc, state, data, args = trainer.accelerator, trainer.state, trainer.train_dataset, trainer.args
+    if "epoch" in (args.eval_strategy, args.save_strategy) and acc.is_main_process:
+        logger.warning("streamed train split: eval_strategy/save_strategy 'epoch' act at the end of the run (processes "
+                       "end their parts of the stream at different steps); use 'steps' to evaluate or save on the way")
+    _steps_from_stream(trainer)
+    if (args.save_strategy == "epoch" and not trainer._preemption.requested() and state.global_step
+            and trainer._last_save_step != state.global_step):
+        trainer._save()
+
+
+def _steps_from_stream(trainer) -> None:
     acc, state, data = trainer.accelerator, trainer.state, trainer.train_dataset
     trainer._windows = (0, float("inf"))  # every accumulation window is full: no end of a loader to close one
     epoch, resumed = data.epoch, trainer._stream_position is not None
