@@ -194,3 +194,32 @@ def test_a_run_killed_mid_epoch_resumes_bitwise(shards, tmp_path):
     runs = seen(tmp_path)
     assert runs["first", "rank0"] + runs["second", "rank0"] == seen(reference)["run", "rank0"]
     assert same_weights(student_weights(tmp_path), student_weights(reference))
+
+
+@pytest.mark.slow
+def test_two_processes_train_on_disjoint_shards_that_make_the_epoch_and_resume_bitwise(shards, tmp_path):
+    """2 processes x batch 8: 8 steps per epoch (2 whole shards each); 12 steps cross into the second epoch."""
+    from helpers.launch import run_two_processes
+
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    run_two_processes(SCRIPT, str(shards), str(reference), "--max_steps", "12")
+    runs = seen(reference)
+    first = [[i for epoch, ids in runs["run", rank] if epoch == 0 for i in ids] for rank in ("rank0", "rank1")]
+    assert len(first[0]) == len(first[1]) == SHARDS * ROWS // 2
+    assert not set(first[0]) & set(first[1])
+    assert set(first[0]) | set(first[1]) == all_keys()
+
+    stopped = run_two_processes(SCRIPT, str(shards), str(tmp_path), "--max_steps", "12", "--at", "5", "--tag",
+                                "first", check=False)
+    assert stopped.returncode != 0 and checkpoints(tmp_path) == ["checkpoint-5"], stopped.stderr[-3000:]
+    state = json.loads((tmp_path / "run" / "checkpoint-5" / "trainer_state.json").read_text())
+    assert state["stream"]["world_size"] == 2 and len(state["stream"]["positions"]) == 2
+    # on 1 process the stream's parts are other parts: refused, naming the way out
+    refused = run_script(shards, tmp_path, "--max_steps", "12", "--resume", "--allow", "world_size", "--tag", "one")
+    assert refused.returncode != 0 and "Resume on 2 process(es)" in refused.stderr, refused.stderr[-3000:]
+    run_two_processes(SCRIPT, str(shards), str(tmp_path), "--max_steps", "12", "--resume", "--tag", "second")
+    resumed = seen(tmp_path)
+    for rank in ("rank0", "rank1"):
+        assert resumed["first", rank] + resumed["second", rank] == runs["run", rank]
+    assert same_weights(student_weights(tmp_path), student_weights(reference))

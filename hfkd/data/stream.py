@@ -209,20 +209,23 @@ class StreamedImageDataset(torch.utils.data.IterableDataset):
     ``"stream_position"`` after it (what a checkpoint records); the shuffle is described in the module
     docstring.  Evaluation (``batch_size=None``): yields single samples in stream order, once.
     ``index`` is :func:`key_id` of the sample's key (its place in the stream when no key is given).
+    ``fingerprint`` identifies the data in a checkpoint (default :func:`describe` of ``dataset``).
     """
 
     is_stream = True
 
     def __init__(self, dataset, transform: Callable, image_column: str, label_column: str, seed: int = 0,
                  image_mode: str = "RGB", on_bad_image: str = "raise", key_columns: Sequence[str] = (),
-                 batch_size: Optional[int] = None, buffer_size: int = DEFAULT_SHUFFLE_BUFFER, drop_last: bool = False):
+                 batch_size: Optional[int] = None, buffer_size: int = DEFAULT_SHUFFLE_BUFFER, drop_last: bool = False,
+                 fingerprint: Optional[str] = None):
         from datasets import Image
 
         if on_bad_image not in BAD_IMAGE_POLICIES:
             raise ValueError(f"on_bad_image must be one of {BAD_IMAGE_POLICIES} (got {on_bad_image!r})")
         if buffer_size < 1:
             raise ValueError(f"stream_shuffle_buffer must be >= 1 (got {buffer_size}); 1 keeps the stream's order")
-        self._fingerprint = describe(dataset)
+        # The whole stream's, given when ``dataset`` is one process's part (the same on every process count).
+        self._fingerprint = fingerprint or describe(dataset)
         columns = list(dict.fromkeys([image_column, label_column, *key_columns]))
         stream = dataset.select_columns(columns)
         if isinstance(stream.features[image_column], Image):  # decoded here, so that a bad image can be named

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional
 from accelerate.utils import gather_object, send_to_device
 
 from ..data import checks
-from ..data.stream import KEY_COLUMN, StreamedImageDataset, is_stream, key_columns, split_for_process
+from ..data.stream import KEY_COLUMN, StreamedImageDataset, describe, is_stream, key_columns, split_for_process
 from ..data.transforms import create_image_transform
 from ..settings import shorten
 
@@ -119,10 +119,12 @@ def wrap_stream(trainer, dataset, training: bool) -> StreamedImageDataset:
     # datasets shuffles the shards' order by (seed + epoch); a buffer of 1 keeps its state exact on resume (the
     # samples are shuffled in blocks by StreamedImageDataset).  Shuffled before the split: every process orders
     # the shards alike and takes its own.
+    fingerprint = describe(dataset)
     stream = dataset.shuffle(seed=args.seed, buffer_size=1)
     stream = split_for_process(stream, acc.process_index, acc.num_processes)
     return StreamedImageDataset(stream, transform, key_columns=keys, batch_size=trainer._images_per_batch,
-                                buffer_size=args.stream_shuffle_buffer, drop_last=args.dataloader_drop_last, **common)
+                                buffer_size=args.stream_shuffle_buffer, drop_last=args.dataloader_drop_last,
+                                fingerprint=fingerprint, **common)
 
 
 def steps(args):

@@ -1,6 +1,7 @@
 """A short KD run from a stream of local Parquet shards (tests/test_streaming.py).
 
     python stream_run.py SHARDS OUT_DIR [--at STEP] [--resume] [--max_steps N] [--tag NAME] [--save_steps N]
+                         [--allow world_size]
 
 ``--at N`` sends SIGTERM to this process at the end of step N (a preemption: checkpoint, then exit 143).
 Every process writes the sample indices (key ids) of each batch it trained on, with the epoch, to
@@ -39,6 +40,7 @@ def main():
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--buffer", type=int, default=16)
     parser.add_argument("--tag", default="run")
+    parser.add_argument("--allow", default="", help="resume_allow_changes, comma-separated")
     opts = parser.parse_args()
 
     splits, _ = load_stream(opts.shards)
@@ -49,7 +51,8 @@ def main():
         output_dir=os.path.join(opts.out_dir, "run"), max_steps=opts.max_steps, per_device_train_batch_size=opts.batch,
         learning_rate=0.01, optim="momentum", lr_scheduler_type="cosine", save_strategy="steps",
         save_steps=opts.save_steps, eval_strategy="no", disable_tqdm=True, eval_teachers=False, logging_steps=1,
-        seed=0, resume_from_checkpoint="latest" if opts.resume else None, stream_shuffle_buffer=opts.buffer)
+        seed=0, resume_from_checkpoint="latest" if opts.resume else None, stream_shuffle_buffer=opts.buffer,
+        resume_allow_changes=[a for a in opts.allow.split(",") if a])
     trainer = DistillationTrainer(student, teachers=[teacher], method="kd", args=args, train_dataset=splits["train"],
                                   augment=AugmentConfig(scale=(0.5, 1.0), hflip=0.5))
     if opts.at:
