@@ -223,3 +223,25 @@ def test_two_processes_train_on_disjoint_shards_that_make_the_epoch_and_resume_b
     for rank in ("rank0", "rank1"):
         assert resumed["first", rank] + resumed["second", rank] == runs["run", rank]
     assert same_weights(student_weights(tmp_path), student_weights(reference))
+
+
+def test_load_image_dataset_streams_a_folder_of_shards_with_its_validation_split(shards, tmp_path, digits):
+    from hfkd.data import load_image_dataset
+
+    folder = tmp_path / "with_validation"
+    folder.mkdir()
+    for name in os.listdir(shards):
+        os.symlink(shards / name, folder / name)
+    digits.eval.select(range(20)).to_parquet(str(folder / "validation-00000-of-00001.parquet"))
+    data = load_image_dataset(str(folder), streaming=True)
+    assert data.streamed and data.eval_split == "validation" and data.label_names == digits.label_names
+    assert sum(1 for _ in data.eval) == 20 and data.train.num_shards == SHARDS
+    with pytest.raises(ValueError, match="drop --streaming"):
+        load_image_dataset(streaming=True)
+
+
+def test_save_strategy_epoch_on_a_stream_saves_at_the_end_of_the_run(shards, tmp_path):
+    train = load_stream(str(shards))[0]["train"]
+    trainer = trainer_on(train, tmp_path, save_strategy="epoch", max_steps=3)
+    trainer.train()
+    assert sorted(n for n in os.listdir(tmp_path / "out") if n.startswith("checkpoint-")) == ["checkpoint-3"]
