@@ -245,3 +245,43 @@ def test_save_strategy_epoch_on_a_stream_saves_at_the_end_of_the_run(shards, tmp
     trainer = trainer_on(train, tmp_path, save_strategy="epoch", max_steps=3)
     trainer.train()
     assert sorted(n for n in os.listdir(tmp_path / "out") if n.startswith("checkpoint-")) == ["checkpoint-3"]
+
+
+def _webdataset_shards(folder, shards=2, per_shard=8):
+    import io
+    import tarfile
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder.mkdir()
+    for s in range(shards):
+        with tarfile.open(folder / f"train-{s:05d}.tar", "w") as tar:
+            for i in range(per_shard):
+                image = io.BytesIO()
+                Image.fromarray(rng.integers(0, 255, (20 + i, 30, 3), dtype=np.uint8)).save(image, format="JPEG")
+                for extension, data in (("jpg", image.getvalue()), ("cls", str(i % 3).encode())):
+                    member = tarfile.TarInfo(f"s{s}_{i:04d}.{extension}")
+                    member.size = len(data)
+                    tar.addfile(member, io.BytesIO(data))
+    return {key_id(f"train-{s:05d}.tar/s{s}_{i:04d}") for s in range(shards) for i in range(per_shard)}
+
+
+def test_webdataset_shards_are_keyed_by_shard_and_key_and_their_integer_classes_named(tmp_path):
+    from hfkd.data import load_image_dataset
+
+    keys = _webdataset_shards(tmp_path / "wds")
+    with pytest.raises(ValueError, match=r"class_names=\[\.\.\.\]"):
+        load_image_dataset(str(tmp_path / "wds"), streaming=True)
+    data = load_image_dataset(str(tmp_path / "wds"), streaming=True, class_names=["a", "b", "c"])
+    assert (data.image_column, data.label_column, data.label_names) == ("jpg", "cls", ["a", "b", "c"])
+    torch.manual_seed(0)
+    student = create_backbone("test_resnet", num_classes=3, pretrained=False, image_size=32)
+    trainer = DistillationTrainer(student, method="supervised", train_dataset=data.train,
+                                  args=run_args(tmp_path / "out", max_steps=2, per_device_train_batch_size=8))
+    assert trainer.train_dataset.key_columns == ["__url__", "__key__"]
+    trainer.train_dataset.set_epoch(0)
+    assert {i for b in trainer.train_dataset for i in b["index"].tolist()} == keys
+    trainer.train()
+    assert trainer.state.global_step == 2

@@ -12,7 +12,7 @@ from .stream import is_stream, load_stream
 
 _EVAL_SPLITS = ("validation", "valid", "val", "test")
 _IMAGE_NAMES = ("image", "img", "images", "picture", "pixel_values")
-_LABEL_NAMES = ("label", "labels", "fine_label", "class", "target", "y")
+_LABEL_NAMES = ("label", "labels", "fine_label", "class", "target", "y", "cls")  # cls: WebDataset's class file
 
 
 @dataclass
@@ -125,6 +125,7 @@ def load_image_dataset(
     seed: int = 0,
     cache_dir: Optional[str] = None,
     streaming: bool = False,
+    class_names: Optional[List[str]] = None,
 ) -> ImageClassificationData:
     """Load an image-classification dataset with a train and an eval split.
 
@@ -135,13 +136,14 @@ def load_image_dataset(
 
     ``streaming=True``: the splits are streams (``datasets.IterableDataset``) of a Hub id, or of a folder or glob
     of Parquet or WebDataset (.tar) shards (:func:`hfkd.data.stream.load_stream`); nothing is held out of a
-    stream, the eval split is the source's own (or none).
+    stream, the eval split is the source's own (or none).  A stream's classes must be declared: a ``ClassLabel``
+    column, or ``class_names`` for integer labels (WebDataset's ``.cls`` files).
     """
     from datasets import ClassLabel, Dataset
 
     if streaming:
         return _streamed_data(source, train_split, eval_split, image_column, label_column, revision, config_name,
-                              cache_dir)
+                              cache_dir, class_names)
 
     loaded, name = _load_source(source, revision, config_name, cache_dir)
     if isinstance(loaded, Dataset):
@@ -181,7 +183,8 @@ def load_image_dataset(
     )
 
 
-def _streamed_data(source, train_split, eval_split, image_column, label_column, revision, config_name, cache_dir):
+def _streamed_data(source, train_split, eval_split, image_column, label_column, revision, config_name, cache_dir,
+                   class_names):
     from datasets import ClassLabel
 
     if source is None or source == DEFAULT_DATASET:
@@ -201,10 +204,16 @@ def _streamed_data(source, train_split, eval_split, image_column, label_column, 
                          "dataset.cast(features) before training")
     image_column, label_column = find_columns(train, image_column, label_column)
     feature = train.features[label_column]
+    if class_names and not isinstance(feature, ClassLabel):  # integer labels 0..C-1, named here
+        feature = ClassLabel(names=list(class_names))
+        splits = {name_: split.cast_column(label_column, feature) if label_column in (split.features or {}) else split
+                  for name_, split in splits.items()}
+        train = splits[train_split]
     if not isinstance(feature, ClassLabel):
-        raise ValueError(f"the streamed train split's label column {label_column!r} is not a datasets.ClassLabel, so "
-                         "its classes cannot be known without reading the whole stream; write the shards with a "
-                         "ClassLabel feature (datasets' to_parquet keeps it), or cast the column in Python")
+        raise ValueError(f"the streamed train split's label column {label_column!r} is {feature!r}, not a "
+                         "datasets.ClassLabel, so its classes cannot be known without reading the whole stream: name "
+                         "them with class_names=[...] (--class_names cat dog ...), in the order of the label numbers, "
+                         "or write the shards with a ClassLabel feature (datasets' to_parquet keeps it)")
     check_num_classes(len(feature.names), name, label_column)
     evaluation = splits[eval_split] if eval_split else None
     if evaluation is not None:
