@@ -285,3 +285,32 @@ def test_webdataset_shards_are_keyed_by_shard_and_key_and_their_integer_classes_
     assert {i for b in trainer.train_dataset for i in b["index"].tolist()} == keys
     trainer.train()
     assert trainer.state.global_step == 2
+
+
+def test_an_unreadable_streamed_image_is_named_by_its_key_or_skipped(tmp_path, digits):
+    from datasets import Image
+
+    from hfkd.data.checks import BadImageError
+
+    rows = digits.train.select(range(16)).cast_column("image", Image(decode=False)).to_list()
+    rows[5]["image"] = {"bytes": b"not an image", "path": None}
+    from datasets import Dataset
+
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    Dataset.from_list(rows, features=digits.train.features).to_parquet(str(folder / "train-00000-of-00001.parquet"))
+    train = load_stream(str(folder))[0]["train"]
+    with pytest.raises(BadImageError, match=r"streamed sample 'train-00000-of-00001.parquet:5' .*UnidentifiedImageError.*on_bad_image='skip'"):
+        batches(reader(train), 0)
+    skipping = reader(train, on_bad_image="skip")
+    kept = [i for b in batches(skipping, 0) for i in b["index"].tolist()]
+    assert len(kept) == 15 and key_id("train-00000-of-00001.parquet:5") not in kept
+    assert skipping.skipped == ["train-00000-of-00001.parquet:5"]
+
+
+def test_gradient_accumulation_on_a_stream_counts_batches_across_epochs(shards, tmp_path):
+    train = load_stream(str(shards))[0]["train"]
+    # 128 samples = 16 batches of 8 per epoch; 10 steps of 2 batches = 20 batches: into the second epoch
+    trainer = trainer_on(train, tmp_path, max_steps=10, gradient_accumulation_steps=2)
+    trainer.train()
+    assert trainer.state.global_step == 10 and (trainer.state.epoch, trainer.state.batches_in_epoch) == (1, 4)
