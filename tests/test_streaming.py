@@ -198,12 +198,15 @@ def test_a_run_killed_mid_epoch_resumes_bitwise(shards, tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_train_on_disjoint_shards_that_make_the_epoch_and_resume_bitwise(shards, tmp_path):
-    """2 processes x batch 8: 8 steps per epoch (2 whole shards each); 12 steps cross into the second epoch."""
+    """2 processes x batch 8: 8 steps per epoch (2 whole shards each); 12 steps cross into the second epoch.  The
+    reference run also evaluates on a streamed eval split of 37 digits."""
     from helpers.launch import run_two_processes
 
     reference = tmp_path / "reference"
     reference.mkdir()
-    run_two_processes(SCRIPT, str(shards), str(reference), "--max_steps", "12")
+    done = run_two_processes(SCRIPT, str(shards), str(reference), "--max_steps", "12", "--eval", "37")
+    evaluated = json.loads(done.stdout.split("EVAL ", 1)[1].splitlines()[0])  # a streamed eval split, 2 processes
+    assert evaluated["eval_samples"] == 37  # each sample once: Accelerate's padding of the last batch is dropped
     runs = seen(reference)
     first = [[i for epoch, ids in runs["run", rank] if epoch == 0 for i in ids] for rank in ("rank0", "rank1")]
     assert len(first[0]) == len(first[1]) == SHARDS * ROWS // 2

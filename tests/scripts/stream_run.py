@@ -1,7 +1,7 @@
 """A short KD run from a stream of local Parquet shards (tests/test_streaming.py).
 
     python stream_run.py SHARDS OUT_DIR [--at STEP] [--resume] [--max_steps N] [--tag NAME] [--save_steps N]
-                         [--allow world_size]
+                         [--allow world_size] [--eval N]
 
 ``--at N`` sends SIGTERM to this process at the end of step N (a preemption: checkpoint, then exit 143).
 Every process writes the sample indices (key ids) of each batch it trained on, with the epoch, to
@@ -14,7 +14,7 @@ import signal
 
 import torch
 
-from hfkd import DistillationArguments, DistillationTrainer, create_backbone
+from hfkd import DistillationArguments, DistillationTrainer, create_backbone, load_image_dataset
 from hfkd.data import AugmentConfig
 from hfkd.data.stream import load_stream
 from hfkd.training.callbacks import TrainerCallback
@@ -40,6 +40,7 @@ def main():
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--buffer", type=int, default=16)
     parser.add_argument("--tag", default="run")
+    parser.add_argument("--eval", type=int, default=0, help="evaluate at the end on N digits, streamed")
     parser.add_argument("--allow", default="", help="resume_allow_changes, comma-separated")
     opts = parser.parse_args()
 
@@ -53,8 +54,11 @@ def main():
         save_steps=opts.save_steps, eval_strategy="no", disable_tqdm=True, eval_teachers=False, logging_steps=1,
         seed=0, resume_from_checkpoint="latest" if opts.resume else None, stream_shuffle_buffer=opts.buffer,
         resume_allow_changes=[a for a in opts.allow.split(",") if a])
+    evaluation = None
+    if opts.eval:  # a streamed eval split of 2 shards: read once on the main process, shared by Accelerate
+        evaluation = load_image_dataset().eval.select(range(opts.eval)).to_iterable_dataset(num_shards=2)
     trainer = DistillationTrainer(student, teachers=[teacher], method="kd", args=args, train_dataset=splits["train"],
-                                  augment=AugmentConfig(scale=(0.5, 1.0), hflip=0.5))
+                                  eval_dataset=evaluation, augment=AugmentConfig(scale=(0.5, 1.0), hflip=0.5))
     if opts.at:
         trainer.callbacks.add(SignalAt(opts.at))
     seen = []
@@ -71,6 +75,8 @@ def main():
         with open(os.path.join(opts.out_dir, f"seen-{opts.tag}-rank{rank}.json"), "w") as f:
             json.dump(seen, f)
     trainer.save_model()
+    if opts.eval:
+        print("EVAL", json.dumps(trainer.evaluate()), flush=True)
     print("DONE", trainer.state.global_step, trainer.accelerator.num_processes, flush=True)
 
 
