@@ -317,3 +317,23 @@ def test_gradient_accumulation_on_a_stream_counts_batches_across_epochs(shards, 
     trainer = trainer_on(train, tmp_path, max_steps=10, gradient_accumulation_steps=2)
     trainer.train()
     assert trainer.state.global_step == 10 and (trainer.state.epoch, trainer.state.batches_in_epoch) == (1, 4)
+
+
+def test_the_command_streams_shards_and_its_dry_run_lists_what_a_stream_refuses(shards, tmp_path, capsys):
+    from hfkd.cli import main as hfkd_main
+
+    common = ["--student", "test_resnet", "--student_pretrained", "false", "--image_size", "32", "--dataset",
+              str(shards), "--streaming", "true", "--output_dir", str(tmp_path / "never"), "--dry_run"]
+    with pytest.raises(SystemExit) as stop:
+        hfkd_main(["distill", "--method", "pskd", *common])
+    out = capsys.readouterr()
+    assert stop.value.code != 0
+    text = out.out + out.err + str(stop.value.code)  # the problems are the exit message
+    assert "method 'pskd' cannot train from a stream" in text and "set max_steps (--max_steps N)" in text
+    from helpers.models import saved_model
+
+    teacher = saved_model(tmp_path / "test_convnext")
+    report = hfkd_main(["distill", "--method", "kd", "--teachers", teacher, "--max_steps", "30", *common])
+    assert report["total_steps"] == 30 and report["train_images"] is None
+    assert "a streamed train split, 1 process(es): 30 optimizer steps" in capsys.readouterr().out
+    assert not (tmp_path / "never").exists()

@@ -83,8 +83,10 @@ def dry_run(settings: RunSettings) -> Dict[str, Any]:
     for t in report["teachers"]:
         print(f"teacher {t['name']}: {_count(t['parameters'])} parameters")
     if "total_steps" in report and report["train_images"] is None:
-        print(f"a streamed train split, {report['processes']} process(es): {report['total_steps']} optimizer steps "
-              "(max_steps; an epoch is one pass over each process's shards)")
+        steps = report["total_steps"]
+        print(f"a streamed train split, {report['processes']} process(es): "
+              + (f"{steps} optimizer steps (max_steps)" if isinstance(steps, int) else "max_steps is not set")
+              + "; an epoch is one pass over each process's shards")
     elif "total_steps" in report:
         print(f"{report['train_images']} training images, {report['processes']} process(es): "
               f"{report['steps_per_epoch']} optimizer steps per epoch, {report['total_steps']} in total "
