@@ -337,3 +337,12 @@ def test_the_command_streams_shards_and_its_dry_run_lists_what_a_stream_refuses(
     assert report["total_steps"] == 30 and report["train_images"] is None
     assert "a streamed train split, 1 process(es): 30 optimizer steps" in capsys.readouterr().out
     assert not (tmp_path / "never").exists()
+
+
+def test_hfkd_cache_refuses_a_stream_with_the_reason(shards, tmp_path):
+    from hfkd.cli import main as hfkd_main
+
+    with pytest.raises(SystemExit, match="teacher cache is generated from a loaded split.*drop --streaming"):
+        hfkd_main(["cache", "--student", "test_resnet", "--teachers", "test_resnet", "--dataset", str(shards),
+                   "--streaming", "true", "--output_dir", str(tmp_path / "cache")])
+    assert not (tmp_path / "cache").exists()
