@@ -309,6 +309,14 @@ def test_an_unreadable_streamed_image_is_named_by_its_key_or_skipped(tmp_path, d
     kept = [i for b in batches(skipping, 0) for i in b["index"].tolist()]
     assert len(kept) == 15 and key_id("train-00000-of-00001.parquet:5") not in kept
     assert skipping.skipped == ["train-00000-of-00001.parquet:5"]
+    trainer = DistillationTrainer(create_backbone("test_resnet", num_classes=10, pretrained=False, image_size=32),
+                                  method="supervised", train_dataset=train,
+                                  args=run_args(tmp_path / "out", max_steps=2, per_device_train_batch_size=8,
+                                                on_bad_image="skip", sample_key_column=KEY_COLUMN))
+    trainer.train()
+    skipped = trainer.lineage()["bad_images"]["train"]["skipped"]
+    assert skipped == [{"row": key_id("train-00000-of-00001.parquet:5"),
+                        "file": "sample train-00000-of-00001.parquet:5"}]
 
 
 def test_gradient_accumulation_on_a_stream_counts_batches_across_epochs(shards, tmp_path):

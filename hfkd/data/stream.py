@@ -298,8 +298,8 @@ class StreamedImageDataset(torch.utils.data.IterableDataset):
         except _bad_image_errors() as e:
             reason = _reason(e)
             if self.on_bad_image == "skip":
-                self.skipped.append(key)
-                logger.warning("skipped the unreadable image of sample %s: %s", shorten(key), shorten(reason, 300))
+                self.skipped.append(key)  # the trainer's BadImageLog reports it (bad_rows / bad_row_files)
+                logger.debug("skipped the unreadable image of sample %s: %s", shorten(key), shorten(reason, 300))
                 return None
             raise BadImageError(f"cannot read the image of streamed sample {shorten(key)} (column "
                                 f"{self.image_column!r}): {shorten(reason, 300)}; remove or replace it, or skip such "
