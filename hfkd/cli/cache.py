@@ -40,6 +40,10 @@ def main(argv=None) -> str:
         if cache.verify:
             return _verify(cache.verify)
         require_student(model_args.student, data_args.dataset)
+        if data_args.streaming:  # the cache stores outputs by row of the split (hfkd/cache/)
+            raise ValueError("a teacher cache is generated from a loaded split, whose rows it is stored by; drop "
+                             "--streaming (datasets keeps the split memory-mapped on disk), or train from the teachers "
+                             "themselves on the stream")
     except ValueError as e:
         raise SystemExit(f"{prog.get('prog', 'recipes/cache_teachers.py')}: error: {e}") from None
     for line in preset.describe():

@@ -70,6 +70,8 @@ def main(argv: Optional[Sequence[str]] = None):
         # Before anything loads: pruning needs torch-pruning, the int8 export onnx, onnxscript and onnxruntime.
         exports = compression.quantize and not model_args.seeds
         require("compress", "hfkd compress", None if exports else ("torch_pruning",))
+        if data_args.streaming:  # the measurements and the pruning's importance read the eval split whole
+            raise ValueError("hfkd compress reads its data as a loaded split; drop --streaming")
     except (ValueError, MissingDependencyError) as e:
         raise SystemExit(f"hfkd compress: error: {e}") from None
     for line in preset.describe():

@@ -19,6 +19,9 @@ from .workflows import RunSettings
 def _steps(settings: RunSettings, data, method) -> Dict[str, Any]:
     args = settings.training
     world = num_processes()
+    if data.streamed:  # no known length: the run is max_steps long (the checks refuse a stream without it)
+        return {"processes": world, "train_images": None, "steps_per_epoch": None, "epochs": None,
+                "total_steps": args.max_steps if args.max_steps > 0 else "max_steps (not set)"}
     labels = data.train[data.label_column]
     sampler = method.train_batch_sampler(labels, args.per_device_train_batch_size, args.seed)
     if sampler is not None:
@@ -79,7 +82,12 @@ def dry_run(settings: RunSettings) -> Dict[str, Any]:
     print(f"student {report['student']['name']}: {_count(report['student']['parameters'])} parameters")
     for t in report["teachers"]:
         print(f"teacher {t['name']}: {_count(t['parameters'])} parameters")
-    if "total_steps" in report:
+    if "total_steps" in report and report["train_images"] is None:
+        steps = report["total_steps"]
+        print(f"a streamed train split, {report['processes']} process(es): "
+              + (f"{steps} optimizer steps (max_steps)" if isinstance(steps, int) else "max_steps is not set")
+              + "; an epoch is one pass over each process's shards")
+    elif "total_steps" in report:
         print(f"{report['train_images']} training images, {report['processes']} process(es): "
               f"{report['steps_per_epoch']} optimizer steps per epoch, {report['total_steps']} in total "
               f"({report['epochs']} epochs)")

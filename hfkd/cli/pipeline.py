@@ -9,6 +9,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 from accelerate.utils import set_seed
 
 from ..data.loading import ImageClassificationData, load_image_dataset
+from ..data.stream import is_stream
 from ..files import write_file_atomic
 from ..hub.card import local_checkpoint_name
 from ..hub.secrets import redact_secrets
@@ -29,8 +30,15 @@ def load_data(data_args: DataArguments, seed: int = 0) -> ImageClassificationDat
         data_args.dataset, train_split=data_args.train_split, eval_split=data_args.eval_split,
         image_column=data_args.image_column, label_column=data_args.label_column,
         revision=data_args.dataset_revision, config_name=data_args.dataset_config,
-        validation_fraction=data_args.validation_fraction, seed=seed,
+        validation_fraction=data_args.validation_fraction, seed=seed, streaming=data_args.streaming,
+        class_names=data_args.class_names,
     )
+    if data_args.class_names and not data.streamed:
+        raise ValueError("--class_names names the integer labels of a streamed split (--streaming true); a loaded "
+                         "split's classes come from its ClassLabel feature or its image folders: drop --class_names")
+    if data_args.max_train_samples and data.streamed:
+        raise ValueError("--max_train_samples takes the first N rows of a loaded split; a stream is trained for "
+                         "--max_steps steps instead: drop --max_train_samples")
     if data_args.max_train_samples:
         data.train = data.train.select(range(min(data_args.max_train_samples, len(data.train))))
     return data
@@ -81,7 +89,8 @@ def dataset_info(data: ImageClassificationData, data_args: DataArguments) -> Dic
     """What the lineage and the card say about the data (a local folder by its name, never its path)."""
     return {"id": local_checkpoint_name(data.source) or data.source, "revision": data.revision,
             "config": data_args.dataset_config, "train_split": data_args.train_split, "eval_split": data.eval_split,
-            "train_samples": len(data.train), "eval_samples": len(data.eval) if data.eval is not None else 0}
+            "train_samples": None if data.streamed else len(data.train),
+            "eval_samples": 0 if data.eval is None else None if is_stream(data.eval) else len(data.eval)}
 
 
 def run(method: DistillationMethod, student: Backbone, teachers: Sequence[Any], data: ImageClassificationData,

@@ -22,6 +22,7 @@ from ..models.backbone import Backbone
 from ..models.factory import create_backbone, run_folder_student
 from ..output_dir import OutputDirError, OutputDirLock, check_output_dir, remove_run_outputs
 from ..settings import cut, shorten
+from ..training.streaming import check_stream_run
 from .demo import DEMO_STUDENT, cache_dir, demo_teacher_path
 from .pipeline import build_student, build_teacher
 from .workflows import RunSettings, get_workflow
@@ -138,7 +139,12 @@ def check_run(settings: RunSettings, *, train_demo: bool) -> Checked:
             check_teacher(settings, stand_in, name, i, checked)
         for name in extra:  # FEED's generation-1 teacher
             check_teacher(settings, stand_in, name, len(checked.teachers), checked)
-    if args.teacher_cache and checked.student is not None and checked.data is not None:
+    if checked.data is not None and checked.data.streamed:  # what a stream cannot do, listed with the rest
+        try:
+            check_stream_run(args, method, task, args.teacher_cache, checked.data.train, checked.data.eval)
+        except ValueError as e:
+            checked.problems += [line.strip()[2:] for line in str(e).splitlines()[1:]]
+    elif args.teacher_cache and checked.student is not None and checked.data is not None:
         data = checked.data
         try:
             open_teacher_cache(args.teacher_cache, teachers=[], method=method, student=checked.student,

@@ -12,19 +12,12 @@ from ..settings import shorten
 
 
 def check_split(dataset, name: str) -> None:
-    """A single map-style ``datasets.Dataset`` split: not a dict of splits, not a stream."""
-    from datasets import DatasetDict, IterableDataset, IterableDatasetDict
+    """A single split (a ``datasets.Dataset``, or a streamed ``datasets.IterableDataset``), not a dict of splits."""
+    from datasets import DatasetDict, IterableDatasetDict
 
     if isinstance(dataset, (DatasetDict, IterableDatasetDict, dict)):
         raise TypeError(f"{name} is a {type(dataset).__name__} with splits {list(dataset)}; pass one split, "
                         f"e.g. {name}=dataset['train'] (or use hfkd.load_image_dataset, which picks the splits)")
-    if isinstance(dataset, IterableDataset):
-        # The labels check, the sampler, the per-sample augmentation seed and the exact resume all index the
-        # split by position, which a stream cannot; refused here rather than failing on the first lookup.
-        raise TypeError(f"{name} is a streamed datasets.IterableDataset; hfkd trains on map-style datasets.Dataset "
-                        "splits only, streams are not supported yet. Load the split without streaming=True "
-                        "(datasets downloads it once and reads it memory-mapped from disk), or turn a bounded "
-                        "stream into one with datasets.Dataset.from_generator")
 
 
 def check_image_column(dataset, image_column: str, split: str) -> None:

@@ -8,10 +8,11 @@ from typing import List, Optional, Union
 
 from .checks import check_eval_label_names, check_num_classes
 from .default import DEFAULT_DATASET, load_default_dataset
+from .stream import is_stream, load_stream
 
 _EVAL_SPLITS = ("validation", "valid", "val", "test")
 _IMAGE_NAMES = ("image", "img", "images", "picture", "pixel_values")
-_LABEL_NAMES = ("label", "labels", "fine_label", "class", "target", "y")
+_LABEL_NAMES = ("label", "labels", "fine_label", "class", "target", "y", "cls")  # cls: WebDataset's class file
 
 
 @dataclass
@@ -27,6 +28,11 @@ class ImageClassificationData:
     revision: Optional[str] = None
     #: where the eval images come from: a split name, or the held-out part of train
     eval_split: Optional[str] = None
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the splits are streams (``datasets.IterableDataset``, ``streaming=True``)."""
+        return is_stream(self.train)
 
     @property
     def num_classes(self) -> int:
@@ -118,6 +124,8 @@ def load_image_dataset(
     validation_fraction: float = 0.1,
     seed: int = 0,
     cache_dir: Optional[str] = None,
+    streaming: bool = False,
+    class_names: Optional[List[str]] = None,
 ) -> ImageClassificationData:
     """Load an image-classification dataset with a train and an eval split.
 
@@ -125,8 +133,17 @@ def load_image_dataset(
     layout, parquet files, or ``save_to_disk`` output), a parquet file or glob,
     or a ``datasets.Dataset``/``DatasetDict``.  When there is no eval split,
     ``validation_fraction`` of train is held out (stratified when possible).
+
+    ``streaming=True``: the splits are streams (``datasets.IterableDataset``) of a Hub id, or of a folder or glob
+    of Parquet or WebDataset (.tar) shards (:func:`hfkd.data.stream.load_stream`); nothing is held out of a
+    stream, the eval split is the source's own (or none).  A stream's classes must be declared: a ``ClassLabel``
+    column, or ``class_names`` for integer labels (WebDataset's ``.cls`` files).
     """
     from datasets import ClassLabel, Dataset
+
+    if streaming:
+        return _streamed_data(source, train_split, eval_split, image_column, label_column, revision, config_name,
+                              cache_dir, class_names)
 
     loaded, name = _load_source(source, revision, config_name, cache_dir)
     if isinstance(loaded, Dataset):
@@ -164,3 +181,43 @@ def load_image_dataset(
         label_names=_label_names(train, label_column), source=name, revision=revision,
         eval_split=eval_split if evaluation is not None else None,
     )
+
+
+def _streamed_data(source, train_split, eval_split, image_column, label_column, revision, config_name, cache_dir,
+                   class_names):
+    from datasets import ClassLabel
+
+    if source is None or source == DEFAULT_DATASET:
+        raise ValueError("streaming=True streams shards or a Hub dataset; the embedded digits are in memory already: "
+                         "drop --streaming")
+    splits, name = load_stream(source, revision=revision, config_name=config_name, cache_dir=cache_dir)
+    if train_split not in splits:
+        raise ValueError(f"the streamed dataset has no split {train_split!r}; its splits are {list(splits)}; set "
+                         "train_split=...")
+    if eval_split is None:
+        eval_split = next((s for s in _EVAL_SPLITS if s in splits and s != train_split), None)
+    elif eval_split not in splits:
+        raise ValueError(f"the streamed dataset has no split {eval_split!r}; its splits are {list(splits)}")
+    train = splits[train_split]
+    if not train.features:
+        raise ValueError(f"the streamed {name} does not declare its features; load it in Python and cast it with "
+                         "dataset.cast(features) before training")
+    image_column, label_column = find_columns(train, image_column, label_column)
+    feature = train.features[label_column]
+    if class_names and not isinstance(feature, ClassLabel):  # integer labels 0..C-1, named here
+        feature = ClassLabel(names=list(class_names))
+        splits = {name_: split.cast_column(label_column, feature) if label_column in (split.features or {}) else split
+                  for name_, split in splits.items()}
+        train = splits[train_split]
+    if not isinstance(feature, ClassLabel):
+        raise ValueError(f"the streamed train split's label column {label_column!r} is {feature!r}, not a "
+                         "datasets.ClassLabel, so its classes cannot be known without reading the whole stream: name "
+                         "them with class_names=[...] (--class_names cat dog ...), in the order of the label numbers, "
+                         "or write the shards with a ClassLabel feature (datasets' to_parquet keeps it)")
+    check_num_classes(len(feature.names), name, label_column)
+    evaluation = splits[eval_split] if eval_split else None
+    if evaluation is not None:
+        check_eval_label_names(list(feature.names), evaluation, label_column)
+    return ImageClassificationData(train=train, eval=evaluation, image_column=image_column, label_column=label_column,
+                                   label_names=list(feature.names), source=name, revision=revision,
+                                   eval_split=eval_split)

@@ -41,6 +41,8 @@ class BAKE(DistillationMethod):
     """Batch knowledge ensembling; settings in :class:`BAKEConfig` (``kd_weight`` is ``lambda``)."""
 
     name = "bake"
+    needs_random_access = ("its class-aware sampler draws each batch's images by row from the labels of the whole "
+                           "split, which a stream can neither list in advance nor read out of order")
     citation = (
         "@article{ge2021self,\n  title={Self-distillation with Batch Knowledge Ensembling Improves ImageNet "
         "Classification},\n  author={Ge, Yixiao and Zhang, Xiao and Choi, Ching Lam and Cheung, Ka Chun and "

@@ -111,6 +111,9 @@ class DistillationMethod(nn.Module):
     reads_teacher_logits: ClassVar[bool] = True
     #: the method expects a trained (pretrained) student to start from; the demo then provides one
     starts_from_trained_student: ClassVar[bool] = False
+    #: why the method needs to address training samples by row (a per-sample store, its own batch sampler), which a
+    #: streamed split cannot give; ``None`` when each batch is enough.  A stream is refused with this reason.
+    needs_random_access: ClassVar[Optional[str]] = None
     #: the tasks (``hfkd.tasks``) whose outputs the loss understands
     supported_tasks: ClassVar[Tuple[str, ...]] = ("classification",)
     student_request: OutputRequest = OutputRequest()

@@ -45,6 +45,8 @@ class PSKD(DistillationMethod):
     """Progressive self-knowledge distillation; settings in :class:`PSKDConfig`."""
 
     name = "pskd"
+    needs_random_access = ("it keeps the student's last prediction of every training image in a bank indexed by "
+                           "the image's row, sized by the number of rows, which a stream does not have")
     citation = (
         "@inproceedings{kim2021selfknowledge,\n  title={Self-Knowledge Distillation With Progressive Refinement of "
         "Targets},\n  author={Kim, Kyungyul and Ji, ByeongMoon and Yoon, Doyoung and Hwang, Sangheum},\n"

@@ -67,6 +67,12 @@ class DistillationArguments:
     dataloader_num_workers: int = field(default=0, metadata={"help": "Worker processes loading the data (0: in the "
                                                                      "training process)."})
     dataloader_drop_last: bool = field(default=False, metadata={"help": "Drop the last incomplete training batch."})
+    # -- streamed data (docs/launch.md, "Streamed data") --
+    sample_key_column: Optional[str] = field(default=None, metadata={
+        "help": "Streamed data: the column identifying each sample, whose augmentation is seeded by it (default: "
+                "WebDataset's __key__, or shard file:row for Parquet shards hfkd streams)."})
+    stream_shuffle_buffer: int = field(default=1000, metadata={
+        "help": "Streamed data: samples shuffled together (one block) after the shards' order; 1 keeps the order."})
     # None: Accelerate decides (`accelerate launch --cpu`, ACCELERATE_USE_CPU; else CUDA, MPS or CPU).
     use_cpu: Optional[bool] = field(default=None, metadata={
         "help": "Train on the CPU even if a GPU is there. Default: what `accelerate launch` / `accelerate config` say."})
@@ -243,6 +249,9 @@ def _speed_problems(args: DistillationArguments) -> List[str]:
         problems.append(f"dataloader_num_workers must be >= 0 (got {args.dataloader_num_workers})")
     if args.dataloader_persistent_workers and args.dataloader_num_workers == 0:
         problems.append("dataloader_persistent_workers needs dataloader_num_workers > 0")
+    if args.stream_shuffle_buffer < 1:
+        problems.append(f"stream_shuffle_buffer must be >= 1 (got {args.stream_shuffle_buffer}); 1 keeps the stream's "
+                        "order")
     if not 0.0 < args.model_ema_decay < 1.0:
         problems.append(f"model_ema_decay must be in (0, 1) (got {args.model_ema_decay})")
     if args.model_ema_as_student and not args.model_ema:

@@ -63,7 +63,10 @@ def start_banner(trainer) -> str:
     teachers, steps, output folder."""
     args, acc, state = trainer.args, trainer.accelerator, trainer.state
     data = trainer.dataset_info.get("id") or "in-memory dataset"
-    evaluation = f", {len(trainer.eval_dataset):,} eval" if trainer.eval_dataset is not None else ", no eval split"
+    def size(split):  # a stream's length is not known
+        return "a stream" if getattr(split, "is_stream", False) else f"{len(split):,}"
+
+    evaluation = f", {size(trainer.eval_dataset)} eval" if trainer.eval_dataset is not None else ", no eval split"
     precision = acc.mixed_precision if acc.mixed_precision != "no" else "fp32"
     if args.teacher_dtype:
         precision += f" (teachers {args.teacher_dtype})"
@@ -72,9 +75,11 @@ def start_banner(trainer) -> str:
         teachers = f"teacher cache {trainer.teacher_cache.source}"
     else:
         teachers = ", ".join(t.name for t in trainer.teachers) or "none"
-    steps = (f"{state.num_epochs} epoch(s) x {trainer.steps_per_epoch} steps = {state.max_steps} optimizer steps"
+    length = (f"{state.num_epochs} epoch(s) x {trainer.steps_per_epoch} steps = " if not trainer._streamed
+              else "streamed: ")
+    steps = (f"{length}{state.max_steps} optimizer steps"
              + (f", resuming at step {state.global_step}" if state.global_step else ""))
-    rows = [("method", trainer.method.name), ("data", f"{data}: {len(trainer.train_dataset):,} train{evaluation}"),
+    rows = [("method", trainer.method.name), ("data", f"{data}: {size(trainer.train_dataset)} train{evaluation}"),
             ("device", f"{acc.device}, {acc.num_processes} process(es), {precision}"),
             ("student", f"{trainer.student.name} ({trainer.student.num_parameters():,} parameters)"),
             ("teachers", teachers), ("steps", steps), ("output", args.output_dir)]

@@ -63,7 +63,8 @@ def run_signature(trainer) -> Dict[str, Any]:
     train = trainer.train_dataset
     signature.update(
         method=trainer.method.name, method_hparams=trainer.method.hparams(), augment=asdict(trainer.augment),
-        dataset=dataset_fingerprint(getattr(train, "dataset", train)), train_samples=len(train),
+        dataset=dataset_fingerprint(getattr(train, "dataset", train)),
+        train_samples=None if getattr(train, "is_stream", False) else len(train),
         world_size=trainer.accelerator.num_processes,
         mixed_precision=trainer.accelerator.mixed_precision,  # what runs, whether set here or by Accelerate
         student={"name": student.name, "num_classes": student.num_classes,

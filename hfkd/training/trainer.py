@@ -15,6 +15,7 @@ from ..cache.lookup import open_teacher_cache
 from ..data import checks
 from ..data.loading import find_columns
 from ..data.samplers import RemainingEpochBatchSampler, epoch_order, seedable_sampler
+from ..data.stream import is_stream
 from ..data.transforms import AugmentConfig, ImageClassificationDataset, create_image_transform
 from ..hub.card import PLOT_FILENAME, create_model_card, plot_training_curves
 from ..hub.push import push_to_hub
@@ -30,7 +31,7 @@ from ..output_dir import OutputDirLock, check_output_dir, remove_run_outputs
 from ..preemption import Preemption, PreemptionRequested
 from ..settings import check_finite_settings
 from ..tasks import Task, create_task
-from . import validation
+from . import streaming, validation
 from .args import DistillationArguments
 from .bad_images import BadImageLog, verify_splits
 from .callbacks import CallbackHandler, ProgressCallback, TrainerCallback
@@ -77,8 +78,12 @@ class DistillationModule(nn.Module):
 def _dataset_info(train, evaluation) -> Dict[str, Any]:
     info = getattr(train, "info", None)
     name = getattr(info, "dataset_name", None) or getattr(info, "builder_name", None)
-    return {"id": name, "config": getattr(info, "config_name", None), "train_samples": len(train),
-            "eval_samples": len(evaluation) if evaluation is not None else 0}
+
+    def size(split):  # a stream's length is not known
+        return None if is_stream(split) else len(split)
+
+    return {"id": name, "config": getattr(info, "config_name", None), "train_samples": size(train),
+            "eval_samples": size(evaluation) if evaluation is not None else 0}
 
 
 class DistillationTrainer:
@@ -126,10 +131,19 @@ class DistillationTrainer:
         checks.check_split(train_dataset, "train_dataset")
         checks.check_split(eval_dataset, "eval_dataset")
         check_finite_settings(self.method.hparams(), f"method {self.method.name!r}")
-        self.image_column, self.label_column = find_columns(train_dataset, image_column, label_column)
         self.task = create_task(task)
-        self.label_names = self.task.check_targets(self.student, train_dataset, eval_dataset, self.image_column,
-                                                   self.label_column)
+        self._streamed = is_stream(train_dataset)  # a streamed train split: hfkd/training/streaming.py
+        self._stream_position = None  # where this process's stream stands after its last trained batch
+        if self._streamed:
+            streaming.check_stream_run(self.args, self.method, self.task, teacher_cache or self.args.teacher_cache,
+                                       train_dataset, eval_dataset)
+        self.image_column, self.label_column = find_columns(train_dataset, image_column, label_column)
+        if self._streamed:
+            self.label_names = streaming.check_stream_targets(self.student, train_dataset, eval_dataset,
+                                                              self.image_column, self.label_column)
+        else:
+            self.label_names = self.task.check_targets(self.student, train_dataset, eval_dataset, self.image_column,
+                                                       self.label_column)
         self.verified_bad_images = {}  # split -> the bad images verify_images left out
         if self.args.verify_images:
             train_dataset, eval_dataset, self.verified_bad_images = verify_splits(
@@ -195,6 +209,8 @@ class DistillationTrainer:
     def _wrap(self, dataset, training: bool) -> ImageClassificationDataset:
         if isinstance(dataset, ImageClassificationDataset):
             return dataset
+        if is_stream(dataset):
+            return streaming.wrap_stream(self, dataset, training)
         find_columns(dataset, self.image_column, self.label_column)
         transform = create_image_transform(self.student.preprocess, training, self.augment)
         mode = "RGB" if self.student.preprocess.input_size[0] == 3 else "L"
@@ -314,21 +330,11 @@ class DistillationTrainer:
         from accelerate.utils import set_seed
 
         set_seed(args.seed)  # before modules are built and the sampler is made (seedable sampler)
-        train_loader = acc.prepare(self._train_loader())
-        validation.check_steps(len(train_loader), len(self.train_dataset), self._images_per_batch,
-                               args.dataloader_drop_last, acc.num_processes)
-        steps_per_epoch = max(1, math.ceil(len(train_loader) / args.gradient_accumulation_steps))
-        if args.gradient_accumulation_steps > len(train_loader):
-            logger.warning("gradient_accumulation_steps=%d is more than the %d batches of an epoch: every epoch makes "
-                           "one optimiser step over its %d batches (the loss is their mean). Lower "
-                           "gradient_accumulation_steps, or use a smaller batch size, for longer windows",
-                           args.gradient_accumulation_steps, len(train_loader), len(train_loader))
-        if args.max_steps > 0:
-            max_steps = args.max_steps
-            num_epochs = math.ceil(max_steps / steps_per_epoch)
+        if self._streamed:  # read by each process itself, never through Accelerate's prepare (streaming.py)
+            train_loader = None
+            steps_per_epoch, max_steps, num_epochs = streaming.steps(args)
         else:
-            num_epochs = int(args.num_train_epochs)
-            max_steps = num_epochs * steps_per_epoch
+            train_loader, steps_per_epoch, max_steps, num_epochs = self._map_style_length()
         for t in self.teachers:
             t.to(acc.device)  # never prepare() a frozen teacher: DDP would wrap it (docs/launch.md)
         self.student = apply_sync_batchnorm(self.student, acc, args.sync_batchnorm)
@@ -337,7 +343,8 @@ class DistillationTrainer:
         self.model_ema = create_model_ema(args, self.student)
         prepare_student(self.student, args)
         self.method.setup(MethodContext(
-            num_classes=self.student.num_classes, num_train_samples=len(self.train_dataset), num_epochs=num_epochs,
+            num_classes=self.student.num_classes, num_epochs=num_epochs,
+            num_train_samples=0 if self._streamed else len(self.train_dataset),  # unknown for a stream
             steps_per_epoch=steps_per_epoch, student=self.student, accelerator=acc,
             teachers=self.teacher_cache.teachers if self.teacher_cache is not None else self.teachers,
             task=self.task, seed=args.seed,
@@ -353,13 +360,37 @@ class DistillationTrainer:
         self.steps_per_epoch = steps_per_epoch
         # Samples (images) of the epoch's global order that one batch of every process takes together.
         self._samples_per_batch = self._images_per_batch * acc.num_processes
-        epoch_samples = len(train_loader) * self._samples_per_batch
-        self._global_order = seedable_sampler(train_loader) is not None
-        self._epoch_samples = min(epoch_samples, len(self.train_dataset)) if self._global_order else epoch_samples
+        if self._streamed:  # no known epoch length: the logged "epoch" is the epoch's number
+            self._global_order, self._epoch_samples = False, float("inf")
+        else:
+            epoch_samples = len(train_loader) * self._samples_per_batch
+            self._global_order = seedable_sampler(train_loader) is not None
+            self._epoch_samples = (min(epoch_samples, len(self.train_dataset)) if self._global_order
+                                   else epoch_samples)
         if args.report_to:  # a tracker's config is written (and often uploaded): no credentials in it
             config = {**{k: v for k, v in args.to_dict().items() if isinstance(v, (int, float, str, bool))},
                       "method": self.method.name, **self.method.hparams()}
             acc.init_trackers(redact_secrets(args.run_name or "hfkd"), config=redact_secrets(config))
+
+    def _map_style_length(self):
+        """The prepared train loader, and the run's length: steps per epoch, steps, epochs."""
+        acc, args = self.accelerator, self.args
+        train_loader = acc.prepare(self._train_loader())
+        validation.check_steps(len(train_loader), len(self.train_dataset), self._images_per_batch,
+                               args.dataloader_drop_last, acc.num_processes)
+        steps_per_epoch = max(1, math.ceil(len(train_loader) / args.gradient_accumulation_steps))
+        if args.gradient_accumulation_steps > len(train_loader):
+            logger.warning("gradient_accumulation_steps=%d is more than the %d batches of an epoch: every epoch makes "
+                           "one optimiser step over its %d batches (the loss is their mean). Lower "
+                           "gradient_accumulation_steps, or use a smaller batch size, for longer windows",
+                           args.gradient_accumulation_steps, len(train_loader), len(train_loader))
+        if args.max_steps > 0:
+            max_steps = args.max_steps
+            num_epochs = math.ceil(max_steps / steps_per_epoch)
+        else:
+            num_epochs = int(args.num_train_epochs)
+            max_steps = num_epochs * steps_per_epoch
+        return train_loader, steps_per_epoch, max_steps, num_epochs
 
     def _resume(self) -> None:
         path = resolve_checkpoint(self.args.resume_from_checkpoint, self.args.output_dir)
@@ -367,7 +398,8 @@ class DistillationTrainer:
             return
         recorded = read_state(path)
         check_same_run(recorded.get("run"), run_signature(self), self.args.resume_allow_changes, path)
-        samples = self._resume_position(recorded, path)
+        samples = (streaming.resume_position(self, recorded, path) if self._streamed
+                   else self._resume_position(recorded, path))
         state, method_state = load_checkpoint(self.accelerator, path)
         self.state.global_step = state["global_step"]
         self.state.epoch = state["epoch"]
@@ -449,6 +481,8 @@ class DistillationTrainer:
         state.update(teacher_metrics=self.teacher_metrics, method=self.method.name,
                      method_hparams=redact_secrets(self.method.hparams()), args=redact_secrets(self.args.to_dict()),
                      run=run_signature(self))
+        if self._streamed:  # every process's position in its part of the stream
+            state["stream"] = streaming.checkpoint_positions(self)
         path = save_checkpoint(self.accelerator, self.args.output_dir, self.state.global_step, state,
                                {**self.method.extra_state(), **ema_state(self.model_ema)}, self.args.save_total_limit)
         self._last_save, self._last_save_step = path, self.state.global_step
@@ -547,6 +581,9 @@ class DistillationTrainer:
         self._running: List[Dict[str, torch.Tensor]] = []
         self.callbacks("on_train_begin", self)
         self._model.train()
+        if self._streamed:
+            streaming.train_loop(self)
+            return
         loader = self._train_loader_prepared
         start_epoch, start_samples = self.state.epoch, self.state.samples_in_epoch
         for epoch in range(start_epoch, self.state.num_epochs):
