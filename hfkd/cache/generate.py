@@ -162,7 +162,7 @@ def _clear_stages(output_dir: str, plan: Dict[str, Any]) -> bool:
     return resume
 
 
-def _parse_shard_size(max_shard_size: Union[int, str]) -> int:
+def parse_shard_size(max_shard_size: Union[int, str]) -> int:
     """``max_shard_size`` in bytes (``datasets``' spelling: an int, ``"500MB"``, ``"2GiB"``), below the Hub's limit."""
     from datasets.utils.py_utils import convert_file_size_to_int
 
@@ -303,7 +303,7 @@ def cache_teacher_outputs(
     if not hasattr(train_dataset, "__len__"):  # a streamed datasets.IterableDataset: see _ShardPlan
         raise ValueError("cache_teacher_outputs needs a map-style dataset (datasets.Dataset, with a length and an index "
                          "per image); a streamed dataset cannot be cached yet: load the split without streaming")
-    max_shard_bytes = _parse_shard_size(max_shard_size)
+    max_shard_bytes = parse_shard_size(max_shard_size)
     if accelerator is None:
         accelerator = create_accelerator()
     preprocess = student.preprocess if isinstance(student, Backbone) else student
