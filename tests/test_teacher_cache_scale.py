@@ -83,3 +83,58 @@ def test_hfkd_cache_refuses_a_bad_shard_size_before_loading_anything(tmp_path, m
     # was: a traceback after the data and the teachers were loaded
     with pytest.raises(SystemExit, match=r"hfkd cache: error: max_shard_size must be .* got '300GB'"):
         hfkd_main(["cache", "--output_dir", str(tmp_path / "cache"), "--max_shard_size", "300GB"])
+
+
+# -- pushing a large cache ---------------------------------------------------------------------------------------
+REPO = "hfkd-tests/sharded-soft-labels"
+
+
+def test_commit_batches_cap_files_and_bytes():
+    from hfkd.cache.hub import commit_batches
+
+    sizes = {"a": 5, "b": 5, "c": 5, "d": 20, "e": 1}
+    assert commit_batches(list(sizes), sizes, max_files=2, max_bytes=100) == [["a", "b"], ["c", "d"], ["e"]]
+    assert commit_batches(list(sizes), sizes, max_files=10, max_bytes=12) == [["a", "b"], ["c"], ["d"], ["e"]]
+
+
+def test_a_large_cache_is_pushed_in_several_resumable_commits_and_loaded_by_id(hub, setup, tmp_path, monkeypatch):
+    from huggingface_hub import HfApi
+
+    from hfkd import push_teacher_cache
+    from hfkd.cache import resolve_cache
+    from hfkd.hub import HubPushError
+
+    folder = _make(setup, tmp_path / "cache", max_shard_size=SHARD_HEADER_BYTES + 8 * ROW)  # 8 shards of 8 rows
+    shards = sorted(CacheMetadata.load(folder).files)
+    assert len(shards) == 8
+    # 3 shards per commit: 3 data commits, then hfkd_cache.json and the card
+    monkeypatch.setattr("hfkd.cache.hub.COMMIT_MAX_BYTES", 3 * os.path.getsize(os.path.join(folder, shards[0])))
+
+    real, calls = HfApi.create_commit, [0]
+
+    def lost_connection_at_the_second_commit(self, *a, **kw):
+        calls[0] += 1
+        if calls[0] == 2:
+            raise ConnectionError("connection reset by peer")
+        return real(self, *a, **kw)
+    monkeypatch.setattr(HfApi, "create_commit", lost_connection_at_the_second_commit)
+    with pytest.raises(HubPushError, match="uploading data files 2 of 3 commits.*it uploads only what"):
+        push_teacher_cache(folder, REPO)
+    repo = f"datasets/{REPO}"
+    assert hub.commits_made(repo) == 1 and sorted(f for f in hub.repo(repo).files() if f.startswith("data/")) == shards[:3]
+    # a repository whose push stopped is not taken for a cache
+    with pytest.raises(ValueError, match="or its push has not finished"):
+        resolve_cache(REPO)
+
+    monkeypatch.setattr(HfApi, "create_commit", real)
+    push_teacher_cache(folder, REPO)  # the same call: only the 5 missing shards (2 commits), then the metadata
+    assert hub.commits_made(repo) == 1 + 3
+    messages = hub.repo(repo).commit_messages[1:]
+    assert messages == ["Upload hfkd teacher cache: data, part 1 of 3", "Upload hfkd teacher cache: data, part 1 of 2",
+                        "Upload hfkd teacher cache: data, part 2 of 2", "Upload hfkd teacher cache"]
+    push_teacher_cache(folder, REPO)  # nothing is missing: no new commit
+    assert hub.commits_made(repo) == 4
+
+    downloaded = resolve_cache(REPO)  # every file just fetched is hashed against the manifest
+    assert downloaded != folder and sorted(CacheMetadata.load(downloaded).files) == shards
+    assert _rows(downloaded) == _rows(folder)
