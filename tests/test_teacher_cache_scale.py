@@ -138,3 +138,11 @@ def test_a_large_cache_is_pushed_in_several_resumable_commits_and_loaded_by_id(h
     downloaded = resolve_cache(REPO)  # every file just fetched is hashed against the manifest
     assert downloaded != folder and sorted(CacheMetadata.load(downloaded).files) == shards
     assert _rows(downloaded) == _rows(folder)
+
+
+def test_a_streamed_dataset_is_refused_with_the_reason(setup, tmp_path):
+    stream = setup["train"].to_iterable_dataset()
+    # was: TypeError: object of type 'IterableDataset' has no len() (or worse, further in)
+    with pytest.raises(ValueError, match="a streamed dataset cannot be cached yet"):
+        cache_teacher_outputs([setup["teacher"]], stream, str(tmp_path / "cache"), student=setup["student"])
+    assert os.listdir(tmp_path) == []

@@ -316,6 +316,13 @@ def cache_teacher_outputs(
     teachers = [bind_teacher(t, preprocess, num_classes, label_names) for t in teachers]
     if not teachers:
         raise ValueError("cache_teacher_outputs needs at least one teacher")
+    # The shard layout, checked before the split is fingerprinted or a teacher runs
+    row_bytes = estimated_bytes_per_view(1 if ensemble else len(teachers), num_classes, top_k, dtype)
+    shards = _ShardPlan.make(len(train_dataset), int(num_views), row_bytes, max_shard_bytes, batch_size,
+                             cache_format.MAX_FILES_PER_FOLDER)
+    if shards.count + 2 >= HUB_MAX_FILES and accelerator.is_main_process:
+        logger.warning("the teacher cache %s will have %d shards: the Hub takes fewer than %d files per repository; "
+                       "to share it there, use a larger max_shard_size", output_dir, shards.count, HUB_MAX_FILES)
     metadata = CacheMetadata(
         teachers=[_teacher_entry(t) for t in teachers], num_classes=num_classes, num_samples=len(train_dataset),
         num_views=int(num_views), seed=int(seed), student_preprocess=preprocess.to_dict(),
@@ -330,12 +337,6 @@ def cache_teacher_outputs(
     encode_logits(torch.zeros(1, 1, num_classes), top_k, dtype)  # validates dtype before the teachers run
 
     partial, staging = output_dir + ".partial", output_dir + ".staging"
-    row_bytes = estimated_bytes_per_view(1 if ensemble else len(teachers), num_classes, top_k, dtype)
-    shards = _ShardPlan.make(len(train_dataset), int(num_views), row_bytes, max_shard_bytes, batch_size,
-                             cache_format.MAX_FILES_PER_FOLDER)
-    if shards.count + 2 >= HUB_MAX_FILES and accelerator.is_main_process:
-        logger.warning("the teacher cache %s will have %d shards: the Hub takes fewer than %d files per repository; "
-                       "to share it there, use a larger max_shard_size", output_dir, shards.count, HUB_MAX_FILES)
     plan = _plan(metadata, teachers, accelerator.num_processes, batch_size, shards)
     problem, resume = None, False
     if accelerator.is_main_process:  # the stages' marker names the main process: only it can judge them
