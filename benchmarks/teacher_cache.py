@@ -104,7 +104,7 @@ def storage(a, tmp, data, teachers, init):
         for dtype in ("float32", "float16"):
             folder = os.path.join(tmp, f"store_{top_k}_{dtype}")
             seconds = _make_cache(folder, teachers, data_sub, student, top_k=top_k, dtype=dtype, num_views=1)
-            size = sum(os.path.getsize(p) for p in glob.glob(os.path.join(folder, "*.arrow")))
+            size = sum(os.path.getsize(p) for p in glob.glob(os.path.join(folder, "**", "*.arrow"), recursive=True))
             rows.append({"storage": f"top-{top_k}" if top_k else "full", "dtype": dtype,
                          "bytes_per_image_view": round(size / len(sub), 1),
                          "generation_ms_per_image_view": round(1000 * seconds / len(sub), 2),
@@ -116,11 +116,9 @@ def disk(a, tmp, data, teachers, init):
     """Arrow bytes per stored view for 2 teachers, from random logits (sizes do not depend on the values)."""
     import numpy as np
     import torch
-    from datasets import Dataset
-    from datasets.table import InMemoryTable
 
     from hfkd.cache.format import encode_logits
-    from hfkd.cache.generate import _rows_table
+    from hfkd.cache.generate import _write_shard
 
     rows, out = 2000, []
     for classes in (10, 1000):
@@ -131,9 +129,8 @@ def disk(a, tmp, data, teachers, init):
                 index = np.arange(rows)
                 columns = {"index": index, "view": np.zeros(rows, np.int32), "seed": index, "label": index,
                            **encode_logits(torch.randn(rows, 2, classes), top_k, dtype)}
-                folder = os.path.join(tmp, f"bytes_{classes}_{top_k}_{dtype}")
-                Dataset(InMemoryTable(_rows_table(columns))).save_to_disk(folder)
-                size = sum(os.path.getsize(p) for p in glob.glob(os.path.join(folder, "*.arrow")))
+                # one shard, as generation writes it
+                size = _write_shard(os.path.join(tmp, f"bytes_{classes}_{top_k}_{dtype}.arrow"), columns)["size"]
                 out.append({"classes": classes, "storage": f"top-{top_k}" if top_k else "full", "dtype": dtype,
                             "bytes_per_view": round(size / rows, 1)})
     return out

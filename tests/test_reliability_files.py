@@ -209,15 +209,13 @@ def _cache(setup, folder):
                                  num_views=1, seed=0, batch_size=16)
 
 
-@pytest.mark.parametrize("stage", ["shards", "merge"])
+@pytest.mark.parametrize("stage", ["shards", "metadata"])
 def test_a_full_disk_while_caching_leaves_no_stage_and_allows_a_retry(tmp_path, cache_setup, monkeypatch, stage):
-    import datasets
-
     from hfkd.cache import generate
 
     folder = tmp_path / "cache"
     if stage == "shards":
-        monkeypatch.setattr(datasets.Dataset, "save_to_disk", _no_space)
+        monkeypatch.setattr(generate, "write_file_atomic", _no_space)
     else:
         monkeypatch.setattr(generate, "write_dataset_card", _no_space)
     expected = (rf"disk of {tmp_path} \(mounted at .*\) while writing the teacher cache {folder}: .* the write needs "

@@ -190,22 +190,29 @@ def test_pre_ensembled_cache(setup, tmp_path):
 
 
 def test_two_processes_write_the_one_process_cache(tmp_path):
-    from datasets import load_from_disk
+    """Each process writes its own shards (disjoint, 3 of the 6 each), and the cache is bitwise the 1-process one."""
+    import importlib.util
 
     from helpers.ddp import two_teacher_setup
     from helpers.launch import run_two_processes
 
     script = os.path.join(os.path.dirname(__file__), "scripts", "cache_ddp.py")
-    run_two_processes(script, str(tmp_path / "two"))
+    spec = importlib.util.spec_from_file_location("cache_ddp", script)
+    cache_ddp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cache_ddp)
+    ran = run_two_processes(script, str(tmp_path / "two"))
+    wrote = {rank: sorted(line.split(": ")[1] for line in ran.stdout.splitlines() if line.startswith(f"WROTE rank {rank}"))
+             for rank in (0, 1)}
+    shards = [f"data/data-{k:05d}-of-00006.arrow" for k in range(6)]
+    assert wrote == {0: shards[:3], 1: shards[3:]}, ran.stdout[-2000:]
     train, _, teachers, student = two_teacher_setup()
-    cache_teacher_outputs(teachers, train, str(tmp_path / "one"), student=student, augment=AUGMENT, num_views=2,
-                          seed=0, batch_size=16, top_k=4)
-    one, two = load_from_disk(str(tmp_path / "one")), load_from_disk(str(tmp_path / "two"))
-    assert one.num_rows == two.num_rows == 96 * 2
-    for column in one.column_names:
-        assert np.array_equal(np.asarray(one[column]), np.asarray(two[column])), column
-    assert CacheMetadata.load(str(tmp_path / "one")).train_fingerprint == \
-        CacheMetadata.load(str(tmp_path / "two")).train_fingerprint
+    cache_ddp.make(str(tmp_path / "one"), teachers, train, student)
+
+    def files(folder):
+        return {rel: open(os.path.join(folder, rel), "rb").read() for rel in [*shards, "hfkd_cache.json"]}
+    assert files(str(tmp_path / "one")) == files(str(tmp_path / "two"))
+    assert sorted(os.listdir(tmp_path / "two" / "data")) == [s.split("/")[1] for s in shards]
+    assert TeacherCache(str(tmp_path / "two")).columns.position.size == 96 * 2
 
 
 test_two_processes_write_the_one_process_cache = pytest.mark.slow(test_two_processes_write_the_one_process_cache)

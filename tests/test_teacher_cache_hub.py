@@ -98,7 +98,7 @@ def test_a_download_is_checked_against_the_manifest(hub, cache_folder, tmp_path)
 
     folder, _, _ = cache_folder
     damaged = shutil.copytree(folder, str(tmp_path / "damaged"))
-    (arrow,) = glob.glob(os.path.join(damaged, "*.arrow"))
+    (arrow,) = glob.glob(os.path.join(damaged, "data", "*.arrow"))
     with open(arrow, "r+b") as f:  # one flipped byte, same size: as a bad transfer or storage would leave it
         f.seek(os.path.getsize(arrow) // 2)
         byte = f.read(1)

@@ -57,8 +57,26 @@ def _copy(folder, tmp_path, name="cache"):
 
 
 def _arrow(folder):
-    (path,) = glob.glob(os.path.join(folder, "*.arrow"))
+    (path,) = glob.glob(os.path.join(folder, "**", "*.arrow"), recursive=True)
     return path
+
+
+def _legacy_copy(folder, dest, version):
+    """The same cache in the layout hfkd wrote before format 3: one ``datasets.save_to_disk`` folder of the rows
+    in (index, view) order, with its manifest (format 2) or without one (format 1)."""
+    from datasets import Dataset
+    from datasets.table import InMemoryTable
+
+    from hfkd.cache.format import UNLISTED_FILES, CacheMetadata, read_rows_table
+    from hfkd.files import file_manifest
+
+    metadata = CacheMetadata.load(folder)
+    rows = read_rows_table(folder, metadata).sort_by([("index", "ascending"), ("view", "ascending")])
+    Dataset(InMemoryTable(rows)).save_to_disk(dest)
+    metadata.format_version = version
+    metadata.files = file_manifest(dest, exclude=UNLISTED_FILES) if version == 2 else None
+    metadata.save(dest)
+    return dest
 
 
 def _trainer(folder, train, tmp_path, **kw):
@@ -78,18 +96,38 @@ def _edit_metadata(folder, edit):
 # -- the manifest ------------------------------------------------------------------------------------
 def test_the_manifest_lists_every_data_file(made):
     meta = json.load(open(os.path.join(made["plain"], CACHE_METADATA_FILE), encoding="utf-8"))
-    assert meta["format_version"] == 2
-    listed = set(meta["files"])
-    assert os.path.basename(_arrow(made["plain"])) in listed and "state.json" in listed
-    assert not listed & {CACHE_METADATA_FILE, "README.md"}  # the manifest's own file and the re-rendered card
+    assert meta["format_version"] == 3
+    assert set(meta["files"]) == {"data/data-00000-of-00001.arrow"}  # the shards only: no datasets state files
+    assert os.path.relpath(_arrow(made["plain"]), made["plain"]) == "data/data-00000-of-00001.arrow"
+
+
+def test_a_format_2_cache_still_opens_trains_and_verifies(made, tmp_path):
+    folder = _legacy_copy(made["plain"], str(tmp_path / "v2"), 2)
+    assert "state.json" in json.load(open(os.path.join(folder, CACHE_METADATA_FILE), encoding="utf-8"))["files"]
+    old, new = TeacherCache(folder), TeacherCache(made["plain"])
+    assert old.metadata.format_version == 2
+    for index in (0, 41, 79):
+        assert np.array_equal(old(0, index)[1]["cache_logits"].numpy(), new(0, index)[1]["cache_logits"].numpy())
+    verify_teacher_cache(folder)
+    _trainer(folder, made["train"], tmp_path).train()
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda raw: raw.update(files={}), "files must be the cache's Arrow shards"),
+    (lambda raw: raw.update(files={"../outside.arrow": {"size": 1, "sha256": "0"}}), "relative paths under data/"),
+    (lambda raw: raw.update(files={"data/x.bin": {"size": 1, "sha256": "0"}}), "ending in .arrow"),
+])
+def test_a_sharded_cache_lists_only_its_shards(made, tmp_path, edit, message):
+    folder = _copy(made["plain"], tmp_path)
+    _edit_metadata(folder, edit)
+    with pytest.raises(TeacherCacheError, match=message):
+        TeacherCache(folder)
 
 
 @pytest.mark.parametrize("damage", ["reversed", "3e38"])
 def test_a_row_changed_on_disk_is_found_by_verify(made, tmp_path, damage):
-    from datasets import load_from_disk
-
     folder = _copy(made["plain"], tmp_path)
-    row = np.asarray(load_from_disk(folder)[7]["logits"], dtype=np.float32)
+    row = TeacherCache(folder)(0, 7)[1]["cache_logits"].numpy().astype(np.float32)
     path = _arrow(folder)
     data = open(path, "rb").read()
     at = data.index(row.tobytes())
@@ -129,14 +167,13 @@ def test_a_truncated_arrow_file_is_named_before_training(made, tmp_path):
     with open(path, "r+b") as f:
         f.truncate(size // 2)
     # was: OSError: Expected to be able to read N bytes for message body, got M (at the first step)
-    with pytest.raises(TeacherCacheError, match=rf"is damaged: {os.path.basename(path)} has {size // 2} bytes, "
+    with pytest.raises(TeacherCacheError, match=rf"is damaged: data/{os.path.basename(path)} has {size // 2} bytes, "
                                                  rf"{size} were written.*generate it again"):
         _trainer(folder, made["train"], tmp_path)
 
 
 def test_an_old_cache_without_manifest_warns_and_cannot_be_verified(made, tmp_path, caplog):
-    folder = _copy(made["plain"], tmp_path)
-    _edit_metadata(folder, lambda raw: (raw.pop("files"), raw.update(format_version=1)))
+    folder = _legacy_copy(made["plain"], str(tmp_path / "v1"), 1)
     with caplog.at_level(logging.WARNING):
         _trainer(folder, made["train"], tmp_path)
     assert "has no manifest of its files" in caplog.text

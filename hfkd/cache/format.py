@@ -1,7 +1,10 @@
 """What a teacher cache stores: its metadata, its columns, and top-k storage with FKD's recovery.
 
-A cache is a folder written by ``datasets.Dataset.save_to_disk`` (Arrow shards, memory-mapped
-on load, no pickle) plus ``hfkd_cache.json`` (:class:`CacheMetadata`).  One row per
+A cache is a folder of Arrow IPC stream files (``data/``, memory-mapped on load, no pickle; the format
+``datasets`` writes) plus ``hfkd_cache.json`` (:class:`CacheMetadata`), whose manifest lists every data file.
+Format 3 writes size-capped shards straight into ``data/`` (in subfolders when there are more than
+``MAX_FILES_PER_FOLDER``; :func:`shard_path`); format 2 was one ``Dataset.save_to_disk`` folder, still read.
+One row per
 ``(index, view)``: ``index`` is the sample's position in the training split, ``view`` its view
 id in ``[0, R)`` and ``seed`` the seed that re-creates the view through the student's seeded
 training transform (``sample_seed(cache_seed, view, index)``, i.e. view ``v`` is exactly the
@@ -45,7 +48,14 @@ logger = logging.getLogger(__name__)
 CACHE_METADATA_FILE = "hfkd_cache.json"
 # 1: the first format.  2: ``files``, the manifest of the cache's data files (size and sha256, any number of
 # shards), and the split's identity beyond the sampled fingerprint (``dataset_fingerprint``, ``images_sha256``).
-FORMAT_VERSION = 2
+# 3: the data files are size-capped Arrow streams under data/ (subfolders past MAX_FILES_PER_FOLDER), read by
+# the manifest, not datasets' save_to_disk folder (state.json, dataset_info.json), which hfkd 2 cannot read.
+FORMAT_VERSION = 3
+#: the first format whose data files are size-capped shards under ``data/``, read through the manifest
+SHARDED_FORMAT = 3
+DATA_FOLDER = "data"
+# The Hub takes fewer than 10,000 entries per folder: past that, shards go into numbered subfolders.
+MAX_FILES_PER_FOLDER = 9_999
 # Caches up to this size are also hashed on every open (sha256 reads them at several hundred MB/s: well under a
 # second); larger ones get the size check on open and the full one after a download or with hfkd cache --verify.
 HASH_ON_OPEN_BYTES = 256 * 2 ** 20
@@ -180,6 +190,9 @@ def metadata_problems(raw: Dict[str, Any]) -> List[str]:
         isinstance(k, str) and isinstance(v, dict) and _is_int(v.get("size")) and v["size"] >= 0
         and isinstance(v.get("sha256"), str) for k, v in files.items()),
         "null or {path: {size, sha256}}")
+    if _is_int(raw.get("format_version")) and raw["format_version"] >= SHARDED_FORMAT:
+        want("files", isinstance(files, dict) and files and all(_safe_shard_path(k) for k in files),
+             f"the cache's Arrow shards, relative paths under {DATA_FOLDER}/ ending in .arrow")
     for name, build in (("student_preprocess", PreprocessConfig.from_dict),
                         ("augmentation", lambda a: a is None or AugmentConfig(**a))):
         try:
@@ -190,6 +203,47 @@ def metadata_problems(raw: Dict[str, Any]) -> List[str]:
 
 
 # -- the files -------------------------------------------------------------------------------------
+def _safe_shard_path(rel: Any) -> bool:
+    """A manifest entry of a sharded cache: ``data/.../NAME.arrow``, never leaving the cache's folder."""
+    if not isinstance(rel, str) or "\\" in rel or rel.startswith("/"):
+        return False
+    parts = rel.split("/")
+    return parts[0] == DATA_FOLDER and len(parts) > 1 and rel.endswith(".arrow") and \
+        all(p not in ("", ".", "..") for p in parts)
+
+
+def shard_path(number: int, count: int, per_folder: Optional[int] = None) -> str:
+    """The relative path of shard ``number`` of ``count``: ``data/data-00012-of-00040.arrow`` (``datasets``' naming),
+    in nested numbered subfolders when ``count`` exceeds ``per_folder`` (``MAX_FILES_PER_FOLDER``), so that no
+    folder holds more than ``per_folder`` entries (the Hub's limit)."""
+    per_folder = per_folder or MAX_FILES_PER_FOLDER
+    width = max(5, len(str(count)))
+    levels = 0
+    while per_folder ** (levels + 1) < count:
+        levels += 1
+    folders = [f"{number // per_folder ** level % per_folder:05d}" for level in range(levels, 0, -1)]
+    return "/".join([DATA_FOLDER, *folders, f"data-{number:0{width}d}-of-{count:0{width}d}.arrow"])
+
+
+def read_rows_table(folder: str, metadata: CacheMetadata):
+    """Every stored row as one memory-mapped ``pyarrow.Table`` (one chunk per shard, rows in any order).
+
+    Format 3: the manifest's Arrow streams, each mapped and its descriptor closed (the mapping stays: a cache of
+    thousands of shards opens no more files than one).  Formats 1 and 2: ``datasets``' ``save_to_disk`` folder.
+    """
+    import pyarrow as pa
+
+    if metadata.format_version < SHARDED_FORMAT:
+        from datasets import load_from_disk
+
+        return load_from_disk(folder).data.table
+    tables = []
+    for rel in sorted(metadata.files):
+        with pa.memory_map(os.path.join(folder, rel)) as source:
+            tables.append(pa.ipc.open_stream(source).read_all())
+    return pa.concat_tables(tables)
+
+
 def manifest_bytes(metadata: CacheMetadata) -> int:
     return sum(int(f["size"]) for f in (metadata.files or {}).values())
 

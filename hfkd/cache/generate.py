@@ -4,19 +4,18 @@ Views are made by the same :class:`ImageClassificationDataset` and the same timm
 trainer uses: view ``v`` of image ``i`` is the dataset's row ``i`` at epoch ``v`` with seed
 ``seed``, so training can re-create it bitwise from ``sample_seed(seed, v, i)``.
 
-With N processes, process ``r`` takes a contiguous block of the images whose size is a multiple
-of the batch size, so every batch is a batch of the 1-process run: the teachers see the same
-tensors and the merged cache is bitwise the 1-process one.  Each process writes one shard per
-view; the main process merges them in ``(index, view)`` order.
+The cache is written as shards of at most ``max_shard_size`` bytes (:class:`_ShardPlan`: rows numbered
+view-major, a fixed number per shard), which are its data files: nothing is merged or copied.  The teachers
+always see the 1-process run's batches, so a shard's bytes do not depend on which process computed it:
+N processes (on any number of machines sharing the output folder) share out the shards, each writes its own,
+and the cache is bitwise the 1-process one.
 
 Generation is resumable.  A shard appears under its final name only when it is complete (written
 beside it, then renamed), and ``.partial`` holds the generation's plan (:func:`_plan`: the cache's
-metadata without the command, the teachers' weight hashes, and the number of processes and the batch
-size, which fix the blocks).
-The same command run again after a kill or a preemption keeps the finished views (those whose shards
-every process finished) and computes only the others; a stopped generation with another plan is
-removed as before.  The teachers see the same tensors either way, so the result is bitwise the
-uninterrupted one.
+metadata without the command, the teachers' weight hashes, the batch size and the shard layout).
+The same command run again after a kill or a preemption keeps the finished shards, on any number of
+processes, and computes only the others; a stopped generation with another plan is removed.  The teachers
+see the same tensors either way, so the result is bitwise the uninterrupted one.
 
 A preemption signal (SIGTERM, SIGINT, SIGUSR1) stops generation at the next batch boundary all
 processes agree on: the finished shards stay in ``.partial`` for the requeued command, and
@@ -24,7 +23,9 @@ processes agree on: the finished shards stay in ``.partial`` for the requeued co
 """
 from __future__ import annotations
 
+import collections
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -32,15 +33,16 @@ import os
 import shlex
 import shutil
 import sys
-from contextlib import contextmanager
-from typing import Any, Dict, List, Optional, Sequence, Union
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
 from ..data.loading import find_columns
 from ..data.transforms import AugmentConfig, ImageClassificationDataset, create_image_transform, sample_seed
-from ..files import abandoned_by_hfkd, disk_full_explained, file_manifest, mark_writer, unmark_writer
+from ..files import (WRITER_MARKER, abandoned_by_hfkd, disk_full_explained, manifest_problems, mark_writer,
+                     relative_files, sha256, write_file_atomic)
 from ..hub.secrets import redact_secrets
 from ..launch import create_accelerator
 from ..losses import ensemble_probs
@@ -49,15 +51,27 @@ from ..models.preprocess import PreprocessConfig
 from ..models.teacher import bind_teacher
 from ..models.zero_shot import zero_shot_entry
 from ..preemption import Preemption
+from ..settings import shorten
 from ..version import __version__
 from .card import write_dataset_card
-from .format import (UNLISTED_FILES, CacheMetadata, augmentation_dict, dataset_fingerprint, datasets_fingerprint,
-                     encode_logits, estimated_bytes_per_view, images_sha256)
+from .format import (DATA_FOLDER, CacheMetadata, augmentation_dict, dataset_fingerprint, datasets_fingerprint,
+                     encode_logits, estimated_bytes_per_view, images_sha256, shard_path)
+from . import format as cache_format
 
 logger = logging.getLogger(__name__)
 
 #: in ``.partial``: what a stopped generation was making, so that only the same generation continues it
 PLAN_FILE = "hfkd_generation_plan.json"
+#: the largest shard by default: ``datasets``' own for pushes to the Hub, far below its 200 GB per file, and the
+#: most work a kill can lose per process
+DEFAULT_MAX_SHARD_SIZE = "500MB"
+#: the Hub refuses files of this size or more
+HUB_MAX_FILE_BYTES = 200 * 10 ** 9
+#: the Hub takes fewer files than this per repository
+HUB_MAX_FILES = 100_000
+#: a shard's bytes beyond its rows: the Arrow stream's schema, record-batch header and buffer padding (under 2 kB
+#: for hfkd's columns, measured); shards are sized so that rows plus this stay within ``max_shard_size``
+SHARD_HEADER_BYTES = 4096
 
 
 def _teacher_entry(teacher) -> Dict[str, Any]:
@@ -81,25 +95,6 @@ def _rows_table(columns: Dict[str, np.ndarray]):
     return pa.Table.from_arrays(arrays, names=names)
 
 
-def _block(num_samples: int, batch_size: int, rank: int, world: int) -> range:
-    per_process = math.ceil(math.ceil(num_samples / world) / batch_size) * batch_size
-    return range(min(num_samples, rank * per_process), min(num_samples, (rank + 1) * per_process))
-
-
-@contextmanager
-def _quiet_datasets():
-    """No progress bar per shard (one per view and process would flood the log); restored after."""
-    from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
-
-    was_disabled = are_progress_bars_disabled()
-    disable_progress_bars()
-    try:
-        yield
-    finally:
-        if not was_disabled:
-            enable_progress_bars()
-
-
 def _weights_sha256(module: torch.nn.Module) -> str:
     """A hash of a teacher's weights: the metadata names a teacher, which a retrained folder keeps."""
     h = hashlib.sha256()
@@ -110,10 +105,15 @@ def _weights_sha256(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def _plan(metadata: CacheMetadata, teachers: Sequence[Any], processes: int, batch_size: int) -> Dict[str, Any]:
-    """What decides the shards' contents and boundaries: a stopped generation continues only under the same."""
+def _plan(metadata: CacheMetadata, teachers: Sequence[Any], processes: int, batch_size: int,
+          shards: "_ShardPlan") -> Dict[str, Any]:
+    """What decides the shards' contents and boundaries: a stopped generation continues only under the same.
+
+    ``processes`` is recorded but does not decide anything: a shard's rows are the same whichever process
+    computes them (see :class:`_ShardPlan`), so a generation continues on another number of processes.
+    """
     plan = {k: v for k, v in metadata.to_dict().items() if k not in ("command", "files")}
-    plan.update(processes=int(processes), batch_size=int(batch_size),
+    plan.update(processes=int(processes), batch_size=int(batch_size), shards=shards.to_dict(),
                 teacher_weights=[_weights_sha256(t.backbone) for t in teachers])
     return json.loads(json.dumps(plan, sort_keys=True))  # tuples -> lists, as read back from the file
 
@@ -126,6 +126,12 @@ def _read_plan(partial: str) -> Optional[Dict[str, Any]]:
         return None
 
 
+def _same_work(a: Optional[Dict[str, Any]], b: Dict[str, Any]) -> bool:
+    """Two plans make the same shards: everything but the number of processes is equal."""
+    return a is not None and {k: v for k, v in a.items() if k != "processes"} == \
+        {k: v for k, v in b.items() if k != "processes"}
+
+
 def _clear_stages(output_dir: str, plan: Dict[str, Any]) -> bool:
     """Refuse an existing cache folder; of the ``.partial``/``.staging`` stages a stopped or failed hfkd
     generation left (its writer marker names a dead process of this host, or this process), keep a
@@ -135,26 +141,103 @@ def _clear_stages(output_dir: str, plan: Dict[str, Any]) -> bool:
         raise FileExistsError(f"{output_dir} already exists; hfkd never overwrites a folder: choose another "
                               "output_dir or remove it yourself")
     resume = False
-    for stage in (output_dir + ".partial", output_dir + ".staging"):
+    for stage in (output_dir + ".partial", output_dir + ".staging"):  # .staging: left by hfkd before format 3
         if not os.path.lexists(stage):
             continue
         if not abandoned_by_hfkd(stage):
             raise FileExistsError(f"{stage} already exists and is not a stage a stopped hfkd cache generation left "
-                                  "(another one may be writing it); hfkd never overwrites a folder: choose another "
-                                  "output_dir or remove it yourself")
-        if stage.endswith(".partial") and _read_plan(stage) == plan:
-            logger.warning("continuing the cache generation that stopped in %s: its finished shards are kept", stage)
+                                  "on this machine (another one may be writing it); hfkd never overwrites a folder: "
+                                  "choose another output_dir, or if no generation is running remove it yourself")
+        stopped = _read_plan(stage) if stage.endswith(".partial") else None
+        if _same_work(stopped, plan):
+            processes = stopped.get("processes")
+            logger.warning("continuing the cache generation that stopped in %s: its finished shards are kept%s",
+                           stage, f" (it ran on {processes} processes, this one on {plan['processes']}: a shard's "
+                           "rows do not depend on the number of processes)" if processes != plan["processes"] else "")
             resume = True
             continue
         logger.warning("removing %s, left by an earlier cache generation that stopped%s", stage,
-                       " with other settings" if _read_plan(stage) is not None else "")
+                       " with other settings" if stopped is not None else "")
         shutil.rmtree(stage)
     return resume
 
 
-def _cache_bytes(num_rows: int, num_teachers: int, num_classes: int, top_k: Optional[int], dtype: str) -> int:
-    """About what the generation writes: the shards, then the merged copy next to them."""
-    return 2 * num_rows * estimated_bytes_per_view(num_teachers, num_classes, top_k, dtype)
+def parse_shard_size(max_shard_size: Union[int, str]) -> int:
+    """``max_shard_size`` in bytes (``datasets``' spelling: an int, ``"500MB"``, ``"2GiB"``), below the Hub's limit."""
+    from datasets.utils.py_utils import convert_file_size_to_int
+
+    try:
+        size = convert_file_size_to_int(max_shard_size)
+    except (ValueError, TypeError):
+        size = None
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 < size < HUB_MAX_FILE_BYTES:
+        raise ValueError(f"max_shard_size must be a number of bytes or a size such as '500MB' or '2GB', under the "
+                         f"Hub's {HUB_MAX_FILE_BYTES // 10 ** 9} GB per file; got {shorten(max_shard_size)}")
+    return size
+
+
+@dataclass(frozen=True)
+class _ShardPlan:
+    """Which rows go into which shard: a function of the data's size, R and the caps only.
+
+    The rows are numbered view-major, ``position = view * num_samples + index``, and shard ``k`` holds positions
+    ``[k * rows_per_shard, (k + 1) * rows_per_shard)``.  Teachers always run on the 1-process run's batches
+    (images ``[b * batch_size, (b + 1) * batch_size)`` of one view), whichever process computes them, so a shard's
+    bytes do not depend on the number of processes: N processes share out the unfinished shards, none collide,
+    and a stopped generation continues on any number of processes.
+
+    A streamed dataset (no length, no index) would need its own plan: rows keyed by the sample key, one run of
+    shards per stream shard and view.  That is not supported yet (:func:`cache_teacher_outputs` refuses a stream).
+    """
+
+    num_samples: int
+    num_views: int
+    rows_per_shard: int
+    files_per_folder: int
+
+    @classmethod
+    def make(cls, num_samples: int, num_views: int, row_bytes: int, max_shard_bytes: int, batch_size: int,
+             files_per_folder: int) -> "_ShardPlan":
+        rows = (max_shard_bytes - SHARD_HEADER_BYTES) // row_bytes
+        if rows < 1:
+            raise ValueError(f"max_shard_size={max_shard_bytes} bytes holds no row: a row takes {row_bytes} bytes and "
+                             f"each shard about {SHARD_HEADER_BYTES} bytes of headers; use at least "
+                             f"{SHARD_HEADER_BYTES + row_bytes} bytes (the default is {DEFAULT_MAX_SHARD_SIZE})")
+        if rows >= batch_size:  # whole batches: no batch is run twice for two shards
+            rows -= rows % batch_size
+        return cls(num_samples, num_views, min(rows, num_samples * num_views), files_per_folder)
+
+    @property
+    def count(self) -> int:
+        return math.ceil(self.num_samples * self.num_views / self.rows_per_shard)
+
+    def rows(self, number: int) -> range:
+        return range(number * self.rows_per_shard, min(self.num_samples * self.num_views,
+                                                       (number + 1) * self.rows_per_shard))
+
+    def path(self, number: int) -> str:
+        return shard_path(number, self.count, self.files_per_folder)
+
+    def to_dict(self) -> Dict[str, int]:
+        return {**asdict(self), "count": self.count}
+
+    def batches(self, shards: Sequence[int], batch_size: int) -> List[Tuple[int, int]]:
+        """The ``(view, batch)`` pairs the rows of ``shards`` (in increasing order) need, in order, each once."""
+        out: List[Tuple[int, int]] = []
+        n = self.num_samples
+        for number in shards:
+            rows = self.rows(number)
+            for view in range(rows.start // n, (rows.stop - 1) // n + 1):
+                first, last = max(rows.start, view * n) - view * n, min(rows.stop - 1, view * n + n - 1) - view * n
+                for batch in range(first // batch_size, last // batch_size + 1):
+                    if not out or out[-1] != (view, batch):
+                        out.append((view, batch))
+        return out
+
+
+def _share(items: Sequence[int], rank: int, world: int) -> List[int]:
+    """Process ``rank``'s contiguous part of ``items`` (sizes differ by at most one)."""
+    return list(items[rank * len(items) // world:(rank + 1) * len(items) // world])
 
 
 def _default_command() -> str:
@@ -182,6 +265,7 @@ def cache_teacher_outputs(
     accelerator=None,
     num_workers: int = 0,
     hash_images: bool = False,
+    max_shard_size: Union[int, str] = DEFAULT_MAX_SHARD_SIZE,
 ) -> str:
     """Write a teacher cache of ``train_dataset`` to ``output_dir`` (a new folder); returns its path.
 
@@ -203,6 +287,9 @@ def cache_teacher_outputs(
         hash_images: also record a sha256 of every label and image's stored bytes; every run that opens the
             cache then hashes its split in full and must match it (one read of the split per run), whatever
             ``datasets``' fingerprint says (the same images loaded from elsewhere are accepted).
+        max_shard_size: the largest data file (bytes, or ``"500MB"``, ``"2GB"``): the cache is written as shards of
+            at most this size (whole teacher batches when a batch fits), at most ``MAX_FILES_PER_FOLDER`` per
+            folder, which are the cache's files (no merge).  A kill loses at most the shard each process was writing.
     """
     from accelerate.utils import broadcast_object_list
 
@@ -213,6 +300,10 @@ def cache_teacher_outputs(
                          "pass an augmentation (AugmentConfig) or num_views=1 for fixed labels")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1 or None (full logits), got {top_k}")
+    if not hasattr(train_dataset, "__len__"):  # a streamed datasets.IterableDataset: see _ShardPlan
+        raise ValueError("cache_teacher_outputs needs a map-style dataset (datasets.Dataset, with a length and an index "
+                         "per image); a streamed dataset cannot be cached yet: load the split without streaming")
+    max_shard_bytes = parse_shard_size(max_shard_size)
     if accelerator is None:
         accelerator = create_accelerator()
     preprocess = student.preprocess if isinstance(student, Backbone) else student
@@ -225,6 +316,13 @@ def cache_teacher_outputs(
     teachers = [bind_teacher(t, preprocess, num_classes, label_names) for t in teachers]
     if not teachers:
         raise ValueError("cache_teacher_outputs needs at least one teacher")
+    # The shard layout, checked before the split is fingerprinted or a teacher runs
+    row_bytes = estimated_bytes_per_view(1 if ensemble else len(teachers), num_classes, top_k, dtype)
+    shards = _ShardPlan.make(len(train_dataset), int(num_views), row_bytes, max_shard_bytes, batch_size,
+                             cache_format.MAX_FILES_PER_FOLDER)
+    if shards.count + 2 >= HUB_MAX_FILES and accelerator.is_main_process:
+        logger.warning("the teacher cache %s will have %d shards: the Hub takes fewer than %d files per repository; "
+                       "to share it there, use a larger max_shard_size", output_dir, shards.count, HUB_MAX_FILES)
     metadata = CacheMetadata(
         teachers=[_teacher_entry(t) for t in teachers], num_classes=num_classes, num_samples=len(train_dataset),
         num_views=int(num_views), seed=int(seed), student_preprocess=preprocess.to_dict(),
@@ -238,9 +336,8 @@ def cache_teacher_outputs(
     output_dir = os.path.abspath(output_dir)
     encode_logits(torch.zeros(1, 1, num_classes), top_k, dtype)  # validates dtype before the teachers run
 
-    rank = accelerator.process_index
     partial, staging = output_dir + ".partial", output_dir + ".staging"
-    plan = _plan(metadata, teachers, accelerator.num_processes, batch_size)
+    plan = _plan(metadata, teachers, accelerator.num_processes, batch_size, shards)
     problem, resume = None, False
     if accelerator.is_main_process:  # the stages' marker names the main process: only it can judge them
         try:
@@ -256,114 +353,154 @@ def cache_teacher_outputs(
             json.dump(plan, f, indent=2, sort_keys=True)
     # A full disk removes what this process wrote (the main process: both stages) to free the space; any other
     # failure (a teacher's error, a lost peer process) keeps the finished shards for the same command to continue.
-    needed = _cache_bytes(len(train_dataset) * num_views, 1 if ensemble else len(teachers), num_classes, top_k, dtype)
-    own = [partial, staging] if accelerator.is_main_process else [
-        os.path.join(partial, f"rank{rank:05d}-view{view:05d}") for view in range(num_views)]
+    needed = len(train_dataset) * num_views * row_bytes + shards.count * SHARD_HEADER_BYTES
+    own = [partial, staging] if accelerator.is_main_process else []  # a shard's failed write removes itself
     with disk_full_explained(os.path.dirname(output_dir), f"the teacher cache {output_dir}", needed=needed,
                              cleanup=own, where_to_change="an output_dir", cleanup_only_when_full=True):
         if accelerator.is_main_process:
             mark_writer(partial)  # a stopped generation's stage is then recognisably hfkd's, and removable
         accelerator.wait_for_everyone()
         _generate(accelerator, train_dataset, teachers, preprocess, augment, image_column, label_column, seed,
-                  num_views, batch_size, num_workers, ensemble, top_k, dtype, metadata, output_dir)
+                  num_views, batch_size, num_workers, ensemble, top_k, dtype, metadata, output_dir, shards)
     accelerator.wait_for_everyone()
     return output_dir
 
 
-def _shard_name(rank: int, view: int) -> str:
-    return f"rank{rank:05d}-view{view:05d}"
-
-
-def _finished_views(partial: str, ranks: Sequence[int], num_views: int) -> List[int]:
-    """The views every process with samples finished (a shard exists under its final name only when complete)."""
-    return [view for view in range(num_views)
-            if all(os.path.isdir(os.path.join(partial, _shard_name(r, view))) for r in ranks)]
-
-
 def _generate(accelerator, train_dataset, teachers, preprocess, augment, image_column, label_column, seed, num_views,
-              batch_size, num_workers, ensemble, top_k, dtype, metadata, output_dir) -> None:
-    """Run the teachers over every view into ``.partial`` shards; the main process merges them into the cache."""
-    from accelerate.utils import broadcast_object_list
-    from datasets import concatenate_datasets, load_from_disk
-    from torch.utils.data import DataLoader, Subset
+              batch_size, num_workers, ensemble, top_k, dtype, metadata, output_dir, shards: _ShardPlan) -> None:
+    """Run the teachers over every unfinished shard's rows into ``.partial``; the main process then writes the
+    metadata and renames ``.partial`` to the cache: the shards are the cache's data files, never copied."""
+    from accelerate.utils import broadcast_object_list, gather_object
 
     rank, world = accelerator.process_index, accelerator.num_processes
-    partial, staging = output_dir + ".partial", output_dir + ".staging"
+    partial = output_dir + ".partial"
     transform = create_image_transform(preprocess, augment is not None, augment)
     mode = "RGB" if preprocess.input_size[0] == 3 else "L"
     views = ImageClassificationDataset(train_dataset, transform, image_column, label_column, seed=seed, image_mode=mode)
-    block = _block(len(views), batch_size, rank, world)
-    weights = [t.weight for t in teachers]
     for t in teachers:
         t.to(accelerator.device)
-    # Every process polls at the same points: as many as the largest block has batches.
-    num_batches = max(math.ceil(len(_block(len(views), batch_size, r, world)) / batch_size) for r in range(world))
-    # Every process skips the same views (the main process judges them), so all poll at the same points.
-    writers = [r for r in range(world) if len(_block(len(views), batch_size, r, world))]  # the others write nothing
-    finished = _finished_views(partial, writers, num_views) if accelerator.is_main_process else None
+    # The main process judges what a stopped generation finished; every process then shares out the same rest.
+    finished = _finished_shards(partial, shards) if accelerator.is_main_process else None
     finished = broadcast_object_list([finished])[0]
+    done = set(finished)
+    pending = [k for k in range(shards.count) if k not in done]
     if finished and accelerator.is_main_process:
-        logger.warning("teacher cache: %d of %d views were finished by the generation that stopped; computing the "
-                       "other %d", len(finished), num_views, num_views - len(finished))
+        logger.warning("teacher cache: %d of %d shards were finished by the generation that stopped; computing the "
+                       "other %d", len(finished), shards.count, len(pending))
+    mine = _share(pending, rank, world)
+    # Every process polls for a preemption at the same points: as many as the busiest process has batches.
+    polls = max(len(shards.batches(_share(pending, r, world), batch_size)) for r in range(world))
+    outputs = _batch_outputs(views, shards.batches(mine, batch_size), batch_size, num_workers, teachers, ensemble,
+                             seed, top_k, dtype, accelerator.device)
+    writer = _ShardWriter(shards, mine, partial)
     with Preemption(accelerator) as preemption:
-        for view in range(num_views):
-            if view in finished:
-                continue
-            views.set_epoch(view)
-            loader = DataLoader(Subset(views, list(block)), batch_size=batch_size, num_workers=num_workers)
-            _teacher_view(teachers, weights, loader, num_batches, preemption, accelerator, view, seed, ensemble,
-                          top_k, dtype, os.path.join(partial, _shard_name(rank, view)))
-    accelerator.wait_for_everyone()
+        for _ in range(polls):
+            if preemption.requested():
+                # The finished shards stay in .partial: the requeued command continues from them.
+                accelerator.wait_for_everyone()
+                raise preemption.stop()
+            item = next(outputs, None)
+            if item is not None:  # else this process has less work than the busiest one
+                writer.add(*item)
+    # The kept shards' hashes are read back (shared out too); the new ones were hashed as they were written.
+    written = dict(writer.written)
+    for number in _share(finished, rank, world):
+        rel = shards.path(number)
+        path = os.path.join(partial, rel)
+        written[rel] = {"size": os.path.getsize(path), "sha256": sha256(path)}
+    manifest = {}
+    for entries in gather_object([written]):
+        manifest.update(entries)
+    problem = None
     if accelerator.is_main_process:
-        pieces = [load_from_disk(os.path.join(partial, _shard_name(r, v))) for v in range(num_views) for r in writers]
-        merged = concatenate_datasets(pieces).sort(["index", "view"])
-        os.makedirs(staging)
-        mark_writer(staging)  # a generation stopped while merging leaves a stage a retry may remove
-        with _quiet_datasets():
-            merged.save_to_disk(staging)
-        unmark_writer(staging)  # the cache's own files only, from here on
-        metadata.files = file_manifest(staging, exclude=UNLISTED_FILES)  # sizes checked on open, hashes on request
-        metadata.save(staging)
-        write_dataset_card(staging, metadata)
-        os.replace(staging, output_dir)  # appears complete or not at all
-        del pieces, merged
-        shutil.rmtree(partial)
+        missing = manifest_problems(partial, manifest, content=False)
+        if missing or len(manifest) != shards.count:
+            problem = (f"the teacher cache {output_dir}: the main process does not see every process's shards in "
+                       f"{partial} ({'; '.join(missing[:3]) or f'{len(manifest)} of {shards.count} listed'}): "
+                       "with several machines, output_dir must be on a file system they all share")
+    problem = broadcast_object_list([problem])[0]
+    if problem:
+        raise RuntimeError(problem)
+    if accelerator.is_main_process:
+        metadata.files = {rel: manifest[rel] for rel in sorted(manifest)}  # sizes checked on open, hashes on request
+        metadata.save(partial)
+        write_dataset_card(partial, metadata)
+        os.replace(partial, output_dir)  # appears complete or not at all; the shards stay where they were written
+        for leftover in (PLAN_FILE, WRITER_MARKER):  # the stage's own files (a kill here leaves them, harmless)
+            os.remove(os.path.join(output_dir, leftover))
 
 
-def _teacher_view(teachers, weights, loader, num_batches, preemption, accelerator, view, seed, ensemble, top_k,
-                  dtype, shard) -> None:
-    """The teachers' outputs of one view of this process's block, saved as one shard at ``shard``."""
-    from datasets import Dataset
-    from datasets.table import InMemoryTable
+def _finished_shards(partial: str, shards: _ShardPlan) -> List[int]:
+    """The shards a stopped generation finished (a shard exists under its final name only when complete); the
+    temporary files of writes it did not finish are removed (they are in hfkd's own stage)."""
+    expected = {shards.path(k): k for k in range(shards.count)}
+    finished = []
+    for rel in relative_files(os.path.join(partial, DATA_FOLDER)):
+        rel = f"{DATA_FOLDER}/{rel}"
+        if rel in expected:
+            finished.append(expected[rel])
+        else:
+            os.remove(os.path.join(partial, rel))
+    return sorted(finished)
 
-    parts: Dict[str, List[np.ndarray]] = {}
-    batches = iter(loader)
-    for _ in range(num_batches):
-        if preemption.requested():
-            # The finished shards stay in .partial: the requeued command continues from them.
-            accelerator.wait_for_everyone()
-            raise preemption.stop()
-        batch = next(batches, None)
-        if batch is None:  # this block is shorter than the largest one
-            continue
-        x = batch["pixel_values"].to(accelerator.device)
-        logits = [t(x).logits.float() for t in teachers]
-        stacked = (ensemble_probs(logits, weights).log().unsqueeze(1) if ensemble
-                   else torch.stack(logits, dim=1)).cpu()
-        index = batch["index"].numpy().astype(np.int64)
-        columns = {"index": index, "view": np.full_like(index, view, dtype=np.int32),
-                   "seed": np.array([sample_seed(seed, view, int(i)) for i in index], dtype=np.int64),
-                   "label": batch["labels"].numpy().astype(np.int64), **encode_logits(stacked, top_k, dtype)}
-        for k, v in columns.items():
-            parts.setdefault(k, []).append(v)
-    if parts:
-        # Written beside its final name and renamed when complete: a killed write never looks finished.
-        table = _rows_table({k: np.concatenate(v) for k, v in parts.items()})
-        writing = shard + ".writing"
-        if os.path.isdir(writing):  # a killed write of this process's shard, inside hfkd's own stage
-            shutil.rmtree(writing)
-        with _quiet_datasets():
-            Dataset(InMemoryTable(table)).save_to_disk(writing)
-        if os.path.isdir(shard):  # finished before a stop that left other processes' shards of this view unfinished
-            shutil.rmtree(shard)
-        os.replace(writing, shard)
+
+def _batch_outputs(views, batches, batch_size, num_workers, teachers, ensemble, seed, top_k, dtype, device):
+    """Yield ``(view, columns)`` for each ``(view, batch)`` in ``batches``: the batch's rows and stored outputs."""
+    from torch.utils.data import DataLoader
+
+    n = len(views)
+    weights = [t.weight for t in teachers]
+    for view, group in itertools.groupby(batches, key=lambda b: b[0]):
+        numbers = [b for _, b in group]
+        views.set_epoch(view)  # the loader's workers copy the dataset when it starts: set before
+        sampler = [list(range(b * batch_size, min(n, (b + 1) * batch_size))) for b in numbers]
+        for batch in DataLoader(views, batch_sampler=sampler, num_workers=num_workers):
+            x = batch["pixel_values"].to(device)
+            logits = [t(x).logits.float() for t in teachers]
+            stacked = (ensemble_probs(logits, weights).log().unsqueeze(1) if ensemble
+                       else torch.stack(logits, dim=1)).cpu()
+            index = batch["index"].numpy().astype(np.int64)
+            yield view, {"index": index, "view": np.full_like(index, view, dtype=np.int32),
+                         "seed": np.array([sample_seed(seed, view, int(i)) for i in index], dtype=np.int64),
+                         "label": batch["labels"].numpy().astype(np.int64), **encode_logits(stacked, top_k, dtype)}
+
+
+class _ShardWriter:
+    """Collects batches' rows into this process's shards (increasing order) and writes each once complete."""
+
+    def __init__(self, shards: _ShardPlan, numbers: Sequence[int], partial: str):
+        self.shards, self.partial = shards, partial
+        self.queue = collections.deque(numbers)
+        self.parts: Dict[str, List[np.ndarray]] = {}
+        self.written: Dict[str, Dict[str, Any]] = {}
+
+    def add(self, view: int, columns: Dict[str, np.ndarray]) -> None:
+        position = view * self.shards.num_samples + columns["index"]
+        while self.queue:
+            rows = self.shards.rows(self.queue[0])
+            keep = (position >= rows.start) & (position < rows.stop)
+            if keep.any():
+                for name, values in columns.items():
+                    self.parts.setdefault(name, []).append(values[keep])
+            if position[-1] < rows.stop - 1:
+                return  # the shard's last row comes in a later batch
+            number = self.queue.popleft()
+            rel = self.shards.path(number)
+            self.written[rel] = _write_shard(os.path.join(self.partial, rel),
+                                             {k: np.concatenate(v) for k, v in self.parts.items()})
+            self.parts = {}
+
+
+def _write_shard(path: str, columns: Dict[str, np.ndarray]) -> Dict[str, Any]:
+    """One shard as an Arrow stream (the format ``datasets`` writes and memory-maps), written whole or not at all
+    (a kill never leaves a complete-looking shard); returns its manifest entry, hashed from memory."""
+    import pyarrow as pa
+
+    table = _rows_table(columns)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as stream:
+        stream.write_table(table)
+    data = sink.getvalue().to_pybytes()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    write_file_atomic(path, data)
+    return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}

@@ -1,17 +1,25 @@
 """Share a teacher cache as a Hub dataset repository, and open one by its Hub id."""
 from __future__ import annotations
 
+import hashlib
 import os
-from typing import List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-from huggingface_hub import HfApi, constants, snapshot_download
+from huggingface_hub import CommitOperationAdd, HfApi, constants, snapshot_download
 from huggingface_hub.errors import (LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError,
                                     RevisionNotFoundError)
 
+from ..files import relative_files
 from ..hub.push import HubPushError, explain_error
 from ..settings import shorten
-from .card import refresh_dataset_card
+from .card import CARD_FILENAME, refresh_dataset_card
 from .format import CACHE_METADATA_FILE, CacheMetadata, TeacherCacheError, check_files
+
+# A push commits at most this many data files and bytes at a time: a large cache goes up in several commits, and a
+# push that fails or is killed loses at most one commit's upload; run again, it uploads only what the repository
+# lacks.  (The Hub takes up to 25,000 LFS files per commit; commits of a few GB keep each one short.)
+COMMIT_MAX_FILES = 100
+COMMIT_MAX_BYTES = 5 * 10 ** 9
 
 
 def split_revision(source: str, revision: Optional[str]) -> Tuple[str, Optional[str]]:
@@ -66,7 +74,9 @@ def resolve_cache(source: str, revision: Optional[str] = None, token: Union[str,
                                 "(ORG/NAME, optionally ORG/NAME@REVISION)")
     folder, fetched = _download(repo_id, revision, token)
     if not os.path.isfile(os.path.join(folder, CACHE_METADATA_FILE)):
-        raise ValueError(f"the Hub dataset {repo_id} is not an hfkd teacher cache (no {CACHE_METADATA_FILE})")
+        raise ValueError(f"the Hub dataset {repo_id} is not an hfkd teacher cache (no {CACHE_METADATA_FILE}), or its "
+                         f"push has not finished (hfkd commits {CACHE_METADATA_FILE} last): run "
+                         "hfkd.push_teacher_cache again to finish it")
     metadata = CacheMetadata.load(folder, source)
     if fetched is None or fetched:  # a cache without a manifest (format 1) is only warned about, as on every open
         check_files(folder, metadata, f"the teacher cache {source} (just downloaded)",
@@ -74,11 +84,47 @@ def resolve_cache(source: str, revision: Optional[str] = None, token: Union[str,
     return folder
 
 
+def _git_blob_sha1(path: str) -> str:
+    """The id git (and the Hub) gives a small, non-LFS file's content."""
+    h = hashlib.sha1(b"blob %d\0" % os.path.getsize(path))
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _already_pushed(remote, folder: str, rel: str, entry: Dict) -> bool:
+    """Whether the repository's file ``remote`` (a ``RepoFile``, or None) holds the manifest's ``entry``."""
+    if remote is None or remote.size != entry["size"]:
+        return False
+    if remote.lfs is not None:  # large files: the Hub knows their sha256, the manifest too (nothing is read)
+        return remote.lfs.sha256 == entry["sha256"]
+    return remote.blob_id == _git_blob_sha1(os.path.join(folder, rel))
+
+
+def commit_batches(paths: Sequence[str], sizes: Dict[str, int], max_files: int, max_bytes: int) -> List[List[str]]:
+    """``paths`` in order, cut into commits of at most ``max_files`` files and ``max_bytes`` bytes (a larger file
+    goes alone)."""
+    batches: List[List[str]] = []
+    current: List[str] = []
+    total = 0
+    for rel in paths:
+        if current and (len(current) >= max_files or total + sizes[rel] > max_bytes):
+            batches.append(current)
+            current, total = [], 0
+        current.append(rel)
+        total += sizes[rel]
+    return batches + [current] if current else batches
+
+
 def push_teacher_cache(folder: str, repo_id: str, *, token: Union[str, bool, None] = None,
                        private: Optional[bool] = None, revision: Optional[str] = None,
                        commit_message: Optional[str] = None, endpoint: Optional[str] = None):
-    """Upload a cache folder to the Hub dataset ``repo_id`` in one commit, with its card; returns the ``CommitInfo``.
+    """Upload a cache folder to the Hub dataset ``repo_id`` with its card; returns the last commit's ``CommitInfo``.
 
+    The data files go up in commits of at most ``COMMIT_MAX_FILES`` files and ``COMMIT_MAX_BYTES`` bytes, skipping
+    those the repository already holds with the manifest's size and hash; ``hfkd_cache.json`` and the card go last,
+    so a repository whose push stopped midway is not taken for a cache, and the same call finishes it.
     The files are checked against the manifest first (a damaged cache is not published).  The card
     (``README.md``) is re-rendered to name ``repo_id`` when hfkd wrote it.  A failure
     raises :class:`hfkd.hub.HubPushError` (what failed, HTTP status) and leaves the folder intact.
@@ -89,22 +135,41 @@ def push_teacher_cache(folder: str, repo_id: str, *, token: Union[str, bool, Non
     # A damaged cache is not published: every user would train from it (the upload reads the files anyway).
     metadata = CacheMetadata.load(folder)
     check_files(folder, metadata, f"the teacher cache {folder}", content=metadata.files is not None)
+    if metadata.files is None:  # format 1: no list of its files; everything but hidden files, as before
+        metadata.files = {rel: {"size": os.path.getsize(os.path.join(folder, rel)), "sha256": ""}
+                          for rel in relative_files(folder) if rel not in (CACHE_METADATA_FILE, CARD_FILENAME)
+                          and not any(part.startswith(".") for part in rel.split("/"))}
     previous = refresh_dataset_card(folder, repo_id)
     api = HfApi(endpoint=endpoint, token=token, library_name="hfkd")
+    message = commit_message or "Upload hfkd teacher cache"
     step = f"creating the dataset repository {repo_id}"
     try:
         api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
         if revision and revision != "main":
             step = f"creating the branch {revision!r} of {repo_id}"
             api.create_branch(repo_id, branch=revision, repo_type="dataset", exist_ok=True)
-        step = f"uploading {folder} to {repo_id}"
-        return api.upload_folder(folder_path=folder, repo_id=repo_id, repo_type="dataset", revision=revision,
-                                 commit_message=commit_message or "Upload hfkd teacher cache",
-                                 ignore_patterns=[".*", "**/.*"])
+        step = f"listing the files {repo_id} already holds"
+        remote = {f.path: f for f in api.list_repo_tree(repo_id, repo_type="dataset", revision=revision,
+                                                      recursive=True) if hasattr(f, "blob_id")}
+        missing = [rel for rel in sorted(metadata.files)
+                   if not _already_pushed(remote.get(rel), folder, rel, metadata.files[rel])]
+        sizes = {rel: int(entry["size"]) for rel, entry in metadata.files.items()}
+        batches = commit_batches(missing, sizes, COMMIT_MAX_FILES, COMMIT_MAX_BYTES)
+        for number, batch in enumerate(batches, 1):
+            step = (f"uploading data files {number} of {len(batches)} commits ({len(batch)} files, from "
+                    f"{batch[0]}) to {repo_id}")
+            api.create_commit(repo_id, [CommitOperationAdd(rel, os.path.join(folder, rel)) for rel in batch],
+                              commit_message=f"{message}: data, part {number} of {len(batches)}", repo_type="dataset",
+                              revision=revision)
+        step = f"uploading {CACHE_METADATA_FILE} and the card to {repo_id}"
+        last = [name for name in (CACHE_METADATA_FILE, CARD_FILENAME) if os.path.isfile(os.path.join(folder, name))]
+        return api.create_commit(repo_id, [CommitOperationAdd(name, os.path.join(folder, name)) for name in last],
+                                 commit_message=message, repo_type="dataset", revision=revision)
     except Exception as error:  # noqa: BLE001 - every failure gets the same actionable message
         if previous is not None:
             with open(os.path.join(folder, "README.md"), "wb") as f:
                 f.write(previous)
-        message, status = explain_error(error, api.endpoint, step)
-        raise HubPushError(f"pushing the teacher cache failed while {message}. The folder {folder} is intact; "
-                           f"retry with hfkd.push_teacher_cache({folder!r}, {repo_id!r})", status) from error
+        explained, status = explain_error(error, api.endpoint, step)
+        raise HubPushError(f"pushing the teacher cache failed while {explained}. The folder {folder} is intact; "
+                           f"retry with hfkd.push_teacher_cache({folder!r}, {repo_id!r}): it uploads only what "
+                           f"{repo_id} lacks", status) from error

@@ -30,7 +30,7 @@ from ..models.backbone import BackboneOutput, OutputRequest
 from ..settings import shorten
 from .format import (CACHE_METADATA_FILE, HASH_ON_OPEN_BYTES, CacheMetadata, TeacherCacheError, augmentation_dict,
                      check_files, dataset_fingerprint, datasets_fingerprint, decode_logits, images_sha256,
-                     manifest_bytes)
+                     manifest_bytes, read_rows_table)
 from .hub import resolve_cache
 
 STORED_COLUMNS = ("logits", "topk_values", "topk_indices", "logsumexp")
@@ -54,10 +54,8 @@ class _Columns:
     """The stored columns as NumPy views of the memory-mapped Arrow shards (no copy, no pickle)."""
 
     def __init__(self, folder: str, metadata: CacheMetadata, where: str):
-        from datasets import load_from_disk
-
         try:
-            table = load_from_disk(folder).data.table
+            table = read_rows_table(folder, metadata)
         except Exception as e:  # noqa: BLE001 - pyarrow's OSError/ArrowInvalid, datasets' errors: name the cache
             raise TeacherCacheError(f"{where} ({folder}): its Arrow data cannot be read ({shorten(str(e), 300)}); "
                                     "a file is truncated or damaged. Run `hfkd cache --verify` on it to name the "

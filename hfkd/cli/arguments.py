@@ -226,6 +226,9 @@ class CacheArguments:
     ensemble: bool = field(default=False, metadata={"help": "Store the teachers' mean T=1 probabilities, not each."})
     seed: int = field(default=42, metadata={"help": "Augmentation seed: the training run's --seed."})
     batch_size: int = field(default=64, metadata={"help": "Teacher batch size per process."})
+    max_shard_size: str = field(default="500MB", metadata={
+        "help": "Largest data file of the cache (bytes, or 500MB, 2GB; under the Hub's 200 GB per file): a kill loses "
+                "at most one shard per process."})
     push_to_hub: bool = field(default=False, metadata={"help": "Push the cache to the Hub as a dataset repository."})
     hub_dataset_id: Optional[str] = field(default=None, metadata={"help": "ORG/NAME of the Hub dataset repository."})
     hub_private_repo: bool = False

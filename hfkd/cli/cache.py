@@ -23,6 +23,7 @@ from .preset import Preset, cache_preset
 cache_teacher_outputs = lazy_function("..cache.generate", "cache_teacher_outputs", __package__)
 push_teacher_cache = lazy_function("..cache.hub", "push_teacher_cache", __package__)
 verify_teacher_cache = lazy_function("..cache.lookup", "verify_teacher_cache", __package__)
+parse_shard_size = lazy_function("..cache.generate", "parse_shard_size", __package__)
 is_main_process = lazy_function("..launch", "is_main_process", __package__)
 resolve_teachers = lazy_function(".demo", "resolve_teachers", __package__)
 build_student = lazy_function(".pipeline", "build_student", __package__)
@@ -44,6 +45,7 @@ def main(argv=None) -> str:
             raise ValueError("a teacher cache is generated from a loaded split, whose rows it is stored by; drop "
                              "--streaming (datasets keeps the split memory-mapped on disk), or train from the teachers "
                              "themselves on the stream")
+        parse_shard_size(cache.max_shard_size)  # before the data and the teachers are loaded
     except ValueError as e:
         raise SystemExit(f"{prog.get('prog', 'recipes/cache_teachers.py')}: error: {e}") from None
     for line in preset.describe():
@@ -57,7 +59,7 @@ def main(argv=None) -> str:
         augment=None if cache.no_augment else data_args.augment(), num_views=cache.num_views,
         top_k=cache.top_k if cache.storage == "topk" else None, dtype=cache.dtype, ensemble=cache.ensemble,
         seed=cache.seed, batch_size=cache.batch_size, image_column=data.image_column, label_column=data.label_column,
-        hash_images=cache.hash_images,
+        hash_images=cache.hash_images, max_shard_size=cache.max_shard_size,
         dataset_info={"id": data.source, "revision": data.revision, "train_split": data_args.train_split},
     )
     if is_main_process():
