@@ -263,6 +263,9 @@ class BenchmarkArguments:
     seeds: List[int] = field(default_factory=lambda: [0, 1, 2], metadata={
         "help": "Seeds: each draws its own fold split, labelled subset and initialisation (repeated k-fold)."})
     folds: int = field(default=5, metadata={"help": "k of the stratified k-fold split (--split kfold)."})
+    max_folds: int = field(default=0, metadata={
+        "help": "Run only the first N folds of each seed (0: all): a quicker look, whose table rests on part of the "
+                "images."})
     split: str = field(default="kfold", metadata={
         "help": "kfold: stratified k-fold over every image (the demo's teachers are trained per fold); holdout: the "
                 "dataset's own train / eval split, seeds only (for teachers that may have seen every fold).",
@@ -292,6 +295,8 @@ class BenchmarkArguments:
             self.teachers = [self.teachers]
         if self.split not in BENCHMARK_SPLITS:
             raise ValueError(f"--split must be one of {BENCHMARK_SPLITS}, got {self.split!r}")
+        if self.max_folds < 0:
+            raise ValueError(f"--max_folds must be >= 0, got {self.max_folds}")
         if self.folds < 2:
             raise ValueError(f"--folds must be at least 2 (k-fold), got {self.folds}")
         if not self.methods:

@@ -107,7 +107,7 @@ def make_splits(args: BenchmarkArguments, labels: np.ndarray, holdout_train: int
     for seed in args.seeds:
         if args.split == "kfold":
             folds = stratified_kfold(labels, args.folds, seed)
-            pairs = [(fold_train_indices(folds, f), folds[f]) for f in range(args.folds)]
+            pairs = [(fold_train_indices(folds, f), folds[f]) for f in range(args.max_folds or args.folds)]
         else:
             pairs = [(np.arange(holdout_train), np.arange(holdout_train, len(labels)))]
         out[seed] = [Split(seed, f, train, per_class_subset(labels, train, per_class, seed) if per_class else train,
