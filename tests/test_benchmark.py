@@ -109,3 +109,22 @@ def test_tiny_benchmark_table_is_the_paired_comparison_of_its_saved_predictions(
     benchmark.main(argv)
     assert capsys.readouterr().out.count("reused") == 3
     assert json.load(open(os.path.join(out, "benchmark.json")))["comparison"]["kd"]["eval_accuracy"]["n"] == 2
+
+
+def test_splits_and_equal_steps_on_the_digits():
+    args = benchmark.parse_benchmark_args(["--seeds", "0", "1", "--labels_per_class", "20", "--max_folds", "2",
+                                           "--equal_steps", "true"])
+    labels = np.asarray(load_all_digits()["label"])
+    splits = benchmarking.make_splits(args, labels, 0)
+    assert [len(s) for s in splits.values()] == [2, 2]  # --max_folds: the first 2 of 5 folds
+    first = splits[0][0]
+    assert len(first.labelled) == 200 and set(first.labelled) <= set(first.train)
+    assert len(first.train) + len(first.test) == 1797 and not set(first.train) & set(first.test)
+    assert not np.array_equal(splits[0][0].test, splits[1][0].test)  # each seed its own folds
+    assert benchmarking.test_train_ratio(args, splits) == 0.25
+    # 4 epochs over 1,437 or 1,438 images are ~29 epochs over 200
+    assert benchmarking.run_epochs(args, 4, first) == round(4 * len(first.train) / 200) == 29
+    args.equal_steps = False
+    assert benchmarking.run_epochs(args, 4, first) == 4
+    with pytest.raises(SystemExit, match="max_folds"):
+        benchmark.main(["--max_folds", "-1"])

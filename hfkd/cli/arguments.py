@@ -274,6 +274,10 @@ class BenchmarkArguments:
         "help": "The students train on this many labelled images per class of each training part (the same images "
                 "for every arm); 0: all of them. Default: the demo regime's on the embedded digits (docs/benchmark.md), "
                 "else 0."})
+    equal_steps: Optional[bool] = field(default=None, metadata={
+        "help": "With --labels_per_class: train each run for the optimizer steps its settings make on the whole "
+                "training part (its epochs x training images / labelled images), so that fewer labels do not also "
+                "mean fewer steps. Default: the demo regime's on the embedded digits (docs/benchmark.md), else false."})
     dataset: str = field(default=DEFAULT_DATASET, metadata={
         "help": "hfkd/digits (embedded, offline; the demo teachers are trained on each fold), or a Hub id, image "
                 "folder or parquet file with --teachers and --student."})

@@ -38,7 +38,8 @@ from .arguments import BenchmarkArguments, DataArguments
 from .demo import cached, demo_cache_path, train_demo_model
 from .distill import parse_distill_args
 from .pipeline import build_student, build_teachers, load_data, run
-from .preset import DEFAULT_TEACHER_EPOCHS, DEMO_LABELS_PER_CLASS, DEMO_STUDENT, DEMO_TEACHERS, is_demo_data
+from .preset import (DEFAULT_TEACHER_EPOCHS, DEMO_EQUAL_STEPS, DEMO_LABELS_PER_CLASS, DEMO_STUDENT, DEMO_TEACHERS,
+                     is_demo_data)
 
 #: metric -> (higher is better, how the table shows a difference)
 COMPARED = {"eval_accuracy": True, "eval_loss": False, "eval_ece": False}
@@ -100,6 +101,20 @@ def labels_per_class(args: BenchmarkArguments) -> int:
     return DEMO_LABELS_PER_CLASS if is_demo_data(args.dataset) else 0
 
 
+def equal_steps(args: BenchmarkArguments) -> bool:
+    if args.equal_steps is not None:
+        return args.equal_steps
+    return DEMO_EQUAL_STEPS if is_demo_data(args.dataset) else False
+
+
+def run_epochs(args: BenchmarkArguments, epochs: int, split: Split) -> int:
+    """``epochs`` over the labelled images, or, with ``--equal_steps``, as many as make the optimizer steps of
+    ``epochs`` over the whole training part."""
+    if not equal_steps(args) or len(split.labelled) >= len(split.train):
+        return epochs
+    return max(1, round(epochs * len(split.train) / len(split.labelled)))
+
+
 def make_splits(args: BenchmarkArguments, labels: np.ndarray, holdout_train: int) -> Dict[int, List[Split]]:
     """seed -> its splits: k stratified folds drawn with the seed (repeated k-fold), or the dataset's own split."""
     per_class = labels_per_class(args)
@@ -146,9 +161,10 @@ def fold_student_start(args: BenchmarkArguments, pool: Pool, split: Split) -> st
     run's labelled images (so it sees no label the baseline does not), cached per (seed, fold)."""
     data = pool.data(split.labelled, split.test)
     tag = _fold_tag(args, split) + f"-labels{len(split.labelled)}-seed{split.seed}"
-    path = demo_cache_path("demo_students", DEMO_STUDENT, DEFAULT_TEACHER_EPOCHS, seed=0, task="start-") + tag
-    return cached(path, lambda out: train_demo_model(DEMO_STUDENT, data, out, DEFAULT_TEACHER_EPOCHS,
-                                                     seed=split.seed, max_steps=args.max_steps))
+    epochs = run_epochs(args, DEFAULT_TEACHER_EPOCHS, split)
+    path = demo_cache_path("demo_students", DEMO_STUDENT, epochs, seed=0, task="start-") + tag
+    return cached(path, lambda out: train_demo_model(DEMO_STUDENT, data, out, epochs, seed=split.seed,
+                                                     max_steps=args.max_steps))
 
 
 # -- one run -------------------------------------------------------------------------------------------------
@@ -222,7 +238,7 @@ def run_arm(arm: str, settings, pool: Pool, split: Split, teachers: Sequence[str
     return record
 
 
-def arm_settings(args: BenchmarkArguments, method: str, student: Optional[str], folder: str):
+def arm_settings(args: BenchmarkArguments, method: str, student: Optional[str], folder: str, split: Split):
     """``hfkd distill --method NAME``'s settings (on the digits, its demo preset), with the benchmark's options."""
     argv = ["--method", method, "--dataset", args.dataset, "--output_dir", folder]
     if student:
@@ -233,7 +249,11 @@ def arm_settings(args: BenchmarkArguments, method: str, student: Optional[str], 
         argv += ["--num_train_epochs", str(args.num_train_epochs)]
     if args.max_steps > 0:
         argv += ["--max_steps", str(args.max_steps)]
-    return parse_distill_args(argv)
+    settings = parse_distill_args(argv)
+    if args.num_train_epochs is None:
+        epochs = run_epochs(args, settings.training.num_train_epochs, split)
+        settings.training = dataclasses.replace(settings.training, num_train_epochs=epochs)
+    return settings
 
 
 # -- the comparison ----------------------------------------------------------------------------------------------
@@ -319,7 +339,8 @@ def plot(path: str, comparison: Dict[str, Any], records: Dict[str, List[Dict[str
     return True
 
 
-def write_outputs(args: BenchmarkArguments, records, ratio: float, splits, per_class: int) -> Dict[str, Any]:
+def write_outputs(args: BenchmarkArguments, records, ratio: float, splits, per_class: int,
+                  quiet: bool = False) -> Dict[str, Any]:
     comparison = compare(records, args.methods, ratio, args.confidence)
     table = markdown(comparison, args.confidence)
     header = (f"hfkd benchmark: {args.dataset}, {args.split} ({args.folds} folds) x seeds {args.seeds}, "
@@ -331,6 +352,8 @@ def write_outputs(args: BenchmarkArguments, records, ratio: float, splits, per_c
     os.makedirs(args.output_dir, exist_ok=True)
     write_file_atomic(os.path.join(args.output_dir, "benchmark.json"), json.dumps(result, indent=2, default=str))
     write_file_atomic(os.path.join(args.output_dir, "benchmark.md"), f"{header}\n\n{table}\n")
+    if quiet:
+        return result
     if not plot(os.path.join(args.output_dir, "benchmark.png"), comparison, records):
         print('benchmark: matplotlib is not installed, so benchmark.png is not drawn (pip install "hfkd[plot]")')
     print(f"\n{header}\n\n{table}\n", flush=True)
@@ -369,16 +392,18 @@ def run_benchmark(args: BenchmarkArguments) -> Dict[str, Any]:
          for seed, ss in splits.items()}))
     demo = is_demo_data(args.dataset)
     records: Dict[str, List[Tuple[Dict, Dict]]] = {m: [] for m in args.methods}
-    for i, (seed, seed_splits) in enumerate(splits.items()):
-        if i:  # the table so far, while the next seed trains
-            write_outputs(args, records, ratio, splits, per_class)
+    done = 0
+    for seed, seed_splits in splits.items():
         for split in seed_splits:
+            if done:  # the table so far (a long benchmark can be read, or stopped, at any point)
+                write_outputs(args, records, ratio, splits, per_class, quiet=True)
+            done += 1
             teachers = fold_teachers(args, pool, split) if demo else list(args.teachers)
             for method in args.methods:
                 student = args.student
                 if demo and get_method_class(method).starts_from_trained_student and student is None:
                     student = fold_student_start(args, pool, split)
-                settings = arm_settings(args, method, student, args.output_dir)
+                settings = arm_settings(args, method, student, args.output_dir, split)
                 base = run_arm(BASELINE, settings, pool, split, teachers, args.output_dir)
                 result = run_arm(method, settings, pool, split, teachers, args.output_dir)
                 records[method].append((result, base))

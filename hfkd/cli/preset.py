@@ -40,6 +40,7 @@ DEMO_LEARNING_RATE = 1e-2
 # `hfkd benchmark`'s regime on the digits: the students train on this many labelled images per class of each fold's
 # training part (the teachers on all of it); 0: all.  Chosen on the baseline and classic KD only (docs/benchmark.md).
 DEMO_LABELS_PER_CLASS = 0
+DEMO_EQUAL_STEPS = False
 # Digits are not mirror-symmetric and lose their strokes under tiny crops.
 DEMO_AUGMENT = AugmentConfig(scale=(0.6, 1.0), hflip=0.0, color_jitter=None)
 
