@@ -30,6 +30,7 @@ COMMANDS: Dict[str, str] = {
     "push": "hfkd.cli.push:main",
     "compress": "hfkd.cli.compress:main",
     "cache": "hfkd.cli.cache:main",
+    "benchmark": "hfkd.cli.benchmark:main",
 }
 DESCRIPTIONS = {
     "distill": "distil a student with any registered method (--method NAME; the embedded demo by default)",
@@ -38,6 +39,7 @@ DESCRIPTIONS = {
     "push": "upload a saved student folder to the Hub in one commit",
     "compress": "prune, recover with KD, quantize to int8 and export a distilled student (docs/compression.md)",
     "cache": "run the teachers once and store their soft labels, to distil from without them (docs/teacher_cache.md)",
+    "benchmark": "the no-KD baseline and methods over seeds and folds, compared pair by pair (docs/benchmark.md)",
 }
 
 

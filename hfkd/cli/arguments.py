@@ -257,6 +257,73 @@ class CompressModelArguments:
         "help": "Instead of one run: prune once, then compare KD recovery with plain fine-tuning over these seeds."})
 
 
+BENCHMARK_SPLITS = ("kfold", "holdout")
+
+
+@dataclass
+class BenchmarkArguments:
+    """What ``hfkd benchmark`` compares, over which seeds and folds, and where it writes."""
+
+    _argument_group_name: ClassVar[str] = "benchmark"
+
+    methods: List[str] = field(default_factory=lambda: ["kd", "meal_v2"], metadata={
+        "help": "Methods to compare with the no-KD baseline, each with its `hfkd distill --method NAME` settings "
+                "(on the embedded digits: its demo preset)."})
+    seeds: List[int] = field(default_factory=lambda: [0, 1, 2], metadata={
+        "help": "Seeds: each draws its own fold split, labelled subset and initialisation (repeated k-fold)."})
+    folds: int = field(default=5, metadata={"help": "k of the stratified k-fold split (--split kfold)."})
+    max_folds: int = field(default=0, metadata={
+        "help": "Run only the first N folds of each seed (0: all): a quicker look, whose table rests on part of the "
+                "images."})
+    split: str = field(default="kfold", metadata={
+        "help": "kfold: stratified k-fold over every image (the demo's teachers are trained per fold); holdout: the "
+                "dataset's own train / eval split, seeds only (for teachers that may have seen every fold).",
+        "choices": list(BENCHMARK_SPLITS)})
+    labels_per_class: Optional[int] = field(default=None, metadata={
+        "help": "The students train on this many labelled images per class of each training part (the same images "
+                "for every arm); 0: all of them. Default: the demo regime's on the embedded digits (docs/benchmark.md), "
+                "else 0."})
+    equal_steps: Optional[bool] = field(default=None, metadata={
+        "help": "With --labels_per_class: train each run for the optimizer steps its settings make on the whole "
+                "training part (its epochs x training images / labelled images), so that fewer labels do not also "
+                "mean fewer steps. Default: the demo regime's on the embedded digits (docs/benchmark.md), else false."})
+    dataset: str = field(default=DEFAULT_DATASET, metadata={
+        "help": "hfkd/digits (embedded, offline; the demo teachers are trained on each fold), or a Hub id, image "
+                "folder or parquet file with --teachers and --student."})
+    student: Optional[str] = field(default=None, metadata={"help": "The student (default on the digits: the demo's)."})
+    teachers: List[str] = field(default_factory=list, metadata={
+        "help": "Teachers (required off the embedded digits; there they are trained on each fold)."})
+    output_dir: str = field(default="outputs/benchmark", metadata={
+        "help": "Where every run's predictions and the tables go; a finished run found there is reused."})
+    confidence: float = field(default=0.95, metadata={"help": "Confidence level of the intervals."})
+    num_train_epochs: Optional[int] = field(default=None, metadata={
+        "help": "Epochs of every student run (default: each method's own setting)."})
+    max_steps: int = field(default=-1, metadata={
+        "help": "Optimizer steps of every run, the demo's fold teachers too (> 0: a quick check, not a benchmark)."})
+
+    def __post_init__(self):
+        if isinstance(self.methods, str):
+            self.methods = [self.methods]
+        if isinstance(self.teachers, str):
+            self.teachers = [self.teachers]
+        if self.split not in BENCHMARK_SPLITS:
+            raise ValueError(f"--split must be one of {BENCHMARK_SPLITS}, got {self.split!r}")
+        if self.max_folds < 0:
+            raise ValueError(f"--max_folds must be >= 0, got {self.max_folds}")
+        if self.folds < 2:
+            raise ValueError(f"--folds must be at least 2 (k-fold), got {self.folds}")
+        if not self.methods:
+            raise ValueError("--methods is empty: name at least one method to compare with the baseline")
+        if not self.seeds:
+            raise ValueError("--seeds is empty: give at least one seed")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"--seeds repeats a seed: {self.seeds}")
+        if self.labels_per_class is not None and self.labels_per_class < 0:
+            raise ValueError(f"--labels_per_class must be >= 0, got {self.labels_per_class}")
+        if not 0 < self.confidence < 1:
+            raise ValueError(f"--confidence must be between 0 and 1, got {self.confidence}")
+
+
 # -- a method's run options, known without importing its workflow (which loads torch) ----------------------
 #: method -> the run options of its workflow (hfkd/cli/workflows); a method not listed runs DistillRunArguments
 RUN_ARGUMENTS: Dict[str, Type[RunArguments]] = {

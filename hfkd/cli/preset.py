@@ -37,6 +37,10 @@ DEMO_KD_EPOCHS = 4  # the compression demo's KD student: recipes/kd.py's demo se
 # reported seed) the no-KD baseline gave 2e-3: 92.50 %, 5e-3: 95.00, 1e-2: 97.22 (NLL 0.215), 2e-2: 97.22 (0.199);
 # SGD momentum lr 0.1 / 0.05 with weight decay 5e-4: 84.72 / 90.83.  Chosen on the baseline alone, not on KD.
 DEMO_LEARNING_RATE = 1e-2
+# `hfkd benchmark`'s regime on the digits: the students train on this many labelled images per class of each fold's
+# training part (the teachers on all of it); 0: all.  Chosen on the baseline and classic KD only (docs/benchmark.md).
+DEMO_LABELS_PER_CLASS = 0
+DEMO_EQUAL_STEPS = False
 # Digits are not mirror-symmetric and lose their strokes under tiny crops.
 DEMO_AUGMENT = AugmentConfig(scale=(0.6, 1.0), hflip=0.0, color_jitter=None)
 

@@ -24,13 +24,12 @@ def _digits_arrays():
         return data["images"], data["labels"]
 
 
-def load_default_dataset(image_size: int = DEFAULT_IMAGE_SIZE, validation_fraction: float = 0.2, seed: int = 0):
-    """The digits as a ``DatasetDict`` with ``train`` and ``validation`` splits.
+def load_all_digits(image_size: int = DEFAULT_IMAGE_SIZE):
+    """All 1,797 digits as one ``Dataset`` in the file's order (what k-fold benchmarks split).
 
-    Images are RGB PNGs of ``image_size`` pixels (bilinear upscaling of the
-    8x8 originals); the split is stratified and fixed by ``seed``.
+    Images are RGB PNGs of ``image_size`` pixels (bilinear upscaling of the 8x8 originals).
     """
-    from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
+    from datasets import ClassLabel, Dataset, Features, Image
     from PIL import Image as PILImage
 
     images, labels = _digits_arrays()
@@ -40,6 +39,16 @@ def load_default_dataset(image_size: int = DEFAULT_IMAGE_SIZE, validation_fracti
         for p in pixels
     ]
     features = Features({"image": Image(), "label": ClassLabel(names=[str(i) for i in range(10)])})
-    ds = Dataset.from_dict({"image": rgb, "label": labels.tolist()}, features=features)
+    return Dataset.from_dict({"image": rgb, "label": labels.tolist()}, features=features)
+
+
+def load_default_dataset(image_size: int = DEFAULT_IMAGE_SIZE, validation_fraction: float = 0.2, seed: int = 0):
+    """The digits as a ``DatasetDict`` with ``train`` and ``validation`` splits.
+
+    The split is stratified and fixed by ``seed``.
+    """
+    from datasets import DatasetDict
+
+    ds = load_all_digits(image_size)
     split = ds.train_test_split(test_size=validation_fraction, seed=seed, stratify_by_column="label")
     return DatasetDict(train=split["train"], validation=split["test"])

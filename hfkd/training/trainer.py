@@ -292,6 +292,30 @@ class DistillationTrainer:
         self.callbacks("on_evaluate", self, metrics)
         return metrics
 
+    @torch.no_grad()
+    def predict(self, eval_dataset=None) -> Dict[str, torch.Tensor]:
+        """The student's ``logits`` and the ``labels`` of every eval image (default: the eval set), in its order.
+
+        What a paired comparison of two runs needs (``hfkd benchmark``): the per-image outputs, not only the
+        metrics :meth:`evaluate` reduces them to.  Gathered from every process; on CPU.
+        """
+        student = self._student_module()
+        was_training = student.training
+        student.eval()
+        logits, labels = [], []
+        try:
+            for batch in self._eval_dataloader(eval_dataset):
+                with self.accelerator.autocast():
+                    out = student(batch["pixel_values"]).logits
+                out, y = self.accelerator.gather_for_metrics((out.float(), batch["labels"]))
+                logits.append(out.cpu())
+                labels.append(y.cpu())
+        finally:
+            student.train(was_training)
+        if not logits:
+            raise ValueError("the eval set is empty")
+        return {"logits": torch.cat(logits), "labels": torch.cat(labels)}
+
     def evaluate_teachers(self) -> Dict[str, Dict[str, float]]:
         """Each teacher's accuracy, and the ensemble's when there are several (measured once)."""
         if not self.teachers or self.eval_dataset is None or not self.method.reads_teacher_logits:

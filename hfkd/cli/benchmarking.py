@@ -1,0 +1,410 @@
+"""What ``hfkd benchmark`` runs: splits, fold teachers, the runs of every arm, the paired table and its plot.
+
+Layout of ``--output_dir``::
+
+    benchmark.json / benchmark.md / benchmark.png   the comparison (written after every seed, and at the end)
+    splits.json                                     every seed's folds: the test indices of each
+    runs/seed{S}/fold{F}/{arm}-{key}/               one training run: predictions.npz, then run.json
+
+A run is identified by everything it depends on (``key``: the method and its settings, the training settings,
+the starting student, the teachers, the training and test images); a folder with that key and a ``run.json``
+is a finished run and is reused, so a killed benchmark redoes only the run it was in.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import statistics
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data.default import DEFAULT_DATASET, load_all_digits
+from ..data.folds import fold_train_indices, per_class_subset, stratified_kfold
+from ..data.loading import ImageClassificationData
+from ..extras import is_installed
+from ..files import write_file_atomic
+from ..methods.registry import create_method, get_method_class
+from ..results import format_metric
+from ..stats import corrected_paired_ttest, kfold_test_train_ratio, paired_differences
+from ..tasks.evaluation import ECE_BINS, calibration_bins, calibration_error
+from .arguments import BenchmarkArguments, DataArguments
+from .demo import cached, demo_cache_path, train_demo_model
+from .distill import parse_distill_args
+from .pipeline import build_student, build_teachers, load_data, run
+from .preset import (DEFAULT_TEACHER_EPOCHS, DEMO_EQUAL_STEPS, DEMO_LABELS_PER_CLASS, DEMO_STUDENT, DEMO_TEACHERS,
+                     is_demo_data)
+
+#: metric -> (higher is better, how the table shows a difference)
+COMPARED = {"eval_accuracy": True, "eval_loss": False, "eval_ece": False}
+BASELINE = "baseline"
+
+
+# -- what a run is evaluated on and trained from --------------------------------------------------------------------
+@dataclass
+class Split:
+    """One (seed, fold): the images a run may train on (``train``), the labelled ones the students use, the test."""
+
+    seed: int
+    fold: int
+    train: np.ndarray
+    labelled: np.ndarray
+    test: np.ndarray
+
+
+@dataclass
+class Pool:
+    """Every image a benchmark draws from, with the columns and label names of the dataset."""
+
+    dataset: Any
+    image_column: str
+    label_column: str
+    label_names: Optional[List[str]]
+    source: str
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.asarray(self.dataset[self.label_column])
+
+    def data(self, train: np.ndarray, test: np.ndarray) -> ImageClassificationData:
+        return ImageClassificationData(
+            train=self.dataset.select(train.tolist()), eval=self.dataset.select(test.tolist()),
+            image_column=self.image_column, label_column=self.label_column, label_names=self.label_names,
+            source=self.source, eval_split="benchmark fold")
+
+
+def load_pool(args: BenchmarkArguments) -> Tuple[Pool, int]:
+    """The images (all 1,797 digits, or the dataset's train and eval splits together) and, for ``--split holdout``,
+    how many of them, from the start, are the training split."""
+    if is_demo_data(args.dataset):
+        return Pool(load_all_digits(), "image", "label", [str(i) for i in range(10)], DEFAULT_DATASET), 0
+    from datasets import concatenate_datasets  # required, slow to import
+
+    data = load_data(DataArguments(dataset=args.dataset), seed=0)
+    keep = [data.image_column, data.label_column]
+    parts = [data.train.select_columns(keep)]
+    if data.eval is not None:
+        parts.append(data.eval.select_columns(keep))
+    return Pool(concatenate_datasets(parts), data.image_column, data.label_column, data.label_names,
+                data.source), len(data.train)
+
+
+def labels_per_class(args: BenchmarkArguments) -> int:
+    if args.labels_per_class is not None:
+        return args.labels_per_class
+    return DEMO_LABELS_PER_CLASS if is_demo_data(args.dataset) else 0
+
+
+def equal_steps(args: BenchmarkArguments) -> bool:
+    if args.equal_steps is not None:
+        return args.equal_steps
+    return DEMO_EQUAL_STEPS if is_demo_data(args.dataset) else False
+
+
+def run_epochs(args: BenchmarkArguments, epochs: int, split: Split) -> int:
+    """``epochs`` over the labelled images, or, with ``--equal_steps``, as many as make the optimizer steps of
+    ``epochs`` over the whole training part."""
+    if not equal_steps(args) or len(split.labelled) >= len(split.train):
+        return epochs
+    return max(1, round(epochs * len(split.train) / len(split.labelled)))
+
+
+def make_splits(args: BenchmarkArguments, labels: np.ndarray, holdout_train: int) -> Dict[int, List[Split]]:
+    """seed -> its splits: k stratified folds drawn with the seed (repeated k-fold), or the dataset's own split."""
+    per_class = labels_per_class(args)
+    out: Dict[int, List[Split]] = {}
+    for seed in args.seeds:
+        if args.split == "kfold":
+            folds = stratified_kfold(labels, args.folds, seed)
+            pairs = [(fold_train_indices(folds, f), folds[f]) for f in range(args.max_folds or args.folds)]
+        else:
+            pairs = [(np.arange(holdout_train), np.arange(holdout_train, len(labels)))]
+        out[seed] = [Split(seed, f, train, per_class_subset(labels, train, per_class, seed) if per_class else train,
+                           test) for f, (train, test) in enumerate(pairs)]
+    return out
+
+
+def test_train_ratio(args: BenchmarkArguments, splits: Dict[int, List[Split]]) -> float:
+    """``n_test / n_train`` of the correction: of the split itself (the training part, whatever a method's recipe
+    then uses of it: the labelled subset, teachers trained on all of it)."""
+    if args.split == "kfold":
+        return kfold_test_train_ratio(args.folds)
+    first = next(iter(splits.values()))[0]
+    return len(first.test) / len(first.train)
+
+
+# -- teachers and starting students trained on one fold ----------------------------------------------------------
+def _fold_tag(args: BenchmarkArguments, split: Split) -> str:
+    steps = f"-steps{args.max_steps}" if args.max_steps > 0 else ""
+    return f"-{args.folds}fold{split.fold}-split{split.seed}{steps}"
+
+
+def fold_teachers(args: BenchmarkArguments, pool: Pool, split: Split) -> List[str]:
+    """The demo teachers trained on the fold's whole training part (never its test images), cached per fold."""
+    data = pool.data(split.train, split.test)
+    paths = []
+    for name, epochs in DEMO_TEACHERS.items():
+        path = demo_cache_path("demo_teachers", name, epochs, seed=0) + _fold_tag(args, split)
+        paths.append(cached(path, lambda out, name=name, epochs=epochs: train_demo_model(
+            name, data, out, epochs, seed=0, max_steps=args.max_steps)))
+    return paths
+
+
+def fold_student_start(args: BenchmarkArguments, pool: Pool, split: Split) -> str:
+    """MEAL V2's stand-in for pretrained weights on the demo: the demo student trained with cross-entropy on the
+    run's labelled images (so it sees no label the baseline does not), cached per (seed, fold)."""
+    data = pool.data(split.labelled, split.test)
+    tag = _fold_tag(args, split) + f"-labels{len(split.labelled)}-seed{split.seed}"
+    epochs = run_epochs(args, DEFAULT_TEACHER_EPOCHS, split)
+    path = demo_cache_path("demo_students", DEMO_STUDENT, epochs, seed=0, task="start-") + tag
+    return cached(path, lambda out: train_demo_model(DEMO_STUDENT, data, out, epochs, seed=split.seed,
+                                                     max_steps=args.max_steps))
+
+
+# -- one run -------------------------------------------------------------------------------------------------
+def prediction_metrics(logits: np.ndarray, labels: np.ndarray) -> Dict[str, float]:
+    """Top-1, NLL and ECE (15 equal-width confidence bins) of saved predictions, as ``hfkd eval`` measures them."""
+    x, y = torch.from_numpy(np.asarray(logits, dtype=np.float32)), torch.from_numpy(np.asarray(labels)).long()
+    return {"eval_accuracy": float((x.argmax(-1) == y).double().mean()),
+            "eval_loss": float(F.cross_entropy(x, y)),
+            "eval_ece": calibration_error(calibration_bins(x.softmax(-1), y), len(y))}
+
+
+def _digest(values: Any) -> str:
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+# Settings that do not change what a run computes
+_NOT_IN_KEY = {"output_dir", "logging_steps", "logging_dir", "report_to", "overwrite_output_dir",
+               "resume_from_checkpoint", "run_name", "push_to_hub", "hub_model_id", "hub_private_repo", "hub_revision",
+               "eval_teachers", "disable_tqdm", "save_strategy", "eval_strategy", "save_total_limit", "save_steps"}
+
+
+def run_key(arm: str, settings, training, teachers: Sequence[str], split: Split) -> str:
+    method_config = {} if arm == BASELINE else dataclasses.asdict(settings.method_config)
+    return _digest({
+        "arm": arm if arm == BASELINE else settings.method, "method_config": method_config,
+        "training": {k: v for k, v in dataclasses.asdict(training).items() if k not in _NOT_IN_KEY},
+        "augment": dataclasses.asdict(settings.data.augment()),
+        "student": [settings.model.student, settings.model.student_pretrained, settings.model.image_size],
+        "teachers": list(teachers), "train": _digest(split.labelled.tolist()), "test": _digest(split.test.tolist()),
+    })
+
+
+def _save_npz(path: str, **arrays) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    write_file_atomic(path, buffer.getvalue())
+
+
+def run_arm(arm: str, settings, pool: Pool, split: Split, teachers: Sequence[str], folder: str) -> Dict[str, Any]:
+    """Train ``arm`` (a method, or the baseline: cross-entropy with the method's settings) on the split's labelled
+    images, save its predictions on the test images; reuse a finished run with the same key."""
+    training = dataclasses.replace(settings.training, seed=split.seed, save_strategy="no", eval_strategy="no",
+                                   report_to=[], resume_from_checkpoint=None)
+    teachers = [] if arm == BASELINE else list(teachers)
+    key = run_key(arm, settings, training, teachers, split)
+    out = os.path.join(folder, "runs", f"seed{split.seed}", f"fold{split.fold}", f"{arm}-{key}")
+    record_path = os.path.join(out, "run.json")
+    if os.path.isfile(record_path) and os.path.isfile(os.path.join(out, "predictions.npz")):
+        with open(record_path, encoding="utf-8") as f:
+            record = json.load(f)
+        if record.get("key") == key:
+            print(f"benchmark: seed {split.seed} fold {split.fold} {arm}: reused {out}", flush=True)
+            return record
+    method = create_method("supervised") if arm == BASELINE else settings.create_method()
+    data = pool.data(split.labelled, split.test)
+    student = build_student(settings.model, data, seed=split.seed)
+    loaded = build_teachers(settings.model, student, teachers, check_classes=method.reads_teacher_logits) \
+        if teachers else []
+    trainer, trainer_metrics = run(method, student, loaded, data, dataclasses.replace(training, output_dir=out),
+                                   settings.data, save=False)
+    predicted = trainer.predict()
+    logits, labels = predicted["logits"].numpy(), predicted["labels"].numpy()
+    _save_npz(os.path.join(out, "predictions.npz"), logits=logits, labels=labels, indices=split.test)
+    record = {"key": key, "arm": arm, "method": settings.method if arm != BASELINE else "supervised",
+              "seed": split.seed, "fold": split.fold, "train_images": len(split.labelled),
+              "test_images": len(split.test), "student": settings.model.student, "teachers": teachers,
+              "metrics": prediction_metrics(logits, labels),
+              "teacher_metrics": {k: {m: v.get(m) for m in COMPARED} for k, v in trainer.teacher_metrics.items()},
+              "steps": trainer.state.global_step, "train_runtime": trainer.state.train_runtime}
+    write_file_atomic(record_path, json.dumps(record, indent=2, default=str))  # last: the run is finished
+    return record
+
+
+def arm_settings(args: BenchmarkArguments, method: str, student: Optional[str], folder: str, split: Split):
+    """``hfkd distill --method NAME``'s settings (on the digits, its demo preset), with the benchmark's options."""
+    argv = ["--method", method, "--dataset", args.dataset, "--output_dir", folder]
+    if student:
+        argv += ["--student", student]
+        if student != args.student:  # a saved starting student (MEAL V2 on the demo)
+            argv += ["--student_pretrained", "true"]
+    if args.num_train_epochs is not None:
+        argv += ["--num_train_epochs", str(args.num_train_epochs)]
+    if args.max_steps > 0:
+        argv += ["--max_steps", str(args.max_steps)]
+    settings = parse_distill_args(argv)
+    if args.num_train_epochs is None:
+        epochs = run_epochs(args, settings.training.num_train_epochs, split)
+        settings.training = dataclasses.replace(settings.training, num_train_epochs=epochs)
+    return settings
+
+
+# -- the comparison ----------------------------------------------------------------------------------------------
+def compare(records: Dict[str, List[Dict[str, Any]]], methods: Sequence[str], ratio: float,
+            confidence: float) -> Dict[str, Any]:
+    """method -> metric -> the paired comparison with its baseline runs (same seed and fold), plus the means."""
+    out: Dict[str, Any] = {}
+    for method in methods:
+        pairs = records.get(method, [])
+        if not pairs:
+            continue
+        entry: Dict[str, Any] = {"pairs": [(r["seed"], r["fold"]) for r, _ in pairs]}
+        for metric, higher in COMPARED.items():
+            m = [r["metrics"][metric] for r, _ in pairs]
+            b = [base["metrics"][metric] for _, base in pairs]
+            comparison = corrected_paired_ttest(paired_differences(m, b), ratio, confidence, higher)
+            entry[metric] = {"method_mean": statistics.fmean(m), "baseline_mean": statistics.fmean(b),
+                             **comparison.as_dict()}
+        teachers = [r["teacher_metrics"] for r, _ in pairs if r.get("teacher_metrics")]
+        if teachers:
+            entry["teachers_accuracy"] = {k: statistics.fmean(t[k]["eval_accuracy"] for t in teachers)
+                                          for k in teachers[0]}
+        out[method] = entry
+    return out
+
+
+def _interval(metric: str, c: Dict[str, Any]) -> str:
+    if c["ci_low"] is None:
+        return format_metric(metric, c["mean"], signed=True)
+    return (f"{format_metric(metric, c['mean'], signed=True)} [{format_metric(metric, c['ci_low'], signed=True)}, "
+            f"{format_metric(metric, c['ci_high'], signed=True)}]")
+
+
+def markdown(comparison: Dict[str, Any], confidence: float) -> str:
+    level = f"{100 * confidence:g} %"
+    lines = [f"| method | pairs | baseline top-1 (%) | method top-1 (%) | Δ top-1 (points) [{level} CI] | top-1 | "
+             f"W/T/L | Δ NLL [{level} CI] | NLL | Δ ECE (points) [{level} CI] | ECE | teachers top-1 (%) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for method, e in comparison.items():
+        acc, nll, ece = e["eval_accuracy"], e["eval_loss"], e["eval_ece"]
+        teachers = " / ".join(format_metric("eval_accuracy", v) for v in e.get("teachers_accuracy", {}).values())
+        lines.append(
+            f"| {method} | {acc['n']} | {format_metric('eval_accuracy', acc['baseline_mean'])} | "
+            f"{format_metric('eval_accuracy', acc['method_mean'])} | {_interval('eval_accuracy', acc)} | "
+            f"{acc['verdict']} | {acc['wins']}/{acc['ties']}/{acc['losses']} | {_interval('eval_loss', nll)} | "
+            f"{nll['verdict']} | {_interval('eval_ece', ece)} | {ece['verdict']} | {teachers or '-'} |")
+    return "\n".join(lines)
+
+
+def plot(path: str, comparison: Dict[str, Any], records: Dict[str, List[Dict[str, Any]]]) -> bool:
+    """Mean top-1 difference with its interval per method; top-1 per (seed, fold) of each method and its baseline."""
+    if not is_installed("matplotlib"):
+        return False
+    import matplotlib  # the plot extra
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    names = list(comparison)
+    for i, name in enumerate(names):
+        c = comparison[name]["eval_accuracy"]
+        low, high = c["ci_low"], c["ci_high"]
+        err = [[100 * (c["mean"] - low)], [100 * (high - c["mean"])]] if low is not None else None
+        left.errorbar([100 * c["mean"]], [i], xerr=err, fmt="o", capsize=4)
+    left.axvline(0, color="grey", lw=1)
+    left.set_yticks(range(len(names)), names)
+    left.set_xlabel("top-1, method − baseline (points), mean and CI")
+    for name in names:
+        pairs = records[name]
+        x = range(len(pairs))
+        right.plot(x, [100 * r["metrics"]["eval_accuracy"] for r, _ in pairs], "o-", label=name)
+        right.plot(x, [100 * b["metrics"]["eval_accuracy"] for _, b in pairs], "x--", label=f"{name}'s baseline")
+        right.set_xticks(list(x), [f"s{r['seed']}f{r['fold']}" for r, _ in pairs], rotation=90, fontsize=7)
+    right.set_ylabel("top-1 (%)")
+    right.set_xlabel("seed, fold")
+    right.legend(fontsize=7)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    write_file_atomic(path, buffer.getvalue())
+    return True
+
+
+def write_outputs(args: BenchmarkArguments, records, ratio: float, splits, per_class: int,
+                  quiet: bool = False) -> Dict[str, Any]:
+    comparison = compare(records, args.methods, ratio, args.confidence)
+    table = markdown(comparison, args.confidence)
+    header = (f"hfkd benchmark: {args.dataset}, {args.split} ({args.folds} folds) x seeds {args.seeds}, "
+              f"students on {per_class or 'all'} labelled image(s) per class; n_test/n_train = {ratio:.4g}; "
+              f"ECE over {ECE_BINS} equal-width confidence bins")
+    result = {"settings": dataclasses.asdict(args), "labels_per_class": per_class, "test_train_ratio": ratio,
+              "ece_bins": ECE_BINS, "comparison": comparison,
+              "runs": {m: [{"method": r, "baseline": b} for r, b in pairs] for m, pairs in records.items()}}
+    os.makedirs(args.output_dir, exist_ok=True)
+    write_file_atomic(os.path.join(args.output_dir, "benchmark.json"), json.dumps(result, indent=2, default=str))
+    write_file_atomic(os.path.join(args.output_dir, "benchmark.md"), f"{header}\n\n{table}\n")
+    if quiet:
+        return result
+    if not plot(os.path.join(args.output_dir, "benchmark.png"), comparison, records):
+        print('benchmark: matplotlib is not installed, so benchmark.png is not drawn (pip install "hfkd[plot]")')
+    print(f"\n{header}\n\n{table}\n", flush=True)
+    return result
+
+
+def check_teachers(args: BenchmarkArguments) -> None:
+    """Off the embedded digits the teachers are the user's, trained once, maybe on every fold's test images."""
+    needs = [m for m in args.methods if get_method_class(m).min_teachers > 0]
+    if is_demo_data(args.dataset):
+        if args.teachers:
+            raise ValueError("on the embedded digits the benchmark trains the demo teachers on each fold; "
+                             "--teachers would have seen the test images of other folds: leave them out")
+        return
+    if needs and not args.teachers:
+        raise ValueError(f"{', '.join(needs)} need --teachers trained on {args.dataset}")
+    if needs and args.split == "kfold":
+        raise ValueError(
+            f"--split kfold on {args.dataset}: your teachers were trained once, so they may have seen every fold's "
+            f"test images, which would leak them into the comparison of {', '.join(needs)}. Use --split holdout "
+            "(seeds over the dataset's own train / eval split; the teachers must not have seen its eval split)")
+    if args.student is None:
+        raise ValueError(f"--student is required on {args.dataset}")
+
+
+def run_benchmark(args: BenchmarkArguments) -> Dict[str, Any]:
+    check_teachers(args)
+    pool, holdout_train = load_pool(args)
+    labels = pool.labels
+    splits = make_splits(args, labels, holdout_train)
+    ratio = test_train_ratio(args, splits)
+    per_class = labels_per_class(args)
+    os.makedirs(args.output_dir, exist_ok=True)
+    write_file_atomic(os.path.join(args.output_dir, "splits.json"), json.dumps(
+        {str(seed): {"folds": [s.test.tolist() for s in ss], "labelled": [s.labelled.tolist() for s in ss]}
+         for seed, ss in splits.items()}))
+    demo = is_demo_data(args.dataset)
+    records: Dict[str, List[Tuple[Dict, Dict]]] = {m: [] for m in args.methods}
+    done = 0
+    for seed, seed_splits in splits.items():
+        for split in seed_splits:
+            if done:  # the table so far (a long benchmark can be read, or stopped, at any point)
+                write_outputs(args, records, ratio, splits, per_class, quiet=True)
+            done += 1
+            teachers = fold_teachers(args, pool, split) if demo else list(args.teachers)
+            for method in args.methods:
+                student = args.student
+                if demo and get_method_class(method).starts_from_trained_student and student is None:
+                    student = fold_student_start(args, pool, split)
+                settings = arm_settings(args, method, student, args.output_dir, split)
+                base = run_arm(BASELINE, settings, pool, split, teachers, args.output_dir)
+                result = run_arm(method, settings, pool, split, teachers, args.output_dir)
+                records[method].append((result, base))
+    return write_outputs(args, records, ratio, splits, per_class)
