@@ -49,3 +49,167 @@ def test_accelerate_launch_use_fsdp_on_cpu_is_refused_before_training(tmp_path):
     assert "PREPARED" not in proc.stdout, proc.stdout  # before the fix: "PREPARED MULTI_CPU DistributedDataParallel"
     assert proc.returncode != 0
     assert "Accelerate runs MULTI_CPU on 2 process(es)" in proc.stderr, proc.stderr[-4000:]
+
+
+# -- sharded training (hfkd/training/fsdp.py) ----------------------------------------------------------------
+def _fsdp_run(**plugin_settings):
+    """An Accelerator as an FSDP launch makes it: distributed type FSDP and Accelerate's plugin, set as given."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    plugin = FullyShardedDataParallelPlugin(fsdp_version=2)
+    for name, value in plugin_settings.items():
+        setattr(plugin, name, value)
+    return SimpleNamespace(distributed_type=DistributedType.FSDP, num_processes=2,
+                           state=SimpleNamespace(fsdp_plugin=plugin))
+
+
+def _args(tmp_path, **overrides):
+    from hfkd import DistillationArguments
+
+    return DistillationArguments(output_dir=str(tmp_path), **overrides)
+
+
+def test_a_sharded_run_lists_everything_fsdp_cannot_do_at_once(tmp_path):
+    from hfkd.training import fsdp
+
+    accelerator = _fsdp_run(fsdp_version=1, activation_checkpointing=True, cpu_ram_efficient_loading=True)
+    with pytest.raises(ValueError) as refused:
+        fsdp.check_fsdp_run(accelerator, _args(tmp_path, model_ema=True, torch_compile=True))
+    message = str(refused.value)
+    for reason in ("--fsdp_version 2", "model_ema keeps a full copy", "torch_compile",
+                   "fsdp_activation_checkpointing false", "fsdp_cpu_ram_efficient_loading false"):
+        assert reason in message, message
+    fsdp.check_fsdp_run(_fsdp_run(), _args(tmp_path))  # FSDP2 with its defaults trains
+
+
+def test_shard_teachers_needs_an_fsdp_launch(tmp_path):
+    from hfkd.training import fsdp
+
+    with pytest.raises(ValueError, match="shard_teachers .* needs an FSDP launch"):
+        fsdp.check_fsdp_run(_Acc(DistributedType.MULTI_CPU), _args(tmp_path, shard_teachers=True))
+    fsdp.check_fsdp_run(_Acc(DistributedType.MULTI_CPU), _args(tmp_path))
+    fsdp.check_fsdp_run(_fsdp_run(), _args(tmp_path, shard_teachers=True))
+
+
+def test_checkpoints_of_a_sharded_run_are_sharded(tmp_path):
+    from torch.distributed.fsdp import StateDictType
+
+    from hfkd.training import fsdp
+
+    accelerator = _fsdp_run()
+    accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+    fsdp.check_fsdp_run(accelerator, _args(tmp_path))
+    assert accelerator.state.fsdp_plugin.state_dict_type == StateDictType.SHARDED_STATE_DICT
+
+
+def test_the_student_blocks_become_units_innermost_first():
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from hfkd import create_backbone
+    from hfkd.training import fsdp
+
+    vit = create_backbone("test_vit", num_classes=10, pretrained=False, image_size=32)
+    blocks = fsdp.student_blocks(vit)
+    assert {id(b) for b in blocks} == {id(b) for b in vit.model.blocks} and len(blocks) == len(vit.model.blocks) > 1
+    resnet = create_backbone("test_resnet", num_classes=10, pretrained=False, image_size=32)
+    residual = [b for layer in (resnet.model.layer1, resnet.model.layer2, resnet.model.layer3, resnet.model.layer4)
+                for b in layer]
+    chosen = fsdp.student_blocks(resnet)
+    assert {id(b) for b in chosen} == {id(b) for b in residual}  # not the stem's or the shortcuts' layers
+    # a parent after its children: FSDP2 shards bottom-up
+    position = {id(m): i for i, m in enumerate(chosen)}
+    for parent in chosen:
+        for child in parent.modules():
+            if child is not parent and id(child) in position:
+                assert position[id(child)] < position[id(parent)]
+    config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                       image_size=32, patch_size=8, num_labels=10)
+    hf = create_backbone(ViTForImageClassification(config))
+    assert [type(m).__name__ for m in fsdp.student_blocks(hf)].count("ViTLayer") == 2  # its _no_split_modules
+    assert [type(m).__name__ for m in fsdp.student_blocks(vit, ["Mlp"])] == ["Mlp"] * len(blocks)
+    with pytest.raises(ValueError, match="no module of those classes"):
+        fsdp.student_blocks(vit, ["NoSuchBlock"])
+
+
+def test_an_unsharded_skeleton_takes_no_memory_and_is_filled_by_a_state_dict():
+    import torch
+
+    from hfkd import create_backbone
+    from hfkd.training import fsdp
+
+    torch.manual_seed(0)
+    student = create_backbone("test_vit", num_classes=10, pretrained=False, image_size=32).eval()
+    student.model.register_buffer("not_saved", torch.arange(3.0), persistent=False)
+    skeleton = fsdp.unsharded_skeleton(student)
+    assert all(p.is_meta for p in skeleton.parameters())
+    assert all(p.is_meta for n, p in skeleton.state_dict().items())
+    assert torch.equal(skeleton.model.not_saved, torch.arange(3.0))  # not in a state dict: copied
+    assert not any(p.is_meta for p in student.parameters())  # the original keeps its weights
+    filled = fsdp.materialize(skeleton, {k: v.clone() for k, v in student.state_dict().items()})
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(filled(x).logits, student(x).logits)
+    assert filled.preprocess == student.preprocess and filled.source == student.source
+
+
+@pytest.mark.slow
+def test_fully_shard_on_two_cpu_processes_matches_one_unsharded_process_and_resumes(tmp_path):
+    """tests/scripts/fsdp_shard.py: KD (sharded teacher) and MEAL V2 (discriminator), 4 clipped SGD steps each."""
+    import json
+
+    from helpers.launch import run_two_processes
+
+    run_two_processes(os.path.join(ROOT, "tests", "scripts", "fsdp_shard.py"), str(tmp_path))
+    results = json.loads((tmp_path / "result.json").read_text())
+    assert sorted(results) == ["kd", "meal_v2"]
+    for method, r in results.items():
+        # sharded: blocks, the student and the root are units; each process holds half of a weight's rows
+        assert r["units"] == ["FSDPBlock", "FSDPDistillationModule", "FSDPTimmBackbone"], r["units"]
+        assert r["local_shapes"]["model.patch_embed.proj.weight"][0] * 2 == r["global_rows"]
+        assert r["weights_vs_reference"] < 1e-6, (method, r)  # student and method modules, gathered
+        assert r["logits_vs_reference"] < 1e-5, (method, r)  # the student unit called alone (evaluation)
+        assert r["grad_norms"] == pytest.approx(r["reference_grad_norms"], rel=1e-5)  # clipped alike
+        assert r["resumed_vs_uninterrupted"] == 0.0, (method, r)  # the sharded checkpoint's next step
+        assert r["saved_vs_reference"] < 1e-6, (method, r)  # the gathered student, saved as a timm folder
+        assert r["checkpoint_files"] == ["optimizer_0", "pytorch_model_fsdp_0"]
+    assert results["meal_v2"]["method_keys"] and all(k.startswith("method.discriminator.")
+                                                      for k in results["meal_v2"]["method_keys"])
+
+
+def _cuda_devices() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_cuda_devices() < 2, reason="Accelerate runs FSDP only on GPUs (on CPU processes it prepares "
+                                               "DDP): the trainer's sharded path needs at least 2 CUDA devices")
+@pytest.mark.parametrize("shard_teachers", [False, True])
+def test_the_trainer_under_accelerate_fsdp2_saves_resumes_and_gathers_the_student(tmp_path, shard_teachers):
+    import json
+
+    import torch
+    from safetensors.torch import load_file
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HFKD_CACHE=str(tmp_path / "cache"),
+               PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+    script = os.path.join(ROOT, "tests", "scripts", "fsdp_train.py")
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+              "--use_fsdp", "--fsdp_version", "2", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", "0", script, str(tmp_path)]
+    for tag, extra in (("full", []), ("resumed", ["--resume"])):
+        cmd = launch + [tag] + extra + (["--shard_teachers"] if shard_teachers else [])
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-6000:]
+    full = json.loads((tmp_path / "full.json").read_text())
+    resumed = json.loads((tmp_path / "resumed.json").read_text())
+    assert full["distributed_type"] == "DistributedType.FSDP" and full["sharded"] and full["steps"] == 6
+    assert resumed["steps"] == 6
+    assert "pytorch_model_fsdp_0" in full["checkpoint_files"] and "optimizer_0" in full["checkpoint_files"]
+    a = load_file(str(tmp_path / "student-full" / "model.safetensors"))
+    b = load_file(str(tmp_path / "student-resumed" / "model.safetensors"))
+    assert sorted(a) == sorted(b)
+    assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) < 1e-5
+    assert not any(torch.isnan(v).any() for v in a.values())
