@@ -2,6 +2,7 @@
 
 Accelerate shards only on GPUs; on CPU processes `accelerate launch --use_fsdp` silently prepares DDP.
 """
+import math
 import os
 import subprocess
 import sys
@@ -155,14 +156,19 @@ def test_an_unsharded_skeleton_takes_no_memory_and_is_filled_by_a_state_dict():
 
 @pytest.mark.slow
 def test_fully_shard_on_two_cpu_processes_matches_one_unsharded_process_and_resumes(tmp_path):
-    """tests/scripts/fsdp_shard.py: KD (sharded teacher) and MEAL V2 (discriminator), 4 clipped SGD steps each."""
+    """tests/scripts/fsdp_shard.py: KD (sharded teacher) and MEAL V2 (discriminator), 4 clipped SGD steps each;
+    FEED one step in bf16."""
     import json
 
     from helpers.launch import run_two_processes
 
     run_two_processes(os.path.join(ROOT, "tests", "scripts", "fsdp_shard.py"), str(tmp_path))
     results = json.loads((tmp_path / "result.json").read_text())
-    assert sorted(results) == ["kd", "meal_v2"]
+    assert sorted(results) == ["feed_bf16", "kd", "meal_v2"]
+    # bf16 units: the student's outputs reach FEED's float32 transforms in float32; the weights stay float32
+    bf16 = results.pop("feed_bf16")
+    assert bf16["output_dtypes"] == ["torch.float32"] and bf16["weight_dtypes"] == ["torch.float32"], bf16
+    assert math.isfinite(bf16["loss"]), bf16
     for method, r in results.items():
         # sharded: blocks, the student and the root are units; each process holds half of a weight's rows
         assert r["units"] == ["FSDPBlock", "FSDPDistillationModule", "FSDPTimmBackbone"], r["units"]

@@ -7,8 +7,8 @@ the shards, and Accelerate takes the module already sharded (:func:`prepare_shar
 - every block of the student (a transformers model's ``_no_split_modules`` classes, else the elements of a
   ``Sequential`` / ``ModuleList`` that hold layers: ResNet's residual blocks, ViT's blocks), or the
   classes Accelerate's ``fsdp_transformer_layer_cls_to_wrap`` names when given, then the student itself, each
-  a unit in Accelerate's mixed-precision policy.  The student is a unit of its own so that evaluation can call
-  it alone;
+  a unit in Accelerate's mixed-precision policy (the student's outputs in float32).  The student is a unit of its
+  own so that evaluation can call it alone;
 - the root: the method's modules (a discriminator, projectors) and anything else, in float32 (the methods
   run their small modules outside autocast, on float32 inputs).
 
@@ -21,6 +21,7 @@ unsharded copy (:func:`unsharded_skeleton`, made on the meta device, so it costs
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from typing import Dict, Iterable, List, Optional, Sequence
 
@@ -146,15 +147,19 @@ def shard_distillation_module(module: nn.Module, *, mesh=None, mp_policy=None, o
                               reshard_after_forward: bool = True, block_class_names: Optional[Sequence[str]] = None):
     """Shard a :class:`~hfkd.training.trainer.DistillationModule` in place with torch's ``fully_shard``; returns it.
 
-    ``mp_policy`` (a ``MixedPrecisionPolicy``) applies to the student's units; the root (the method's modules)
-    keeps float32.  Call after the method's ``setup`` (its modules exist) and before the optimiser is built.
+    ``mp_policy`` (a ``MixedPrecisionPolicy``) applies to the student's units, whose outputs are float32; the root
+    (the method's modules) keeps float32.  Call after the method's ``setup`` (its modules exist) and before the optimiser is built.
     """
     from torch.distributed.fsdp import MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
     common = dict(mesh=mesh, offload_policy=offload_policy or OffloadPolicy())
-    student_policy = mp_policy or MixedPrecisionPolicy()
+    block_policy = mp_policy or MixedPrecisionPolicy()
     for block in student_blocks(module.student, block_class_names):
-        fully_shard(block, mp_policy=student_policy, reshard_after_forward=reshard_after_forward, **common)
+        fully_shard(block, mp_policy=block_policy, reshard_after_forward=reshard_after_forward, **common)
+    # The student's outputs leave it in float32: the method's float32 modules take them (FEED's transforms
+    # failed on bf16 feature maps), as the losses do.
+    student_policy = dataclasses.replace(block_policy, output_dtype=torch.float32) \
+        if block_policy.param_dtype not in (None, torch.float32) else block_policy
     fully_shard(module.student, mp_policy=student_policy, reshard_after_forward=reshard_after_forward, **common)
     fully_shard(module, mp_policy=MixedPrecisionPolicy(), **common)
     return module

@@ -13,6 +13,7 @@ For each method (KD with a sharded teacher, MEAL V2 with its discriminator and a
    evaluation logits (the student unit called alone) with the reference student's;
 3. a module built from other weights, sharded, loaded from the checkpoint: its step 4 must equal 2.'s.
 
+Then FEED (its transforms take the student's feature maps) for one step with the student's units in bf16.
 The main process also saves the gathered student with ``save_student`` (an unsharded copy filled with the
 full state dict).  Rank 0 writes ``OUT_DIR/result.json``.
 """
@@ -177,10 +178,30 @@ def run(method_name: str, accelerator, mesh, out_dir: str) -> dict:
     return result
 
 
+def run_in_bf16(method_name: str, accelerator, mesh, out_dir: str) -> dict:
+    """One step of a method whose modules take the student's feature maps, the student's units in bf16."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    module, teacher, args = build(method_name, 0, out_dir)
+    bf16 = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.bfloat16)
+    fsdp.shard_distillation_module(module, mesh=mesh, mp_policy=bf16)
+    optimizer = optimizer_for(module, args)
+    generator = torch.Generator().manual_seed(11)
+    batch = {"pixel_values": torch.randn(4, 3, 32, 32, generator=generator),
+             "labels": torch.randint(0, CLASSES, (4,), generator=generator)}
+    loss = module(batch, [teacher(batch["pixel_values"], module.method.teacher_request)]).loss
+    loss.backward()
+    optimizer.step()
+    out = module.student(batch["pixel_values"], module.method.student_request)
+    return {"loss": float(loss), "output_dtypes": sorted({str(t.dtype) for t in [out.logits, *out.feature_maps.values()]}),
+            "weight_dtypes": sorted({str(p.dtype) for p in module.parameters()})}
+
+
 def main(out_dir: str) -> None:
     accelerator = Accelerator(cpu=True)
     mesh = init_device_mesh("cpu", (accelerator.num_processes,))
     results = {name: run(name, accelerator, mesh, out_dir) for name in ("kd", "meal_v2")}
+    results["feed_bf16"] = run_in_bf16("feed", accelerator, mesh, out_dir)
     if accelerator.is_main_process:
         with open(os.path.join(out_dir, "result.json"), "w", encoding="utf-8") as f:
             json.dump(results, f, indent=2)
