@@ -94,6 +94,24 @@ def test_shard_teachers_needs_an_fsdp_launch(tmp_path):
     fsdp.check_fsdp_run(_fsdp_run(), _args(tmp_path, shard_teachers=True))
 
 
+def test_the_command_line_checks_name_what_fsdp_cannot_do_before_a_run(monkeypatch, tmp_path):
+    """cli/preflight.py lists these with its other problems; no Accelerator exists yet, only the launcher's settings."""
+    from hfkd.training import fsdp
+
+    for name in ("ACCELERATE_USE_FSDP", "FSDP_VERSION", "FSDP_CPU_RAM_EFFICIENT_LOADING", "ACCELERATE_USE_CPU"):
+        monkeypatch.delenv(name, raising=False)
+    assert fsdp.launch_problems(_args(tmp_path)) == []
+    assert "needs an FSDP launch" in " ".join(fsdp.launch_problems(_args(tmp_path, shard_teachers=True)))
+    # what `accelerate launch --use_fsdp --fsdp_version 2` exports, on this CPU machine
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    monkeypatch.setenv("FSDP_CPU_RAM_EFFICIENT_LOADING", "true")
+    problems = fsdp.launch_problems(_args(tmp_path, model_ema=True))
+    assert len(problems) == 3, problems
+    assert "Accelerate runs MULTI_CPU" in problems[0] and "only on GPUs" in problems[0]
+    assert "model_ema" in problems[1] and "--fsdp_cpu_ram_efficient_loading false" in problems[2]
+
+
 def test_checkpoints_of_a_sharded_run_are_sharded(tmp_path):
     from torch.distributed.fsdp import StateDictType
 
@@ -203,8 +221,8 @@ def test_the_trainer_under_accelerate_fsdp2_saves_resumes_and_gathers_the_studen
                PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
     script = os.path.join(ROOT, "tests", "scripts", "fsdp_train.py")
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
-              "--use_fsdp", "--fsdp_version", "2", "--mixed_precision", "no", "--dynamo_backend", "no",
-              "--main_process_port", "0", script, str(tmp_path)]
+              "--use_fsdp", "--fsdp_version", "2", "--fsdp_cpu_ram_efficient_loading", "false",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0", script, str(tmp_path)]
     for tag, extra in (("full", []), ("resumed", ["--resume"])):
         cmd = launch + [tag] + extra + (["--shard_teachers"] if shard_teachers else [])
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)

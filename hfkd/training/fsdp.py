@@ -23,10 +23,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+from types import SimpleNamespace
 from typing import Dict, Iterable, List, Optional, Sequence
 
 import torch
 from torch import nn
+
+from ..launch import check_fsdp, device_type, num_processes
 
 logger = logging.getLogger(__name__)
 
@@ -40,15 +43,13 @@ def fsdp_plugin(accelerator):
     return accelerator.state.fsdp_plugin
 
 
-def fsdp_problems(accelerator, args) -> List[str]:
-    """Why this run cannot train sharded, one reason per item (empty: it can, or it is not sharded)."""
-    plugin = fsdp_plugin(accelerator)
-    if plugin is None:
-        if args.shard_teachers:
-            return ["shard_teachers shards the teachers with FSDP, which needs an FSDP launch on GPUs (`accelerate "
-                    "launch --use_fsdp --fsdp_version 2`); this run has none: drop --shard_teachers, or launch with "
-                    "FSDP (docs/launch.md, \"FSDP\")"]
-        return []
+_SHARD_TEACHERS_NEEDS_FSDP = (
+    "shard_teachers shards the teachers with FSDP, which needs an FSDP launch on GPUs (`accelerate launch --use_fsdp "
+    "--fsdp_version 2`); this run has none: drop --shard_teachers, or launch with FSDP (docs/launch.md, \"FSDP\")")
+
+
+def plugin_problems(plugin, args) -> List[str]:
+    """Why a run with these arguments cannot train with this FSDP plugin, one reason per item."""
     problems = []
     if plugin.fsdp_version != 2:
         problems.append(f"FSDP version {plugin.fsdp_version}: hfkd shards with FSDP2 only; launch with "
@@ -64,19 +65,44 @@ def fsdp_problems(accelerator, args) -> List[str]:
         problems.append("fsdp_activation_checkpointing: hfkd shards the student itself and does not apply "
                         "activation checkpointing; set fsdp_activation_checkpointing false")
     if plugin.cpu_ram_efficient_loading:
-        problems.append("fsdp_cpu_ram_efficient_loading loads the weights on the main process only, but hfkd builds "
-                        "the student on every process before sharding it (other processes would train from empty "
-                        "weights); set fsdp_cpu_ram_efficient_loading false")
+        problems.append("fsdp_cpu_ram_efficient_loading (on by default in `accelerate launch`) makes transformers load "
+                        "weights on the first process only and leave the others empty, but hfkd builds the student and "
+                        "the teachers whole on every process before sharding; pass `--fsdp_cpu_ram_efficient_loading "
+                        "false` to accelerate launch (or `fsdp_cpu_ram_efficient_loading: false` in its config)")
     if plugin.ignored_modules is not None:
         problems.append("fsdp_ignored_modules is not supported by hfkd's sharding; remove it from the FSDP settings")
     return problems
+
+
+def fsdp_problems(accelerator, args) -> List[str]:
+    """Why this run cannot train as launched, one reason per item (empty: it can, sharded or not)."""
+    plugin = fsdp_plugin(accelerator)
+    if plugin is None:
+        return [_SHARD_TEACHERS_NEEDS_FSDP] if args.shard_teachers else []
+    return plugin_problems(plugin, args)
+
+
+def launch_problems(args) -> List[str]:
+    """:func:`fsdp_problems` from the launcher's settings alone (``ACCELERATE_USE_FSDP``, ``FSDP_*``), before any
+    Accelerator exists: what the command line's checks report before a run starts."""
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, parse_flag_from_env
+
+    if not parse_flag_from_env("ACCELERATE_USE_FSDP"):
+        return [_SHARD_TEACHERS_NEEDS_FSDP] if args.shard_teachers else []
+    problems = []
+    if device_type() == "cpu":  # Accelerate runs DDP there instead: the message of launch.check_fsdp
+        try:
+            check_fsdp(SimpleNamespace(distributed_type=DistributedType.MULTI_CPU, num_processes=num_processes()))
+        except RuntimeError as e:
+            problems.append(str(e))
+    return problems + plugin_problems(FullyShardedDataParallelPlugin(), args)
 
 
 def check_fsdp_run(accelerator, args) -> None:
     """Refuse, before anything is built, a sharded run hfkd cannot train; log what a sharded run will do."""
     problems = fsdp_problems(accelerator, args)
     if problems:
-        raise ValueError("this run cannot train with FSDP: " + "; ".join(problems))
+        raise ValueError("; ".join(problems))
     plugin = fsdp_plugin(accelerator)
     if plugin is None:
         return
