@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from accelerate.utils import DistributedType
 
 from hfkd import launch
@@ -199,6 +200,42 @@ def test_fully_shard_on_two_cpu_processes_matches_one_unsharded_process_and_resu
         assert r["checkpoint_files"] == ["optimizer_0", "pytorch_model_fsdp_0"]
     assert results["meal_v2"]["method_keys"] and all(k.startswith("method.discriminator.")
                                                       for k in results["meal_v2"]["method_keys"])
+
+
+@pytest.mark.slow
+def test_the_trainer_on_accelerates_fsdp2_path_on_two_cpu_processes_equals_ddp_and_resumes_bitwise(tmp_path):
+    """tests/scripts/fsdp_train.py --cpu_as_fsdp: the whole trainer (MEAL V2, a sharded teacher, gradient
+    accumulation and clipping, sharded checkpoints, a resume, the gathered save) through Accelerate's FSDP2
+    branches, with only the Accelerator's distributed type set to FSDP (Accelerate does not shard on CPU)."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from helpers.launch import run_two_processes
+
+    script = os.path.join(ROOT, "tests", "scripts", "fsdp_train.py")
+    run_two_processes(script, str(tmp_path), "full", "--cpu_as_fsdp", "--shard_teachers")
+    run_two_processes(script, str(tmp_path), "resumed", "--cpu_as_fsdp", "--shard_teachers", "--resume")
+    run_two_processes(script, str(tmp_path / "ddp"), "ddp")  # the same run, unsharded (DDP), same teacher
+    full, resumed = (json.loads((tmp_path / f"{t}.json").read_text()) for t in ("full", "resumed"))
+    ddp = json.loads((tmp_path / "ddp" / "ddp.json").read_text())
+    assert full["distributed_type"] == "DistributedType.FSDP" and full["sharded"], full
+    assert ddp["distributed_type"] == "DistributedType.MULTI_CPU" and not ddp["sharded"], ddp
+    assert full["steps"] == resumed["steps"] == ddp["steps"] == 6
+    # every process wrote its shard of the model and of the optimiser (DCP), listed in hfkd's manifest
+    assert {"pytorch_model_fsdp_0", "optimizer_0", "checkpoint_manifest.json"} <= set(full["checkpoint_files"])
+    manifest = json.loads((tmp_path / "run" / "checkpoint-3" / "checkpoint_manifest.json").read_text())["files"]
+    assert {"pytorch_model_fsdp_0/__0_0.distcp", "pytorch_model_fsdp_0/__1_0.distcp",
+            "optimizer_0/__1_0.distcp", "random_states_1.pkl"} <= set(manifest)
+    assert full["teacher_metrics"] == ddp["teacher_metrics"]  # the sharded teacher evaluated as the whole one
+    saved = {t: load_file(str(folder / "model.safetensors")) for t, folder in (
+        ("full", tmp_path / "student-full"), ("resumed", tmp_path / "student-resumed"),
+        ("ddp", tmp_path / "ddp" / "student-ddp"))}
+    assert sorted(saved["full"]) == sorted(saved["ddp"])
+    for k, v in saved["full"].items():
+        assert torch.equal(v, saved["resumed"][k]), k  # resumed from the sharded checkpoint-3: bitwise
+        assert (v - saved["ddp"][k]).abs().max().item() < 1e-6, k
+    assert full["eval_accuracy"] == ddp["eval_accuracy"]
 
 
 def _cuda_devices() -> int:

@@ -241,7 +241,8 @@ def prepare_sharded(accelerator, module: nn.Module, optimizer):
 def unsharded_skeleton(module: nn.Module) -> nn.Module:
     """A copy of ``module`` whose parameters and persistent buffers are on the meta device (no memory).
 
-    Non-persistent buffers (not in a state dict) are copied as they are; :func:`materialize` fills the rest.
+    Non-persistent buffers (not in a state dict) are copied to the CPU, where :func:`full_state_dict` puts the
+    rest; :func:`materialize` fills that in.
     """
     persistent = set(module.state_dict(keep_vars=True).keys())
     memo: Dict[int, torch.Tensor] = {}
@@ -249,8 +250,9 @@ def unsharded_skeleton(module: nn.Module) -> nn.Module:
         memo.setdefault(id(param), nn.Parameter(torch.empty_like(param, device="meta"),
                                                 requires_grad=param.requires_grad))
     for name, buffer in module.named_buffers(remove_duplicate=False):
-        if name in persistent:
-            memo.setdefault(id(buffer), torch.empty_like(buffer, device="meta"))
+        if id(buffer) not in memo:
+            memo[id(buffer)] = (torch.empty_like(buffer, device="meta") if name in persistent
+                                else buffer.detach().to("cpu", copy=True))
     return copy.deepcopy(module, memo)
 
 
