@@ -54,13 +54,13 @@ def test_accelerate_launch_use_fsdp_on_cpu_is_refused_before_training(tmp_path):
 
 
 # -- sharded training (hfkd/training/fsdp.py) ----------------------------------------------------------------
-def _fsdp_run(**plugin_settings):
+def _fsdp_run(plugin=None, **plugin_settings):
     """An Accelerator as an FSDP launch makes it: distributed type FSDP and Accelerate's plugin, set as given."""
     from types import SimpleNamespace
 
     from accelerate.utils import FullyShardedDataParallelPlugin
 
-    plugin = FullyShardedDataParallelPlugin(fsdp_version=2)
+    plugin = plugin or FullyShardedDataParallelPlugin(fsdp_version=2)
     for name, value in plugin_settings.items():
         setattr(plugin, name, value)
     return SimpleNamespace(distributed_type=DistributedType.FSDP, num_processes=2,
@@ -114,14 +114,19 @@ def test_the_command_line_checks_name_what_fsdp_cannot_do_before_a_run(monkeypat
 
 
 def test_checkpoints_of_a_sharded_run_are_sharded(tmp_path):
+    from accelerate.utils import FullyShardedDataParallelPlugin
     from torch.distributed.fsdp import StateDictType
 
     from hfkd.training import fsdp
 
-    accelerator = _fsdp_run()
-    accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+    # as `accelerate launch --fsdp_state_dict_type FULL_STATE_DICT` makes it
+    accelerator = _fsdp_run(FullyShardedDataParallelPlugin(fsdp_version=2, state_dict_type="FULL_STATE_DICT"))
     fsdp.check_fsdp_run(accelerator, _args(tmp_path))
-    assert accelerator.state.fsdp_plugin.state_dict_type == StateDictType.SHARDED_STATE_DICT
+    plugin = accelerator.state.fsdp_plugin
+    assert plugin.state_dict_type == StateDictType.SHARDED_STATE_DICT
+    # with the sharded configs, not the full ones' (rank 0 only, which would make a load broadcast from rank 0)
+    assert type(plugin.state_dict_config).__name__ == "ShardedStateDictConfig"
+    assert type(plugin.optim_state_dict_config).__name__ == "ShardedOptimStateDictConfig"
 
 
 def test_the_student_blocks_become_units_innermost_first():

@@ -113,6 +113,7 @@ def check_fsdp_run(accelerator, args) -> None:
         # that FSDP exists to spare; the final student is saved whole anyway (save_model).
         logger.warning("FSDP: checkpoints are written sharded (SHARDED_STATE_DICT, one file per process) instead "
                        "of %s; the saved student is whole", plugin.state_dict_type.name)
+        plugin.state_dict_config = plugin.optim_state_dict_config = None  # the full ones' settings would stay
         plugin.set_state_dict_type("SHARDED_STATE_DICT")
 
 
@@ -122,7 +123,7 @@ def _classes_named(module: nn.Module, names: Iterable[str]) -> tuple:
     return tuple({type(m) for m in module.modules() if type(m).__name__ in wanted})
 
 
-def _repeated_blocks(module: nn.Module) -> List[nn.Module]:
+def _container_blocks(module: nn.Module) -> List[nn.Module]:
     """The blocks of a network: elements of a ``Sequential`` / ``ModuleList`` that hold layers of their own.
 
     ResNet's residual blocks, ViT's and ConvNeXt's blocks (and ConvNeXt's stages); not the layers of a stem or
@@ -141,7 +142,7 @@ def student_blocks(student: nn.Module, class_names: Optional[Sequence[str]] = No
     """The student's modules that become FSDP units of their own, innermost first.
 
     ``class_names`` (Accelerate's ``fsdp_transformer_layer_cls_to_wrap``) wins; else a transformers model's
-    ``_no_split_modules``; else the repeated blocks (:func:`_repeated_blocks`).
+    ``_no_split_modules``; else the repeated blocks (:func:`_container_blocks`).
     """
     model = getattr(student, "model", student)
     names = class_names or getattr(model, "_no_split_modules", None)
@@ -150,9 +151,9 @@ def student_blocks(student: nn.Module, class_names: Optional[Sequence[str]] = No
         if class_names and not classes:
             raise ValueError(f"fsdp_transformer_layer_cls_to_wrap names {list(class_names)}, but the student "
                              f"{type(model).__name__} has no module of those classes")
-        chosen = {m for m in model.modules() if isinstance(m, classes)} if classes else set(_repeated_blocks(model))
+        chosen = {m for m in model.modules() if isinstance(m, classes)} if classes else set(_container_blocks(model))
     else:
-        chosen = set(_repeated_blocks(model))
+        chosen = set(_container_blocks(model))
     chosen.discard(model)
     # named_modules lists a parent before its children: reversed, children come first (FSDP2 shards bottom-up).
     return [m for m in reversed(list(model.modules())) if m in chosen]
