@@ -151,6 +151,11 @@ def is_main_process() -> bool:
     return _state().is_main_process
 
 
+def device_type() -> str:
+    """The device type the processes of this launch run on (``cuda``, ``cpu``, ...), as Accelerate reads the launch."""
+    return _state().device.type
+
+
 def num_processes() -> int:
     """How many processes the launcher started (1 without one)."""
     return _state().num_processes

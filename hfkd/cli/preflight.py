@@ -22,6 +22,7 @@ from ..models.backbone import Backbone
 from ..models.factory import create_backbone, run_folder_student
 from ..output_dir import OutputDirError, OutputDirLock, check_output_dir, remove_run_outputs
 from ..settings import cut, shorten
+from ..training.fsdp import launch_problems
 from ..training.streaming import check_stream_run
 from .demo import DEMO_STUDENT, cache_dir, demo_teacher_path
 from .pipeline import build_student, build_teacher
@@ -152,6 +153,7 @@ def check_run(settings: RunSettings, *, train_demo: bool) -> Checked:
                                label_names=data.label_names, augment=settings.data.augment(), seed=args.seed)
         except Exception as e:  # noqa: BLE001
             checked.problems.append(f"teacher cache {shorten(args.teacher_cache)} cannot be used: {_why(e)}")
+    checked.problems += launch_problems(args)  # what FSDP cannot do with this run (hfkd/training/fsdp.py)
     return checked
 
 

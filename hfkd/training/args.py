@@ -135,6 +135,9 @@ class DistillationArguments:
     model_ema_as_student: bool = field(
         default=False, metadata={"help": "save_model saves the EMA weights as the student."}
     )
+    shard_teachers: bool = field(default=False, metadata={
+        "help": "Under FSDP (accelerate launch --use_fsdp --fsdp_version 2), shard each frozen teacher across the "
+                "processes for inference, for a teacher that does not fit on one device (docs/launch.md, \"FSDP\")."})
     teacher_dtype: Optional[str] = field(
         default=None,
         metadata={"help": "Run frozen teachers in bf16, fp16 or fp32, whatever the student's mixed precision."},

@@ -124,6 +124,9 @@ def save_checkpoint(accelerator, output_dir: str, step: int, state: Dict[str, An
     with disk_full_explained(output_dir, f"the checkpoint {final}",
                              cleanup=[tmp] if accelerator.is_main_process else [], **full_disk):
         accelerator.save_state(tmp)
+        # Every process writes into tmp (its random states; under FSDP its shards): all of them must be done
+        # before the main process lists the files and renames the folder.
+        accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             if method_state:
                 save_file({k: v.detach().cpu().contiguous() for k, v in method_state.items()},

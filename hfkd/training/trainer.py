@@ -37,6 +37,8 @@ from .bad_images import BadImageLog, verify_splits
 from .callbacks import CallbackHandler, ProgressCallback, TrainerCallback
 from .checkpoint import load_checkpoint, read_state, resolve_checkpoint, save_checkpoint
 from .ema import create_model_ema, ema_state, load_ema_state, split_ema_state
+from .fsdp import (check_fsdp_run, fsdp_plugin, full_state_dict, materialize, prepare_sharded, shard_with_accelerator,
+                   unsharded_skeleton)
 from .lineage import build_lineage
 from .optim import create_optimizer, create_scheduler
 from .resume import check_same_run, run_signature
@@ -122,6 +124,8 @@ class DistillationTrainer:
         self.args = args or DistillationArguments()
         self.accelerator = accelerator or create_accelerator(self.args)
         self._claim_output_dir()
+        check_fsdp_run(self.accelerator, self.args)  # what a sharded run cannot do, before anything is built
+        self._sharded = fsdp_plugin(self.accelerator) is not None
         self.method = create_method(method) if isinstance(method, str) else method
         if not isinstance(self.method, DistillationMethod):
             raise TypeError(f"method must be a DistillationMethod or a registered name, not {type(method).__name__}")
@@ -172,6 +176,8 @@ class DistillationTrainer:
         self.state = TrainerState()
         self.teacher_metrics: Dict[str, Dict[str, float]] = {}
         self._model = None  # the prepared DistillationModule
+        self._student_skeleton = None  # FSDP: an unsharded copy of the student on the meta device, for save_model
+        self._whole_student = None  # FSDP: the gathered student while save_model runs (main process)
         self.model_ema = None  # timm ModelEmaV3 of the student when args.model_ema
         self._preemption = Preemption()  # signal handlers are installed only while train() runs
         self._eval_loader = None
@@ -374,9 +380,15 @@ class DistillationTrainer:
             task=self.task, seed=args.seed,
         ))
         module = DistillationModule(self.student, self.method).to(acc.device)
+        if self._sharded:  # FSDP2: shard before the optimiser is built on the shards (hfkd/training/fsdp.py)
+            self._student_skeleton = unsharded_skeleton(self.student)
+            shard_with_accelerator(acc, module, self.teachers, args.shard_teachers)
         optimizer = create_optimizer(args, self.student, self.method.param_groups(args.learning_rate))
         scheduler = create_scheduler(args, optimizer, max_steps, steps_per_epoch)
-        self._model, self.optimizer = acc.prepare(module, optimizer)
+        if self._sharded:
+            self._model, self.optimizer = prepare_sharded(acc, module, optimizer)
+        else:
+            self._model, self.optimizer = acc.prepare(module, optimizer)
         self._train_loader_prepared = train_loader
         self.lr_scheduler = scheduler
         acc.register_for_checkpointing(scheduler)
@@ -669,6 +681,8 @@ class DistillationTrainer:
         """The trained student: its EMA when ``model_ema_as_student``."""
         if self.model_ema is not None and self.args.model_ema_as_student:
             return self.model_ema.module
+        if self._whole_student is not None:
+            return self._whole_student
         return self._student_module()
 
     def lineage(self) -> Dict[str, Any]:
@@ -689,17 +703,27 @@ class DistillationTrainer:
         """
         output_dir = output_dir or os.path.join(self.args.output_dir, "student")
         self.accelerator.wait_for_everyone()
+        self._gather_student()
         error = None
         if self.accelerator.is_main_process:
             try:
                 self._save_student(output_dir, baseline_metrics, card_extras)
             except Exception as e:  # noqa: BLE001 - re-raised after the barrier so no process waits forever
                 error = e
+            finally:
+                self._whole_student = None
         self.accelerator.wait_for_everyone()
         if error is not None:
             raise error
         self.callbacks("on_save_model", self, output_dir)
         return output_dir
+
+    def _gather_student(self) -> None:
+        """FSDP: every process sends its shards; the main process gets the whole student (``unwrapped_student``)."""
+        if self._sharded and self._model is not None:
+            state = full_state_dict(self._student_module())
+            if self.accelerator.is_main_process:
+                self._whole_student = materialize(self._student_skeleton, state)
 
     def _save_student(self, output_dir, baseline_metrics, card_extras) -> None:
         import tempfile
