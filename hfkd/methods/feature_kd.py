@@ -45,6 +45,8 @@ class FeatureKD(DistillationMethod):
     def __init__(self, config: Optional[FeatureKDConfig] = None, **kwargs):
         super().__init__(config, **kwargs)
         self.uses_labels = self.config.ce_weight > 0
+        # Without labels the head never learns: the student is saved as a backbone, for `hfkd train` to give a head.
+        self.trains_student_head = self.uses_labels
         self.projectors = nn.ModuleList()
 
     def setup(self, context: MethodContext) -> None:

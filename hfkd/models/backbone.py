@@ -141,11 +141,20 @@ class TransformersBackbone(Backbone):
         return BackboneOutput(logits=out.logits, pooled=pooled, feature_maps=maps)
 
 
+def pool_hidden_state(hidden: torch.Tensor) -> torch.Tensor:
+    """A model without a pooler: the class token of a token sequence ``[N, L, D]`` (what ViT's and DeiT's
+    classifiers read), the spatial mean of a feature map ``[N, C, H, W]``."""
+    return hidden[:, 0] if hidden.dim() == 3 else hidden.flatten(2).mean(dim=-1)
+
+
 class HeadlessTransformersBackbone(Backbone):
-    """A transformers encoder without a classifier (``AutoModel``: DINOv2, ViT, ...): a feature teacher.
+    """A transformers encoder without a classifier (``AutoModel``: DINOv2, ViT, ...): a feature teacher or a
+    headless student.
 
     Like timm's ``num_classes=0`` it has no classes, and its "logits" are its pooled features: the model's own
-    ``pooler_output`` (DINOv2, ViT: the class token after the final norm), else the mean of the last hidden states.
+    ``pooler_output`` (DINOv2: the class token after the final norm; ResNet, ConvNeXt: the pooled map), else
+    :func:`pool_hidden_state` of the last hidden state.  Either is the input the model's own
+    ``...ForImageClassification`` head reads, so a classifier made headless keeps its pooled features.
     """
 
     library = "transformers"
@@ -154,7 +163,7 @@ class HeadlessTransformersBackbone(Backbone):
         out = self.model(pixel_values=x, output_hidden_states=bool(request.feature_stages))
         pooled = getattr(out, "pooler_output", None)
         if pooled is None:
-            pooled = out.last_hidden_state.mean(dim=1)
+            pooled = pool_hidden_state(out.last_hidden_state)
         pooled = pooled.flatten(1)
         maps: Dict[Stage, torch.Tensor] = {}
         for stage in request.feature_stages:
