@@ -167,8 +167,25 @@ class HeadlessTransformersBackbone(Backbone):
         pooled = pooled.flatten(1)
         maps: Dict[Stage, torch.Tensor] = {}
         for stage in request.feature_stages:
-            maps[stage] = out.hidden_states[-1 if stage == LAST_STAGE else int(stage)]
+            # the last stage is the encoder's output (after DINOv2's and ViT's final norm), as users read it
+            maps[stage] = out.last_hidden_state if stage == LAST_STAGE else out.hidden_states[int(stage)]
         return BackboneOutput(logits=pooled, pooled=pooled if request.pooled else None, feature_maps=maps)
+
+
+def prefix_tokens(backbone: Backbone) -> int:
+    """How many tokens precede the patch tokens in the backbone's token outputs: class, distillation and register
+    tokens (0 for a model whose outputs are feature maps or patch tokens only, e.g. a CNN or Swin)."""
+    model = backbone.model
+    count = getattr(model, "num_prefix_tokens", None)  # timm's vision transformers say it themselves
+    if isinstance(count, int):
+        return count
+    config = getattr(model, "config", None)
+    config = getattr(config, "vision_config", None) or config
+    for module in model.modules():  # transformers: the embeddings module holds the class token
+        if hasattr(module, "cls_token") or hasattr(module, "class_embedding"):
+            registers = int(getattr(config, "num_register_tokens", 0) or 0)
+            return 1 + int(hasattr(module, "distillation_token")) + registers
+    return 0
 
 
 class ModuleBackbone(Backbone):
