@@ -148,12 +148,6 @@ def test_create_backbone_takes_num_classes_0_for_a_backbone(tmp_path):
 
 
 # -- hfkd train: a new head ----------------------------------------------------------------------------------------
-def _headless_folder(folder):
-    torch.manual_seed(3)
-    backbone = create_backbone("test_resnet", num_classes=0, pretrained=False, image_size=32)
-    return hfkd.save_student(backbone, str(folder)), backbone
-
-
 def _train_argv(student, out, *extra):
     return ["train", "--student", student, "--max_train_samples", "64", "--max_steps", "1",
             "--per_device_train_batch_size", "16", "--eval_strategy", "no", "--save_strategy", "no",
@@ -161,12 +155,26 @@ def _train_argv(student, out, *extra):
 
 
 @pytest.mark.slow
-def test_hfkd_train_gives_a_headless_student_a_new_head_of_the_datasets_classes(tmp_path, digits, capsys):
+def test_distil_a_backbone_on_the_command_line_then_hfkd_train_gives_it_a_new_head(tmp_path, digits):
+    from transformers import Dinov2Config, Dinov2Model
+
     from hfkd.cli import main as hfkd_main
     from hfkd.cli.arguments import ModelArguments
     from hfkd.cli.pipeline import build_student
 
-    folder, saved = _headless_folder(tmp_path / "backbone")
+    teacher = str(tmp_path / "dinov2")
+    torch.manual_seed(0)
+    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37,
+                             image_size=32, patch_size=8)).save_pretrained(teacher)
+    rows = hfkd_main(["distill", "--method", "feature_kd", "--student", "test_resnet", "--student_pretrained",
+                      "false", "--teachers", teacher, "--baseline", "false", *_train_argv("x", tmp_path / "distil")[3:]])
+    student_row = rows[-1]
+    assert student_row["role"] == "student, feature_kd (a backbone: no head trained)"
+    assert student_row["eval_accuracy"] is None  # not the untrained head's score
+    folder = str(tmp_path / "distil" / "student")
+    saved = hfkd.from_pretrained(folder)
+    assert saved.num_classes == 0
+
     student = build_student(ModelArguments(student=folder), digits, seed=0)
     assert student.num_classes == 10 and student.label_names == digits.label_names
     assert student.model.fc.out_features == 10
@@ -175,9 +183,6 @@ def test_hfkd_train_gives_a_headless_student_a_new_head_of_the_datasets_classes(
     for k, v in saved.model.state_dict().items():  # the backbone starts from the saved weights
         torch.testing.assert_close(start[k], v, msg=k)
 
-    assert hfkd_main(_train_argv(folder, tmp_path / "dry", "--dry_run"))["problems"] == []
-    assert "backbone saved without a head: it gets a new, randomly initialised head of 10 classes" in \
-        capsys.readouterr().out
     hfkd_main(_train_argv(folder, tmp_path / "run"))
     trained = hfkd.from_pretrained(str(tmp_path / "run" / "student"))
     assert trained.num_classes == 10 and trained.label_names == digits.label_names
@@ -197,3 +202,8 @@ def test_a_classifier_of_other_classes_is_refused_unless_a_new_head_is_asked(tmp
         hfkd_main(_train_argv(five, tmp_path / "c", "--dry_run", "--num_classes", "7"))
     ten = saved_model(tmp_path / "ten", arch="test_resnet", num_classes=10)  # its own classes: its head is kept
     assert hfkd_main(_train_argv(ten, tmp_path / "d", "--dry_run"))["problems"] == []
+    assert "new, randomly initialised head" not in capsys.readouterr().out
+    backbone = saved_model(tmp_path / "backbone", arch="test_resnet", num_classes=0)  # no head: it gets one
+    assert hfkd_main(_train_argv(backbone, tmp_path / "e", "--dry_run"))["problems"] == []
+    assert "backbone saved without a head: it gets a new, randomly initialised head of 10 classes" in \
+        capsys.readouterr().out

@@ -186,7 +186,11 @@ def run_with_baseline(method: DistillationMethod, model_args: ModelArguments, da
     rows += teacher_rows(trainer)
     if baseline:
         rows.append(base_row)
-    rows.append(result_row(student.name, f"student, {method.name}", metrics, student.num_parameters()))
+    if not method.trains_student_head:  # saved as a backbone: what its untrained head scored describes nothing saved
+        rows.append(result_row(student.name, f"student, {method.name} (a backbone: no head trained)", {},
+                               student.num_parameters()))
+    else:
+        rows.append(result_row(student.name, f"student, {method.name}", metrics, student.num_parameters()))
     return rows
 
 
