@@ -207,3 +207,12 @@ def test_a_classifier_of_other_classes_is_refused_unless_a_new_head_is_asked(tmp
     assert hfkd_main(_train_argv(backbone, tmp_path / "e", "--dry_run"))["problems"] == []
     assert "backbone saved without a head: it gets a new, randomly initialised head of 10 classes" in \
         capsys.readouterr().out
+
+
+def test_hfkd_eval_of_a_backbone_says_to_give_it_a_head(tmp_path):
+    from helpers.models import saved_model
+    from hfkd.cli import main as hfkd_main
+
+    backbone = saved_model(tmp_path / "backbone", arch="test_resnet", num_classes=0)
+    with pytest.raises(SystemExit, match="is a backbone without a classification head .*hfkd train --student"):
+        hfkd_main(["eval", backbone, "--dataset", "hfkd/digits"])
