@@ -145,6 +145,12 @@ def test_create_backbone_takes_num_classes_0_for_a_backbone(tmp_path):
     assert vit.num_classes == 0 and type(vit.model).__name__ == "ViTModel" and vit.model.pooler is None
     x = torch.randn(2, 3, 32, 32)
     assert _features(vit, x).shape == (2, 32)
+    from transformers import ViTConfig
+
+    config = ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37,
+                       image_size=32, patch_size=8)
+    encoder = create_backbone(config, num_classes=0)  # a config: its AutoModel, no head
+    assert encoder.num_classes == 0 and type(encoder.model).__name__ == "ViTModel"
 
 
 # -- hfkd train: a new head ----------------------------------------------------------------------------------------
@@ -216,3 +222,17 @@ def test_hfkd_eval_of_a_backbone_says_to_give_it_a_head(tmp_path):
     backbone = saved_model(tmp_path / "backbone", arch="test_resnet", num_classes=0)
     with pytest.raises(SystemExit, match="is a backbone without a classification head .*hfkd train --student"):
         hfkd_main(["eval", backbone, "--dataset", "hfkd/digits"])
+
+
+def test_the_dry_run_of_feature_kd_offers_no_teacher_cache(tmp_path, capsys):
+    import timm
+
+    from hfkd.cli import main as hfkd_main
+
+    teacher = hfkd.save_student(create_backbone(timm.create_model("test_vit", num_classes=0, img_size=32)),
+                                str(tmp_path / "vit"))
+    report = hfkd_main(["distill", "--method", "feature_kd", "--student", "test_resnet", "--student_pretrained",
+                        "false", "--teachers", teacher, *_train_argv("x", tmp_path / "out", "--dry_run")[3:]])
+    out = capsys.readouterr().out
+    assert "a teacher cache does not store (logits only)" in out and "a teacher cache pays" not in out
+    assert "cache_bytes_per_million_views_float16" not in report["teacher_cost"]

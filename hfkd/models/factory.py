@@ -312,6 +312,13 @@ def create_backbone(
         backbone = model
     elif isinstance(model, nn.Module):
         backbone = _wrap_module(model, preprocess)
+    elif type(model).__name__.endswith("Config") and hasattr(model, "to_dict") and num_classes == 0:
+        from transformers import AutoModel
+
+        encoder = AutoModel.from_config(model)  # no head: a transformers config's encoder (ViTModel, ...)
+        backbone = HeadlessTransformersBackbone(encoder, _transformers_preprocess(encoder, None, None), 0, None,
+                                                {"name": getattr(model, "model_type", "transformers"),
+                                                 "pretrained": False})
     elif type(model).__name__.endswith("Config") and hasattr(model, "to_dict"):
         from transformers import AutoModelForImageClassification
 
