@@ -73,7 +73,7 @@ def test_one_teacher_as_a_string_is_one_teacher(tmp_path, small_digits):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(num_classes=0), "num_classes must be a positive integer \\(got 0\\)"),
+    (dict(num_classes=-1), "num_classes must be a positive integer, or 0 .*got -1"),
     (dict(num_classes=10, image_size=0), "image_size must be a positive integer.*got 0"),
     (dict(num_classes=10, image_size=-32), "image_size must be a positive integer.*got -32"),
 ])

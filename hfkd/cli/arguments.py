@@ -37,6 +37,10 @@ class ModelArguments:
         "help": "Prompt templates of the zero-shot (CLIP) teachers, each with one {} for the label name, e.g. "
                 "'a photo of a {}.'; several are averaged. Shared by all zero-shot teachers; in YAML a mapping "
                 "teacher: [templates] gives them per teacher. Default: 'a photo of a {}.'."})
+    num_classes: Optional[int] = field(default=None, metadata={
+        "help": "Give the student a new, randomly initialised head of N classes (the dataset's: a check). Needed "
+                "to replace the head of a saved classifier folder whose classes differ from the data's; a backbone "
+                "saved without a head (feature_kd) gets one of the dataset's classes without it."})
     image_size: Optional[int] = field(default=None, metadata={
         "help": "Training resolution of the student (default: the student's own, from its pretrained configuration: "
                 "timm's data config or a transformers image processor)."})
@@ -59,6 +63,9 @@ class ModelArguments:
             self.teachers = [self.teachers]
         if isinstance(self.teacher_prompts, str):  # one template, not its letters
             self.teacher_prompts = [self.teacher_prompts]
+        if self.num_classes is not None and (isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int)
+                                             or self.num_classes <= 0):
+            raise ValueError(f"num_classes must be a positive integer (got {self.num_classes!r})")
         if self.image_size is not None and (isinstance(self.image_size, bool) or not isinstance(self.image_size, int)
                                             or self.image_size <= 0):
             raise ValueError(f"image_size must be a positive integer (got {self.image_size!r})")

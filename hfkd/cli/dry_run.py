@@ -10,6 +10,7 @@ from typing import Any, Dict
 from ..cache.format import estimated_bytes_per_view
 from ..hub.card import local_checkpoint_name
 from ..launch import num_processes
+from ..models.backbone import OutputRequest
 from ..models.factory import create_backbone
 from .parser import settings_text
 from .preflight import check_run, problems_text
@@ -99,7 +100,10 @@ def dry_run(settings: RunSettings) -> Dict[str, Any]:
     teachers = len(report["teachers"])
     if teachers and not settings.training.teacher_cache:
         num_classes = report.get("num_classes") or (student.num_classes if student is not None else None)
-        report["teacher_cost"] = _teacher_cost(teachers, num_classes, report.get("epochs"))
+        # A cache stores logits: a method reading the teachers' features (feature_kd) runs them at every step.
+        cacheable = settings.create_method().teacher_request == OutputRequest()
+        report["teacher_cost"] = _teacher_cost(teachers, num_classes if cacheable else None, report.get("epochs"),
+                                               cacheable)
         print(report["teacher_cost"]["text"])
     report["problems"] = checked.problems
     print("dry run: nothing was trained")
@@ -108,12 +112,14 @@ def dry_run(settings: RunSettings) -> Dict[str, Any]:
     return report
 
 
-def _teacher_cost(teachers: int, num_classes, epochs) -> Dict[str, Any]:
+def _teacher_cost(teachers: int, num_classes, epochs, cacheable: bool = True) -> Dict[str, Any]:
     """What the teachers cost at real size: forwards per image, and a teacher cache's size per million images."""
     cost: Dict[str, Any] = {"teacher_forwards_per_image_per_epoch": teachers}
     text = (f"teacher cost: {teachers} teacher forward(s) per training image per epoch"
             + (f", {teachers * epochs} per image over the {epochs} epochs" if epochs else "")
-            + f"; a teacher cache pays {teachers} per stored view, once (hfkd cache, docs/teacher_cache.md)")
+            + (f"; a teacher cache pays {teachers} per stored view, once (hfkd cache, docs/teacher_cache.md)"
+               if cacheable else "; this method reads the teachers' features, which a teacher cache does not store "
+                                 "(logits only); --teacher_dtype bf16 halves their memory"))
     if num_classes:
         sizes = {f"top{k}" if k else "full": estimated_bytes_per_view(teachers, num_classes, k, "float16") * 1e6
                  for k in (5, 10, None) if not k or k < num_classes}

@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shlex
 import sys
 import tempfile
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
@@ -89,6 +90,10 @@ def is_recorded(dataset: str, backbone: Backbone) -> bool:
 
 def check_same_classes(model: str, backbone: Backbone, data) -> None:
     """Refuse a dataset whose classes the model does not predict: another count, or other label names."""
+    if backbone.num_classes == 0:
+        raise ValueError(f"{shorten(model)} is a backbone without a classification head (feature_kd saves one "
+                         f"so): it predicts no classes to score. Give it a head over your classes and fine-tune it "
+                         f"first: hfkd train --student {shlex.quote(shorten(model))} --dataset DATA")
     if backbone.num_classes != data.num_classes:
         raise ValueError(f"{shorten(model)} predicts {backbone.num_classes} classes but the dataset has "
                          f"{data.num_classes}: evaluate it on the data it was trained for (--dataset)")

@@ -17,9 +17,10 @@ from ..launch import is_main_process
 from ..methods.base import DistillationMethod
 from ..methods.registry import create_method
 from ..models.backbone import Backbone
-from ..models.factory import create_backbone, is_zero_shot_source
+from ..models.factory import create_backbone, is_zero_shot_source, saved_num_classes
 from ..models.teacher import Teacher, create_teacher
 from ..results import RESULT_METRICS, markdown_table, results_table, summarize_seeds
+from ..settings import shorten
 from ..training.args import DistillationArguments
 from ..training.trainer import DistillationTrainer
 from .arguments import DataArguments, ModelArguments
@@ -56,10 +57,34 @@ def build_student(model_args: ModelArguments, data: ImageClassificationData, see
         num_classes, label_names = 2 * task.num_targets, None
     else:
         num_classes, label_names = data.num_classes, data.label_names
+        check_student_head(model_args, num_classes)
     return create_backbone(model_args.student, num_classes=num_classes, pretrained=model_args.student_pretrained,
                            image_size=model_args.image_size, label_names=label_names,
                            trust_remote_code=model_args.trust_remote_code,
                            allow_pickle_weights=model_args.allow_pickle_weights)
+
+
+def check_student_head(model_args: ModelArguments, data_classes: int) -> None:
+    """Refuse to replace, unasked, the trained head of a saved classifier whose classes are not the data's.
+
+    A timm name or a Hub id is a pretrained checkpoint: its head is replaced by one over the data's classes, as
+    fine-tuning does.  A local folder is a model someone trained on their classes; a head of other classes there
+    usually means the wrong folder or the wrong data, so replacing it takes ``--num_classes``.  A backbone saved
+    without a head (``feature_kd``) gets a new one either way.
+    """
+    asked = model_args.num_classes
+    if data_classes is None:  # data without classes: nothing to compare with
+        return
+    if asked is not None and asked != data_classes:
+        raise ValueError(f"--num_classes {asked} does not match the dataset, which has {data_classes} classes: the "
+                         f"new head predicts the dataset's classes; pass --num_classes {data_classes} or drop it")
+    saved = saved_num_classes(model_args.student)
+    if saved and saved != data_classes and asked is None:
+        raise ValueError(
+            f"the student {shorten(model_args.student)} is a classifier of {saved} classes, but the dataset has "
+            f"{data_classes}: its trained head cannot be used. To fine-tune it with a new, randomly initialised head "
+            f"over the dataset's classes, pass --num_classes {data_classes}; to keep its head, give data of its "
+            f"{saved} classes")
 
 
 def build_teacher(model_args: ModelArguments, student: Backbone, name: str, index: int = 0,
@@ -170,7 +195,11 @@ def run_with_baseline(method: DistillationMethod, model_args: ModelArguments, da
     rows += teacher_rows(trainer)
     if baseline:
         rows.append(base_row)
-    rows.append(result_row(student.name, f"student, {method.name}", metrics, student.num_parameters()))
+    if not method.trains_student_head:  # saved as a backbone: what its untrained head scored describes nothing saved
+        rows.append(result_row(student.name, f"student, {method.name} (a backbone: no head trained)", {},
+                               student.num_parameters()))
+    else:
+        rows.append(result_row(student.name, f"student, {method.name}", metrics, student.num_parameters()))
     return rows
 
 

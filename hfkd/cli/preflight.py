@@ -19,7 +19,7 @@ from ..cache.lookup import open_teacher_cache
 from ..launch import is_main_process
 from ..methods.registry import get_method_class
 from ..models.backbone import Backbone
-from ..models.factory import create_backbone, run_folder_student
+from ..models.factory import create_backbone, run_folder_student, saved_num_classes
 from ..output_dir import OutputDirError, OutputDirLock, check_output_dir, remove_run_outputs
 from ..settings import cut, shorten
 from ..training.fsdp import launch_problems
@@ -125,6 +125,11 @@ def check_run(settings: RunSettings, *, train_demo: bool) -> Checked:
                                              checked.data, task=task)
                 except Exception:  # noqa: BLE001 - the architecture itself is unknown: reported above
                     stand_in = None
+    saved = saved_num_classes(settings.model.student) if checked.student is not None else None
+    if saved is not None and saved != checked.student.num_classes:
+        what = "a backbone saved without a head" if saved == 0 else f"a classifier of {saved} classes"
+        checked.notes.append(f"student {shorten(settings.model.student)} is {what}: it gets a new, randomly "
+                             f"initialised head of {checked.student.num_classes} classes")
     method = settings.create_method()
     if method.starts_from_trained_student and settings.model.student == DEMO_STUDENT and not settings.model.teachers:
         cached = os.path.isfile(os.path.join(demo_teacher_path(DEMO_STUDENT), "model.safetensors"))

@@ -161,7 +161,9 @@ def _card_data(lineage: Dict[str, Any], repo_id: str, license: Optional[str], da
     method = (lineage.get("method") or {}).get("name", "kd")
     library = student.get("library", "timm")
     distilled = method != "supervised"
-    tags = ["image-classification"] + (["knowledge-distillation", "distillation"] if distilled else []) + [method, "hfkd"]
+    headless = bool(student.get("headless"))  # a backbone without a head (feature_kd without labels)
+    task = "image-feature-extraction" if headless else "image-classification"
+    tags = [task] + (["knowledge-distillation", "distillation"] if distilled else []) + [method, "hfkd"]
     tags += ["timm", "transformers"] if library == "timm" else ["transformers"]
     dataset = lineage.get("dataset") or {}
     hub_dataset = _hub_dataset(dataset)
@@ -171,15 +173,15 @@ def _card_data(lineage: Dict[str, Any], repo_id: str, license: Optional[str], da
     common = dict(task_type="image-classification", task_name="Image Classification", dataset_type=dataset_name,
                   dataset_name=dataset_name, dataset_split=dataset_split or dataset.get("eval_split") or "eval",
                   dataset_revision=dataset.get("revision"), dataset_config=dataset.get("config"))
-    if metrics.get("eval_accuracy") is not None:
+    if metrics.get("eval_accuracy") is not None and not headless:
         eval_results.append(EvalResult(metric_type="accuracy", metric_name="Top-1 accuracy",
                                        metric_value=round(float(metrics["eval_accuracy"]), 6), **common))
-    if metrics.get("eval_top5_accuracy") is not None:
+    if metrics.get("eval_top5_accuracy") is not None and not headless:
         eval_results.append(EvalResult(metric_type="top_5_accuracy", metric_name="Top-5 accuracy",
                                        metric_value=round(float(metrics["eval_top5_accuracy"]), 6), **common))
     return ModelCardData(
-        library_name=library, pipeline_tag="image-classification", license=license, tags=tags,
-        datasets=[hub_dataset] if hub_dataset else None, metrics=["accuracy"],
+        library_name=library, pipeline_tag=task, license=license, tags=tags,
+        datasets=[hub_dataset] if hub_dataset else None, metrics=None if headless else ["accuracy"],
         base_model=student.get("hub_id") or None, model_name=repo_id.split("/")[-1],
         eval_results=eval_results or None,
     )
@@ -262,6 +264,7 @@ def create_model_card(lineage: Dict[str, Any], baseline: Optional[Dict[str, Any]
         samples_per_second=lineage.get("train_samples_per_second"), global_step=lineage.get("global_step"),
         num_processes=lineage.get("num_processes"), versions=lineage.get("versions") or {},
         is_distilled=method.get("name") != "supervised", citation=_citation(lineage),
+        headless=bool(student.get("headless")),
         plot_filename=plot_filename, extra_sections={**task_sections(lineage, baseline, kd_reference), **sections},
         teacher_cache=_cache_entry(lineage.get("teacher_cache") or {}), bad_images=_bad_images(lineage),
         # Every user, dataset or file value in the body goes through one of these (hfkd/hub/markdown.py).

@@ -109,6 +109,9 @@ class DistillationMethod(nn.Module):
     #: whether the loss reads the teachers' logits; if not (feature distillation), a teacher needs no classes of
     #: the student's and is neither label-checked nor evaluated
     reads_teacher_logits: ClassVar[bool] = True
+    #: whether the loss trains the student's classifier; if not (feature distillation without labels), the
+    #: student is saved without it, as a backbone (hfkd/models/heads.py)
+    trains_student_head: bool = True
     #: the method expects a trained (pretrained) student to start from; the demo then provides one
     starts_from_trained_student: ClassVar[bool] = False
     #: why the method needs to address training samples by row (a per-sample store, its own batch sampler), which a

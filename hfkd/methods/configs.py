@@ -227,6 +227,7 @@ class ExtracurricularConfig(MethodConfig):
 
 FEATURE_DISTANCES = ("cosine", "mse", "smooth_l1")  # hfkd.losses.feature_distillation_loss (no torch here)
 PROJECTORS = ("linear", "mlp")
+FEATURE_MATCHES = ("pooled", "tokens", "both")
 
 
 @dataclass
@@ -238,8 +239,13 @@ class FeatureKDConfig(MethodConfig):
         "help": "cosine (default: AM-RADIO, Ranzinger et al. 2024, matches foundation-model summary features with "
                 "it), mse (timm's feature distillation) or smooth_l1."})
     projector: str = field(default="mlp", metadata={
-        "help": "linear, or mlp (Linear-GELU-Linear, the teacher's width inside; AM-RADIO's adaptor heads are MLPs). "
-                "Trained and checkpointed with the student, never saved with it."})
+        "help": "linear, or mlp (Linear-LayerNorm-GELU-Linear, the teacher's width inside: the adaptor heads of "
+                "AM-RADIO). Trained and checkpointed with the student, never saved with it."})
+    match: str = field(default="pooled", metadata={
+        "help": "What is matched: pooled (the student's pooled features to the teacher's pooled embedding), tokens "
+                "(the student's last feature map, per position, to the teacher's patch-token grid, interpolated to "
+                "it; class and register tokens left out) or both (the sum of the two terms, as AM-RADIO matches "
+                "summary and spatial features)."})
     feature_weight: float = field(default=1.0, metadata={"help": "Weight of the feature term (> 0)."})
     ce_weight: float = field(default=0.0, metadata={
         "help": "Weight of the cross-entropy on the labels (>= 0); 0, the default, needs no labels."})
@@ -247,6 +253,7 @@ class FeatureKDConfig(MethodConfig):
     def check(self):
         check_choice("distance", self.distance, FEATURE_DISTANCES)
         check_choice("projector", self.projector, PROJECTORS)
+        check_choice("match", self.match, FEATURE_MATCHES)
         self.feature_weight = check_positive("feature_weight", self.feature_weight)
         if self.ce_weight < 0:
             raise ValueError(f"ce_weight must be >= 0, got {shorten(self.ce_weight)}")

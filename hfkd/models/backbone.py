@@ -141,11 +141,20 @@ class TransformersBackbone(Backbone):
         return BackboneOutput(logits=out.logits, pooled=pooled, feature_maps=maps)
 
 
+def pool_hidden_state(hidden: torch.Tensor) -> torch.Tensor:
+    """A model without a pooler: the class token of a token sequence ``[N, L, D]`` (what ViT's and DeiT's
+    classifiers read), the spatial mean of a feature map ``[N, C, H, W]``."""
+    return hidden[:, 0] if hidden.dim() == 3 else hidden.flatten(2).mean(dim=-1)
+
+
 class HeadlessTransformersBackbone(Backbone):
-    """A transformers encoder without a classifier (``AutoModel``: DINOv2, ViT, ...): a feature teacher.
+    """A transformers encoder without a classifier (``AutoModel``: DINOv2, ViT, ...): a feature teacher or a
+    headless student.
 
     Like timm's ``num_classes=0`` it has no classes, and its "logits" are its pooled features: the model's own
-    ``pooler_output`` (DINOv2, ViT: the class token after the final norm), else the mean of the last hidden states.
+    ``pooler_output`` (DINOv2: the class token after the final norm; ResNet, ConvNeXt: the pooled map), else
+    :func:`pool_hidden_state` of the last hidden state.  Either is the input the model's own
+    ``...ForImageClassification`` head reads, so a classifier made headless keeps its pooled features.
     """
 
     library = "transformers"
@@ -154,12 +163,29 @@ class HeadlessTransformersBackbone(Backbone):
         out = self.model(pixel_values=x, output_hidden_states=bool(request.feature_stages))
         pooled = getattr(out, "pooler_output", None)
         if pooled is None:
-            pooled = out.last_hidden_state.mean(dim=1)
+            pooled = pool_hidden_state(out.last_hidden_state)
         pooled = pooled.flatten(1)
         maps: Dict[Stage, torch.Tensor] = {}
         for stage in request.feature_stages:
-            maps[stage] = out.hidden_states[-1 if stage == LAST_STAGE else int(stage)]
+            # the last stage is the encoder's output (after DINOv2's and ViT's final norm), as users read it
+            maps[stage] = out.last_hidden_state if stage == LAST_STAGE else out.hidden_states[int(stage)]
         return BackboneOutput(logits=pooled, pooled=pooled if request.pooled else None, feature_maps=maps)
+
+
+def prefix_tokens(backbone: Backbone) -> int:
+    """How many tokens precede the patch tokens in the backbone's token outputs: class, distillation and register
+    tokens (0 for a model whose outputs are feature maps or patch tokens only, e.g. a CNN or Swin)."""
+    model = backbone.model
+    count = getattr(model, "num_prefix_tokens", None)  # timm's vision transformers say it themselves
+    if isinstance(count, int):
+        return count
+    config = getattr(model, "config", None)
+    config = getattr(config, "vision_config", None) or config
+    for module in model.modules():  # transformers: the embeddings module holds the class token
+        if hasattr(module, "cls_token") or hasattr(module, "class_embedding"):
+            registers = int(getattr(config, "num_register_tokens", 0) or 0)
+            return 1 + int(hasattr(module, "distillation_token")) + registers
+    return 0
 
 
 class ModuleBackbone(Backbone):

@@ -80,8 +80,8 @@ def check_label_names(path: str, field: str, names: Any, num_classes: Optional[i
 
 def check_timm_config(config: Dict[str, Any], path: str) -> None:
     num_classes = config.get("num_classes")
-    if "num_classes" in config:
-        check_count(path, "num_classes", num_classes, MAX_NUM_CLASSES)
+    if "num_classes" in config:  # 0: a backbone without a classifier (timm's num_classes=0)
+        check_count(path, "num_classes", num_classes, MAX_NUM_CLASSES, minimum=0)
     if "num_features" in config:
         check_count(path, "num_features", config["num_features"], MAX_WIDTH)
     pretrained_cfg = config.get("pretrained_cfg")
@@ -103,7 +103,7 @@ def check_timm_config(config: Dict[str, Any], path: str) -> None:
     if "in_chans" in model_args:
         check_count(path, "model_args.in_chans", model_args["in_chans"], MAX_CHANNELS)
     if "num_classes" in model_args:
-        check_count(path, "model_args.num_classes", model_args["num_classes"], MAX_NUM_CLASSES)
+        check_count(path, "model_args.num_classes", model_args["num_classes"], MAX_NUM_CLASSES, minimum=0)
     if model_args.get("img_size") is not None:
         _check_image_size(path, "model_args.img_size", model_args["img_size"])
     check_label_names(path, "label_names", config.get("label_names"), num_classes)

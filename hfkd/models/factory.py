@@ -242,11 +242,23 @@ def _from_transformers_headless(path: str, revision, pretrained, model_kwargs, t
     if pretrained:
         if not allow_pickle_weights:
             kwargs.setdefault("use_safetensors", True)
-        model = AutoModel.from_pretrained(path, revision=revision, **kwargs)
+        model, info = AutoModel.from_pretrained(path, revision=revision, output_loading_info=True, **kwargs)
+        drop_unsaved_pooler(model, info.get("missing_keys") or ())
     else:
         model = AutoModel.from_config(AutoConfig.from_pretrained(path, revision=revision, **kwargs))
     return HeadlessTransformersBackbone(model, _transformers_preprocess(model, path, revision, trust_remote_code), 0,
                                         None, {"name": path, "revision": revision, "pretrained": pretrained})
+
+
+def drop_unsaved_pooler(model: nn.Module, missing_keys) -> None:
+    """Remove a pooler that ``AutoModel`` added with random weights because the checkpoint has none.
+
+    ``ViTForImageClassification`` (and DeiT's) build their encoder without a pooler and read the class token;
+    ``AutoModel`` builds ``ViTModel`` with one, randomly initialised: its ``pooler_output`` would be noise.
+    """
+    missing = list(missing_keys)
+    if missing and all(k.startswith("pooler.") for k in missing) and getattr(model, "pooler", None) is not None:
+        model.pooler = None
 
 
 def _from_timm(name: str, num_classes, revision, pretrained, model_kwargs) -> TimmBackbone:
@@ -300,6 +312,13 @@ def create_backbone(
         backbone = model
     elif isinstance(model, nn.Module):
         backbone = _wrap_module(model, preprocess)
+    elif type(model).__name__.endswith("Config") and hasattr(model, "to_dict") and num_classes == 0:
+        from transformers import AutoModel
+
+        encoder = AutoModel.from_config(model)  # no head: a transformers config's encoder (ViTModel, ...)
+        backbone = HeadlessTransformersBackbone(encoder, _transformers_preprocess(encoder, None, None), 0, None,
+                                                {"name": getattr(model, "model_type", "transformers"),
+                                                 "pretrained": False})
     elif type(model).__name__.endswith("Config") and hasattr(model, "to_dict"):
         from transformers import AutoModelForImageClassification
 
@@ -328,8 +347,10 @@ def create_backbone(
 
 
 def _check_sizes(num_classes, image_size) -> None:
-    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1):
-        raise ValueError(f"num_classes must be a positive integer (got {num_classes!r})")
+    # 0 asks for the backbone without a classifier, as timm's num_classes=0 does
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0):
+        raise ValueError(f"num_classes must be a positive integer, or 0 for a backbone without a classifier "
+                         f"(got {shorten(num_classes)})")
     sizes = [image_size] if isinstance(image_size, (int, float)) else list(image_size or [])
     if any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in sizes):
         raise ValueError(f"image_size must be a positive integer or (height, width) (got {image_size!r})")
@@ -379,6 +400,23 @@ def is_zero_shot_source(model: ModelSource, revision: Optional[str] = None) -> b
         return False  # not a readable model: create_backbone names the problem
 
 
+def saved_num_classes(model: ModelSource) -> Optional[int]:
+    """The classes of the head saved in a local model folder (or a run's output folder): 0 for a backbone saved
+    without one; ``None`` for anything else (a timm name, a Hub id, a module), whose head is replaced as asked."""
+    if not isinstance(model, str):
+        return None
+    local = model[len("local-dir:"):] if model.startswith("local-dir:") else model
+    local = run_folder_student(local) or local
+    if not os.path.isfile(os.path.join(local, "config.json")):
+        return None
+    cfg = _read_config(local, None)
+    if is_timm_config(cfg):
+        return int(cfg.get("num_classes", (cfg.get("pretrained_cfg") or {}).get("num_classes", 1000)))
+    if is_zero_shot_config(cfg) or is_headless_config(cfg):
+        return 0
+    return int(cfg.get("num_labels") or len(cfg.get("id2label") or {}) or 2)
+
+
 def run_folder_student(path: str) -> Optional[str]:
     """``path/student`` when ``path`` is a run's output folder (no model of its own, a saved student inside)."""
     student = os.path.join(path, "student")
@@ -420,7 +458,7 @@ def _from_name(name: str, num_classes, revision, pretrained, model_kwargs, trust
         if is_zero_shot_config(cfg):
             return _from_zero_shot(local, revision, pretrained, model_kwargs, zero_shot or {}, trust_remote_code,
                                    allow_pickle_weights)
-        if num_classes is None and is_headless_config(cfg):
+        if num_classes == 0 or num_classes is None and is_headless_config(cfg):
             return _from_transformers_headless(local, revision, pretrained, model_kwargs, trust_remote_code,
                                                allow_pickle_weights)
         return _from_transformers(local, num_classes, revision, pretrained, model_kwargs, trust_remote_code,

@@ -167,3 +167,32 @@ def build_lineage(trainer, measure_inference: bool = True) -> Dict[str, Any]:
         "versions": library_versions(),
     }
     return redact_secrets(without_local_paths(lineage))
+
+
+def backbone_lineage(lineage: Dict[str, Any], backbone) -> Dict[str, Any]:
+    """The lineage of a student saved without its head (``backbone``, see hfkd/models/heads.py).
+
+    The head was never trained (the loss read no labels), so what was measured through it (accuracy, NLL, the
+    evaluation curves) describes nothing that is saved: it is left out, and the student entry says ``headless``.
+    """
+    out = dict(lineage)
+    entry = {**model_entry(backbone), "headless": True, "num_features": _num_features(backbone)}
+    entry["inference"] = (lineage.get("student") or {}).get("inference")
+    out["student"] = redact_secrets(without_local_paths(entry))
+    out["label_names"] = None
+    out["metrics"] = {k: v for k, v in (lineage.get("metrics") or {}).items()
+                      if not k.startswith("eval_") or k == "eval_samples"}
+    out["log_history"] = [{k: v for k, v in e.items() if not k.startswith("eval_")} for e in lineage.get("log_history")
+                          or []]
+    out["log_history"] = [e for e in out["log_history"] if "loss" in e]
+    out.pop("baseline", None)
+    return out
+
+
+def _num_features(backbone) -> Optional[int]:
+    """The width of the backbone's pooled features (what a new head reads)."""
+    width = getattr(backbone.model, "num_features", None)  # timm
+    if width is None:
+        config = getattr(backbone.model, "config", None)
+        width = getattr(config, "hidden_size", None) or (getattr(config, "hidden_sizes", None) or [None])[-1]
+    return int(width) if isinstance(width, int) else None

@@ -26,6 +26,7 @@ from ..methods.base import DistillationMethod, MethodContext
 from ..methods.registry import create_method
 from ..models.backbone import Backbone
 from ..models.factory import create_backbone
+from ..models.heads import headless_backbone, headless_problem
 from ..models.teacher import Teacher, bind_teacher
 from ..output_dir import OutputDirLock, check_output_dir, remove_run_outputs
 from ..preemption import Preemption, PreemptionRequested
@@ -39,7 +40,7 @@ from .checkpoint import load_checkpoint, read_state, resolve_checkpoint, save_ch
 from .ema import create_model_ema, ema_state, load_ema_state, split_ema_state
 from .fsdp import (check_fsdp_run, fsdp_plugin, full_state_dict, materialize, prepare_sharded, shard_with_accelerator,
                    unsharded_skeleton)
-from .lineage import build_lineage
+from .lineage import backbone_lineage, build_lineage
 from .optim import create_optimizer, create_scheduler
 from .resume import check_same_run, run_signature
 from .speed import channels_last_batch, prepare_student, prepare_teachers
@@ -142,6 +143,11 @@ class DistillationTrainer:
             streaming.check_stream_run(self.args, self.method, self.task, teacher_cache or self.args.teacher_cache,
                                        train_dataset, eval_dataset)
         self.image_column, self.label_column = find_columns(train_dataset, image_column, label_column)
+        if not self.method.trains_student_head:  # saved as a backbone at the end: checked before the first step
+            problem = headless_problem(self.student)
+            if problem:
+                raise ValueError(f"method {self.method.name!r} without labels saves the student without its head, "
+                                 f"but {problem}; use a timm student, or pass ce_weight > 0 to train and keep the head")
         if self._streamed:
             self.label_names = streaming.check_stream_targets(self.student, train_dataset, eval_dataset,
                                                               self.image_column, self.label_column)
@@ -735,6 +741,11 @@ class DistillationTrainer:
         card_options = dict(card_extras or {})
         if card_options:
             lineage["card_options"] = card_options
+        student = self.unwrapped_student()
+        if not self.method.trains_student_head and student.num_classes:
+            # The head never learned (no labels in the loss): the student is saved as the backbone it trained.
+            student = headless_backbone(student)
+            lineage = backbone_lineage(lineage, student)
         extra_files = {}
         with tempfile.TemporaryDirectory() as tmp:
             plot_path = os.path.join(tmp, PLOT_FILENAME)
@@ -743,7 +754,7 @@ class DistillationTrainer:
                     extra_files[PLOT_FILENAME] = f.read()
         card = create_model_card(lineage, plot_filename=PLOT_FILENAME if extra_files else None, **card_options)
         extra_files["README.md"] = str(card).encode("utf-8")
-        save_student(self.unwrapped_student(), output_dir, metadata=lineage, extra_files=extra_files)
+        save_student(student, output_dir, metadata=lineage, extra_files=extra_files)
 
     def push_to_hub(self, output_dir: Optional[str] = None, repo_id: Optional[str] = None,
                     commit_message: Optional[str] = None):
