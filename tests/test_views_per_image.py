@@ -246,3 +246,18 @@ def test_the_dry_run_counts_views_and_images(capsys):
     out = capsys.readouterr().out
     assert "64 training images (256 views per epoch), 1 process(es): 16 optimizer steps per epoch, 32 in total" in out
     assert "a batch of 16 views loads 4 images, each image's views dealt to consecutive batches" in out
+
+
+def test_the_dry_run_lists_views_per_decode_without_a_cache(tmp_path, capsys):
+    from helpers.models import saved_model
+
+    from hfkd.cli.distill import parse_distill_args, run_settings
+
+    teacher = saved_model(tmp_path / "test_convnext")
+    argv = ["--method", "kd", "--student", "test_resnet", "--max_train_samples", "64", "--teachers", teacher,
+            "--per_device_train_batch_size", "16", "--crops_per_image", "2", "--output_dir", str(tmp_path / "o"),
+            "--dry_run"]
+    with pytest.raises(SystemExit) as stopped:  # the check the trainer would make at its start, listed now
+        run_settings(parse_distill_args(argv))
+    assert "crops_per_image=2 trains each decoded image on 2 views" in str(stopped.value.code)
+    assert "needs a teacher cache" in str(stopped.value.code)

@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from ..cache.lookup import open_teacher_cache
+from ..cache.lookup import check_crops_per_image, open_teacher_cache
 from ..data import checks
 from ..data.loading import find_columns
 from ..data.samplers import RemainingEpochBatchSampler, epoch_order, seedable_sampler
@@ -144,7 +144,7 @@ class DistillationTrainer:
             revision=self.args.teacher_cache_revision)
         if self.teacher_cache is None:
             self.method.check_teachers(len(teachers))
-        self._check_crops_per_image()
+        self._check_crops_per_image(train_dataset)
         # A method reading only the teachers' features binds them without a class check (num_classes None).
         classes = self.student.num_classes if self.method.reads_teacher_logits else None
         self.teachers: List[Teacher] = [bind_teacher(t, self.student.preprocess, classes, self.student.label_names)
@@ -178,20 +178,14 @@ class DistillationTrainer:
                     logger.warning("overwrite_output_dir: removed %s", path)
         acc.wait_for_everyone()
 
-    def _check_crops_per_image(self) -> None:
-        """K views per decode need K stored views per image, each with its teachers' outputs: a cache of >= K."""
-        k = self.args.crops_per_image
-        if k == 1:
-            return
-        if self.teacher_cache is None:
-            raise ValueError(f"crops_per_image={k} trains each decoded image on {k} views, each with its own stored "
-                             f"teacher outputs, so it needs a teacher cache (teacher_cache=...; methods that train "
-                             f"from one: KD, MEAL V2); method {self.method.name!r} runs without one here. Make a "
-                             f"cache with `hfkd cache --num_views {k}` or more, or set crops_per_image=1")
-        stored = self.teacher_cache.metadata.num_views
-        if k > stored:
-            raise ValueError(f"crops_per_image={k}, but the teacher cache stores {stored} view(s) per image: use "
-                             f"crops_per_image <= {stored}, or a cache generated with num_views >= {k}")
+    def _check_crops_per_image(self, train_dataset) -> None:
+        args = self.args
+        if args.crops_per_image > 1:
+            labels = (train_dataset.labels if isinstance(train_dataset, ImageClassificationDataset)
+                      else train_dataset[self.label_column])
+        own = args.crops_per_image > 1 and self.method.train_batch_sampler(
+            labels, args.per_device_train_batch_size, args.seed) is not None
+        check_crops_per_image(args.crops_per_image, self.teacher_cache, self.method.name, own_batches=own)
 
     def _wrap(self, dataset, training: bool) -> ImageClassificationDataset:
         if isinstance(dataset, ImageClassificationDataset):
@@ -214,9 +208,6 @@ class DistillationTrainer:
         args = self.args
         labels = self.train_dataset.labels
         sampler = self.method.train_batch_sampler(labels, args.per_device_train_batch_size, args.seed)
-        if sampler is not None and args.crops_per_image > 1:
-            raise ValueError(f"method {self.method.name!r} draws its own batches, which crops_per_image cannot "
-                             "split into views; set crops_per_image=1")
         common = dict(num_workers=args.dataloader_num_workers, pin_memory=torch.cuda.is_available(),
                       persistent_workers=args.dataloader_persistent_workers)
         if args.dataloader_num_workers > 0:
