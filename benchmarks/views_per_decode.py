@@ -9,7 +9,10 @@ ImageNet-size JPEGs (``benchmarks/data_path.py`` makes them: 500 x 375, quality 
 
 * plain: supervised training, one view per image load (K = 1);
 * cached KD, K: KD from a teacher cache of R = ``--views`` views per image (made once, before the rounds),
-  ``crops_per_image=K``: each image load serves K views with their stored teacher outputs.
+  ``crops_per_image=K``: each image load serves K views with their stored teacher outputs, dealt to K consecutive
+  batches (``spread_crops``, the default);
+* with ``--side_by_side``, also cached KD with K views side by side in one batch (``spread_crops=False``, FKD's
+  layout): what dealing the views costs.
 
 Speed is optimiser samples (views) per second, the trainer's ``train()`` call timed whole. The arms run in
 interleaved rounds whose order rotates; ratios to plain are taken per round, reported as median [min, max].
@@ -33,9 +36,9 @@ from hfkd.data.augment import AugmentConfig
 AUGMENT = AugmentConfig()  # timm's defaults: RandomResizedCrop (0.08, 1), flip, colour jitter 0.4
 
 
-def _args(out, steps, batch_size, crops):
+def _args(out, steps, batch_size, crops, spread=True):
     return DistillationArguments(output_dir=out, max_steps=steps, per_device_train_batch_size=batch_size,
-                                 crops_per_image=crops, save_strategy="no", eval_strategy="no", logging_steps=1000,
+                                 crops_per_image=crops, spread_crops=spread, save_strategy="no", eval_strategy="no", logging_steps=1000,
                                  disable_tqdm=True, eval_teachers=False, use_cpu=True, overwrite_output_dir=True)
 
 
@@ -60,6 +63,7 @@ def main(argv=None):
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--side_by_side", action="store_true", help="also K views side by side in one batch")
     a = parser.parse_args(argv)
     torch.set_num_threads(1)
     folder = make_folder(os.path.join(a.folder, f"{a.images}-500x375-q90"), a.images, 500, 375, 90)
@@ -80,6 +84,10 @@ def main(argv=None):
         for k in a.crops:
             arms[f"cached KD, K = {k}"] = (lambda k=k: _run(
                 student, "kd", _args(os.path.join(tmp, f"k{k}"), a.steps, a.batch_size, k), train, cache))
+            if a.side_by_side:
+                arms[f"cached KD, K = {k}, side by side"] = (lambda k=k: _run(
+                    student, "kd", _args(os.path.join(tmp, f"k{k}s"), a.steps, a.batch_size, k, spread=False),
+                    train, cache))
         for arm in arms.values():  # warm-up: the first run in a process pays one-off imports (about 0.6 s)
             arm()
         names, rates = list(arms), {n: [] for n in arms}

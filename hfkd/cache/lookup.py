@@ -293,6 +293,25 @@ def open_teacher_cache(source: Optional[str], *, teachers: Sequence[Any], method
     return cache
 
 
+def check_crops_per_image(k: int, cache: Optional[TeacherCache], method_name: str, own_batches: bool = False) -> None:
+    """K views per decode need K stored views per image, each with its teachers' outputs: a cache of >= K; and
+    batches the trainer makes (``own_batches``: the method draws its own, e.g. BAKE's class-aware ones)."""
+    if k == 1:
+        return
+    if own_batches:
+        raise ValueError(f"method {method_name!r} draws its own batches, which crops_per_image cannot split into "
+                         "views; set crops_per_image=1")
+    if cache is None:
+        raise ValueError(f"crops_per_image={k} trains each decoded image on {k} views, each with its own stored "
+                         f"teacher outputs, so it needs a teacher cache (teacher_cache=...; methods that train "
+                         f"from one: KD, MEAL V2); method {method_name!r} runs without one here. Make a "
+                         f"cache with `hfkd cache --num_views {k}` or more, or set crops_per_image=1")
+    stored = cache.metadata.num_views
+    if k > stored:
+        raise ValueError(f"crops_per_image={k}, but the teacher cache stores {stored} view(s) per image: use "
+                         f"crops_per_image <= {stored}, or a cache generated with num_views >= {k}")
+
+
 def verify_teacher_cache(source: str, revision: Optional[str] = None, token=None) -> TeacherCache:
     """Check a cache (folder or Hub id) in full: every file's size and sha256, its metadata and its rows.
 

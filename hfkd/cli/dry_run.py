@@ -34,8 +34,21 @@ def _steps(settings: RunSettings, data, method) -> Dict[str, Any]:
     per_epoch = max(1, math.ceil(batches / args.gradient_accumulation_steps))
     total = args.max_steps if args.max_steps > 0 else int(args.num_train_epochs) * per_epoch
     epochs = math.ceil(total / per_epoch)
-    return {"processes": world, "train_images": len(labels), "steps_per_epoch": per_epoch, "epochs": epochs,
-            "total_steps": total}
+    k = args.crops_per_image
+    return {"processes": world, "train_images": len(labels), "views_per_image": k,
+            "train_views_per_epoch": len(labels) * k, "images_per_batch": args.per_device_train_batch_size // k,
+            "steps_per_epoch": per_epoch, "epochs": epochs, "total_steps": total}
+
+
+def _views_text(args) -> str:
+    """How a batch is made of views when each decoded image serves ``crops_per_image`` of them (else nothing)."""
+    k, batch = args.crops_per_image, args.per_device_train_batch_size
+    if k == 1:
+        return ""
+    layout = ("each image's views dealt to consecutive batches" if args.spread_crops
+              else "each image's views side by side in one batch")
+    return (f"{k} views per decoded image (crops_per_image): a batch of {batch} views loads {batch // k} images, "
+            f"{layout}; an epoch is one pass over the images, {k} views of each (FKD counts it as {k} epochs)")
 
 
 def dry_run(settings: RunSettings) -> Dict[str, Any]:
@@ -89,12 +102,15 @@ def dry_run(settings: RunSettings) -> Dict[str, Any]:
               + (f"{steps} optimizer steps (max_steps)" if isinstance(steps, int) else "max_steps is not set")
               + "; an epoch is one pass over each process's shards")
     elif "total_steps" in report:
-        print(f"{report['train_images']} training images, {report['processes']} process(es): "
+        views = (f" ({report['train_views_per_epoch']} views per epoch)" if report["views_per_image"] > 1 else "")
+        print(f"{report['train_images']} training images{views}, {report['processes']} process(es): "
               f"{report['steps_per_epoch']} optimizer steps per epoch, {report['total_steps']} in total "
               f"({report['epochs']} epochs)")
     else:  # the dataset is not here (e.g. offline): the formula, with the numbers it does know
         report.update(_step_formula(settings))
         print(report["step_formula"])
+    if _views_text(settings.training):
+        print(_views_text(settings.training))
     for note in checked.notes:
         print(note)
     teachers = len(report["teachers"])
@@ -142,11 +158,18 @@ def _step_formula(settings: RunSettings) -> Dict[str, Any]:
     world = num_processes()
     batch = args.per_device_train_batch_size * world * args.gradient_accumulation_steps
     length = f"{args.max_steps} optimizer steps" if args.max_steps > 0 else f"{int(args.num_train_epochs)} epochs"
-    text = (f"{world} process(es) x {args.per_device_train_batch_size} images x "
-            f"{args.gradient_accumulation_steps} accumulation = {batch} images per optimizer step: "
-            f"ceil(N / {batch}) steps per epoch for N training images (an approximation for methods with their "
-            f"own batch sampler), {length}")
-    return {"processes": world, "images_per_step": batch, "step_formula": text}
+    k = args.crops_per_image
+    if k == 1:
+        text = (f"{world} process(es) x {args.per_device_train_batch_size} images x "
+                f"{args.gradient_accumulation_steps} accumulation = {batch} images per optimizer step: "
+                f"ceil(N / {batch}) steps per epoch for N training images (an approximation for methods with their "
+                f"own batch sampler), {length}")
+    else:  # the batch counts views; an epoch passes over the images once, k views each
+        text = (f"{world} process(es) x {args.per_device_train_batch_size} views x "
+                f"{args.gradient_accumulation_steps} accumulation = {batch} views ({batch // k} images x {k} views "
+                f"per decode) per optimizer step: ceil(N / {batch // k}) steps per epoch for N training images, "
+                f"{length}")
+    return {"processes": world, "images_per_step": batch // k, "views_per_step": batch, "step_formula": text}
 
 
 def _count(n) -> str:

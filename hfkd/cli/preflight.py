@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional
 
 from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 
-from ..cache.lookup import open_teacher_cache
+from ..cache.lookup import check_crops_per_image, open_teacher_cache
 from ..launch import is_main_process
 from ..methods.registry import get_method_class
 from ..models.backbone import Backbone
@@ -145,6 +145,7 @@ def check_run(settings: RunSettings, *, train_demo: bool) -> Checked:
             check_teacher(settings, stand_in, name, i, checked)
         for name in extra:  # FEED's generation-1 teacher
             check_teacher(settings, stand_in, name, len(checked.teachers), checked)
+    cache = None
     if checked.data is not None and checked.data.streamed:  # what a stream cannot do, listed with the rest
         try:
             check_stream_run(args, method, task, args.teacher_cache, checked.data.train, checked.data.eval)
@@ -153,13 +154,27 @@ def check_run(settings: RunSettings, *, train_demo: bool) -> Checked:
     elif args.teacher_cache and checked.student is not None and checked.data is not None:
         data = checked.data
         try:
-            open_teacher_cache(args.teacher_cache, teachers=[], method=method, student=checked.student,
-                               train_dataset=data.train, image_column=data.image_column, label_column=data.label_column,
-                               label_names=data.label_names, augment=settings.data.augment(), seed=args.seed)
+            cache = open_teacher_cache(
+                args.teacher_cache, teachers=[], method=method, student=checked.student, train_dataset=data.train,
+                image_column=data.image_column, label_column=data.label_column, label_names=data.label_names,
+                augment=settings.data.augment(), seed=args.seed)
         except Exception as e:  # noqa: BLE001
             checked.problems.append(f"teacher cache {shorten(args.teacher_cache)} cannot be used: {_why(e)}")
     checked.problems += launch_problems(args)  # what FSDP cannot do with this run (hfkd/training/fsdp.py)
+    if args.crops_per_image > 1 and (cache is not None or not args.teacher_cache):
+        _check_views_per_decode(settings, cache, method, checked)
     return checked
+
+
+def _check_views_per_decode(settings: RunSettings, cache, method, checked: Checked) -> None:
+    """crops_per_image > 1: a cache of enough views, and batches the trainer can split into views."""
+    args, data = settings.training, checked.data
+    own = data is not None and method.train_batch_sampler(
+        data.train[data.label_column], args.per_device_train_batch_size, args.seed) is not None
+    try:
+        check_crops_per_image(args.crops_per_image, cache, settings.method, own_batches=own)
+    except ValueError as e:
+        checked.problems.append(str(e))
 
 
 def claim_output_dir(settings: RunSettings) -> Optional[OutputDirLock]:

@@ -180,7 +180,8 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
 
     ``views_per_image`` (K > 1, FKD's multi-crop) makes K views of each decoded image, each with its own
     seed and extra fields, from ``view_provider.views(epoch, index, K)`` (a teacher cache's stored views): a
-    batch of ``n`` indices yields ``n * K`` rows, the views of an image next to each other.
+    batch of ``n`` indices yields ``n * K`` rows, the views of an image next to each other, and ``dataset[i]`` is
+    the list of image ``i``'s K rows.
 
     ``on_bad_image``: ``"raise"`` stops at an unreadable image (or a decompression bomb), naming its row and file;
     ``"skip"`` leaves it out of its batch and marks the row in :attr:`bad_rows` (a shared-memory mask, so rows
@@ -245,7 +246,9 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         return self.dataset[self.label_column]
 
     def __getitem__(self, index: int):
-        return self.__getitems__([index])[0]
+        """Row ``index``; with ``views_per_image`` K > 1, the list of its K views' rows (one decode serves them)."""
+        rows = self.__getitems__([index])
+        return rows if self.views_per_image > 1 else rows[0]
 
     def __getitems__(self, indices: Sequence[int]) -> List[dict]:
         """A batch of rows: the DataLoader calls this with a batch's indices (one ``datasets`` read)."""

@@ -151,6 +151,11 @@ class DistillationArguments:
         default=1, metadata={"help": "Views per decoded image (FKD's multi-crop): each image loaded serves K views, "
                                      "each with its own stored teacher outputs; needs a teacher_cache of >= K views; "
                                      "per_device_train_batch_size counts views (a multiple of K)."})
+    spread_crops: bool = field(
+        default=True, metadata={"help": "With crops_per_image=K > 1: deal each image's K views to K consecutive "
+                                        "batches (each batch holds one view of as many images as it has rows, as "
+                                        "with one view per decode) instead of putting them side by side in one "
+                                        "batch (FKD's layout)."})
 
     def __post_init__(self):
         if isinstance(self.report_to, str):

@@ -79,6 +79,12 @@ def start_banner(trainer) -> str:
               else "streamed: ")
     steps = (f"{length}{state.max_steps} optimizer steps"
              + (f", resuming at step {state.global_step}" if state.global_step else ""))
+    k, batch = args.crops_per_image, args.per_device_train_batch_size
+    if k > 1:  # the batch counts views: say how many images a batch and an epoch hold
+        images = len(trainer.train_dataset)
+        steps += (f"\n{'':>11}batches of {batch} views = {batch // k} images x {k} views per decode "
+                  f"(crops_per_image{', dealt to consecutive batches' if args.spread_crops else ', side by side'}); "
+                  f"an epoch: {images:,} images, {images * k:,} views")
     rows = [("method", trainer.method.name), ("data", f"{data}: {size(trainer.train_dataset)} train{evaluation}"),
             ("device", f"{acc.device}, {acc.num_processes} process(es), {precision}"),
             ("student", f"{trainer.student.name} ({trainer.student.num_parameters():,} parameters)"),

@@ -34,7 +34,8 @@ TRAJECTORY_ARGS = (
     "channels_last", "model_ema", "model_ema_decay", "model_ema_warmup", "teacher_dtype",
 )
 OTHER_FIELDS = ("method", "method_hparams", "augment", "dataset", "train_samples", "world_size", "mixed_precision",
-                "student", "teachers", "teacher_cache", "crops_per_image")
+                "student", "teachers", "teacher_cache", "crops_per_image",
+                "spread_crops")
 
 
 def dataset_fingerprint(dataset) -> str:
@@ -76,6 +77,7 @@ def run_signature(trainer) -> Dict[str, Any]:
     )
     if args.crops_per_image != 1:  # recorded only when set, so checkpoints written before it resume unchanged
         signature["crops_per_image"] = args.crops_per_image
+        signature["spread_crops"] = args.spread_crops
     return json.loads(json.dumps(signature, default=str))  # tuples -> lists, as read back from the checkpoint
 
 

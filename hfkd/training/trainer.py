@@ -11,12 +11,13 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from ..cache.lookup import open_teacher_cache
+from ..cache.lookup import check_crops_per_image, open_teacher_cache
 from ..data import checks
 from ..data.loading import find_columns
 from ..data.samplers import RemainingEpochBatchSampler, epoch_order, seedable_sampler
 from ..data.stream import is_stream
 from ..data.transforms import AugmentConfig, ImageClassificationDataset, create_image_transform
+from ..data.views import spread_views
 from ..hub.card import PLOT_FILENAME, create_model_card, plot_training_curves
 from ..hub.push import push_to_hub
 from ..hub.secrets import redact_secrets
@@ -167,7 +168,7 @@ class DistillationTrainer:
             revision=self.args.teacher_cache_revision)
         if self.teacher_cache is None:
             self.method.check_teachers(len(teachers))
-        self._check_crops_per_image()
+        self._check_crops_per_image(train_dataset)
         # A method reading only the teachers' features binds them without a class check (num_classes None).
         classes = self.student.num_classes if self.method.reads_teacher_logits else None
         self.teachers: List[Teacher] = [bind_teacher(t, self.student.preprocess, classes, self.student.label_names)
@@ -203,20 +204,14 @@ class DistillationTrainer:
                     logger.warning("overwrite_output_dir: removed %s", path)
         acc.wait_for_everyone()
 
-    def _check_crops_per_image(self) -> None:
-        """K views per decode need K stored views per image, each with its teachers' outputs: a cache of >= K."""
-        k = self.args.crops_per_image
-        if k == 1:
-            return
-        if self.teacher_cache is None:
-            raise ValueError(f"crops_per_image={k} trains each decoded image on {k} views, each with its own stored "
-                             f"teacher outputs, so it needs a teacher cache (teacher_cache=...; methods that train "
-                             f"from one: KD, MEAL V2); method {self.method.name!r} runs without one here. Make a "
-                             f"cache with `hfkd cache --num_views {k}` or more, or set crops_per_image=1")
-        stored = self.teacher_cache.metadata.num_views
-        if k > stored:
-            raise ValueError(f"crops_per_image={k}, but the teacher cache stores {stored} view(s) per image: use "
-                             f"crops_per_image <= {stored}, or a cache generated with num_views >= {k}")
+    def _check_crops_per_image(self, train_dataset) -> None:
+        args = self.args
+        if args.crops_per_image > 1:
+            labels = (train_dataset.labels if isinstance(train_dataset, ImageClassificationDataset)
+                      else train_dataset[self.label_column])
+        own = args.crops_per_image > 1 and self.method.train_batch_sampler(
+            labels, args.per_device_train_batch_size, args.seed) is not None
+        check_crops_per_image(args.crops_per_image, self.teacher_cache, self.method.name, own_batches=own)
 
     def _wrap(self, dataset, training: bool) -> ImageClassificationDataset:
         if isinstance(dataset, ImageClassificationDataset):
@@ -241,9 +236,6 @@ class DistillationTrainer:
         args = self.args
         labels = self.train_dataset.labels
         sampler = self.method.train_batch_sampler(labels, args.per_device_train_batch_size, args.seed)
-        if sampler is not None and args.crops_per_image > 1:
-            raise ValueError(f"method {self.method.name!r} draws its own batches, which crops_per_image cannot "
-                             "split into views; set crops_per_image=1")
         common = dict(num_workers=args.dataloader_num_workers, pin_memory=torch.cuda.is_available(),
                       persistent_workers=args.dataloader_persistent_workers)
         if args.dataloader_num_workers > 0:
@@ -478,7 +470,24 @@ class DistillationTrainer:
                 f"batches, so the rest of the epoch cannot be reproduced exactly (a sample would be skipped or "
                 f"repeated). Resume on {world} processes with the same batch size, or from a checkpoint at the end "
                 "of an epoch")
+        self._check_views_resume(run, samples, world, path)
         return samples
+
+    def _check_views_resume(self, run: Dict[str, Any], samples: int, world: int, path: str) -> None:
+        """Views dealt over K batches: a checkpoint inside a group resumes only in the layout that made it."""
+        k, args = self.args.crops_per_image, self.args
+        if k == 1 or not args.spread_crops or not samples:
+            return
+        recorded_batch = int(run.get("per_device_train_batch_size", args.per_device_train_batch_size))
+        recorded_step = recorded_batch // k * world  # images of the global order per step of the recorded run
+        if samples % (recorded_step * k) == 0 or recorded_step == self._samples_per_batch:
+            return  # at a group's end (every view of the images before it trained), or the same layout
+        raise ValueError(
+            f"{path} stopped inside a group of {k} batches that share their images' views (crops_per_image={k}, "
+            f"spread_crops): the images of that group have trained on some of their views only, which a run on "
+            f"{self.accelerator.num_processes} process(es) with batch {args.per_device_train_batch_size} cannot "
+            f"continue exactly. Resume on {world} process(es) with batch {recorded_batch}, or from a checkpoint at "
+            "the end of an epoch")
 
     def _steps_to_finish_epochs(self) -> None:
         # A budget in epochs: the steps done so far may have been counted on another number of processes or
@@ -497,7 +506,21 @@ class DistillationTrainer:
         self.state.max_steps = max_steps
 
     def _epoch_batches(self, loader, epoch: int, start: int):
-        """This process's batches of ``epoch`` from sample ``start`` of the global order, and how many there are."""
+        """This process's batches of ``epoch`` from sample ``start`` of the global order, and how many there are.
+
+        With ``crops_per_image`` K > 1 and ``spread_crops``, K loaded batches at a time are dealt view by view
+        (:func:`hfkd.data.views.spread_views`); a run stopped inside such a group reloads it and skips what it
+        trained.
+        """
+        k = self.args.crops_per_image
+        if k == 1 or not self.args.spread_crops:
+            return self._loaded_batches(loader, epoch, start)
+        into_group = start // self._samples_per_batch % k if start % self._samples_per_batch == 0 else 0
+        group_start = start - into_group * self._samples_per_batch
+        batches, count = self._loaded_batches(loader, epoch, group_start)
+        return spread_views(batches, k, skip=into_group), count - into_group
+
+    def _loaded_batches(self, loader, epoch: int, start: int):
         if start == 0:
             return loader, len(loader)
         if start % self._samples_per_batch == 0:  # whole steps: Accelerate's skip (bitwise the same batches)
