@@ -96,7 +96,7 @@ def test_the_banner_names_a_teacher_cache_given_as_an_argument():
         args=SimpleNamespace(teacher_dtype=None, teacher_cache=None, output_dir="out", crops_per_image=1,
                            per_device_train_batch_size=2),
         accelerator=SimpleNamespace(mixed_precision="no", device="cpu", num_processes=1),
-        state=SimpleNamespace(num_epochs=1, max_steps=2, global_step=0), steps_per_epoch=2,
+        state=SimpleNamespace(num_epochs=1, max_steps=2, global_step=0), steps_per_epoch=2, _streamed=False,
         dataset_info={"id": "hfkd/digits"}, eval_dataset=None, train_dataset=[0] * 4,
         method=SimpleNamespace(name="kd"), teachers=[], teacher_cache=SimpleNamespace(source="org/soft-labels"),
         student=SimpleNamespace(name="test_resnet", num_parameters=lambda: 10))
