@@ -104,7 +104,8 @@ class DistillationMethod(nn.Module):
     citation: ClassVar[str] = ""
     min_teachers: ClassVar[int] = 0
     max_teachers: ClassVar[Optional[int]] = None
-    #: whether the loss reads the ground-truth labels
+    #: whether the loss reads the ground-truth labels (set per instance where a setting decides it); the trainer
+    #: refuses data without a label column when it does, giving :meth:`labels_reason`
     uses_labels: bool = True
     #: whether the loss reads the teachers' logits; if not (feature distillation), a teacher needs no classes of
     #: the student's and is neither label-checked nor evaluated
@@ -121,6 +122,11 @@ class DistillationMethod(nn.Module):
         self.config = build_config(self.config_class, config, kwargs, self.name)
         self.context: Optional[MethodContext] = None
         self.epoch = 0
+
+    def labels_reason(self) -> str:
+        """Why the method, with its settings, reads labels, and the setting that would make it label-free (what the
+        refusal of data without labels says; the trainer names no method)."""
+        return "its loss reads the labels"
 
     # -- lifecycle --------------------------------------------------------------------------------
     def check_teachers(self, num_teachers: int) -> None:

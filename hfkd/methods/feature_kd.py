@@ -47,6 +47,10 @@ class FeatureKD(DistillationMethod):
         self.uses_labels = self.config.ce_weight > 0
         self.projectors = nn.ModuleList()
 
+    def labels_reason(self) -> str:
+        return (f"ce_weight={self.config.ce_weight:g} adds a cross-entropy on the labels; ce_weight=0 (the default) "
+                "matches the teachers' features alone")
+
     def setup(self, context: MethodContext) -> None:
         super().setup(context)
         student = context.student

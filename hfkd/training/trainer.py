@@ -28,7 +28,7 @@ from ..models.factory import create_backbone
 from ..models.teacher import Teacher, bind_teacher
 from ..output_dir import OutputDirLock, check_output_dir, remove_run_outputs
 from ..preemption import Preemption, PreemptionRequested
-from ..settings import check_finite_settings
+from ..settings import check_finite_settings, shorten
 from ..tasks import Task, create_task
 from . import validation
 from .args import DistillationArguments
@@ -126,10 +126,15 @@ class DistillationTrainer:
         checks.check_split(train_dataset, "train_dataset")
         checks.check_split(eval_dataset, "eval_dataset")
         check_finite_settings(self.method.hparams(), f"method {self.method.name!r}")
-        self.image_column, self.label_column = find_columns(train_dataset, image_column, label_column)
         self.task = create_task(task)
+        self.image_column, self.label_column = find_columns(train_dataset, image_column, label_column,
+                                                            require_label=False)
+        self._check_labels_needed(train_dataset)
+        # The eval split may have labels of its own (accuracy) or none (agreement with the teachers).
+        self.eval_label_column = find_columns(eval_dataset, self.image_column, label_column or self.label_column,
+                                              require_label=False)[1] if eval_dataset is not None else None
         self.label_names = self.task.check_targets(self.student, train_dataset, eval_dataset, self.image_column,
-                                                   self.label_column)
+                                                   self.label_column, self.eval_label_column)
         self.verified_bad_images = {}  # split -> the bad images verify_images left out
         if self.args.verify_images:
             train_dataset, eval_dataset, self.verified_bad_images = verify_splits(
@@ -177,6 +182,22 @@ class DistillationTrainer:
                     logger.warning("overwrite_output_dir: removed %s", path)
         acc.wait_for_everyone()
 
+    def _check_labels_needed(self, train_dataset) -> None:
+        """Data without a label column trains only a method that reads no labels (the method says whether it does)."""
+        if self.label_column is not None:
+            return
+        columns = list(train_dataset.features)
+        if self.task.requires_labels:
+            raise ValueError(f"a {self.task.name} run needs targets, but the train split has no label column (its "
+                             f"columns: {shorten(columns)}); name it with label_column=... (--label_column)")
+        if self.method.uses_labels:
+            raise ValueError(
+                f"method {self.method.name!r} needs labels, but the train split has no label column (its columns: "
+                f"{shorten(columns)}): {self.method.labels_reason()}. Either give the data labels (an image folder "
+                "with one sub-folder per class, or name the column with label_column=... / --label_column), or "
+                "train with a method that needs none: meal_v2, feature_kd with ce_weight 0, kd with alpha 1 "
+                "(docs/any_teacher.md, \"Without labels\")")
+
     def _check_crops_per_image(self) -> None:
         """K views per decode need K stored views per image, each with its teachers' outputs: a cache of >= K."""
         k = self.args.crops_per_image
@@ -195,12 +216,17 @@ class DistillationTrainer:
     def _wrap(self, dataset, training: bool) -> ImageClassificationDataset:
         if isinstance(dataset, ImageClassificationDataset):
             return dataset
-        find_columns(dataset, self.image_column, self.label_column)
+        label_column = self.label_column if training else self._eval_labels(dataset)
         transform = create_image_transform(self.student.preprocess, training, self.augment)
         mode = "RGB" if self.student.preprocess.input_size[0] == 3 else "L"
-        return self.task.dataset_class(dataset, transform, self.image_column, self.label_column,
+        return self.task.dataset_class(dataset, transform, self.image_column, label_column,
                                           seed=self.args.seed, image_mode=mode, on_bad_image=self.args.on_bad_image,
                                           views_per_image=self.args.crops_per_image if training else 1)
+
+    def _eval_labels(self, dataset) -> Optional[str]:
+        """The label column of an eval split (``None``: it has none, and is evaluated against the teachers)."""
+        return find_columns(dataset, self.image_column, self.eval_label_column or self.label_column,
+                            require_label=False)[1]
 
     @property
     def _images_per_batch(self) -> int:

@@ -1,0 +1,166 @@
+"""Data without labels (issue 26): accepted by the methods that read no labels, refused by the others before the
+first step; label names from --label_names (a list or a file); evaluation by agreement with the teachers."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_args
+from hfkd import DistillationTrainer, create_backbone, create_method, load_image_dataset
+from hfkd.data.labels import FROM_DATASET, FROM_OPTION, check_label_names, read_label_names
+
+NAMES = [str(i) for i in range(10)]
+
+
+@pytest.fixture(scope="module")
+def unlabelled(small_digits):
+    """The small digits without their label column: what a folder of photos gives."""
+    return small_digits.train.remove_columns("label"), small_digits.eval.remove_columns("label")
+
+
+def _student(names=NAMES):
+    return create_backbone("test_resnet", num_classes=len(names), pretrained=False, image_size=32, label_names=names)
+
+
+def _teacher():
+    torch.manual_seed(1)
+    return create_backbone("test_resnet", num_classes=10, pretrained=False, image_size=32, label_names=NAMES)
+
+
+def flat_folder(root, n=12, seed=0):
+    """A flat folder of JPEG photos of mixed sizes, no class sub-folders."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    os.makedirs(root, exist_ok=True)
+    for i in range(n):
+        h, w = int(rng.integers(20, 90)), int(rng.integers(20, 90))
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(os.path.join(root, f"photo_{i}.jpg"))
+    return str(root)
+
+
+# -- which methods train without labels ----------------------------------------------------------------------
+@pytest.mark.parametrize("method, settings, reason", [
+    ("supervised", {}, "trains on the labels alone"),
+    ("kd", {}, "alpha=0.9 weighs a cross-entropy on the labels.*alpha=1"),
+    ("kd", {"alpha": 0.5}, "alpha=0.5 weighs"),
+    ("meal_v2", {"hard_label_weight": 0.3}, "hard_label_weight=0.3 adds a cross-entropy.*hard_label_weight=0"),
+    ("feature_kd", {"ce_weight": 1.0}, "ce_weight=1 adds a cross-entropy.*ce_weight=0"),
+    ("bake", {}, "cross-entropy on the labels"),
+    ("pskd", {}, "mix the labels"),
+    ("feed", {}, "ce_weight=1 adds"),
+    ("extracurricular", {}, "alpha=0.9 weighs"),
+])
+def test_a_method_that_reads_labels_refuses_data_without_them(unlabelled, tmp_path, method, settings, reason):
+    train, _ = unlabelled
+    teachers = [] if method in ("supervised", "bake", "pskd") else [_teacher()]
+    with pytest.raises(ValueError, match=f"method '{method}' needs labels, but the train split has no label column "
+                                         rf"\(its columns: \['image'\]\): .*{reason}") as e:
+        DistillationTrainer(_student(), teachers, create_method(method, **settings), run_args(tmp_path),
+                            train_dataset=train)
+    assert "label_column" in str(e.value) and "meal_v2, feature_kd with ce_weight 0, kd with alpha 1" in str(e.value)
+
+
+@pytest.mark.parametrize("method, settings", [("meal_v2", {}), ("kd", {"alpha": 1.0}), ("feature_kd", {})])
+def test_the_label_free_methods_train_on_data_without_labels(unlabelled, tmp_path, method, settings):
+    train, _ = unlabelled
+    trainer = DistillationTrainer(_student(), [_teacher()], create_method(method, **settings),
+                                  run_args(tmp_path, max_steps=2, use_cpu=True, per_device_train_batch_size=16),
+                                  train_dataset=train)
+    assert trainer.label_column is None and trainer.train_dataset.labels[:3] == [-1, -1, -1]
+    trainer.train()
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    assert len(losses) == 2 and np.isfinite(losses).all()
+    assert trainer.student.label_names == NAMES  # the student's own names: nothing in the data says otherwise
+
+
+def test_a_regression_run_needs_targets(unlabelled, tmp_path):
+    from hfkd.tasks import RegressionTask
+
+    student = create_backbone("test_resnet", num_classes=2, pretrained=False, image_size=32)
+    with pytest.raises(ValueError, match="regression run needs targets.*no label column"):
+        DistillationTrainer(student, [], "extracurricular", run_args(tmp_path), train_dataset=unlabelled[0],
+                            task=RegressionTask())
+
+
+# -- loading data without labels ------------------------------------------------------------------------------
+def test_a_flat_folder_of_mixed_size_photos_loads_without_labels(tmp_path):
+    folder = flat_folder(tmp_path / "photos")
+    data = load_image_dataset(folder, validation_fraction=0.25, cache_dir=str(tmp_path / "cache"))
+    assert data.label_column is None and data.label_names is None and data.label_source is None
+    assert len(data.train) == 9 and len(data.eval) == 3 and list(data.train.features) == ["image"]
+    named = load_image_dataset(folder, validation_fraction=0.25, cache_dir=str(tmp_path / "cache"),
+                               label_names=["cat", "dog"])
+    assert named.label_names == ["cat", "dog"] and named.num_classes == 2 and named.label_source == FROM_OPTION
+
+
+def test_a_single_class_sub_folder_is_still_refused(tmp_path):
+    flat_folder(tmp_path / "one" / "cat", n=3)
+    with pytest.raises(ValueError, match="has no class labels.*cat.*Images without labels go directly in the folder"):
+        load_image_dataset(str(tmp_path / "one"), validation_fraction=0, cache_dir=str(tmp_path / "cache"))
+
+
+def test_parquet_with_only_an_image_column(small_digits, tmp_path):
+    path = str(tmp_path / "images.parquet")
+    small_digits.train.remove_columns("label").select(range(40)).to_parquet(path)
+    data = load_image_dataset(path, validation_fraction=0.25, cache_dir=str(tmp_path / "cache"))
+    assert data.label_column is None and data.image_column == "image" and len(data.eval) == 10
+
+
+def test_label_names_against_the_datasets_own(small_digits):
+    from datasets import Value
+
+    labelled = small_digits.train.select(range(40))
+    same = load_image_dataset(labelled, label_names=NAMES, validation_fraction=0)
+    assert same.label_names == NAMES and same.label_source == FROM_DATASET
+    with pytest.raises(ValueError, match="differ from the dataset's own class names"):
+        load_image_dataset(labelled, label_names=list("abcdefghij"), validation_fraction=0)
+    # integer labels without names: --label_names names them, one name per class index
+    ints = labelled.cast_column("label", Value("int64"))
+    named = load_image_dataset(ints, label_names=list("abcdefghij"), validation_fraction=0)
+    assert named.label_names == list("abcdefghij") and named.label_source == FROM_OPTION
+    with pytest.raises(ValueError, match="label 'label' at row .* but there are 3 classes"):
+        load_image_dataset(ints, label_names=["a", "b", "c"], validation_fraction=0)
+
+
+def test_unlabelled_train_with_a_labelled_eval_split(small_digits):
+    from datasets import DatasetDict
+
+    splits = DatasetDict(train=small_digits.train.remove_columns("label"), validation=small_digits.eval)
+    data = load_image_dataset(splits)
+    assert data.label_column == "label" and not data.labelled("train") and data.labelled("eval")
+    assert data.label_names == NAMES and data.label_source == FROM_DATASET
+
+
+# -- --label_names: a list or a file ----------------------------------------------------------------------
+def test_label_names_from_a_list_or_a_file(tmp_path):
+    assert read_label_names(None) is None and read_label_names([]) is None
+    assert read_label_names(["cat", " dog ", "red fox"]) == ["cat", "dog", "red fox"]
+    path = tmp_path / "labels.txt"
+    path.write_text("\ufeffcat\r\ndog\n\nred fox\n", encoding="utf-8")  # a BOM, Windows line ends, a blank line
+    assert read_label_names([str(path)]) == ["cat", "dog", "red fox"]
+    assert read_label_names(str(path)) == ["cat", "dog", "red fox"]  # YAML: one string
+
+
+def test_label_names_checks(tmp_path):
+    with pytest.raises(ValueError, match="names \\['cat'\\] more than once"):
+        read_label_names(["cat", "dog", "cat"])
+    with pytest.raises(ValueError, match="name 1 is blank"):
+        read_label_names(["cat", " "])
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="holds no label name; write one name per line"):
+        read_label_names([str(empty)])
+    binary = tmp_path / "labels.bin"
+    binary.write_bytes(b"\xff\xfe\x00cat")
+    with pytest.raises(ValueError, match="is not UTF-8 text"):
+        read_label_names([str(binary)])
+    with pytest.raises(ValueError, match="gives 2 names but the teacher has 3 classes; give one name per class"):
+        check_label_names(["a", "b"], num_classes=3, classes_of="the teacher")
+    with pytest.raises(ValueError, match="is empty"):
+        check_label_names([])
+    long = ["x" * 5000, "x" * 5000]
+    with pytest.raises(ValueError) as e:
+        read_label_names(long)
+    assert len(str(e.value)) < 600  # the value is quoted shortened
