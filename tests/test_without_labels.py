@@ -164,3 +164,170 @@ def test_label_names_checks(tmp_path):
     with pytest.raises(ValueError) as e:
         read_label_names(long)
     assert len(str(e.value)) < 600  # the value is quoted shortened
+
+
+# -- evaluation without labels: agreement with the teachers, the distillation loss --------------------------
+def test_agreement_and_distillation_loss_by_hand(unlabelled, tmp_path):
+    import torch.nn.functional as F
+
+    from hfkd.hub.card import create_model_card
+    from hfkd.losses import soft_kl_div
+    from hfkd.training.lineage import build_lineage
+
+    train, evaluation = unlabelled
+    evaluation = evaluation.select(range(24))
+    torch.manual_seed(2)
+    teachers = [_teacher(), create_backbone("test_resnet", num_classes=10, pretrained=False, image_size=32,
+                                            label_names=NAMES)]
+    method = create_method("kd", alpha=1.0, temperature=2.0)
+    trainer = DistillationTrainer(_student(), teachers, method,
+                                  run_args(tmp_path, max_steps=1, use_cpu=True, per_device_train_batch_size=16,
+                                           per_device_eval_batch_size=64),
+                                  train_dataset=train, eval_dataset=evaluation)
+    trainer.train()
+    assert trainer.evaluate_teachers() == {}  # no labels: no teacher accuracy either
+    metrics = trainer.evaluate()
+    # by hand, on the same (un-augmented) eval pixels
+    x = torch.stack([trainer.eval_dataset[i]["pixel_values"] for i in range(24)])
+    student = trainer.unwrapped_student().eval()
+    with torch.no_grad():
+        s = student(x).logits
+        t = [teacher(x).logits for teacher in trainer.teachers]
+    top1 = s.argmax(-1)
+    ensemble = (F.softmax(t[0], -1) + F.softmax(t[1], -1)) / 2
+    assert metrics["eval_agreement_teacher_0"] == pytest.approx((top1 == t[0].argmax(-1)).float().mean().item())
+    assert metrics["eval_agreement_teacher_1"] == pytest.approx((top1 == t[1].argmax(-1)).float().mean().item())
+    assert metrics["eval_agreement"] == pytest.approx((top1 == ensemble.argmax(-1)).float().mean().item())
+    # KD at alpha 1: T^2 KL(mean of the teachers' softened probabilities || the student's)
+    target = (F.softmax(t[0] / 2.0, -1) + F.softmax(t[1] / 2.0, -1)) / 2
+    assert metrics["eval_distillation_loss"] == pytest.approx(soft_kl_div(s, target, 2.0).item(), rel=1e-4)
+    assert metrics["eval_samples"] == 24 and "eval_accuracy" not in metrics
+    assert "accuracy was not measured: the eval split has no labels" in metrics["eval_accuracy_note"]
+    # hfkd.json and the card say so
+    lineage = build_lineage(trainer, measure_inference=False)
+    assert lineage["metrics"]["eval_accuracy_note"] == metrics["eval_accuracy_note"]
+    card = str(create_model_card(lineage))
+    assert "## Evaluation without labels" in card and "Accuracy was **not measured**" in card
+    assert f"top-1 agreement with teacher 2: {100 * metrics['eval_agreement_teacher_1']:.2f} %" in card
+
+
+def test_an_eval_split_with_labels_still_gets_accuracy(unlabelled, small_digits, tmp_path):
+    train, _ = unlabelled
+    trainer = DistillationTrainer(_student(), [_teacher()], create_method("meal_v2"),
+                                  run_args(tmp_path, max_steps=1, use_cpu=True, per_device_train_batch_size=16),
+                                  train_dataset=train, eval_dataset=small_digits.eval.select(range(20)))
+    assert trainer.label_column is None and trainer.eval_label_column == "label"
+    trainer.train()
+    metrics = trainer.evaluate()
+    assert 0 <= metrics["eval_accuracy"] <= 1 and "eval_agreement" not in metrics
+    assert "eval_accuracy" in trainer.evaluate_teachers()["teacher_0"]
+    # the eval split's classes must be the student's
+    wrong = create_backbone("test_resnet", num_classes=10, pretrained=False, image_size=32,
+                            label_names=list("abcdefghij"))
+    with pytest.raises(ValueError, match="eval split's label names differ"):
+        DistillationTrainer(wrong, [_teacher()], create_method("meal_v2"), run_args(tmp_path / "2"),
+                            train_dataset=train, eval_dataset=small_digits.eval.select(range(20)))
+
+
+def test_feature_kd_without_labels_reports_the_feature_loss_only(unlabelled, tmp_path):
+    train, evaluation = unlabelled
+    trainer = DistillationTrainer(_student(), [_teacher()], create_method("feature_kd"),
+                                  run_args(tmp_path, max_steps=1, use_cpu=True, per_device_train_batch_size=16),
+                                  train_dataset=train, eval_dataset=evaluation.select(range(16)))
+    trainer.train()
+    metrics = trainer.evaluate()
+    assert "eval_agreement" not in metrics  # a feature teacher's logits are not over the student's classes
+    assert metrics["eval_distillation_loss"] > 0
+
+
+# -- the command line: the issue's command, --label_names, the label source ------------------------------------
+from test_zero_shot import clip_folder  # noqa: E402,F401 - the tiny random CLIP saved to a folder, built offline
+
+TINY = ["--student", "test_resnet", "--student_pretrained", "false", "--image_size", "32",
+        "--per_device_train_batch_size", "16", "--eval_teachers", "false", "--disable_tqdm", "true",
+        "--save_strategy", "no", "--eval_strategy", "no"]
+
+
+def test_the_issues_dry_run_resolves_and_names_the_label_source(clip_folder, tmp_path, capsys):
+    from hfkd.cli import main as hfkd_main
+
+    folder = flat_folder(tmp_path / "photos", n=20)
+    (tmp_path / "labels.txt").write_text("cat\ndog\nred fox\n", encoding="utf-8")
+    command = ["distill", "--method", "meal_v2", "--teachers", clip_folder, "--teacher_prompts", "a photo of a {}.",
+               "--dataset", folder, *TINY, "--output_dir", str(tmp_path / "never")]
+    for names in (["cat", "dog", "red fox"], [str(tmp_path / "labels.txt")]):
+        report = hfkd_main([*command, "--label_names", *names, "--dry_run"])
+        out = capsys.readouterr().out
+        assert report["problems"] == [] and report["num_classes"] == 3
+        assert report["label_source"] == "label names: from --label_names (3)" and "label names: from --label_names (3)" in out
+        assert "its 3 classes are the student's label names ['cat', 'dog', 'red fox']" in out
+        assert "teacher cost: 1 teacher forward(s) per training image per epoch" in out
+    with pytest.raises(SystemExit) as e:  # without --label_names: refused, naming the fix
+        hfkd_main([*command, "--dry_run"])
+    assert "is zero-shot (CLIP): it needs the class names to write its prompts, and the data has no labels; give " \
+           "them with --label_names" in str(e.value)
+    assert not os.path.exists(tmp_path / "never")
+
+
+def test_the_command_refuses_a_method_that_needs_labels_and_a_baseline(clip_folder, tmp_path):
+    from hfkd.cli import main as hfkd_main
+
+    folder = flat_folder(tmp_path / "photos", n=20)
+    base = ["distill", "--teachers", clip_folder, "--dataset", folder, "--label_names", "cat", "dog", *TINY,
+            "--output_dir", str(tmp_path / "never"), "--dry_run"]
+    with pytest.raises(SystemExit) as e:
+        hfkd_main([*base, "--method", "kd"])
+    assert "method 'kd' needs labels, but the train split has no label column (its columns: ['image']): alpha=0.9" \
+        in str(e.value)
+    with pytest.raises(SystemExit) as e:
+        hfkd_main([*base, "--method", "meal_v2", "--baseline", "true"])
+    assert "--baseline trains the same student on the labels" in str(e.value)
+    assert hfkd_main([*base, "--method", "kd", "--alpha", "1"])["problems"] == []
+
+
+def test_label_names_against_the_teachers_classes(tmp_path, capsys):
+    from hfkd import save_student
+    from hfkd.cli import main as hfkd_main
+
+    folder = flat_folder(tmp_path / "photos", n=20)
+    teacher = str(tmp_path / "teacher")
+    save_student(create_backbone("test_resnet", num_classes=4, pretrained=False, image_size=32,
+                                 label_names=["ant", "bee", "cow", "dog"]), teacher)
+    base = ["distill", "--method", "meal_v2", "--teachers", teacher, "--dataset", folder, *TINY,
+            "--output_dir", str(tmp_path / "never"), "--dry_run"]
+    # without --label_names the classes are the teacher's
+    report = hfkd_main(base)
+    assert report["problems"] == [] and report["label_source"] == "label names: from the teacher's config (4)"
+    with pytest.raises(SystemExit) as e:
+        hfkd_main([*base, "--label_names", "a", "b", "c"])
+    assert "predicts 4 classes but the student predicts 3" in str(e.value)
+    assert "the student's 3 classes are the names of --label_names: give one name per class of the teacher" in str(e.value)
+    with pytest.raises(SystemExit) as e:  # a bad list is a parse error, before anything loads
+        hfkd_main([*base, "--label_names", "a", "a"])
+    assert "--label_names names ['a'] more than once" in str(e.value)
+
+
+@pytest.mark.slow
+def test_a_label_free_meal_v2_run_from_a_clip_teacher_on_a_photo_folder(clip_folder, tmp_path, capsys):
+    """The issue's use: distil CLIP into a timm student for your own labels, from a folder of unlabelled photos."""
+    import json
+
+    from hfkd.cli import main as hfkd_main
+
+    folder = flat_folder(tmp_path / "photos", n=40)
+    out = tmp_path / "run"
+    hfkd_main(["distill", "--method", "meal_v2", "--teachers", clip_folder, "--dataset", folder,
+               "--label_names", "cat", "dog", "red fox", *TINY, "--learning_rate", "3e-3", "--logging_steps", "1",
+               "--num_train_epochs", "4", "--aug_scale", "0.9", "1.0", "--aug_color_jitter", "0",
+               "--validation_fraction", "0.2", "--output_dir", str(out)])
+    printed = capsys.readouterr().out
+    assert "label names: from --label_names (3)" in printed  # the start banner
+    saved = json.loads((out / "student" / "hfkd.json").read_text())
+    losses = [e["loss"] for e in saved["log_history"] if "loss" in e]
+    assert len(losses) == 8 and np.mean(losses[-3:]) < np.mean(losses[:3])
+    assert saved["label_names"] == ["cat", "dog", "red fox"]
+    metrics = saved["metrics"]
+    assert "eval_accuracy" not in metrics and 0 <= metrics["eval_agreement"] <= 1 and metrics["eval_samples"] == 8
+    assert "Accuracy was **not measured**" in (out / "student" / "README.md").read_text()
+    results = (out / "results.md").read_text()
+    assert "top-1 agreement with the teachers (%)" in results and "top-1 (%)" not in results

@@ -16,10 +16,12 @@ from typing import Any, Dict, List, Optional
 from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 
 from ..cache.lookup import open_teacher_cache
+from ..data.labels import FROM_OPTION
 from ..launch import is_main_process
+from ..methods.base import without_labels_problem
 from ..methods.registry import get_method_class
 from ..models.backbone import Backbone
-from ..models.factory import create_backbone, run_folder_student
+from ..models.factory import create_backbone, is_zero_shot_source, run_folder_student
 from ..output_dir import OutputDirError, OutputDirLock, check_output_dir, remove_run_outputs
 from ..settings import cut, shorten
 from .demo import DEMO_STUDENT, cache_dir, demo_teacher_path
@@ -81,7 +83,11 @@ def check_teacher(settings: RunSettings, student: Backbone, name: str, index: in
         check_classes = get_method_class(settings.method).reads_teacher_logits
         teacher = build_teacher(settings.model, student, name, index, check_classes)
     except Exception as e:  # noqa: BLE001 - every reason a teacher cannot be used is reported, with its name
-        checked.problems.append(_teacher_problem(name, e))
+        problem = _teacher_problem(name, e)
+        if checked.data is not None and checked.data.label_source == FROM_OPTION and "the student predicts" in problem:
+            problem += (f" (the student's {student.num_classes} classes are the names of --label_names: give one "
+                        "name per class of the teacher, in the order of its outputs)")
+        checked.problems.append(problem)
         checked.teacher_sizes[name] = None
         return
     checked.teacher_sizes[name] = teacher.backbone.num_parameters()
@@ -124,6 +130,7 @@ def check_run(settings: RunSettings, *, train_demo: bool) -> Checked:
                 except Exception:  # noqa: BLE001 - the architecture itself is unknown: reported above
                     stand_in = None
     method = settings.create_method()
+    labels_ok = checked.data is None or check_labels(settings, method, checked.data, checked)
     if method.starts_from_trained_student and settings.model.student == DEMO_STUDENT and not settings.model.teachers:
         cached = os.path.isfile(os.path.join(demo_teacher_path(DEMO_STUDENT), "model.safetensors"))
         checked.notes.append(f"{settings.method} starts from the demo student trained with cross-entropy ("
@@ -133,7 +140,7 @@ def check_run(settings: RunSettings, *, train_demo: bool) -> Checked:
     except ValueError as e:  # what the run itself refuses (e.g. no --teachers on other data)
         checked.problems.append(str(e))
     extra = [t for t in [getattr(settings.run, "sequential_teacher", None)] if t]
-    if stand_in is not None:
+    if stand_in is not None and labels_ok:
         for i, name in enumerate(checked.teachers):
             check_teacher(settings, stand_in, name, i, checked)
         for name in extra:  # FEED's generation-1 teacher
@@ -147,6 +154,31 @@ def check_run(settings: RunSettings, *, train_demo: bool) -> Checked:
         except Exception as e:  # noqa: BLE001
             checked.problems.append(f"teacher cache {shorten(args.teacher_cache)} cannot be used: {_why(e)}")
     return checked
+
+
+def check_labels(settings: RunSettings, method, data, checked: Checked) -> bool:
+    """Data without labels: only a method that reads none, no baseline (it trains on the labels), and label names
+    for a zero-shot teacher.  Returns whether the teachers can be checked against the student's classes."""
+    if not data.labelled("train"):
+        problem = without_labels_problem(method, data.train.features)
+        if problem:
+            checked.problems.append(problem)
+        if getattr(settings.run, "baseline", False):
+            checked.problems.append("--baseline trains the same student on the labels (cross-entropy), but the train "
+                                    "split has none; leave --baseline out")
+    if data.label_names is not None:
+        return True
+    revisions = list(settings.model.teacher_revisions)
+    zero_shot = [t for i, t in enumerate(settings.model.teachers)
+                 if is_zero_shot_source(t, revisions[i] if i < len(revisions) else None)]
+    if zero_shot:
+        what = "has no labels" if not data.labelled("train") else "labels its classes by number only"
+        checked.problems.append(
+            f"teacher {shorten(zero_shot[0])} is zero-shot (CLIP): it needs the class names to write its prompts, and "
+            f"the data {what}; give them with --label_names cat dog 'red fox' ... or --label_names labels.txt (one "
+            "name per line, in the order of the student's outputs)")
+        return False
+    return True
 
 
 def claim_output_dir(settings: RunSettings) -> Optional[OutputDirLock]:

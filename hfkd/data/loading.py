@@ -36,6 +36,8 @@ class ImageClassificationData:
     eval_split: Optional[str] = None
     #: where ``label_names`` come from (hfkd.data.labels: the dataset's label column, --label_names, a teacher)
     label_source: Optional[str] = None
+    #: the number of classes of data without labels whose classes a teacher declares without naming them
+    declared_num_classes: Optional[int] = None
 
     def labelled(self, split: str = "train") -> bool:
         """Whether ``split`` (``"train"`` or ``"eval"``) has a label column."""
@@ -48,7 +50,7 @@ class ImageClassificationData:
         if self.label_names is not None:
             return len(self.label_names)
         if not self.labelled("train"):
-            return None
+            return self.declared_num_classes
         return int(max(self.train[self.label_column])) + 1
 
 

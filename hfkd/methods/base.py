@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..models.backbone import Backbone, BackboneOutput, OutputRequest
+from ..settings import shorten
 from ..tasks import create_task
 # MethodConfig and the checks live in configs.py (torch-free); imported here for the methods written against base.
 from .configs import MethodConfig, check_positive, check_probability  # noqa: F401
@@ -84,6 +85,18 @@ def gather_rows(context: Optional[MethodContext], *tensors: torch.Tensor) -> Tup
             g = torch.cat([g[r * width:r * width + s] for r, s in enumerate(sizes)])
         out.append(g)
     return (*out, offset)
+
+
+def without_labels_problem(method: "DistillationMethod", columns: Sequence[str]) -> Optional[str]:
+    """Why ``method`` cannot train on a train split without a label column (``columns`` are its columns), with the
+    fix; ``None`` when it reads no labels.  The trainer raises it, the command line's checks list it."""
+    if not method.uses_labels:
+        return None
+    return (f"method {method.name!r} needs labels, but the train split has no label column (its columns: "
+            f"{shorten(list(columns))}): {method.labels_reason()}. Either give the data labels (an image folder with "
+            "one sub-folder per class, or name the column with label_column=... / --label_column), or train with a "
+            "method that needs none: meal_v2, feature_kd with ce_weight 0, kd with alpha 1 (docs/any_teacher.md, "
+            "\"Without labels\")")
 
 
 @dataclass

@@ -21,7 +21,7 @@ from ..hub.push import push_to_hub
 from ..hub.secrets import redact_secrets
 from ..hub.save import check_save_target, save_student
 from ..launch import create_accelerator
-from ..methods.base import DistillationMethod, MethodContext
+from ..methods.base import DistillationMethod, MethodContext, without_labels_problem
 from ..methods.registry import create_method
 from ..models.backbone import Backbone
 from ..models.factory import create_backbone
@@ -30,6 +30,7 @@ from ..output_dir import OutputDirLock, check_output_dir, remove_run_outputs
 from ..preemption import Preemption, PreemptionRequested
 from ..settings import check_finite_settings, shorten
 from ..tasks import Task, create_task
+from ..tasks.evaluation import evaluate_agreement
 from . import validation
 from .args import DistillationArguments
 from .bad_images import BadImageLog, verify_splits
@@ -190,13 +191,9 @@ class DistillationTrainer:
         if self.task.requires_labels:
             raise ValueError(f"a {self.task.name} run needs targets, but the train split has no label column (its "
                              f"columns: {shorten(columns)}); name it with label_column=... (--label_column)")
-        if self.method.uses_labels:
-            raise ValueError(
-                f"method {self.method.name!r} needs labels, but the train split has no label column (its columns: "
-                f"{shorten(columns)}): {self.method.labels_reason()}. Either give the data labels (an image folder "
-                "with one sub-folder per class, or name the column with label_column=... / --label_column), or "
-                "train with a method that needs none: meal_v2, feature_kd with ce_weight 0, kd with alpha 1 "
-                "(docs/any_teacher.md, \"Without labels\")")
+        problem = without_labels_problem(self.method, columns)
+        if problem:
+            raise ValueError(problem)
 
     def _check_crops_per_image(self) -> None:
         """K views per decode need K stored views per image, each with its teachers' outputs: a cache of >= K."""
@@ -284,28 +281,72 @@ class DistillationTrainer:
         return self.accelerator.unwrap_model(self._model).student
 
     def evaluate(self, eval_dataset=None) -> Dict[str, float]:
-        """Top-1, top-5 and cross-entropy of the student on the eval set."""
+        """Top-1, top-5 and cross-entropy of the student on the eval set.
+
+        On an eval set without labels: the student's top-1 agreement with each teacher and with their ensemble, and
+        the distillation loss (:func:`hfkd.tasks.evaluation.evaluate_agreement`); ``eval_accuracy_note`` says why
+        there is no accuracy.
+        """
         student = self._student_module()
+        labelled = self._eval_labelled(eval_dataset)
         was_training = student.training
         student.eval()
         try:
-            metrics = self.task.evaluate(self.accelerator, self._eval_dataloader(eval_dataset),
-                                         lambda x: student(x).logits)
+            if labelled:
+                metrics = self.task.evaluate(self.accelerator, self._eval_dataloader(eval_dataset),
+                                             lambda x: student(x).logits)
+            else:
+                metrics = self._evaluate_without_labels(eval_dataset, student)
         finally:
             student.train(was_training)
         if self.model_ema is not None:
             ema = self.model_ema.module
             metrics.update(self.task.evaluate(self.accelerator, self._eval_dataloader(eval_dataset),
-                                              lambda x: ema(x).logits, prefix="eval_ema"))
+                                              lambda x: ema(x).logits, prefix="eval_ema") if labelled
+                           else self._evaluate_without_labels(eval_dataset, ema, prefix="eval_ema"))
         metrics.update(step=self.state.global_step, epoch=self.state.epoch)
         self._log(metrics)
         self.callbacks("on_evaluate", self, metrics)
         return metrics
 
+    def _eval_labelled(self, eval_dataset=None) -> bool:
+        if eval_dataset is None:
+            if self.eval_dataset is None:
+                raise ValueError("no eval_dataset was given")
+            return self.eval_dataset.labelled
+        return self._wrap(eval_dataset, training=False).labelled
+
+    def _evaluate_without_labels(self, eval_dataset, student, prefix: str = "eval") -> Dict[str, Any]:
+        """The student's agreement with the teachers (when their logits are over its classes) and the method's loss."""
+        method = self.method
+        logit_teachers = self.teachers if method.reads_teacher_logits else []
+        for t in self.teachers:
+            t.to(self.accelerator.device)
+        prepare_teachers(self.teachers, self.args)
+        weights = [t.weight for t in logit_teachers]
+        set_up = method.context is not None  # the loss needs the method's modules (built by train())
+
+        def forward(batch):
+            x = batch["pixel_values"]
+            out = student(x, method.student_request)
+            teachers = [t(x, method.teacher_request) for t in self.teachers]
+            loss = method.compute_loss(batch, out, teachers).loss if set_up and teachers else None
+            return out.logits, [t.logits for t in teachers] if logit_teachers else [], loss
+
+        was_training = method.training
+        method.eval()
+        try:
+            return evaluate_agreement(self.accelerator, self._eval_dataloader(eval_dataset), forward,
+                                      len(logit_teachers), lambda logits: self.task.ensemble(logits, weights), prefix)
+        finally:
+            method.train(was_training)
+
     def evaluate_teachers(self) -> Dict[str, Dict[str, float]]:
         """Each teacher's accuracy, and the ensemble's when there are several (measured once)."""
         if not self.teachers or self.eval_dataset is None or not self.method.reads_teacher_logits:
             return {}  # a feature teacher's logits (if any) are not over the student's classes
+        if not self.eval_dataset.labelled:
+            return {}  # no labels: a teacher's accuracy cannot be measured (the student is compared with them)
         device = self.accelerator.device
         for t in self.teachers:
             t.to(device)
