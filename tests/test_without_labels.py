@@ -331,3 +331,36 @@ def test_a_label_free_meal_v2_run_from_a_clip_teacher_on_a_photo_folder(clip_fol
     assert "Accuracy was **not measured**" in (out / "student" / "README.md").read_text()
     results = (out / "results.md").read_text()
     assert "top-1 agreement with the teachers (%)" in results and "top-1 (%)" not in results
+
+
+def test_a_teacher_cache_of_a_clip_teacher_on_images_without_labels(clip_folder, unlabelled, tmp_path):
+    """Made from unlabelled images, its stored logits equal the CLIP teacher's online ones, and a label-free run
+    trains from it."""
+    from hfkd import cache_teacher_outputs, create_teacher
+    from hfkd.cache import TeacherCache
+    from hfkd.data.transforms import AugmentConfig, ImageClassificationDataset, create_image_transform
+
+    train = unlabelled[0].select(range(24))
+    names = ["zero", "one", "two"]
+    student = _student(names)
+    teacher = create_teacher(clip_folder, student.preprocess, 3, names, prompt_templates=["a photo of a {}."])
+    augment = AugmentConfig(scale=(0.5, 1.0), hflip=0.5, color_jitter=None)
+    folder = str(tmp_path / "cache")
+    cache_teacher_outputs([teacher], train, folder, student=student, augment=augment, num_views=2, seed=0,
+                          batch_size=8)
+    cache = TeacherCache(folder, draw_seed=0)
+    assert cache.metadata.label_names == names and cache.metadata.num_classes == 3
+    replay = ImageClassificationDataset(train, create_image_transform(student.preprocess, True, augment),
+                                        "image", None, seed=0)
+    cache.attach(replay, student.preprocess)
+    rows = [replay[i] for i in range(8)]
+    x = torch.stack([r["pixel_values"] for r in rows])
+    (stored,) = cache.teacher_outputs({"cache_logits": torch.stack([r["cache_logits"] for r in rows])})
+    torch.testing.assert_close(stored.logits, teacher(x).logits, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="no label column, so the classes of the cache are the student's"):
+        cache_teacher_outputs([teacher], train, str(tmp_path / "other"), student=student.preprocess)
+    trainer = DistillationTrainer(_student(names), [], create_method("meal_v2"),
+                                  run_args(tmp_path / "run", max_steps=2, use_cpu=True, per_device_train_batch_size=8,
+                                           teacher_cache=folder), train_dataset=train)
+    trainer.train()
+    assert len([e for e in trainer.state.log_history if "loss" in e]) == 2
