@@ -321,11 +321,11 @@ def test_a_label_free_meal_v2_run_from_a_clip_teacher_on_a_photo_folder(clip_fol
                "--num_train_epochs", "4", "--aug_scale", "0.9", "1.0", "--aug_color_jitter", "0",
                "--validation_fraction", "0.2", "--output_dir", str(out)])
     printed = capsys.readouterr().out
-    assert "label names: from --label_names (3)" in printed  # the start banner
+    assert "   labels: 3 names from --label_names; the train split has no labels" in printed  # the start banner
     saved = json.loads((out / "student" / "hfkd.json").read_text())
     losses = [e["loss"] for e in saved["log_history"] if "loss" in e]
     assert len(losses) == 8 and np.mean(losses[-3:]) < np.mean(losses[:3])
-    assert saved["label_names"] == ["cat", "dog", "red fox"]
+    assert saved["label_names"] == ["cat", "dog", "red fox"] and saved["dataset"]["label_source"] == "--label_names"
     metrics = saved["metrics"]
     assert "eval_accuracy" not in metrics and 0 <= metrics["eval_agreement"] <= 1 and metrics["eval_samples"] == 8
     assert "Accuracy was **not measured**" in (out / "student" / "README.md").read_text()

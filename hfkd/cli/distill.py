@@ -26,7 +26,6 @@ get_workflow = lazy_function(".workflows", "get_workflow", __package__)
 check_run = lazy_function(".preflight", "check_run", __package__)
 claim_output_dir = lazy_function(".preflight", "claim_output_dir", __package__)
 problems_text = lazy_function(".preflight", "problems_text", __package__)
-label_source_text = lazy_function(".pipeline", "label_source_text", __package__)
 
 DEFAULT_METHOD = "kd"
 
@@ -88,11 +87,10 @@ def run_settings(settings: RunSettings):
         return dry_run(settings)
     for line in settings.preset.describe() if settings.preset else []:
         print(line, flush=True)
-    # Only the problems and the data are kept: the checked student is not held while the workflow trains its own.
-    checked = check_run(settings, train_demo=True)
-    if checked.problems:
-        sys.exit(f"error: the run cannot start, nothing was trained:\n{problems_text(checked.problems)}")
-    print(label_source_text(checked.data), flush=True)
+    # Only the problems are kept: the checked student is not held while the workflow trains its own.
+    problems = check_run(settings, train_demo=True).problems
+    if problems:
+        sys.exit(f"error: the run cannot start, nothing was trained:\n{problems_text(problems)}")
     lock = claim_output_dir(settings)
     try:
         return get_workflow(settings.method).run(settings)

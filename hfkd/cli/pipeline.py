@@ -120,7 +120,8 @@ def dataset_info(data: ImageClassificationData, data_args: DataArguments) -> Dic
     """What the lineage and the card say about the data (a local folder by its name, never its path)."""
     return {"id": local_checkpoint_name(data.source) or data.source, "revision": data.revision,
             "config": data_args.dataset_config, "train_split": data_args.train_split, "eval_split": data.eval_split,
-            "train_samples": len(data.train), "eval_samples": len(data.eval) if data.eval is not None else 0}
+            "train_samples": len(data.train), "eval_samples": len(data.eval) if data.eval is not None else 0,
+            "label_source": data.label_source}
 
 
 def run(method: DistillationMethod, student: Backbone, teachers: Sequence[Any], data: ImageClassificationData,

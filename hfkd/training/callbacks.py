@@ -75,10 +75,19 @@ def start_banner(trainer) -> str:
     steps = (f"{state.num_epochs} epoch(s) x {trainer.steps_per_epoch} steps = {state.max_steps} optimizer steps"
              + (f", resuming at step {state.global_step}" if state.global_step else ""))
     rows = [("method", trainer.method.name), ("data", f"{data}: {len(trainer.train_dataset):,} train{evaluation}"),
+            ("labels", labels_text(trainer)),
             ("device", f"{acc.device}, {acc.num_processes} process(es), {precision}"),
             ("student", f"{trainer.student.name} ({trainer.student.num_parameters():,} parameters)"),
             ("teachers", teachers), ("steps", steps), ("output", args.output_dir)]
     return "\n".join(f"{name:>9}: {value}" for name, value in rows)
+
+
+def labels_text(trainer) -> str:
+    """The student's classes and where their names come from (``--label_names``, the dataset, a teacher)."""
+    names, source = trainer.student.label_names, trainer.label_source()
+    text = (f"{len(names)} names" + (f" from {source}" if source else "") if names
+            else f"{trainer.student.num_classes} unnamed classes")
+    return text + ("; the train split has no labels" if trainer.label_column is None else "")
 
 
 class ProgressCallback(TrainerCallback):

@@ -13,6 +13,7 @@ from torch import nn
 
 from ..cache.lookup import open_teacher_cache
 from ..data import checks
+from ..data.labels import FROM_DATASET
 from ..data.loading import find_columns
 from ..data.samplers import RemainingEpochBatchSampler, epoch_order, seedable_sampler
 from ..data.transforms import AugmentConfig, ImageClassificationDataset, create_image_transform
@@ -182,6 +183,13 @@ class DistillationTrainer:
                 for path in remove_run_outputs(args.output_dir):
                     logger.warning("overwrite_output_dir: removed %s", path)
         acc.wait_for_everyone()
+
+    def label_source(self) -> Optional[str]:
+        """Where the student's label names come from: the dataset's label column, or what the caller recorded in
+        ``dataset_info["label_source"]`` (``--label_names``, a teacher's config); ``None`` when unknown."""
+        if self.label_column is not None and self.label_names is not None:
+            return FROM_DATASET
+        return self.dataset_info.get("label_source")
 
     def _check_labels_needed(self, train_dataset) -> None:
         """Data without a label column trains only a method that reads no labels (the method says whether it does)."""
