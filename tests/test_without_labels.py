@@ -364,3 +364,18 @@ def test_a_teacher_cache_of_a_clip_teacher_on_images_without_labels(clip_folder,
                                            teacher_cache=folder), train_dataset=train)
     trainer.train()
     assert len([e for e in trainer.state.log_history if "loss" in e]) == 2
+
+
+def test_hfkd_eval_and_compress_refuse_an_eval_split_without_labels(tmp_path):
+    from hfkd import save_student
+    from hfkd.cli import main as hfkd_main
+
+    folder = flat_folder(tmp_path / "photos", n=10)
+    model = str(tmp_path / "model")
+    save_student(_student(["cat", "dog"]), model)
+    with pytest.raises(SystemExit) as e:
+        hfkd_main(["eval", model, "--dataset", folder])
+    assert "has no labels, so accuracy cannot be measured; give a labelled split" in str(e.value)
+    with pytest.raises(SystemExit) as e:
+        hfkd_main(["compress", "--student", model, "--dataset", folder, "--output_dir", str(tmp_path / "out")])
+    assert "has no labels in its train split; compression measures accuracy" in str(e.value)
