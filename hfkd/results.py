@@ -13,9 +13,14 @@ METRIC_FORMATS = {
     "eval_mae": ("MAE", 1, 3),
     "eval_rmse": ("RMSE", 1, 3),
     "gap_closed": ("gap closed vs KD (%)", 100, 1),
+    # evaluation without labels (hfkd.tasks.evaluation.evaluate_agreement)
+    "eval_agreement": ("top-1 agreement with the teachers (%)", 100, 2),
+    "eval_distillation_loss": ("distillation loss", 1, 4),
 }
 RESULT_METRICS = ("eval_accuracy", "eval_top5_accuracy", "eval_loss", "eval_ece")
 REGRESSION_METRICS = ("eval_mae", "eval_rmse", "eval_loss")
+#: the results of a run whose eval split has no labels: no accuracy, the student against its teachers
+UNLABELLED_METRICS = ("eval_agreement", "eval_distillation_loss")
 
 
 def format_metric(key: str, value: Optional[float], std: Optional[float] = None, signed: bool = False) -> str:

@@ -40,11 +40,23 @@ def test_string_labels_are_encoded():
     assert data.label_names == ["cat", "dog"]
 
 
-def test_missing_label_column_is_a_clear_error():
+def test_missing_label_column_is_a_clear_error(tmp_path):
+    from conftest import run_args
+    from hfkd import DistillationTrainer, create_backbone
+    from hfkd.data import find_columns
+
     ds = _tiny().rename_column("label", "mystery")
     ds = ds.cast_column("mystery", __import__("datasets").Value("int64"))
     with pytest.raises(ValueError, match="no label column found.*label_column="):
-        load_image_dataset(ds)
+        find_columns(ds)
+    # Data without a label column loads (the methods that need no labels train on it); a method that needs labels
+    # is refused by the trainer, naming the columns and the fix.
+    data = load_image_dataset(ds)
+    assert data.label_column is None and data.num_classes is None and not data.labelled("train")
+    student = create_backbone("test_resnet", num_classes=2, pretrained=False, image_size=32)
+    with pytest.raises(ValueError, match="method 'supervised' needs labels.*'mystery'.*label_column=") as e:
+        DistillationTrainer(student, method="supervised", args=run_args(tmp_path), train_dataset=data.train)
+    assert "meal_v2" in str(e.value)
     with pytest.raises(ValueError, match="no label column 'nope'"):
         load_image_dataset(_tiny(), label_column="nope")
 

@@ -24,6 +24,7 @@ def test_a_run_prints_its_banner_its_time_and_where_the_student_went(tmp_path, s
     out = capsys.readouterr().out
     assert "   method: kd\n" in out
     assert f"     data: hfkd/digits: {len(small_digits.train):,} train, {len(small_digits.eval):,} eval\n" in out
+    assert "   labels: 10 names from the dataset's label column\n" in out
     assert re.search(r"   device: cpu, 1 process\(es\), fp32\n", out)
     assert re.search(r"  student: test_resnet \([\d,]+ parameters\)\n", out)
     assert "teachers: test_convnext\n" in out
@@ -99,6 +100,7 @@ def test_the_banner_names_a_teacher_cache_given_as_an_argument():
         state=SimpleNamespace(num_epochs=1, max_steps=2, global_step=0), steps_per_epoch=2, _streamed=False,
         dataset_info={"id": "hfkd/digits"}, eval_dataset=None, train_dataset=[0] * 4,
         method=SimpleNamespace(name="kd"), teachers=[], teacher_cache=SimpleNamespace(source="org/soft-labels"),
-        student=SimpleNamespace(name="test_resnet", num_parameters=lambda: 10))
+        student=SimpleNamespace(name="test_resnet", num_parameters=lambda: 10, label_names=None, num_classes=10),
+        label_column="label", label_source=lambda: None)
     banner = start_banner(trainer)
     assert "teachers: teacher cache org/soft-labels" in banner and "None" not in banner

@@ -278,7 +278,7 @@ def augmentation_dict(augment) -> Optional[Dict[str, Any]]:
     return json.loads(json.dumps(asdict(augment)))
 
 
-def dataset_fingerprint(dataset, image_column: str, label_column: str) -> str:
+def dataset_fingerprint(dataset, image_column: str, label_column: Optional[str]) -> str:
     """A fingerprint of a training split: its size, all labels and the bytes of up to 64 images spread over it.
 
     Computed from the data (not ``datasets``' own fingerprint, which is random for in-memory splits),
@@ -287,8 +287,8 @@ def dataset_fingerprint(dataset, image_column: str, label_column: str) -> str:
     digest = hashlib.sha256()
     n = len(dataset)
     digest.update(f"{n}".encode())
-    labels = np.asarray(dataset[label_column], dtype=np.int64)
-    digest.update(labels.tobytes())
+    if label_column is not None:  # None: images without labels
+        digest.update(np.asarray(dataset[label_column], dtype=np.int64).tobytes())
     rows = np.unique(np.linspace(0, n - 1, num=min(n, _FINGERPRINT_ROWS)).round().astype(np.int64))
     images = dataset.select_columns([image_column]).select(rows.tolist())
     for image in images[image_column]:
@@ -307,7 +307,7 @@ def datasets_fingerprint(dataset) -> Optional[str]:
     return fingerprint if isinstance(fingerprint, str) else None
 
 
-def images_sha256(dataset, image_column: str, label_column: str, batch_size: int = 256) -> str:
+def images_sha256(dataset, image_column: str, label_column: Optional[str], batch_size: int = 256) -> str:
     """A sha256 of every label and every image's stored bytes, in order (images are not decoded).
 
     Reads the whole split once: asked for with ``hash_images=True``, for a split whose identity must be
@@ -317,7 +317,8 @@ def images_sha256(dataset, image_column: str, label_column: str, batch_size: int
 
     digest = hashlib.sha256()
     digest.update(f"{len(dataset)}".encode())
-    digest.update(np.asarray(dataset[label_column], dtype=np.int64).tobytes())
+    if label_column is not None:  # None: images without labels
+        digest.update(np.asarray(dataset[label_column], dtype=np.int64).tobytes())
     images = dataset.select_columns([image_column])
     raw = isinstance(images.features[image_column], Image)
     if raw:  # the stored (encoded) bytes, not the decoded pixels: no decoding cost

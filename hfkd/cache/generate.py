@@ -307,10 +307,16 @@ def cache_teacher_outputs(
     if accelerator is None:
         accelerator = create_accelerator()
     preprocess = student.preprocess if isinstance(student, Backbone) else student
-    image_column, label_column = find_columns(train_dataset, image_column, label_column)
-    feature = train_dataset.features[label_column]
-    label_names = list(feature.names) if hasattr(feature, "names") else None
-    num_classes = len(label_names) if label_names else int(max(train_dataset[label_column])) + 1
+    image_column, label_column = find_columns(train_dataset, image_column, label_column, require_label=False)
+    if label_column is not None:
+        feature = train_dataset.features[label_column]
+        label_names = list(feature.names) if hasattr(feature, "names") else None
+        num_classes = len(label_names) if label_names else int(max(train_dataset[label_column])) + 1
+    elif isinstance(student, Backbone):  # images without labels: the classes are the student's (--label_names)
+        label_names, num_classes = student.label_names, student.num_classes
+    else:
+        raise ValueError("the train split has no label column, so the classes of the cache are the student's: pass "
+                         "the student (a Backbone with its label names), not only its preprocessing")
     if top_k is not None and top_k > num_classes:
         raise ValueError(f"top_k={top_k} is more than the {num_classes} classes; use top_k=None for full logits")
     teachers = [bind_teacher(t, preprocess, num_classes, label_names) for t in teachers]

@@ -13,6 +13,7 @@ from typing import ClassVar, Dict, List, Optional, Type
 
 from ..data.augment import AugmentConfig
 from ..data.default import DEFAULT_DATASET
+from ..data.labels import read_label_names
 from ..methods.registry import normalize_name
 
 _AUTO_AUGMENT = "a timm policy string such as rand-m9-mstd0.5 or augmix-m5-w4-d2"
@@ -109,7 +110,13 @@ class DataArguments:
     eval_split: Optional[str] = field(default=None, metadata={
         "help": "Split to evaluate on (default: validation or test if present, else a held-out part of train)."})
     image_column: Optional[str] = field(default=None, metadata={"help": "Image column (default: found by type)."})
-    label_column: Optional[str] = field(default=None, metadata={"help": "Label column (default: found by type)."})
+    label_column: Optional[str] = field(default=None, metadata={
+        "help": "Label column (default: found by type). Data without one (a flat folder of images) trains the methods "
+                "that need no labels: meal_v2, kd with alpha 1, feature_kd with ce_weight 0."})
+    label_names: List[str] = field(default_factory=list, metadata={
+        "help": "The class names, for data without labels (or with unnamed integer labels): the names, or one file "
+                "with one name per line. Required by a zero-shot (CLIP) teacher on such data; their number is the "
+                "student's classes. Default: the dataset's names, else the teacher's."})
     validation_fraction: float = field(default=0.1, metadata={"help": "Held out of train when there is no eval split."})
     max_train_samples: Optional[int] = field(default=None, metadata={"help": "Use only the first N train samples."})
     aug_scale: List[float] = field(default_factory=lambda: [0.08, 1.0], metadata={
@@ -128,6 +135,10 @@ class DataArguments:
         "choices": ["constant", "reflect", "edge", "symmetric"]})
     aug_pca_lighting: float = field(default=0.0, metadata={
         "help": "AlexNet-style PCA lighting noise std (PS-KD/BAKE ImageNet: 0.1); 0 disables it."})
+
+    def __post_init__(self):
+        # A file of names is read here, while parsing, so that a bad one is an error before anything loads.
+        self.label_names = read_label_names(self.label_names) or []
 
     def augment(self) -> AugmentConfig:
         return AugmentConfig(scale=tuple(self.aug_scale), hflip=self.aug_hflip, color_jitter=self.aug_color_jitter,

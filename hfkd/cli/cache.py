@@ -29,6 +29,7 @@ resolve_teachers = lazy_function(".demo", "resolve_teachers", __package__)
 build_student = lazy_function(".pipeline", "build_student", __package__)
 build_teachers = lazy_function(".pipeline", "build_teachers", __package__)
 load_data = lazy_function(".pipeline", "load_data", __package__)
+classes_from_teachers = lazy_function(".pipeline", "classes_from_teachers", __package__)
 
 
 def main(argv=None) -> str:
@@ -50,7 +51,7 @@ def main(argv=None) -> str:
         raise SystemExit(f"{prog.get('prog', 'recipes/cache_teachers.py')}: error: {e}") from None
     for line in preset.describe():
         print(line, flush=True)
-    data = load_data(data_args, seed=cache.seed)
+    data = classes_from_teachers(load_data(data_args, seed=cache.seed), model_args)
     teacher_paths = resolve_teachers(model_args.teachers, data_args.dataset, what="a teacher cache")
     student = build_student(model_args, data)
     teachers = build_teachers(model_args, student, teacher_paths)

@@ -80,6 +80,10 @@ def main(argv: Optional[Sequence[str]] = None):
         raise SystemExit(f"hfkd compress: error: compressing on {data_args.dataset} needs --student (a saved "
                          "student trained on it); the demo's KD student only knows the embedded digits")
     data = load_data(data_args, seed=0)
+    if not (data.labelled("train") and data.labelled("eval")):
+        raise SystemExit(f"hfkd compress: error: {data_args.dataset} has no labels in its "
+                         f"{'train' if not data.labelled('train') else 'eval'} split; compression measures accuracy "
+                         "before and after each step and its recovery trains on labels: give a labelled dataset")
     teachers = resolve_teachers(model_args.teachers, data_args.dataset, what="KD recovery")
     student = from_pretrained(model_args.student or demo_student())
     augment = data_args.augment()

@@ -8,11 +8,13 @@ import sys
 from typing import Any, Dict
 
 from ..cache.format import estimated_bytes_per_view
+from ..data.transforms import NO_LABEL
 from ..hub.card import local_checkpoint_name
 from ..launch import num_processes
 from ..models.backbone import OutputRequest
 from ..models.factory import create_backbone
 from .parser import settings_text
+from .pipeline import label_source_text
 from .preflight import check_run, problems_text
 from .workflows import RunSettings
 
@@ -23,7 +25,7 @@ def _steps(settings: RunSettings, data, method) -> Dict[str, Any]:
     if data.streamed:  # no known length: the run is max_steps long (the checks refuse a stream without it)
         return {"processes": world, "train_images": None, "steps_per_epoch": None, "epochs": None,
                 "total_steps": args.max_steps if args.max_steps > 0 else "max_steps (not set)"}
-    labels = data.train[data.label_column]
+    labels = data.train[data.label_column] if data.labelled("train") else [NO_LABEL] * len(data.train)
     sampler = method.train_batch_sampler(labels, args.per_device_train_batch_size, args.seed)
     if sampler is not None:
         batches = math.ceil(len(sampler) / world)
@@ -72,6 +74,8 @@ def dry_run(settings: RunSettings) -> Dict[str, Any]:
     method = settings.create_method()
     if checked.data is not None:
         report.update(num_classes=checked.data.num_classes, **_steps(settings, checked.data, method))
+        report["label_source"] = label_source_text(checked.data)
+        print(report["label_source"])
     student = checked.student
     if student is None:  # the data or the student's weights are missing: its size with the model's own head
         try:

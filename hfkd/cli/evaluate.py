@@ -125,6 +125,10 @@ def main(argv: Optional[List[str]] = None):
         data = load_data(data_args, seed=seed)
         if data.eval is None:
             raise ValueError("the dataset has no eval split; pass --eval_split or --validation_fraction > 0")
+        if not data.labelled("eval"):
+            raise ValueError(f"the eval split of {shorten(data_args.dataset)} has no labels, so accuracy cannot be "
+                             "measured; give a labelled split (--dataset, --eval_split, --label_column). A student "
+                             "distilled without labels records its agreement with its teachers in its hfkd.json")
         check_same_classes(model, backbone, data)
     except (ValueError, OSError) as e:
         sys.exit(f"hfkd eval: error: {e}")

@@ -8,6 +8,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from accelerate.utils import set_seed
 
+from ..data.labels import FROM_DATASET, FROM_TEACHER
 from ..data.loading import ImageClassificationData, load_image_dataset
 from ..data.stream import is_stream
 from ..files import write_file_atomic
@@ -19,7 +20,7 @@ from ..methods.registry import create_method
 from ..models.backbone import Backbone
 from ..models.factory import create_backbone, is_zero_shot_source, saved_num_classes
 from ..models.teacher import Teacher, create_teacher
-from ..results import RESULT_METRICS, markdown_table, results_table, summarize_seeds
+from ..results import RESULT_METRICS, UNLABELLED_METRICS, markdown_table, results_table, summarize_seeds
 from ..settings import shorten
 from ..training.args import DistillationArguments
 from ..training.trainer import DistillationTrainer
@@ -32,7 +33,7 @@ def load_data(data_args: DataArguments, seed: int = 0) -> ImageClassificationDat
         image_column=data_args.image_column, label_column=data_args.label_column,
         revision=data_args.dataset_revision, config_name=data_args.dataset_config,
         validation_fraction=data_args.validation_fraction, seed=seed, streaming=data_args.streaming,
-        class_names=data_args.class_names,
+        class_names=data_args.class_names, label_names=data_args.label_names or None,
     )
     if data_args.class_names and not data.streamed:
         raise ValueError("--class_names names the integer labels of a streamed split (--streaming true); a loaded "
@@ -43,6 +44,44 @@ def load_data(data_args: DataArguments, seed: int = 0) -> ImageClassificationDat
     if data_args.max_train_samples:
         data.train = data.train.select(range(min(data_args.max_train_samples, len(data.train))))
     return data
+
+
+def teacher_classes(model_args: ModelArguments, name: str, index: int = 0):
+    """``(num_classes, label_names)`` a classifier teacher declares, or ``None`` (a zero-shot or headless teacher,
+    or one that cannot be loaded: its own check reports why)."""
+    revisions = list(model_args.teacher_revisions)
+    revision = revisions[index] if index < len(revisions) else None
+    if is_zero_shot_source(name, revision):
+        return None
+    try:
+        backbone = create_backbone(name, revision=revision, trust_remote_code=model_args.trust_remote_code,
+                                   allow_pickle_weights=model_args.allow_pickle_weights)
+    except Exception:  # noqa: BLE001 - reported by the teacher's own check, with its name
+        return None
+    return (backbone.num_classes, backbone.label_names) if backbone.num_classes > 0 else None
+
+
+def classes_from_teachers(data: ImageClassificationData, model_args: ModelArguments) -> ImageClassificationData:
+    """Data without labels or label names takes its classes from the first classifier teacher's config."""
+    if data.label_names is not None or data.labelled("train"):
+        return data
+    for i, name in enumerate(model_args.teachers):
+        classes = teacher_classes(model_args, name, i)
+        if classes is not None:
+            data.declared_num_classes, data.label_names = classes
+            data.label_source = FROM_TEACHER
+            return data
+    return data
+
+
+def label_source_text(data: ImageClassificationData) -> str:
+    """Where the run's label names come from, for the dry run and the start banner."""
+    if data.label_names is not None:
+        return f"label names: from {data.label_source or FROM_DATASET} ({len(data.label_names)})"
+    if data.num_classes is not None:
+        source = "the teacher's config" if data.label_source == FROM_TEACHER else "the dataset's label column"
+        return f"label names: none ({data.num_classes} unnamed classes, from {source})"
+    return "label names: none (the data has no labels and none were given: the student keeps its own head)"
 
 
 def build_student(model_args: ModelArguments, data: ImageClassificationData, seed: Optional[int] = None,
@@ -115,7 +154,8 @@ def dataset_info(data: ImageClassificationData, data_args: DataArguments) -> Dic
     return {"id": local_checkpoint_name(data.source) or data.source, "revision": data.revision,
             "config": data_args.dataset_config, "train_split": data_args.train_split, "eval_split": data.eval_split,
             "train_samples": None if data.streamed else len(data.train),
-            "eval_samples": 0 if data.eval is None else None if is_stream(data.eval) else len(data.eval)}
+            "eval_samples": 0 if data.eval is None else None if is_stream(data.eval) else len(data.eval),
+            "label_source": data.label_source}
 
 
 def run(method: DistillationMethod, student: Backbone, teachers: Sequence[Any], data: ImageClassificationData,
@@ -199,7 +239,8 @@ def run_with_baseline(method: DistillationMethod, model_args: ModelArguments, da
         rows.append(result_row(student.name, f"student, {method.name} (a backbone: no head trained)", {},
                                student.num_parameters()))
     else:
-        rows.append(result_row(student.name, f"student, {method.name}", metrics, student.num_parameters()))
+        keys = tuple(RESULT_METRICS) + tuple(k for k in UNLABELLED_METRICS if k in metrics)
+        rows.append(result_row(student.name, f"student, {method.name}", metrics, student.num_parameters(), keys))
     return rows
 
 

@@ -16,10 +16,12 @@ from typing import Any, Dict, List, Optional
 from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 
 from ..cache.lookup import check_crops_per_image, open_teacher_cache
+from ..data.labels import FROM_OPTION
 from ..launch import is_main_process
+from ..methods.base import without_labels_problem
 from ..methods.registry import get_method_class
 from ..models.backbone import Backbone
-from ..models.factory import create_backbone, run_folder_student, saved_num_classes
+from ..models.factory import create_backbone, is_zero_shot_source, run_folder_student, saved_num_classes
 from ..output_dir import OutputDirError, OutputDirLock, check_output_dir, remove_run_outputs
 from ..settings import cut, shorten
 from ..training.fsdp import launch_problems
@@ -83,7 +85,11 @@ def check_teacher(settings: RunSettings, student: Backbone, name: str, index: in
         check_classes = get_method_class(settings.method).reads_teacher_logits
         teacher = build_teacher(settings.model, student, name, index, check_classes)
     except Exception as e:  # noqa: BLE001 - every reason a teacher cannot be used is reported, with its name
-        checked.problems.append(_teacher_problem(name, e))
+        problem = _teacher_problem(name, e)
+        if checked.data is not None and checked.data.label_source == FROM_OPTION and "the student predicts" in problem:
+            problem += (f" (the student's {student.num_classes} classes are the names of --label_names: give one "
+                        "name per class of the teacher, in the order of its outputs)")
+        checked.problems.append(problem)
         checked.teacher_sizes[name] = None
         return
     checked.teacher_sizes[name] = teacher.backbone.num_parameters()
@@ -131,6 +137,7 @@ def check_run(settings: RunSettings, *, train_demo: bool) -> Checked:
         checked.notes.append(f"student {shorten(settings.model.student)} is {what}: it gets a new, randomly "
                              f"initialised head of {checked.student.num_classes} classes")
     method = settings.create_method()
+    labels_ok = checked.data is None or check_labels(settings, method, checked.data, checked)
     if method.starts_from_trained_student and settings.model.student == DEMO_STUDENT and not settings.model.teachers:
         cached = os.path.isfile(os.path.join(demo_teacher_path(DEMO_STUDENT), "model.safetensors"))
         checked.notes.append(f"{settings.method} starts from the demo student trained with cross-entropy ("
@@ -140,7 +147,7 @@ def check_run(settings: RunSettings, *, train_demo: bool) -> Checked:
     except ValueError as e:  # what the run itself refuses (e.g. no --teachers on other data)
         checked.problems.append(str(e))
     extra = [t for t in [getattr(settings.run, "sequential_teacher", None)] if t]
-    if stand_in is not None:
+    if stand_in is not None and labels_ok:
         for i, name in enumerate(checked.teachers):
             check_teacher(settings, stand_in, name, i, checked)
         for name in extra:  # FEED's generation-1 teacher
@@ -175,6 +182,29 @@ def _check_views_per_decode(settings: RunSettings, cache, method, checked: Check
         check_crops_per_image(args.crops_per_image, cache, settings.method, own_batches=own)
     except ValueError as e:
         checked.problems.append(str(e))
+def check_labels(settings: RunSettings, method, data, checked: Checked) -> bool:
+    """Data without labels: only a method that reads none, no baseline (it trains on the labels), and label names
+    for a zero-shot teacher.  Returns whether the teachers can be checked against the student's classes."""
+    if not data.labelled("train"):
+        problem = without_labels_problem(method, data.train.features)
+        if problem:
+            checked.problems.append(problem)
+        if getattr(settings.run, "baseline", False):
+            checked.problems.append("--baseline trains the same student on the labels (cross-entropy), but the train "
+                                    "split has none; leave --baseline out")
+    if data.label_names is not None:
+        return True
+    revisions = list(settings.model.teacher_revisions)
+    zero_shot = [t for i, t in enumerate(settings.model.teachers)
+                 if is_zero_shot_source(t, revisions[i] if i < len(revisions) else None)]
+    if zero_shot:
+        what = "has no labels" if not data.labelled("train") else "labels its classes by number only"
+        checked.problems.append(
+            f"teacher {shorten(zero_shot[0])} is zero-shot (CLIP): it needs the class names to write its prompts, and "
+            f"the data {what}; give them with --label_names cat dog 'red fox' ... or --label_names labels.txt (one "
+            "name per line, in the order of the student's outputs)")
+        return False
+    return True
 
 
 def claim_output_dir(settings: RunSettings) -> Optional[OutputDirLock]:

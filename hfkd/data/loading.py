@@ -4,11 +4,13 @@ from __future__ import annotations
 import glob
 import os
 from dataclasses import dataclass
-from typing import List, Optional, Union
+from typing import List, Optional, Sequence, Union
 
-from .checks import check_eval_label_names, check_num_classes
+from ..settings import shorten
+from .checks import check_eval_label_names, check_labels, check_num_classes
 from .default import DEFAULT_DATASET, load_default_dataset
 from .stream import is_stream, load_stream
+from .labels import FROM_DATASET, FROM_OPTION, check_label_names
 
 _EVAL_SPLITS = ("validation", "valid", "val", "test")
 _IMAGE_NAMES = ("image", "img", "images", "picture", "pixel_values")
@@ -17,17 +19,31 @@ _LABEL_NAMES = ("label", "labels", "fine_label", "class", "target", "y", "cls") 
 
 @dataclass
 class ImageClassificationData:
-    """A train split, an optional eval split and where the images and labels are."""
+    """A train split, an optional eval split and where the images and labels are.
+
+    ``label_column`` is ``None`` when the data has no labels (a flat folder of images, a Parquet file with only an
+    image column): methods that need no labels train on it (docs/any_teacher.md, "Without labels").  It may name a
+    column that only the eval split has (unlabelled train images, a labelled eval split): :meth:`labelled` says.
+    """
 
     train: "Dataset"  # noqa: F821
     eval: Optional["Dataset"]  # noqa: F821
     image_column: str
-    label_column: str
+    label_column: Optional[str]
     label_names: Optional[List[str]]
     source: str = "in-memory"
     revision: Optional[str] = None
     #: where the eval images come from: a split name, or the held-out part of train
     eval_split: Optional[str] = None
+    #: where ``label_names`` come from (hfkd.data.labels: the dataset's label column, --label_names, a teacher)
+    label_source: Optional[str] = None
+    #: the number of classes of data without labels whose classes a teacher declares without naming them
+    declared_num_classes: Optional[int] = None
+
+    def labelled(self, split: str = "train") -> bool:
+        """Whether ``split`` (``"train"`` or ``"eval"``) has a label column."""
+        dataset = self.train if split == "train" else self.eval
+        return dataset is not None and self.label_column is not None and self.label_column in dataset.features
 
     @property
     def streamed(self) -> bool:
@@ -35,18 +51,28 @@ class ImageClassificationData:
         return is_stream(self.train)
 
     @property
-    def num_classes(self) -> int:
+    def num_classes(self) -> Optional[int]:
+        """The number of classes: of the label names, else of the train labels; ``None`` when neither is known."""
         if self.label_names is not None:
             return len(self.label_names)
+        if not self.labelled("train"):
+            return self.declared_num_classes
         return int(max(self.train[self.label_column])) + 1
 
 
-def find_columns(dataset, image_column: Optional[str] = None, label_column: Optional[str] = None):
-    """Return ``(image_column, label_column)``, detected from the features when not given."""
+def find_columns(dataset, image_column: Optional[str] = None, label_column: Optional[str] = None,
+                 require_label: bool = True):
+    """Return ``(image_column, label_column)``, detected from the features when not given.
+
+    With ``require_label=False`` a dataset without a label column (or without the one named) gives
+    ``label_column=None`` instead of an error: data without labels, for the methods that need none.
+    """
     from datasets import ClassLabel, Image
 
     features = dataset.features
     names = list(features)
+    if not require_label and label_column is not None and label_column not in features:
+        label_column = None if _label_candidates(features) == [] else label_column
     for given, kind in ((image_column, "image"), (label_column, "label")):
         if given is not None and given not in features:
             raise ValueError(f"the dataset has no {kind} column {given!r}; its columns are {names}")
@@ -56,11 +82,19 @@ def find_columns(dataset, image_column: Optional[str] = None, label_column: Opti
             raise ValueError(f"no image column found among {names}; name it with image_column=...")
         image_column = found[0]
     if label_column is None:
-        found = [n for n, f in features.items() if isinstance(f, ClassLabel)] or [n for n in _LABEL_NAMES if n in features]
+        found = _label_candidates(features)
         if not found:
+            if not require_label:
+                return image_column, None
             raise ValueError(f"no label column found among {names}; name it with label_column=...")
         label_column = found[0]
     return image_column, label_column
+
+
+def _label_candidates(features) -> List[str]:
+    from datasets import ClassLabel
+
+    return [n for n, f in features.items() if isinstance(f, ClassLabel)] or [n for n in _LABEL_NAMES if n in features]
 
 
 def _label_names(dataset, label_column: str):
@@ -104,12 +138,27 @@ def _image_folder(source: str, cache_dir):
     from datasets import ClassLabel, load_dataset
 
     data = load_dataset("imagefolder", data_dir=source, cache_dir=cache_dir)
-    # With a single class sub-folder, datasets drops the label column altogether.
-    if not any(isinstance(f, ClassLabel) for split in data.values() for f in split.features.values()):
-        folders = sorted(d for d in os.listdir(source) if os.path.isdir(os.path.join(source, d)))
-        raise ValueError(f"the image folder {source} has no class labels (its sub-folders: {folders}); classification "
-                         "needs at least 2 classes, one sub-folder per class (root/cat/*.png, root/dog/*.png)")
+    if any(isinstance(f, ClassLabel) for split in data.values() for f in split.features.values()):
+        return data
+    # No labels.  Images directly in the folder: data without labels, for the methods that need none.  Images in
+    # a single sub-folder: datasets drops the label column of one class, and one class is a mistake, not a choice.
+    folders = sorted(d for d in os.listdir(source) if os.path.isdir(os.path.join(source, d))
+                     and not d.startswith("."))
+    nested = [d for d in folders if any(not f.startswith(".") for f in os.listdir(os.path.join(source, d)))]
+    if nested and not _has_images_at_top(source):
+        raise ValueError(f"the image folder {shorten(source)} has no class labels (its sub-folders: "
+                         f"{shorten(folders)}); classification needs at least 2 classes, one sub-folder per class "
+                         "(root/cat/*.png, root/dog/*.png). Images without labels go directly in the folder "
+                         "(root/*.jpg), for the methods that need no labels (docs/any_teacher.md)")
     return data
+
+
+def _has_images_at_top(folder: str) -> bool:
+    from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
+
+    extensions = {e.lower() for e in ImageFolder.EXTENSIONS}
+    return any(os.path.splitext(f)[1].lower() in extensions for f in os.listdir(folder)
+               if os.path.isfile(os.path.join(folder, f)))
 
 
 def load_image_dataset(
@@ -126,6 +175,7 @@ def load_image_dataset(
     cache_dir: Optional[str] = None,
     streaming: bool = False,
     class_names: Optional[List[str]] = None,
+    label_names: Optional[Sequence[str]] = None,
 ) -> ImageClassificationData:
     """Load an image-classification dataset with a train and an eval split.
 
@@ -138,6 +188,10 @@ def load_image_dataset(
     of Parquet or WebDataset (.tar) shards (:func:`hfkd.data.stream.load_stream`); nothing is held out of a
     stream, the eval split is the source's own (or none).  A stream's classes must be declared: a ``ClassLabel``
     column, or ``class_names`` for integer labels (WebDataset's ``.cls`` files).
+    Data without a label column (a flat folder of images, a Parquet file with only images) loads with
+    ``label_column=None``; the trainer accepts it for the methods that need no labels.  ``label_names`` names the
+    classes: of data without labels (what a zero-shot teacher prompts for and the student predicts), or of integer
+    labels without names; where the dataset names its classes, they must be the same.
     """
     from datasets import ClassLabel, Dataset
 
@@ -155,31 +209,44 @@ def load_image_dataset(
         eval_split = next((s for s in _EVAL_SPLITS if s in loaded and s != train_split), None)
     elif eval_split not in loaded:
         raise ValueError(f"the dataset has no split {eval_split!r}; its splits are {list(loaded)}")
-    image_column, label_column = find_columns(train, image_column, label_column)
+    evaluation = loaded[eval_split] if eval_split else None
+    given_label = label_column
+    image_column, label_column = find_columns(train, image_column, label_column, require_label=False)
+    if label_column is None and evaluation is not None:  # unlabelled train images, maybe a labelled eval split
+        label_column = find_columns(evaluation, image_column, given_label, require_label=False)[1]
+    if given_label is not None and label_column is None:
+        raise ValueError(f"the dataset has no label column {given_label!r}; its columns are {list(train.features)}")
     if len(train) == 0:
         raise ValueError(f"the train split of {name} is empty")
-    if not isinstance(train.features[label_column], ClassLabel) and train.features[label_column].dtype == "string":
+    labelled = label_column is not None and label_column in train.features
+    if labelled and not isinstance(train.features[label_column], ClassLabel) \
+            and train.features[label_column].dtype == "string":
         train = train.class_encode_column(label_column)
-    evaluation = loaded[eval_split] if eval_split else None
-    names = _label_names(train, label_column)
-    check_num_classes(len(names) if names is not None else len(set(train[label_column])), name, label_column)
-    if evaluation is not None and label_column in evaluation.features:
-        check_eval_label_names(names, evaluation, label_column)
+    names = _label_names(train, label_column) if labelled else None
+    if labelled:
+        check_num_classes(len(names) if names is not None else len(set(train[label_column])), name, label_column)
+    if evaluation is not None and label_column is not None and label_column in evaluation.features:
+        if labelled:
+            check_eval_label_names(names, evaluation, label_column)
+        else:
+            names = _label_names(evaluation, label_column)
+    names, label_source = _named_classes(names, label_names, train if labelled else None, label_column)
     if evaluation is None and validation_fraction > 0:
-        stratify = label_column if isinstance(train.features[label_column], ClassLabel) else None
+        stratify = label_column if labelled and isinstance(train.features[label_column], ClassLabel) else None
         parts = train.train_test_split(test_size=validation_fraction, seed=seed, stratify_by_column=stratify)
         train, evaluation = parts["train"], parts["test"]
         eval_split = f"{validation_fraction:g} of {train_split} (held out)"
     if evaluation is not None:
-        find_columns(evaluation, image_column, label_column)
-        if evaluation.features[label_column] != train.features[label_column]:
+        find_columns(evaluation, image_column, None, require_label=False)  # the image column is there
+        if labelled and label_column in evaluation.features \
+                and evaluation.features[label_column] != train.features[label_column]:
             evaluation = evaluation.cast_column(label_column, train.features[label_column])
         if len(evaluation) == 0:
             raise ValueError(f"the eval split of {name} is empty")
     return ImageClassificationData(
         train=train, eval=evaluation, image_column=image_column, label_column=label_column,
-        label_names=_label_names(train, label_column), source=name, revision=revision,
-        eval_split=eval_split if evaluation is not None else None,
+        label_names=names, source=name, revision=revision,
+        eval_split=eval_split if evaluation is not None else None, label_source=label_source,
     )
 
 
@@ -221,3 +288,14 @@ def _streamed_data(source, train_split, eval_split, image_column, label_column, 
     return ImageClassificationData(train=train, eval=evaluation, image_column=image_column, label_column=label_column,
                                    label_names=list(feature.names), source=name, revision=revision,
                                    eval_split=eval_split)
+def _named_classes(names: Optional[List[str]], given: Optional[Sequence[str]], train, label_column: Optional[str]):
+    """The class names and where they come from: the dataset's, or ``given`` (checked against the dataset's)."""
+    if given is None:
+        return names, FROM_DATASET if names is not None else None
+    given = check_label_names(given, "label_names (--label_names)")
+    if names is not None and names != given:
+        raise ValueError(f"label_names (--label_names) {shorten(given)} differ from the dataset's own class names "
+                         f"{shorten(names)}; leave --label_names out to use the dataset's names, or relabel the dataset")
+    if names is None and train is not None:  # integer labels without names: one name per class index
+        check_labels(train, label_column, "train", len(given))
+    return given, FROM_DATASET if names is not None else FROM_OPTION

@@ -50,6 +50,9 @@ def create_image_transform(preprocess: PreprocessConfig, is_training: bool,
 # -- paper presets: CIFAR crops and PCA lighting --------------------------------------------------------
 # The ImageNet RGB covariance's eigen-decomposition used by AlexNet-style lighting, as in fb.resnet.torch, PS-KD
 # (loader/custom_dataloader.py L121-125) and pycls / BAKE (imagenet/pycls/datasets/imagenet.py L29-36).
+#: the label of a row of data without labels: not a class index, so a loss that reads it fails instead of training
+NO_LABEL = -1
+
 IMAGENET_PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
 IMAGENET_PCA_EIGVEC = ((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (-0.5836, -0.6948, 0.4203))
 
@@ -170,7 +173,8 @@ def seeded_batch(transform: Callable, images: Sequence, seed: int, epoch: int, i
 
 
 class ImageClassificationDataset(torch.utils.data.Dataset):
-    """Rows ``{"pixel_values", "labels", "index"}`` from a ``datasets`` split.
+    """Rows ``{"pixel_values", "labels", "index"}`` from a ``datasets`` split (``labels`` is ``NO_LABEL`` when
+    ``label_column`` is ``None``: images without labels).
 
     ``index`` is the row's position in the split: PS-KD keys its prediction
     bank on it.  ``set_epoch`` (called through ``DataLoader.set_epoch``) changes
@@ -198,7 +202,8 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         if isinstance(views_per_image, bool) or not isinstance(views_per_image, int) or views_per_image < 1:
             raise ValueError(f"views_per_image must be an integer >= 1 (got {shorten(repr(views_per_image))})")
         self.views_per_image = views_per_image
-        self.dataset = dataset.select_columns([image_column, label_column])
+        # label_column None: images without labels; each row's label is NO_LABEL (a method reading it fails loudly)
+        self.dataset = dataset.select_columns([image_column] + ([label_column] if label_column is not None else []))
         self.transform = transform
         self.image_column = image_column
         self.label_column = label_column
@@ -242,8 +247,13 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         return [image_file(self.dataset, int(r), self.image_column) for r in rows]
 
     @property
+    def labelled(self) -> bool:
+        return self.label_column is not None
+
+    @property
     def labels(self):
-        return self.dataset[self.label_column]
+        """Every row's label (``NO_LABEL`` for each row of data without labels)."""
+        return self.dataset[self.label_column] if self.labelled else [NO_LABEL] * len(self.dataset)
 
     def __getitem__(self, index: int):
         """Row ``index``; with ``views_per_image`` K > 1, the list of its K views' rows (one decode serves them)."""
@@ -260,7 +270,7 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
             indices = [i for i in indices if i not in skipped]
             if not indices:  # every image of the batch is bad: the next readable row stands in (never an empty batch)
                 return self.__getitems__([self._next_readable(max(bad))])
-        labels = rows[self.label_column]
+        labels = rows[self.label_column] if self.labelled else [NO_LABEL] * len(indices)
         if self.views_per_image == 1 and self.view_provider is None:
             pixels = seeded_batch(self.transform, images, self.seed, self.epoch, indices)
             extras = [{}] * len(indices)

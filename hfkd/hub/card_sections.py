@@ -48,6 +48,9 @@ def task_sections(lineage: Dict[str, Any], baseline: Optional[Dict[str, Any]],
     regression = (lineage.get("task") or {}).get("name") == "regression"
     if regression:
         sections["Regression results"] = _regression_table(lineage, baseline, kd_reference)
+    unlabelled = without_labels_section(lineage)
+    if unlabelled:
+        sections["Evaluation without labels"] = unlabelled
     if kd_reference:
         key = "eval_mae" if regression else "eval_accuracy"
         teacher = reference_teacher(lineage).get(key)
@@ -62,6 +65,31 @@ def task_sections(lineage: Dict[str, Any], baseline: Optional[Dict[str, Any]],
             f"{format_metric(key, kd_reference.get(key))} (the same student trained with classic KD) and "
             f"{format_metric(key, teacher)} ({who}).")
     return sections
+
+
+def without_labels_section(lineage: Dict[str, Any]) -> Optional[str]:
+    """What the card says when the eval split had no labels: no accuracy, and why; the agreement and the loss."""
+    metrics = lineage.get("metrics") or {}
+    if not metrics.get("eval_accuracy_note"):
+        return None
+    lines = ["Accuracy was **not measured**: the evaluation images have no labels, so the top-1 and top-5 columns "
+             "above are empty. What was measured on them instead:", ""]
+    teachers = lineage.get("teachers") or []
+    for i in range(len(teachers)):
+        value = metrics.get(f"eval_agreement_teacher_{i}")
+        if value is not None:
+            lines.append(f"- top-1 agreement with teacher {i + 1}: {100 * value:.2f} % of the images")
+    if metrics.get("eval_agreement") is not None and len(teachers) > 1:
+        lines.append(f"- top-1 agreement with the teachers' ensemble (the mean of their probabilities): "
+                     f"{100 * metrics['eval_agreement']:.2f} %")
+    if metrics.get("eval_distillation_loss") is not None:
+        lines.append(f"- the distillation loss: {metrics['eval_distillation_loss']:.4f}")
+    if len(lines) == 2:
+        lines.append("- nothing: the teachers' outputs were not available at evaluation (a teacher cache holds the "
+                     "training views only)")
+    lines += ["", "Agreement says how closely the student follows its teachers, not whether either is right: measure "
+              "accuracy on a labelled sample before relying on this model."]
+    return "\n".join(lines)
 
 
 # -- compression (hfkd.compress): the before/after table, printed and in the card --------------------------

@@ -74,6 +74,9 @@ class BAKE(DistillationMethod):
             return q[offset:offset + logits.shape[0]]
         return bake_targets(features, logits, cfg.omega, cfg.temperature)
 
+    def labels_reason(self) -> str:
+        return "its loss includes a cross-entropy on the labels, and its batches draw images of the same class"
+
     def compute_loss(self, batch, student, teachers):
         if student.pooled is None:
             raise ValueError("bake needs the student's pooled features (student_request pooled=True); the backbone "

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..models.backbone import Backbone, BackboneOutput, OutputRequest
+from ..settings import shorten
 from ..tasks import create_task
 # MethodConfig and the checks live in configs.py (torch-free); imported here for the methods written against base.
 from .configs import MethodConfig, check_positive, check_probability  # noqa: F401
@@ -86,6 +87,18 @@ def gather_rows(context: Optional[MethodContext], *tensors: torch.Tensor) -> Tup
     return (*out, offset)
 
 
+def without_labels_problem(method: "DistillationMethod", columns: Sequence[str]) -> Optional[str]:
+    """Why ``method`` cannot train on a train split without a label column (``columns`` are its columns), with the
+    fix; ``None`` when it reads no labels.  The trainer raises it, the command line's checks list it."""
+    if not method.uses_labels:
+        return None
+    return (f"method {method.name!r} needs labels, but the train split has no label column (its columns: "
+            f"{shorten(list(columns))}): {method.labels_reason()}. Either give the data labels (an image folder with "
+            "one sub-folder per class, or name the column with label_column=... / --label_column), or train with a "
+            "method that needs none: meal_v2, feature_kd with ce_weight 0, kd with alpha 1 (docs/any_teacher.md, "
+            "\"Without labels\")")
+
+
 @dataclass
 class LossOutput:
     loss: torch.Tensor
@@ -104,7 +117,8 @@ class DistillationMethod(nn.Module):
     citation: ClassVar[str] = ""
     min_teachers: ClassVar[int] = 0
     max_teachers: ClassVar[Optional[int]] = None
-    #: whether the loss reads the ground-truth labels
+    #: whether the loss reads the ground-truth labels (set per instance where a setting decides it); the trainer
+    #: refuses data without a label column when it does, giving :meth:`labels_reason`
     uses_labels: bool = True
     #: whether the loss reads the teachers' logits; if not (feature distillation), a teacher needs no classes of
     #: the student's and is neither label-checked nor evaluated
@@ -127,6 +141,11 @@ class DistillationMethod(nn.Module):
         self.config = build_config(self.config_class, config, kwargs, self.name)
         self.context: Optional[MethodContext] = None
         self.epoch = 0
+
+    def labels_reason(self) -> str:
+        """Why the method, with its settings, reads labels, and the setting that would make it label-free (what the
+        refusal of data without labels says; the trainer names no method)."""
+        return "its loss reads the labels"
 
     # -- lifecycle --------------------------------------------------------------------------------
     def check_teachers(self, num_teachers: int) -> None:

@@ -139,6 +139,10 @@ class Extracurricular(DistillationMethod):
             w[n_real + chosen] = 1.0
         return w.detach()
 
+    def labels_reason(self) -> str:
+        return (f"alpha={self.config.alpha:g} weighs a loss on the labels of the real samples by 1 - alpha; alpha=1 "
+                "(--alpha 1) matches the teachers alone")
+
     def compute_loss(self, batch, student, teachers):
         n_real = batch["labels"].shape[0]  # rows after these are extra samples: they have no label
         teacher_outs = [t.logits for t in teachers]

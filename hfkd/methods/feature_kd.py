@@ -88,6 +88,10 @@ class FeatureKD(DistillationMethod):
         self._student_prefix = 0
         self._student_image_size: Tuple[int, int] = (1, 1)
 
+    def labels_reason(self) -> str:
+        return (f"ce_weight={self.config.ce_weight:g} adds a cross-entropy on the labels; ce_weight=0 (the default) "
+                "matches the teachers' features alone")
+
     def setup(self, context: MethodContext) -> None:
         super().setup(context)
         student = context.student

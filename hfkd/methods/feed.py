@@ -181,6 +181,10 @@ class FEED(DistillationMethod):
         self.teacher_layouts: List[FeatureLayout] = []
 
     # -- set-up -----------------------------------------------------------------------------------
+    def labels_reason(self) -> str:
+        return (f"ce_weight={self.config.ce_weight:g} adds a cross-entropy on the labels; ce_weight=0 (--ce_weight 0) "
+                "matches the teachers' feature maps alone")
+
     def setup(self, context: MethodContext) -> None:
         super().setup(context)
         if len(self.transforms):

@@ -32,6 +32,10 @@ class KD(DistillationMethod):
         super().__init__(config, **kwargs)
         self.uses_labels = self.config.alpha < 1.0
 
+    def labels_reason(self) -> str:
+        return (f"alpha={self.config.alpha:g} weighs a cross-entropy on the labels by 1 - alpha; alpha=1 (--alpha 1) "
+                "distils from the teachers' soft labels alone")
+
     def compute_loss(self, batch, student, teachers):
         cfg = self.config
         target = ensemble_probs([t.logits for t in teachers], self.teacher_weights(), cfg.temperature)

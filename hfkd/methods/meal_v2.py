@@ -127,6 +127,10 @@ class MEALv2(DistillationMethod):
                 f"predicts {context.num_classes}; create the method with num_classes={context.num_classes} or without it"
             )
 
+    def labels_reason(self) -> str:
+        return (f"hard_label_weight={self.config.hard_label_weight:g} adds a cross-entropy on the labels; the "
+                "paper's hard_label_weight=0 (--hard_label_weight 0) needs none")
+
     # -- the loss ---------------------------------------------------------------------------------
     def _mean_teacher_logits(self, teacher_logits: Sequence[torch.Tensor]) -> torch.Tensor:
         """The (weighted) mean of the teachers' logits: the discriminator's "teacher" rows."""

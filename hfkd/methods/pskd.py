@@ -106,6 +106,9 @@ class PSKD(DistillationMethod):
         prev = torch.where(self.seen[index, None], self.bank[index].float(), onehot)
         return prev.to(labels.device)
 
+    def labels_reason(self) -> str:
+        return "its targets mix the labels with the student's own past predictions"
+
     def compute_loss(self, batch, student, teachers):
         if self.bank is None:
             raise RuntimeError("pskd: setup() was not called; train through DistillationTrainer")

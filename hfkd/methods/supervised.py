@@ -18,6 +18,9 @@ class Supervised(DistillationMethod):
     def __init__(self, config: Optional[SupervisedConfig] = None, **kwargs):
         super().__init__(config, **kwargs)
 
+    def labels_reason(self) -> str:
+        return "it trains on the labels alone (no teacher)"
+
     def compute_loss(self, batch, student, teachers):
         task = self.task
         loss = task.supervised_loss(student.logits, batch["labels"], label_smoothing=self.config.label_smoothing)

@@ -1,7 +1,7 @@
 """Top-1 / top-5 accuracy, cross-entropy (NLL) and calibration over an eval loader, gathered across processes."""
 from __future__ import annotations
 
-from typing import Callable, Dict
+from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -54,3 +54,54 @@ def evaluate_logits(accelerator, dataloader, predict: Callable[[torch.Tensor], t
     return {f"{prefix}_accuracy": correct1 / total, f"{prefix}_top5_accuracy": correct5 / total,
             f"{prefix}_loss": loss_sum / total, f"{prefix}_ece": calibration_error(bins, total),
             f"{prefix}_samples": total}
+
+
+#: what an evaluation without labels records instead of accuracy (``<prefix>_accuracy_note``), for hfkd.json and the card
+NO_LABELS_NOTE = ("accuracy was not measured: the eval split has no labels; eval_agreement is the share of eval images "
+                  "whose top-1 class the student and the teachers' ensemble agree on")
+
+
+@torch.no_grad()
+def evaluate_agreement(accelerator, dataloader, forward: Callable, num_teachers: int,
+                       ensemble: Optional[Callable[[List[torch.Tensor]], torch.Tensor]] = None,
+                       prefix: str = "eval") -> Dict[str, object]:
+    """Evaluation without labels: the student's top-1 agreement with each teacher and with their ensemble, and the
+    distillation loss, over the whole eval set (gathered across processes).
+
+    ``forward(batch) -> (student_logits, [teacher_logits, ...], loss or None)``; ``ensemble(teacher_logits)`` gives
+    the ensemble's scores (default: the one teacher).  Metrics: ``<prefix>_agreement_teacher_<i>`` per teacher,
+    ``<prefix>_agreement`` with the ensemble (the one teacher when there is one), ``<prefix>_distillation_loss``
+    (the mean of the batches' losses, weighted by their sizes), ``<prefix>_samples`` and ``<prefix>_accuracy_note``.
+    """
+    agree = torch.zeros(num_teachers + 1, dtype=torch.float64)
+    total = 0
+    loss_sum = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+    loss_rows = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+    for batch in dataloader:
+        with accelerator.autocast():
+            student, teachers, loss = forward(batch)
+        rows = student.shape[0]
+        if loss is not None:
+            loss_sum += loss.detach().double() * rows
+            loss_rows += rows
+        predictions = [student.float().argmax(-1)] + [t.float().argmax(-1) for t in teachers]
+        if teachers:
+            combined = ensemble([t.float() for t in teachers]) if ensemble is not None and len(teachers) > 1 \
+                else teachers[0].float()
+            predictions.append(combined.argmax(-1))
+        gathered = accelerator.gather_for_metrics(tuple(predictions))
+        student_top1 = gathered[0]
+        for i, other in enumerate(gathered[1:]):
+            agree[i] += student_top1.eq(other).sum().item()
+        total += student_top1.numel()
+    if total == 0:
+        raise ValueError("the eval set is empty")
+    metrics: Dict[str, object] = {f"{prefix}_samples": total, f"{prefix}_accuracy_note": NO_LABELS_NOTE}
+    if num_teachers:
+        for i in range(num_teachers):
+            metrics[f"{prefix}_agreement_teacher_{i}"] = float(agree[i]) / total
+        metrics[f"{prefix}_agreement"] = float(agree[num_teachers]) / total
+    loss_sum, loss_rows = accelerator.reduce(loss_sum, "sum"), accelerator.reduce(loss_rows, "sum")
+    if float(loss_rows) > 0:
+        metrics[f"{prefix}_distillation_loss"] = float(loss_sum / loss_rows)
+    return metrics

@@ -67,10 +67,13 @@ class RegressionTask(Task):
         b = self.log_var_bound
         return log_var if b is None else b * torch.atanh((log_var / b).clamp(-1 + 1e-6, 1 - 1e-6))
 
-    def check_targets(self, student, dataset, eval_dataset, image_column, label_column):
+    def check_targets(self, student, dataset, eval_dataset, image_column, label_column, eval_label_column=None):
         # The images are checked as for classification; the targets are floats, so the class-label checks
         # (integer labels in [0, num_classes)) do not apply: the column must be numeric instead.
         checks.check_image_column(dataset, image_column, "train")
+        if label_column is None:
+            raise ValueError(f"a regression run needs a numeric target column; the train split has none (its "
+                             f"columns: {list(dataset.features)}). Name it with label_column=... (--label_column)")
         self._check_numeric(dataset, label_column)
         if eval_dataset is not None:
             find_columns(eval_dataset, image_column, label_column)

@@ -86,10 +86,19 @@ def start_banner(trainer) -> str:
                   f"(crops_per_image{', dealt to consecutive batches' if args.spread_crops else ', side by side'}); "
                   f"an epoch: {images:,} images, {images * k:,} views")
     rows = [("method", trainer.method.name), ("data", f"{data}: {size(trainer.train_dataset)} train{evaluation}"),
+            ("labels", labels_text(trainer)),
             ("device", f"{acc.device}, {acc.num_processes} process(es), {precision}"),
             ("student", f"{trainer.student.name} ({trainer.student.num_parameters():,} parameters)"),
             ("teachers", teachers), ("steps", steps), ("output", args.output_dir)]
     return "\n".join(f"{name:>9}: {value}" for name, value in rows)
+
+
+def labels_text(trainer) -> str:
+    """The student's classes and where their names come from (``--label_names``, the dataset, a teacher)."""
+    names, source = trainer.student.label_names, trainer.label_source()
+    text = (f"{len(names)} names" + (f" from {source}" if source else "") if names
+            else f"{trainer.student.num_classes} unnamed classes")
+    return text + ("; the train split has no labels" if trainer.label_column is None else "")
 
 
 class ProgressCallback(TrainerCallback):

@@ -17,7 +17,7 @@ from .bad_images import bad_image_summary
 
 # Keys of trainer.state.log_history worth keeping with the model (curves, not every callback field).
 _HISTORY_KEYS = ("step", "epoch", "loss", "learning_rate", "eval_accuracy", "eval_top5_accuracy", "eval_loss",
-                 "eval_mae", "eval_rmse")
+                 "eval_mae", "eval_rmse", "eval_agreement", "eval_distillation_loss")
 
 
 def library_versions() -> Dict[str, str]:
@@ -115,7 +115,7 @@ def _history(log_history: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     out = []
     for entry in log_history:
         kept = {k: entry[k] for k in _HISTORY_KEYS if isinstance(entry.get(k), (int, float))}
-        if "loss" in kept or "eval_accuracy" in kept or "eval_mae" in kept:
+        if any(k in kept for k in ("loss", "eval_accuracy", "eval_mae", "eval_agreement", "eval_distillation_loss")):
             out.append(kept)
     return out
 

@@ -13,6 +13,7 @@ from torch import nn
 
 from ..cache.lookup import check_crops_per_image, open_teacher_cache
 from ..data import checks
+from ..data.labels import FROM_DATASET
 from ..data.loading import find_columns
 from ..data.samplers import RemainingEpochBatchSampler, epoch_order, seedable_sampler
 from ..data.stream import is_stream
@@ -23,7 +24,7 @@ from ..hub.push import push_to_hub
 from ..hub.secrets import redact_secrets
 from ..hub.save import check_save_target, save_student
 from ..launch import create_accelerator
-from ..methods.base import DistillationMethod, MethodContext
+from ..methods.base import DistillationMethod, MethodContext, without_labels_problem
 from ..methods.registry import create_method
 from ..models.backbone import Backbone
 from ..models.factory import create_backbone
@@ -31,8 +32,9 @@ from ..models.heads import headless_backbone, headless_problem
 from ..models.teacher import Teacher, bind_teacher
 from ..output_dir import OutputDirLock, check_output_dir, remove_run_outputs
 from ..preemption import Preemption, PreemptionRequested
-from ..settings import check_finite_settings
+from ..settings import check_finite_settings, shorten
 from ..tasks import Task, create_task
+from ..tasks.evaluation import evaluate_agreement
 from . import streaming, validation
 from .args import DistillationArguments
 from .bad_images import BadImageLog, verify_splits
@@ -143,18 +145,27 @@ class DistillationTrainer:
         if self._streamed:
             streaming.check_stream_run(self.args, self.method, self.task, teacher_cache or self.args.teacher_cache,
                                        train_dataset, eval_dataset)
-        self.image_column, self.label_column = find_columns(train_dataset, image_column, label_column)
+        self.image_column, self.label_column = find_columns(train_dataset, image_column, label_column,
+                                                            require_label=False)
+        self._check_labels_needed(train_dataset)
         if not self.method.trains_student_head:  # saved as a backbone at the end: checked before the first step
             problem = headless_problem(self.student)
             if problem:
                 raise ValueError(f"method {self.method.name!r} without labels saves the student without its head, "
                                  f"but {problem}; use a timm student, or pass ce_weight > 0 to train and keep the head")
         if self._streamed:
+            if self.label_column is None:
+                raise ValueError("a streamed train split without a label column is not supported yet: its classes "
+                                 "cannot be checked without reading the stream; load the split (drop --streaming)")
+            self.eval_label_column = self.label_column if eval_dataset is not None else None
             self.label_names = streaming.check_stream_targets(self.student, train_dataset, eval_dataset,
                                                               self.image_column, self.label_column)
         else:
+            # The eval split may have labels of its own (accuracy) or none (agreement with the teachers).
+            self.eval_label_column = find_columns(eval_dataset, self.image_column, label_column or self.label_column,
+                                                  require_label=False)[1] if eval_dataset is not None else None
             self.label_names = self.task.check_targets(self.student, train_dataset, eval_dataset, self.image_column,
-                                                       self.label_column)
+                                                       self.label_column, self.eval_label_column)
         self.verified_bad_images = {}  # split -> the bad images verify_images left out
         if self.args.verify_images:
             train_dataset, eval_dataset, self.verified_bad_images = verify_splits(
@@ -204,13 +215,32 @@ class DistillationTrainer:
                     logger.warning("overwrite_output_dir: removed %s", path)
         acc.wait_for_everyone()
 
+    def label_source(self) -> Optional[str]:
+        """Where the student's label names come from: the dataset's label column, or what the caller recorded in
+        ``dataset_info["label_source"]`` (``--label_names``, a teacher's config); ``None`` when unknown."""
+        if self.label_column is not None and self.label_names is not None:
+            return FROM_DATASET
+        return self.dataset_info.get("label_source")
+
+    def _check_labels_needed(self, train_dataset) -> None:
+        """Data without a label column trains only a method that reads no labels (the method says whether it does)."""
+        if self.label_column is not None:
+            return
+        columns = list(train_dataset.features)
+        if self.task.requires_labels:
+            raise ValueError(f"a {self.task.name} run needs targets, but the train split has no label column (its "
+                             f"columns: {shorten(columns)}); name it with label_column=... (--label_column)")
+        problem = without_labels_problem(self.method, columns)
+        if problem:
+            raise ValueError(problem)
+
     def _check_crops_per_image(self, train_dataset) -> None:
         args = self.args
-        if args.crops_per_image > 1:
+        own = False
+        if args.crops_per_image > 1 and self.label_column is not None:
             labels = (train_dataset.labels if isinstance(train_dataset, ImageClassificationDataset)
                       else train_dataset[self.label_column])
-        own = args.crops_per_image > 1 and self.method.train_batch_sampler(
-            labels, args.per_device_train_batch_size, args.seed) is not None
+            own = self.method.train_batch_sampler(labels, args.per_device_train_batch_size, args.seed) is not None
         check_crops_per_image(args.crops_per_image, self.teacher_cache, self.method.name, own_batches=own)
 
     def _wrap(self, dataset, training: bool) -> ImageClassificationDataset:
@@ -218,12 +248,17 @@ class DistillationTrainer:
             return dataset
         if is_stream(dataset):
             return streaming.wrap_stream(self, dataset, training)
-        find_columns(dataset, self.image_column, self.label_column)
+        label_column = self.label_column if training else self._eval_labels(dataset)
         transform = create_image_transform(self.student.preprocess, training, self.augment)
         mode = "RGB" if self.student.preprocess.input_size[0] == 3 else "L"
-        return self.task.dataset_class(dataset, transform, self.image_column, self.label_column,
+        return self.task.dataset_class(dataset, transform, self.image_column, label_column,
                                           seed=self.args.seed, image_mode=mode, on_bad_image=self.args.on_bad_image,
                                           views_per_image=self.args.crops_per_image if training else 1)
+
+    def _eval_labels(self, dataset) -> Optional[str]:
+        """The label column of an eval split (``None``: it has none, and is evaluated against the teachers)."""
+        return find_columns(dataset, self.image_column, self.eval_label_column or self.label_column,
+                            require_label=False)[1]
 
     @property
     def _images_per_batch(self) -> int:
@@ -278,19 +313,29 @@ class DistillationTrainer:
         return self.accelerator.unwrap_model(self._model).student
 
     def evaluate(self, eval_dataset=None) -> Dict[str, float]:
-        """Top-1, top-5 and cross-entropy of the student on the eval set."""
+        """Top-1, top-5 and cross-entropy of the student on the eval set.
+
+        On an eval set without labels: the student's top-1 agreement with each teacher and with their ensemble, and
+        the distillation loss (:func:`hfkd.tasks.evaluation.evaluate_agreement`); ``eval_accuracy_note`` says why
+        there is no accuracy.
+        """
         student = self._student_module()
+        labelled = self._eval_labelled(eval_dataset)
         was_training = student.training
         student.eval()
         try:
-            metrics = self.task.evaluate(self.accelerator, self._eval_dataloader(eval_dataset),
-                                         lambda x: student(x).logits)
+            if labelled:
+                metrics = self.task.evaluate(self.accelerator, self._eval_dataloader(eval_dataset),
+                                             lambda x: student(x).logits)
+            else:
+                metrics = self._evaluate_without_labels(eval_dataset, student)
         finally:
             student.train(was_training)
         if self.model_ema is not None:
             ema = self.model_ema.module
             metrics.update(self.task.evaluate(self.accelerator, self._eval_dataloader(eval_dataset),
-                                              lambda x: ema(x).logits, prefix="eval_ema"))
+                                              lambda x: ema(x).logits, prefix="eval_ema") if labelled
+                           else self._evaluate_without_labels(eval_dataset, ema, prefix="eval_ema"))
         metrics.update(step=self.state.global_step, epoch=self.state.epoch)
         self._log(metrics)
         self.callbacks("on_evaluate", self, metrics)
@@ -319,11 +364,44 @@ class DistillationTrainer:
         if not logits:
             raise ValueError("the eval set is empty")
         return {"logits": torch.cat(logits), "labels": torch.cat(labels)}
+    def _eval_labelled(self, eval_dataset=None) -> bool:
+        if eval_dataset is None:
+            if self.eval_dataset is None:
+                raise ValueError("no eval_dataset was given")
+            return self.eval_dataset.labelled
+        return self._wrap(eval_dataset, training=False).labelled
+
+    def _evaluate_without_labels(self, eval_dataset, student, prefix: str = "eval") -> Dict[str, Any]:
+        """The student's agreement with the teachers (when their logits are over its classes) and the method's loss."""
+        method = self.method
+        logit_teachers = self.teachers if method.reads_teacher_logits else []
+        for t in self.teachers:
+            t.to(self.accelerator.device)
+        prepare_teachers(self.teachers, self.args)
+        weights = [t.weight for t in logit_teachers]
+        set_up = method.context is not None  # the loss needs the method's modules (built by train())
+
+        def forward(batch):
+            x = batch["pixel_values"]
+            out = student(x, method.student_request)
+            teachers = [t(x, method.teacher_request) for t in self.teachers]
+            loss = method.compute_loss(batch, out, teachers).loss if set_up and teachers else None
+            return out.logits, [t.logits for t in teachers] if logit_teachers else [], loss
+
+        was_training = method.training
+        method.eval()
+        try:
+            return evaluate_agreement(self.accelerator, self._eval_dataloader(eval_dataset), forward,
+                                      len(logit_teachers), lambda logits: self.task.ensemble(logits, weights), prefix)
+        finally:
+            method.train(was_training)
 
     def evaluate_teachers(self) -> Dict[str, Dict[str, float]]:
         """Each teacher's accuracy, and the ensemble's when there are several (measured once)."""
         if not self.teachers or self.eval_dataset is None or not self.method.reads_teacher_logits:
             return {}  # a feature teacher's logits (if any) are not over the student's classes
+        if not self.eval_dataset.labelled:
+            return {}  # no labels: a teacher's accuracy cannot be measured (the student is compared with them)
         device = self.accelerator.device
         for t in self.teachers:
             t.to(device)

@@ -10,7 +10,7 @@ from ...training.args import DistillationArguments
 from ..arguments import DataArguments, ModelArguments, RunArguments
 from ..demo import resolve_teachers
 from ..preset import Preset
-from ..pipeline import load_data
+from ..pipeline import classes_from_teachers, load_data
 
 
 @dataclass
@@ -52,8 +52,9 @@ def method_teachers(settings: RunSettings, train: bool = True) -> List[str]:
 
 
 def default_data(settings: RunSettings):
-    """The run's data: ``--dataset`` and its splits, split with ``--seed``."""
-    return load_data(settings.data, seed=settings.training.seed)
+    """The run's data: ``--dataset`` and its splits, split with ``--seed``; data without labels or label names
+    takes its classes from the first classifier teacher."""
+    return classes_from_teachers(load_data(settings.data, seed=settings.training.seed), settings.model)
 
 
 def run_data(settings: RunSettings, load: Callable[[RunSettings], Any] = default_data):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Dict, List
 
-from ...results import results_table
+from ...results import RESULT_METRICS, UNLABELLED_METRICS, results_table
 from ...training.callbacks import metrics_text
 from ..demo import DEMO_STUDENT, demo_teachers
 from ..pipeline import build_student, run, run_with_baseline, write_results
@@ -25,7 +25,9 @@ def distill(settings: RunSettings) -> List[Dict[str, Any]]:
         model_args = dataclasses.replace(model_args, student=initialisation, student_pretrained=True)
     rows = run_with_baseline(method, model_args, settings.data, args, data, teachers,
                              baseline=getattr(settings.run, "baseline", False))
-    write_results(args.output_dir, results_table(rows), rows)
+    # An eval split without labels measures the student against its teachers, not accuracy.
+    keys = RESULT_METRICS if data.eval is None or data.labelled("eval") else UNLABELLED_METRICS
+    write_results(args.output_dir, results_table(rows, keys), rows)
     return rows
 
 
