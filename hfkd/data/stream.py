@@ -239,6 +239,11 @@ class StreamedImageDataset(torch.utils.data.IterableDataset):
         self._start: Optional[Dict[str, Any]] = None
         self.skipped: List[str] = []  # keys of unreadable images left out (on_bad_image="skip")
 
+    @property
+    def labelled(self) -> bool:
+        """Always: a stream's labels are checked when it is loaded (a stream without labels is refused)."""
+        return self.label_column is not None
+
     # what the trainer's bad-image report reads (hfkd/training/bad_images.py)
     @property
     def bad_rows(self) -> List[int]:

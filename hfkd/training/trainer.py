@@ -364,6 +364,7 @@ class DistillationTrainer:
         if not logits:
             raise ValueError("the eval set is empty")
         return {"logits": torch.cat(logits), "labels": torch.cat(labels)}
+
     def _eval_labelled(self, eval_dataset=None) -> bool:
         if eval_dataset is None:
             if self.eval_dataset is None:
