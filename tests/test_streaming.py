@@ -139,6 +139,9 @@ def test_a_named_key_column_keys_a_stream_passed_in_python(tmp_path, digits):
     trainer = trainer_on(data.to_iterable_dataset(num_shards=2), tmp_path, sample_key_column="id")
     trainer.train()
     assert trainer.state.global_step == 2
+    trainer.save_model()
+    card = (tmp_path / "out" / "student" / "README.md").read_text()
+    assert "streamed (its size not counted)" in card and "? training" not in card
 
 
 def test_a_streamed_eval_split_is_evaluated_once_like_the_same_split_in_memory(shards, tmp_path, digits):
