@@ -118,8 +118,8 @@ def test_what_a_stream_cannot_do_is_refused_before_training_with_the_fix(shards,
         trainer_on(train, tmp_path, method="pskd", teachers=0)
     assert "method 'pskd' cannot train from a stream" in str(e.value) and "bank" in str(e.value)
     with pytest.raises(ValueError) as e:
-        trainer_on(train, tmp_path, method="bake", teachers=0, dataloader_num_workers=2)
-    assert "method 'bake'" in str(e.value) and "dataloader_num_workers=0" in str(e.value)  # all problems at once
+        trainer_on(train, tmp_path, method="bake", teachers=0, verify_images=True)
+    assert "method 'bake'" in str(e.value) and "verify_images reads every image" in str(e.value)  # all at once
     with pytest.raises(ValueError) as e:
         trainer_on(train, tmp_path, teacher_cache=str(tmp_path / "cache"))
     assert "teacher cache" in str(e.value)
@@ -357,3 +357,22 @@ def test_hfkd_cache_refuses_a_stream_with_the_reason(shards, tmp_path):
         hfkd_main(["cache", "--student", "test_resnet", "--teachers", "test_resnet", "--dataset", str(shards),
                    "--streaming", "true", "--output_dir", str(tmp_path / "cache")])
     assert not (tmp_path / "cache").exists()
+
+
+def test_worker_processes_make_the_same_batches_and_positions(shards, tmp_path):
+    train = load_stream(str(shards))[0]["train"]
+    alone = batches(reader(train), 1)
+    workers = reader(train, num_workers=2)
+    together = batches(workers, 1)
+    assert len(together) == len(alone)
+    for a, b in zip(together, alone):
+        assert torch.equal(a["pixel_values"], b["pixel_values"]) and torch.equal(a["index"], b["index"])
+        assert a["stream_position"] == b["stream_position"]
+    workers.start_at(alone[5]["stream_position"])  # a resume with workers continues where the batch left off
+    rest = batches(workers, 1)
+    assert all(torch.equal(a["pixel_values"], b["pixel_values"]) for a, b in zip(rest, alone[6:]))
+    assert len(rest) == len(alone) - 6
+    trainer = trainer_on(train, tmp_path, dataloader_num_workers=2)  # the trainer passes its workers on
+    assert trainer.train_dataset.num_workers == 2
+    trainer.train()
+    assert trainer.state.global_step == 2

@@ -49,9 +49,6 @@ def check_stream_run(args, method, task, teacher_cache, train, evaluation) -> No
     if teacher_cache:
         problems.append("a teacher cache stores outputs by row of a map-style split, which a stream does not have: "
                         "train from the teachers themselves, or cache and train on the split without streaming")
-    if args.dataloader_num_workers:
-        problems.append(f"dataloader_num_workers={args.dataloader_num_workers}: a stream is read, and its position "
-                        "kept for an exact resume, in the training process; set dataloader_num_workers=0")
     if args.verify_images:
         problems.append("verify_images reads every image before training, which a stream cannot do without reading "
                         "it twice; drop it, and choose what an unreadable image does with on_bad_image (raise/skip)")
@@ -124,7 +121,7 @@ def wrap_stream(trainer, dataset, training: bool) -> StreamedImageDataset:
     stream = split_for_process(stream, acc.process_index, acc.num_processes)
     return StreamedImageDataset(stream, transform, key_columns=keys, batch_size=trainer._images_per_batch,
                                 buffer_size=args.stream_shuffle_buffer, drop_last=args.dataloader_drop_last,
-                                fingerprint=fingerprint, **common)
+                                fingerprint=fingerprint, num_workers=args.dataloader_num_workers, **common)
 
 
 def steps(args):
