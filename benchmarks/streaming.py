@@ -92,7 +92,7 @@ def main(argv=None):
             for name in names[r % 2:] + names[:r % 2]:
                 rates[name].append(arms[name]())
     base = names[0]
-    print(f"\n| arm | optimiser samples/s median [min, max] | / map-style, median [min, max] |\n|---|---|---|")
+    print("\n| arm | optimiser samples/s median [min, max] | / map-style, median [min, max] |\n|---|---|---|")
     for name in names:
         ratios = [x / p for x, p in zip(rates[name], rates[base])]
         print(f"| {name} | {statistics.median(rates[name]):.1f} [{min(rates[name]):.1f}, {max(rates[name]):.1f}] | "

@@ -24,7 +24,7 @@ SHARDS, ROWS = 4, 32
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory, digits=None):
+def shards(tmp_path_factory):
     from hfkd.data import load_image_dataset
 
     folder = tmp_path_factory.mktemp("shards")
