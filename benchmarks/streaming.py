@@ -12,7 +12,8 @@ ImageNet-size JPEGs (``benchmarks/data_path.py`` makes them: 500 x 375, quality 
 
 Each arm is a fresh ``DistillationTrainer`` run (supervised, a small student at ``--size`` px, timm's training
 augmentation) of ``--steps`` optimiser steps of ``--batch_size`` samples, data read in the main process with one
-torch thread (one core, where decoding is the limit); ``train()`` is timed whole.  The arms run in interleaved
+torch thread (one core, where decoding is the limit; ``--workers N``: N data workers in both arms); ``train()``
+is timed whole.  The arms run in interleaved
 rounds whose order alternates; the ratio streamed / map-style is taken per round and reported as median
 [min, max].
 """
@@ -40,7 +41,7 @@ def _run(student, train, out, a) -> float:
     args = DistillationArguments(output_dir=out, max_steps=a.steps, per_device_train_batch_size=a.batch_size,
                                  save_strategy="no", eval_strategy="no", logging_steps=1000, disable_tqdm=True,
                                  eval_teachers=False, use_cpu=True, overwrite_output_dir=True,
-                                 stream_shuffle_buffer=a.buffer)
+                                 stream_shuffle_buffer=a.buffer, dataloader_num_workers=a.workers)
     trainer = DistillationTrainer(copy.deepcopy(student), None, "supervised", args, train_dataset=train,
                                   augment=AUGMENT)
     start = time.perf_counter()
@@ -61,6 +62,7 @@ def main(argv=None):
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--workers", type=int, default=0, help="dataloader_num_workers of both arms")
     a = parser.parse_args(argv)
     torch.set_num_threads(1)
     folder = make_folder(os.path.join(a.folder, f"{a.images}-500x375-q90"), a.images, 500, 375, 90)
@@ -78,7 +80,8 @@ def main(argv=None):
             part.to_parquet(os.path.join(tmp, "shards", f"train-{s:05d}-of-{a.shards:05d}.parquet"))
         streamed = load_stream(os.path.join(tmp, "shards"))[0]["train"]
         print(f"{len(train)} JPEGs 500x375 q90 ({a.shards} Parquet shards), student {a.student} at {a.size} px, "
-              f"batch {a.batch_size}, {a.steps} steps per arm, shuffle blocks of {a.buffer}, 1 thread, load average "
+              f"batch {a.batch_size}, {a.steps} steps per arm, shuffle blocks of {a.buffer}, 1 thread, {a.workers} "
+              f"worker(s), load average "
               f"{os.getloadavg()[0]:.1f}", flush=True)
         arms = {"map-style (load_from_disk)": lambda: _run(student, map_style, os.path.join(tmp, "map"), a),
                 "streamed (Parquet shards)": lambda: _run(student, streamed, os.path.join(tmp, "stream"), a)}
@@ -89,7 +92,7 @@ def main(argv=None):
             for name in names[r % 2:] + names[:r % 2]:
                 rates[name].append(arms[name]())
     base = names[0]
-    print(f"\n| arm | optimiser samples/s median [min, max] | / map-style, median [min, max] |\n|---|---|---|")
+    print("\n| arm | optimiser samples/s median [min, max] | / map-style, median [min, max] |\n|---|---|---|")
     for name in names:
         ratios = [x / p for x, p in zip(rates[name], rates[base])]
         print(f"| {name} | {statistics.median(rates[name]):.1f} [{min(rates[name]):.1f}, {max(rates[name]):.1f}] | "

@@ -24,7 +24,7 @@ SHARDS, ROWS = 4, 32
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory, digits=None):
+def shards(tmp_path_factory):
     from hfkd.data import load_image_dataset
 
     folder = tmp_path_factory.mktemp("shards")
@@ -118,8 +118,8 @@ def test_what_a_stream_cannot_do_is_refused_before_training_with_the_fix(shards,
         trainer_on(train, tmp_path, method="pskd", teachers=0)
     assert "method 'pskd' cannot train from a stream" in str(e.value) and "bank" in str(e.value)
     with pytest.raises(ValueError) as e:
-        trainer_on(train, tmp_path, method="bake", teachers=0, dataloader_num_workers=2)
-    assert "method 'bake'" in str(e.value) and "dataloader_num_workers=0" in str(e.value)  # all problems at once
+        trainer_on(train, tmp_path, method="bake", teachers=0, verify_images=True)
+    assert "method 'bake'" in str(e.value) and "verify_images reads every image" in str(e.value)  # all at once
     with pytest.raises(ValueError) as e:
         trainer_on(train, tmp_path, teacher_cache=str(tmp_path / "cache"))
     assert "teacher cache" in str(e.value)
@@ -139,6 +139,9 @@ def test_a_named_key_column_keys_a_stream_passed_in_python(tmp_path, digits):
     trainer = trainer_on(data.to_iterable_dataset(num_shards=2), tmp_path, sample_key_column="id")
     trainer.train()
     assert trainer.state.global_step == 2
+    trainer.save_model()
+    card = (tmp_path / "out" / "student" / "README.md").read_text()
+    assert "streamed (its size not counted)" in card and "? training" not in card
 
 
 def test_a_streamed_eval_split_is_evaluated_once_like_the_same_split_in_memory(shards, tmp_path, digits):
@@ -354,3 +357,22 @@ def test_hfkd_cache_refuses_a_stream_with_the_reason(shards, tmp_path):
         hfkd_main(["cache", "--student", "test_resnet", "--teachers", "test_resnet", "--dataset", str(shards),
                    "--streaming", "true", "--output_dir", str(tmp_path / "cache")])
     assert not (tmp_path / "cache").exists()
+
+
+def test_worker_processes_make_the_same_batches_and_positions(shards, tmp_path):
+    train = load_stream(str(shards))[0]["train"]
+    alone = batches(reader(train), 1)
+    workers = reader(train, num_workers=2)
+    together = batches(workers, 1)
+    assert len(together) == len(alone)
+    for a, b in zip(together, alone):
+        assert torch.equal(a["pixel_values"], b["pixel_values"]) and torch.equal(a["index"], b["index"])
+        assert a["stream_position"] == b["stream_position"]
+    workers.start_at(alone[5]["stream_position"])  # a resume with workers continues where the batch left off
+    rest = batches(workers, 1)
+    assert all(torch.equal(a["pixel_values"], b["pixel_values"]) for a, b in zip(rest, alone[6:]))
+    assert len(rest) == len(alone) - 6
+    trainer = trainer_on(train, tmp_path, dataloader_num_workers=2)  # the trainer passes its workers on
+    assert trainer.train_dataset.num_workers == 2
+    trainer.train()
+    assert trainer.state.global_step == 2

@@ -155,7 +155,7 @@ def dataset_info(data: ImageClassificationData, data_args: DataArguments) -> Dic
             "config": data_args.dataset_config, "train_split": data_args.train_split, "eval_split": data.eval_split,
             "train_samples": None if data.streamed else len(data.train),
             "eval_samples": 0 if data.eval is None else None if is_stream(data.eval) else len(data.eval),
-            "label_source": data.label_source}
+            "label_source": data.label_source, **({"streamed": True} if data.streamed else {})}
 
 
 def run(method: DistillationMethod, student: Backbone, teachers: Sequence[Any], data: ImageClassificationData,

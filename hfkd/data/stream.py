@@ -21,6 +21,7 @@ A map-style split addresses a sample by its row; a stream has no rows to address
 """
 from __future__ import annotations
 
+import collections
 import copy
 import glob
 import hashlib
@@ -210,6 +211,9 @@ class StreamedImageDataset(torch.utils.data.IterableDataset):
     docstring.  Evaluation (``batch_size=None``): yields single samples in stream order, once.
     ``index`` is :func:`key_id` of the sample's key (its place in the stream when no key is given).
     ``fingerprint`` identifies the data in a checkpoint (default :func:`describe` of ``dataset``).
+    ``num_workers`` > 0: that many processes decode and transform batches, a few ahead, while this process reads
+    the stream and keeps the positions; the batches are the same as without them.  Rows are grouped
+    ``batch_size`` at a time before decoding, so a batch with an unreadable image skipped is one sample shorter.
     """
 
     is_stream = True
@@ -217,7 +221,7 @@ class StreamedImageDataset(torch.utils.data.IterableDataset):
     def __init__(self, dataset, transform: Callable, image_column: str, label_column: str, seed: int = 0,
                  image_mode: str = "RGB", on_bad_image: str = "raise", key_columns: Sequence[str] = (),
                  batch_size: Optional[int] = None, buffer_size: int = DEFAULT_SHUFFLE_BUFFER, drop_last: bool = False,
-                 fingerprint: Optional[str] = None):
+                 fingerprint: Optional[str] = None, num_workers: int = 0):
         from datasets import Image
 
         if on_bad_image not in BAD_IMAGE_POLICIES:
@@ -235,6 +239,7 @@ class StreamedImageDataset(torch.utils.data.IterableDataset):
         self.seed, self.image_mode, self.on_bad_image = seed, image_mode, on_bad_image
         self.key_columns = list(key_columns)
         self.batch_size, self.buffer_size, self.drop_last = batch_size, buffer_size, drop_last
+        self.num_workers = num_workers
         self.epoch = 0
         self._start: Optional[Dict[str, Any]] = None
         self.skipped: List[str] = []  # keys of unreadable images left out (on_bad_image="skip")
@@ -288,6 +293,7 @@ class StreamedImageDataset(torch.utils.data.IterableDataset):
             block, skip, begin = block + 1, 0, end
 
     def _decode(self, row: Dict[str, Any], key: str):
+        """The row's image in ``image_mode``; ``None`` for an unreadable one with ``on_bad_image="skip"``."""
         from datasets import Image
         from PIL import Image as PILImage
 
@@ -303,39 +309,86 @@ class StreamedImageDataset(torch.utils.data.IterableDataset):
         except _bad_image_errors() as e:
             reason = _reason(e)
             if self.on_bad_image == "skip":
-                self.skipped.append(key)  # the trainer's BadImageLog reports it (bad_rows / bad_row_files)
                 logger.debug("skipped the unreadable image of sample %s: %s", shorten(key), shorten(reason, 300))
                 return None
             raise BadImageError(f"cannot read the image of streamed sample {shorten(key)} (column "
                                 f"{self.image_column!r}): {shorten(reason, 300)}; remove or replace it, or skip such "
                                 "images with on_bad_image='skip' (--on_bad_image skip)", None, key, reason) from e
 
-    def _samples(self) -> Iterator[Tuple[Dict[str, Any], Dict[str, Any]]]:
-        """``(decoded sample, position after it)``; unreadable images are left out with ``on_bad_image="skip"``."""
+    def _keyed(self) -> Iterator[Tuple[str, Dict[str, Any], Dict[str, Any]]]:
+        """``(key, row, position after it)`` of this epoch."""
         for count, (row, after) in enumerate(self._rows()):
-            key = sample_key(row, self.key_columns) if self.key_columns else str(count)
-            image = self._decode(row, key)
-            if image is not None:
-                yield {"image": image, "label": row[self.label_column], "index": key_id(key)}, after
+            yield (sample_key(row, self.key_columns) if self.key_columns else str(count)), row, after
 
-    def _transformed(self, samples: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-        indices = [s["index"] for s in samples]
-        pixels = seeded_batch(self.transform, [s["image"] for s in samples], self.seed, self.epoch, indices)
-        return [{"pixel_values": p, "labels": int(s["label"]), "index": s["index"]} for p, s in zip(pixels, samples)]
+    def make_batch(self, items: Sequence[Tuple[str, Dict[str, Any]]], epoch: int):
+        """``(samples, skipped keys)`` of raw ``(key, row)`` items: decoded and transformed, seeded by key.
+
+        A pure function of its arguments, so a worker process computes what the training process would.
+        """
+        images, labels, indices, skipped = [], [], [], []
+        for key, row in items:
+            image = self._decode(row, key)
+            if image is None:
+                skipped.append(key)
+                continue
+            images.append(image)
+            labels.append(int(row[self.label_column]))
+            indices.append(key_id(key))
+        pixels = seeded_batch(self.transform, images, self.seed, epoch, indices)
+        return [{"pixel_values": p, "labels": y, "index": i} for p, y, i in zip(pixels, labels, indices)], skipped
+
+    def _made(self, size: int):
+        """``(samples, skipped keys, position after the group, raw group length)`` per group of ``size`` rows, in
+        stream order; made by ``num_workers`` processes when set (a few groups ahead), the stream read here."""
+        epoch = self.epoch
+        groups = _chunks(self._keyed(), size)
+        if not self.num_workers:
+            for group in groups:
+                yield (*self.make_batch([(k, r) for k, r, _ in group], epoch), group[-1][2], len(group))
+            return
+        context = torch.multiprocessing.get_context("fork")  # torch's context: tensors come back in shared memory
+        with context.Pool(self.num_workers, initializer=_start_worker, initargs=(self,)) as pool:
+            pending = collections.deque()
+            for group in groups:
+                pending.append((pool.apply_async(_worker_batch, ([(k, r) for k, r, _ in group], epoch)),
+                                group[-1][2], len(group)))
+                if len(pending) > 2 * self.num_workers:
+                    result, after, length = pending.popleft()
+                    yield (*result.get(), after, length)
+            while pending:
+                result, after, length = pending.popleft()
+                yield (*result.get(), after, length)
 
     def __iter__(self):
         if torch.utils.data.get_worker_info() is not None and self.batch_size is not None:
-            raise RuntimeError("a training stream is read in the training process (dataloader_num_workers=0)")
+            raise RuntimeError("a training stream is read in the training process; its num_workers decode it")
         if self.batch_size is None:
-            for group in _chunks(self._samples(), 64):
-                yield from self._transformed([s for s, _ in group])
+            for samples, skipped, _, _ in self._made(64):
+                self.skipped += skipped
+                yield from samples
             return
-        for group in _chunks(self._samples(), self.batch_size):
-            if len(group) < self.batch_size and self.drop_last:
+        for samples, skipped, after, length in self._made(self.batch_size):
+            self.skipped += skipped
+            if length < self.batch_size and self.drop_last:
                 return
-            batch = torch.utils.data.default_collate(self._transformed([s for s, _ in group]))
-            batch["stream_position"] = group[-1][1]
+            if not samples:  # every image of these rows was unreadable (on_bad_image="skip")
+                continue
+            batch = torch.utils.data.default_collate(samples)
+            batch["stream_position"] = after
             yield batch
+
+
+_WORKER: Optional[StreamedImageDataset] = None
+
+
+def _start_worker(dataset: StreamedImageDataset) -> None:
+    global _WORKER
+    _WORKER = dataset
+    torch.set_num_threads(1)  # one core per worker, as torch's data-loader workers
+
+
+def _worker_batch(items, epoch: int):
+    return _WORKER.make_batch(items, epoch)
 
 
 def _chunks(items: Iterator, size: int) -> Iterator[List]:

@@ -5,8 +5,10 @@ A stream has no length and each process reads its own shards (``hfkd/data/stream
 
 - ``max_steps`` is the budget; an epoch is one pass over this process's part of the stream, and processes may
   end their epochs at different steps (their parts need not be equally long: DDP only needs every process to
-  take the same number of steps).  Settings counted in epochs are refused.
-- Batches are read in the training process and moved to the device; nothing goes through Accelerate's
+  take the same number of steps).  Schedules counted in epochs are refused; evaluating or saving per "epoch"
+  happens at the end of the run.
+- The stream is read in the training process (its batches decoded by worker processes with
+  ``dataloader_num_workers``) and the batches moved to the device; nothing goes through Accelerate's
   data-loader preparation, which would read an iterable dataset on the main process only and send each process
   its slice.  Gradient accumulation counts batches across epochs (every window is full).
 - A checkpoint records every process's position (``stream_position`` of its last trained batch); a resume
@@ -49,9 +51,6 @@ def check_stream_run(args, method, task, teacher_cache, train, evaluation) -> No
     if teacher_cache:
         problems.append("a teacher cache stores outputs by row of a map-style split, which a stream does not have: "
                         "train from the teachers themselves, or cache and train on the split without streaming")
-    if args.dataloader_num_workers:
-        problems.append(f"dataloader_num_workers={args.dataloader_num_workers}: a stream is read, and its position "
-                        "kept for an exact resume, in the training process; set dataloader_num_workers=0")
     if args.verify_images:
         problems.append("verify_images reads every image before training, which a stream cannot do without reading "
                         "it twice; drop it, and choose what an unreadable image does with on_bad_image (raise/skip)")
@@ -124,7 +123,7 @@ def wrap_stream(trainer, dataset, training: bool) -> StreamedImageDataset:
     stream = split_for_process(stream, acc.process_index, acc.num_processes)
     return StreamedImageDataset(stream, transform, key_columns=keys, batch_size=trainer._images_per_batch,
                                 buffer_size=args.stream_shuffle_buffer, drop_last=args.dataloader_drop_last,
-                                fingerprint=fingerprint, **common)
+                                fingerprint=fingerprint, num_workers=args.dataloader_num_workers, **common)
 
 
 def steps(args):
@@ -139,7 +138,7 @@ def train_loop(trainer) -> None:
     there is no end of an epoch common to all of them to evaluate or save at; the run is evaluated (by the caller)
     and saved at its end instead, and ``"steps"`` does it along the way.
     """
-    acc, state, data, args = trainer.accelerator, trainer.state, trainer.train_dataset, trainer.args
+    acc, state, args = trainer.accelerator, trainer.state, trainer.args
     if "epoch" in (args.eval_strategy, args.save_strategy) and acc.is_main_process:
         logger.warning("streamed train split: eval_strategy/save_strategy 'epoch' act at the end of the run (processes "
                        "end their parts of the stream at different steps); use 'steps' to evaluate or save on the way")

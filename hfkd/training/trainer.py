@@ -89,7 +89,8 @@ def _dataset_info(train, evaluation) -> Dict[str, Any]:
         return None if is_stream(split) else len(split)
 
     return {"id": name, "config": getattr(info, "config_name", None), "train_samples": size(train),
-            "eval_samples": size(evaluation) if evaluation is not None else 0}
+            "eval_samples": size(evaluation) if evaluation is not None else 0,
+            **({"streamed": True} if is_stream(train) else {})}
 
 
 class DistillationTrainer:
