@@ -105,3 +105,23 @@ def test_a_tokens_run_trains_and_checkpoints_the_spatial_projector(small_digits,
     assert any(k.startswith("spatial_projectors") for k in state)  # checkpointed with the method
     assert "spatial_0" in trainer.state.log_history[0]
     assert all("projector" not in k for k in trainer.student.state_dict())
+
+
+@pytest.mark.slow
+def test_two_processes_match_pooled_features_and_the_patch_grid(tmp_path):
+    import os
+
+    from safetensors.torch import load_file
+
+    from helpers.launch import run_two_processes
+
+    script = os.path.join(os.path.dirname(__file__), "scripts", "feature_kd_tokens_ddp.py")
+    run_two_processes(script, str(tmp_path))
+    r0, r1 = (load_file(str(tmp_path / f"rank{r}.safetensors")) for r in (0, 1))
+    assert r0["num_processes"].item() == 2 and r0["steps"].item() == 6  # 96 images / (2 x 16) x 2 epochs
+    trained = [k for k in r0 if k.startswith(("student.", "method."))]
+    assert any(k.startswith("method.spatial_projectors") for k in trained)
+    assert any(k.startswith("method.projectors") for k in trained)
+    for k in trained:
+        assert torch.equal(r0[k], r1[k]), f"{k} differs across ranks"
+    assert any(not torch.equal(r0[k], r0[f"initial.{k}"]) for k in trained if k.startswith("student."))
