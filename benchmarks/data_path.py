@@ -34,7 +34,7 @@ import torch
 
 from hfkd.data import load_image_dataset
 from hfkd.data.augment import AugmentConfig
-from hfkd.data.transforms import ImageClassificationDataset, create_image_transform
+from hfkd.data.transforms import ImageClassificationDataset, collate_rows, create_image_transform
 from hfkd.models.preprocess import PreprocessConfig
 
 PREPROCESS = PreprocessConfig(input_size=(3, 224, 224))
@@ -83,8 +83,10 @@ def one_pass(dataset, batch_size: int, workers: int, epoch: int) -> float:
     """Samples per second of one shuffled pass (loader start-up included, as a training epoch pays it)."""
     if hasattr(dataset, "set_epoch"):
         dataset.set_epoch(epoch)
+    # hfkd's arm collates as the trainer does (a batch made in one buffer is used as it is)
+    collate = collate_rows if isinstance(dataset, ImageClassificationDataset) else None
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
-                                         generator=torch.Generator().manual_seed(epoch))
+                                         generator=torch.Generator().manual_seed(epoch), collate_fn=collate)
     start, samples = time.perf_counter(), 0
     for batch in loader:
         pixels = batch["pixel_values"] if isinstance(batch, dict) else batch[0]

@@ -15,7 +15,7 @@ from ..cache.lookup import open_teacher_cache
 from ..data import checks
 from ..data.loading import find_columns
 from ..data.samplers import RemainingEpochBatchSampler, epoch_order, seedable_sampler
-from ..data.transforms import AugmentConfig, ImageClassificationDataset, create_image_transform
+from ..data.transforms import AugmentConfig, ImageClassificationDataset, collate_rows, create_image_transform
 from ..hub.card import PLOT_FILENAME, create_model_card, plot_training_curves
 from ..hub.push import push_to_hub
 from ..hub.secrets import redact_secrets
@@ -217,7 +217,7 @@ class DistillationTrainer:
             raise ValueError(f"method {self.method.name!r} draws its own batches, which crops_per_image cannot "
                              "split into views; set crops_per_image=1")
         common = dict(num_workers=args.dataloader_num_workers, pin_memory=torch.cuda.is_available(),
-                      persistent_workers=args.dataloader_persistent_workers)
+                      persistent_workers=args.dataloader_persistent_workers, collate_fn=collate_rows)
         if args.dataloader_num_workers > 0:
             self.train_dataset.share_epoch()  # set_epoch must reach the workers' copies
         if sampler is not None:
@@ -244,11 +244,11 @@ class DistillationTrainer:
                 if self.eval_dataset is None:
                     raise ValueError("no eval_dataset was given")
                 loader = DataLoader(self.eval_dataset, batch_size=self.args.per_device_eval_batch_size,
-                                    num_workers=self.args.dataloader_num_workers)
+                                    num_workers=self.args.dataloader_num_workers, collate_fn=collate_rows)
                 self._eval_loader = self.accelerator.prepare(loader)
             return self._eval_loader
         dataset = self._wrap(dataset, training=False)
-        loader = DataLoader(dataset, batch_size=self.args.per_device_eval_batch_size)
+        loader = DataLoader(dataset, batch_size=self.args.per_device_eval_batch_size, collate_fn=collate_rows)
         return self.accelerator.prepare(loader)
 
     # -- evaluation -------------------------------------------------------------------------------
@@ -439,7 +439,7 @@ class DistillationTrainer:
         logger.warning("resuming epoch %d at sample %d of %d on %d process(es): %d more batch(es) per process",
                        epoch, start, self._epoch_samples, acc.num_processes, len(batches))
         self.train_dataset.set_epoch(epoch)
-        rest = DataLoaderShard(self.train_dataset, device=acc.device, batch_sampler=batches,
+        rest = DataLoaderShard(self.train_dataset, device=acc.device, batch_sampler=batches, collate_fn=collate_rows,
                                num_workers=args.dataloader_num_workers, pin_memory=torch.cuda.is_available())
         return rest, len(batches)
 
