@@ -16,6 +16,8 @@ from typing import Any, Dict, List, Optional
 from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 
 from ..cache.lookup import open_teacher_cache
+from ..data.device_decode import tensor_transform
+from ..data.transforms import create_image_transform
 from ..launch import is_main_process
 from ..methods.registry import get_method_class
 from ..models.backbone import Backbone
@@ -138,6 +140,11 @@ def check_run(settings: RunSettings, *, train_demo: bool) -> Checked:
             check_teacher(settings, stand_in, name, i, checked)
         for name in extra:  # FEED's generation-1 teacher
             check_teacher(settings, stand_in, name, len(checked.teachers), checked)
+    if args.gpu_decode and stand_in is not None:
+        try:  # the training transform must run on a decoded tensor on the GPU (the trainer refuses it too)
+            tensor_transform(create_image_transform(stand_in.preprocess, True, settings.data.augment()))
+        except ValueError as e:
+            checked.problems.append(str(e))
     if args.teacher_cache and checked.student is not None and checked.data is not None:
         data = checked.data
         try:

@@ -31,7 +31,7 @@ import torch
 from ..models.preprocess import PreprocessConfig
 from ..settings import shorten
 from .augment import AugmentConfig
-from .checks import BAD_IMAGE_POLICIES, image_file, read_rows
+from .checks import BAD_IMAGE_POLICIES, image_file, read_encoded, read_rows
 
 
 def create_image_transform(preprocess: PreprocessConfig, is_training: bool,
@@ -297,6 +297,9 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         self.image_mode = image_mode
         self.view_provider = view_provider
         self.on_bad_image = on_bad_image
+        # gpu_decode (set by the trainer): rows carry the image's file bytes and the view's seed, not pixels.
+        self.encoded = False
+        self._encoded = None
         # One flag per row, in shared memory from the start: workers (persistent or not) write to it.
         self._bad = torch.zeros(len(dataset) if on_bad_image == "skip" else 0, dtype=torch.bool)
         if on_bad_image == "skip":
@@ -341,33 +344,46 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
     def __getitems__(self, indices: Sequence[int]) -> List[dict]:
         """A batch of rows: the DataLoader calls this with a batch's indices (one ``datasets`` read)."""
         indices = [int(i) for i in indices]
-        images, rows, bad = read_rows(self.dataset, indices, self.image_column, self.image_mode, self.on_bad_image)
+        if self.encoded:
+            images, rows, bad = read_encoded(self._encoded_dataset(), indices, self.image_column, self.on_bad_image)
+        else:
+            images, rows, bad = read_rows(self.dataset, indices, self.image_column, self.image_mode, self.on_bad_image)
         if bad:
             self._bad[bad] = True
             skipped = set(bad)
             indices = [i for i in indices if i not in skipped]
             if not indices:  # every image of the batch is bad: the next readable row stands in (never an empty batch)
                 return self.__getitems__([self._next_readable(max(bad))])
-        labels = rows[self.label_column]
-        if self.views_per_image == 1 and self.view_provider is None:
-            pixels = seeded_pixels(self.transform, images, self.seed, self.epoch, indices)
-            extras = [{}] * len(indices)
-        elif self.views_per_image == 1:  # the provider picks each view's seed (and adds its fields, e.g. soft labels)
-            epoch = self.epoch
+        labels, epoch, k = rows[self.label_column], self.epoch, self.views_per_image
+        if k == 1 and self.view_provider is None:
+            seeds, extras = [sample_seed(self.seed, epoch, i) for i in indices], [{}] * len(indices)
+        elif k == 1:  # the provider picks each view's seed (and adds its fields, e.g. soft labels)
             seeds, extras = zip(*(self.view_provider(epoch, i) for i in indices))
-            pixels = seeded_pixels(self.transform, images, self.seed, epoch, indices, seeds=seeds)
         else:  # K views of each decoded image: the decode (the costly part at real sizes) serves K samples
-            k, epoch = self.views_per_image, self.epoch
-            views = [view for i in indices for view in self._views(epoch, i, k)]
-            seeds, extras = zip(*views)
+            seeds, extras = zip(*(view for i in indices for view in self._views(epoch, i, k)))
             images = [image for image in images for _ in range(k)]
             indices = [i for i in indices for _ in range(k)]
             labels = [label for label in labels for _ in range(k)]
-            pixels = seeded_pixels(self.transform, images, self.seed, epoch, indices, seeds=seeds)
+        if self.encoded:  # gpu_decode: the bytes and each view's seed; the step decodes and crops on the device
+            return [{"image_bytes": data, "view_seed": int(s), "labels": self._target(label), "index": i, **extra}
+                    for data, s, label, i, extra in zip(images, seeds, labels, indices, extras)]
+        pixels = seeded_pixels(self.transform, images, self.seed, epoch, indices, seeds=seeds)
         rows = [{"pixel_values": p, "labels": self._target(label), "index": i, **extra}
                 for p, label, i, extra in zip(pixels, labels, indices, extras)]
         # One buffer: collate_rows (the trainer's loaders) uses it as the batch; default_collate stacks the views.
         return RowBatch(rows, pixels) if isinstance(pixels, torch.Tensor) else rows
+
+    def _encoded_dataset(self):
+        """The split with its images as stored (``datasets.Image(decode=False)``), made once."""
+        if self._encoded is None:
+            from datasets import Image
+
+            if not isinstance(self.dataset.features[self.image_column], Image):
+                raise ValueError(f"gpu_decode reads the images' files, but column {self.image_column!r} holds "
+                                 f"{type(self.dataset.features[self.image_column]).__name__} values, not "
+                                 "datasets.Image ones (e.g. decoded arrays); train without gpu_decode")
+            self._encoded = self.dataset.cast_column(self.image_column, Image(decode=False))
+        return self._encoded
 
     def _views(self, epoch: int, index: int, k: int):
         views = getattr(self.view_provider, "views", None)  # None without a provider too

@@ -13,6 +13,7 @@ from torch import nn
 
 from ..cache.lookup import open_teacher_cache
 from ..data import checks
+from ..data.device_decode import DeviceDecoder, gpu_decode_device, tensor_transform
 from ..data.loading import find_columns
 from ..data.samplers import RemainingEpochBatchSampler, epoch_order, seedable_sampler
 from ..data.transforms import AugmentConfig, ImageClassificationDataset, collate_rows, create_image_transform
@@ -153,6 +154,7 @@ class DistillationTrainer:
         self.train_dataset = self._wrap(train_dataset, training=True)
         if self.teacher_cache is not None:
             self.teacher_cache.attach(self.train_dataset, self.student.preprocess)
+        self.device_decoder = self._device_decoder()
         self.eval_dataset = self._wrap(eval_dataset, training=False) if eval_dataset is not None else None
         self.callbacks = CallbackHandler([ProgressCallback(), BadImageLog(), *(callbacks or [])])
         self.state = TrainerState()
@@ -191,6 +193,24 @@ class DistillationTrainer:
         if k > stored:
             raise ValueError(f"crops_per_image={k}, but the teacher cache stores {stored} view(s) per image: use "
                              f"crops_per_image <= {stored}, or a cache generated with num_views >= {k}")
+
+    def _device_decoder(self) -> Optional[DeviceDecoder]:
+        """gpu_decode: the loader yields the training images' bytes, the step decodes and crops them on the GPU.
+
+        Without a CUDA device the run keeps the CPU path, with one warning: torchvision's decoder on a CPU is
+        slower than Pillow in the loader, and the crop boxes are the same either way.
+        """
+        if not self.args.gpu_decode:
+            return None
+        dataset = self.train_dataset
+        tensor_transform(dataset.transform)  # PIL-only augmentations are refused by name, with or without a GPU
+        device = gpu_decode_device(self.accelerator.device)
+        if device is None:
+            return None
+        decoder = DeviceDecoder(dataset.transform, device, dataset.image_mode)
+        dataset._encoded_dataset()  # refuses an image column that holds no image files
+        dataset.encoded = True
+        return decoder
 
     def _wrap(self, dataset, training: bool) -> ImageClassificationDataset:
         if isinstance(dataset, ImageClassificationDataset):
@@ -457,6 +477,8 @@ class DistillationTrainer:
 
     def _train_step(self, batch) -> torch.Tensor:
         acc = self.accelerator
+        if self.device_decoder is not None:  # gpu_decode: the batch's images are made here, on the device
+            batch = self.device_decoder(batch)
         batch = self.method.prepare_batch(batch)
         if self.args.channels_last:
             batch = channels_last_batch(batch)
