@@ -196,3 +196,22 @@ def test_dry_run_lists_gpu_decode_with_pil_only_augmentation(tmp_path):
                    "--output_dir", str(tmp_path / "never"), "--dry_run"])
     assert "gpu_decode cannot run the training transform's RandAugment" in str(stop.value)
     assert not (tmp_path / "never").exists()
+
+
+def test_gpu_decode_from_a_teacher_cache_warns_and_trains(tmp_path, jpeg_folder, monkeypatch):
+    from hfkd import cache_teacher_outputs
+
+    torch.manual_seed(1)
+    teacher = create_backbone("test_resnet", num_classes=2, pretrained=False, image_size=48)
+    student = create_backbone("test_resnet", num_classes=2, pretrained=False, image_size=48)
+    augment = AugmentConfig(color_jitter=0.4)
+    folder = str(tmp_path / "cache")
+    cache_teacher_outputs([teacher], jpeg_folder.train, folder, student=student, augment=augment, num_views=2, seed=0)
+    monkeypatch.setattr(hfkd.training.trainer, "gpu_decode_device", lambda device: torch.device("cpu"))
+    args = run_args(tmp_path / "run", per_device_train_batch_size=4, max_steps=2, gpu_decode=True,
+                    teacher_cache=folder)
+    with pytest.warns(UserWarning, match="gpu_decode with a teacher cache"):
+        trainer = DistillationTrainer(student, [], method="kd", args=args, train_dataset=jpeg_folder.train)
+    assert trainer.train_dataset.encoded
+    trainer.train()
+    assert trainer.state.global_step == 2

@@ -5,6 +5,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Union
 
@@ -210,6 +211,13 @@ class DistillationTrainer:
         decoder = DeviceDecoder(dataset.transform, device, dataset.image_mode)
         dataset._encoded_dataset()  # refuses an image column that holds no image files
         dataset.encoded = True
+        if self.teacher_cache is not None:
+            # Warned, not refused: the boxes, flips and jitter are the stored views'; only the decoder's rounding
+            # (about one level of 255 on average) separates the pixels from those the teachers saw.
+            warnings.warn("gpu_decode with a teacher cache: the cache's views were decoded by Pillow on the CPU, this "
+                          "run decodes them with nvJPEG; the crop boxes are the same and the pixels differ by the "
+                          "decoders' rounding (docs/performance.md). Leave gpu_decode off for bitwise the stored "
+                          "views", stacklevel=2)
         return decoder
 
     def _wrap(self, dataset, training: bool) -> ImageClassificationDataset:
