@@ -3,6 +3,7 @@
     python benchmarks/data_path.py --rounds 5                   # 1 process x 1 thread, and 2 workers
     python benchmarks/data_path.py --rounds 5 --workers 0       # per core only
     python benchmarks/data_path.py --profile hfkd               # cProfile of one pass of an arm, in one process
+    python benchmarks/data_path.py --draft                      # Pillow's JPEG draft mode: reach, speed, pixels
 
 Both arms read the same imagefolder of JPEGs (made once in ``--folder``; default 500 x 375, quality 90, the
 size of a typical ImageNet training image) and produce the same batches: read, decode to RGB, RandomResizedCrop
@@ -94,6 +95,90 @@ def one_pass(dataset, batch_size: int, workers: int, epoch: int) -> float:
     return samples / (time.perf_counter() - start)
 
 
+# -- Pillow's draft mode (JPEG DCT scaling) for downscaled crops -------------------------------------------------
+def _jpeg_bytes(width: int, height: int, seed: int, quality: int = 90) -> bytes:
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    coarse = Image.fromarray(rng.integers(0, 256, (height // 24, width // 24, 3), dtype=np.uint8))
+    smooth = np.asarray(coarse.resize((width, height), Image.BICUBIC), dtype=np.int16)
+    pixels = np.clip(smooth + rng.normal(0, 12, (height, width, 3)), 0, 255).astype(np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, "JPEG", quality=quality)
+    return out.getvalue()
+
+
+def _crop_full(data: bytes, box, size: int):
+    """What timm does: decode the whole image, crop the box, resize it (bicubic)."""
+    import io
+
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    top, left, height, width = box
+    return image.crop((left, top, left + width, top + height)).resize((size, size), Image.BICUBIC)
+
+
+def _crop_draft(data: bytes, box, size: int):
+    """Decode at 1/2, 1/4 or 1/8 when the box stays at least ``size`` there, then resize the scaled box."""
+    import io
+    import math
+
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(data))
+    full_w, full_h = image.size
+    top, left, height, width = box
+    scale = max(k for k in (1, 2, 4, 8) if k == 1 or (width / k >= size and height / k >= size))
+    if scale > 1:
+        image.draft("RGB", (math.ceil(full_w / scale), math.ceil(full_h / scale)))
+    image.load()
+    fx, fy = image.size[0] / full_w, image.size[1] / full_h
+    box = (left * fx, top * fy, (left + width) * fx, (top + height) * fy)
+    return image.resize((size, size), Image.BICUBIC, box=box), scale
+
+
+def draft_table(size: int = 224, boxes: int = 64, rounds: int = 3) -> None:
+    """Per image size: which scale the draft picks for RandomResizedCrop's boxes, the pixels' mean absolute
+    difference from the full decode (levels of 255), and the time of decode + crop + resize, full / draft."""
+    import random
+
+    from PIL import Image
+    from timm.data.transforms import RandomResizedCropAndInterpolation
+
+    print(f"\n## Pillow draft mode, RandomResizedCrop (scale 0.08-1) to {size}, {boxes} boxes per size\n")
+    print("| image | boxes decoded at 1/1, 1/2, 1/4, 1/8 | mean abs difference (max), levels of 255 "
+          "| full ms | draft ms | full / draft, median [min, max] |\n|---|---|---|---|---|---|")
+    for width, height in [(500, 375), (1024, 768), (2048, 1536), (4032, 3024)]:
+        data = [_jpeg_bytes(width, height, seed) for seed in range(4)]
+        stand_in = Image.new("L", (width, height))
+        drawn = []
+        for seed in range(boxes):
+            random.seed(seed)
+            drawn.append(RandomResizedCropAndInterpolation.get_params(stand_in, AUGMENT.scale, AUGMENT.ratio))
+        scales, diffs = [], []
+        for k, box in enumerate(drawn):
+            drafted, scale = _crop_draft(data[k % 4], box, size)
+            full = np.asarray(_crop_full(data[k % 4], box, size), dtype=np.float32)
+            scales.append(scale)
+            diffs.append(float(np.abs(full - np.asarray(drafted, dtype=np.float32)).mean()))
+        times = {"full": [], "draft": []}
+        for _ in range(rounds):  # interleaved
+            for name, crop in (("full", _crop_full), ("draft", lambda d, b, s: _crop_draft(d, b, s)[0])):
+                start = time.perf_counter()
+                for k, box in enumerate(drawn[:32]):
+                    crop(data[k % 4], box, size)
+                times[name].append((time.perf_counter() - start) / 32 * 1e3)
+        ratios = [f / d for f, d in zip(times["full"], times["draft"])]
+        counts = ", ".join(str(scales.count(k)) for k in (1, 2, 4, 8))
+        print(f"| {width}x{height} | {counts} | {np.mean(diffs):.2f} ({np.max(diffs):.2f}) | "
+              f"{statistics.median(times['full']):.2f} | {statistics.median(times['draft']):.2f} | {_spread(ratios)} |",
+              flush=True)
+
+
 def _spread(values):
     return f"{statistics.median(values):.3f} [{min(values):.3f}, {max(values):.3f}]"
 
@@ -125,8 +210,12 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     parser.add_argument("--profile", choices=("hfkd", "timm"), help="cProfile one pass of this arm and stop")
+    parser.add_argument("--draft", action="store_true", help="measure Pillow's JPEG draft mode for the crops and stop")
     a = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if a.draft:
+        draft_table()
+        return
     folder = make_folder(os.path.join(a.folder, f"{a.images}-{a.width}x{a.height}-q{a.quality}"), a.images,
                          a.width, a.height, a.quality)
     sizes = [os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(folder) for f in files if f.endswith(".jpg")]
