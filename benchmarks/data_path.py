@@ -183,9 +183,11 @@ def _spread(values):
     return f"{statistics.median(values):.3f} [{min(values):.3f}, {max(values):.3f}]"
 
 
-def compare(datasets, rounds: int, batch_size: int, workers: int) -> None:
+def compare(datasets, rounds: int, batch_size: int, workers: int) -> str:
+    """Interleaved rounds of both arms; prints their table and returns the docs' row for this set-up."""
     names = list(datasets)
     rates = {n: [] for n in names}
+    load = os.getloadavg()[0]
     for r in range(rounds):
         order = names[r % len(names):] + names[:r % len(names)]
         for name in order:
@@ -194,9 +196,16 @@ def compare(datasets, rounds: int, batch_size: int, workers: int) -> None:
     print(f"\n## {where}, {rounds} interleaved rounds\n")
     print("| arm | samples/s median [min, max] |\n|---|---|")
     for name in names:
-        print(f"| {name} | {statistics.median(rates[name]):.1f} [{min(rates[name]):.1f}, {max(rates[name]):.1f}] |")
+        print(f"| {name} | {_rates(rates[name])} |")
     ratios = [h / t for h, t in zip(rates["hfkd"], rates["timm"])]
     print(f"\nhfkd / timm: **{_spread(ratios)}**", flush=True)
+    load = f"{load:.1f}-{os.getloadavg()[0]:.1f}"
+    setup = "per core" if workers == 0 else f"{workers} workers"
+    return f"| {setup} (load {load}) | {_rates(rates['hfkd'])} | {_rates(rates['timm'])} | **{_spread(ratios)}** |"
+
+
+def _rates(values):
+    return f"{statistics.median(values):.1f} [{min(values):.1f}, {max(values):.1f}]"
 
 
 def main(argv=None):
@@ -230,10 +239,14 @@ def main(argv=None):
         profiler.disable()
         pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
         return
+    rows = []
     for workers in a.workers:
         one_pass(datasets["hfkd"], a.batch_size, workers, epoch=-1)  # warm the file cache and the imports
         one_pass(datasets["timm"], a.batch_size, workers, epoch=-1)
-        compare(datasets, a.rounds, a.batch_size, workers)
+        rows.append(compare(datasets, a.rounds, a.batch_size, workers))
+    print(f"\n## For docs/performance.md ({a.rounds} interleaved rounds, {a.images} JPEGs of {a.width}x{a.height})\n")
+    print("| set-up | hfkd samples/s | timm samples/s | hfkd / timm, median [min, max] |\n|---|---|---|---|")
+    print("\n".join(rows))
 
 
 if __name__ == "__main__":
