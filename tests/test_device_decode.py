@@ -215,3 +215,22 @@ def test_gpu_decode_from_a_teacher_cache_warns_and_trains(tmp_path, jpeg_folder,
     assert trainer.train_dataset.encoded
     trainer.train()
     assert trainer.state.global_step == 2
+
+
+def test_the_views_of_one_image_decode_it_once(monkeypatch):
+    import torchvision.io
+
+    from hfkd.data.device_decode import decode_images
+
+    decoded, decode_jpeg = [], torchvision.io.decode_jpeg
+
+    def counting(inputs, **kw):
+        decoded.append(len(inputs))
+        return decode_jpeg(inputs, **kw)
+
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", counting)
+    first, second = _coordinate_jpeg(), _coordinate_jpeg(100, 80)
+    images = decode_images([first, first, first, second, second, bytes(bytearray(second))], torch.device("cpu"))
+    assert decoded == [3]  # first, second, and the equal but separate copy of second
+    assert images[0] is images[1] is images[2] and images[3] is images[4]
+    assert images[0].shape == (3, 120, 160) and torch.equal(images[4], images[5])

@@ -79,10 +79,17 @@ def decode_images(data: Sequence[bytes], device: torch.device, mode: str = "RGB"
     """
     from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
+    # crops_per_image=K repeats an image's bytes (the same object) for its K views: decoded once, cropped K times
+    # (the transform's steps return new tensors, so the views share the decoded image safely).
+    position, unique = {}, []
+    for b in data:
+        if id(b) not in position:
+            position[id(b)] = len(unique)
+            unique.append(b)
     read_mode = ImageReadMode.RGB if mode == "RGB" else ImageReadMode.GRAY
-    encoded = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in data]
-    jpegs = [k for k, b in enumerate(data) if _is_jpeg(b)]
-    out: List[Optional[torch.Tensor]] = [None] * len(data)
+    encoded = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in unique]
+    jpegs = [k for k, b in enumerate(unique) if _is_jpeg(b)]
+    out: List[Optional[torch.Tensor]] = [None] * len(unique)
     if jpegs:
         decoded = decode_jpeg([encoded[k] for k in jpegs], mode=read_mode, device=device, apply_exif_orientation=True)
         for k, image in zip(jpegs, decoded):
@@ -90,7 +97,7 @@ def decode_images(data: Sequence[bytes], device: torch.device, mode: str = "RGB"
     for k, image in enumerate(out):
         if image is None:
             out[k] = decode_image(encoded[k], mode=read_mode, apply_exif_orientation=True).to(device)
-    return out
+    return [out[position[id(b)]] for b in data]
 
 
 def device_views(data: Sequence[bytes], seeds: Sequence[int], transform: Callable, device: torch.device,
