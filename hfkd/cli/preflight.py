@@ -16,7 +16,9 @@ from typing import Any, Dict, List, Optional
 from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 
 from ..cache.lookup import check_crops_per_image, open_teacher_cache
+from ..data.device_decode import tensor_transform
 from ..data.labels import FROM_OPTION
+from ..data.transforms import create_image_transform
 from ..launch import is_main_process
 from ..methods.base import without_labels_problem
 from ..methods.registry import get_method_class
@@ -152,6 +154,11 @@ def check_run(settings: RunSettings, *, train_demo: bool) -> Checked:
             check_teacher(settings, stand_in, name, i, checked)
         for name in extra:  # FEED's generation-1 teacher
             check_teacher(settings, stand_in, name, len(checked.teachers), checked)
+    if args.gpu_decode and stand_in is not None:
+        try:  # the training transform must run on a decoded tensor on the GPU (the trainer refuses it too)
+            tensor_transform(create_image_transform(stand_in.preprocess, True, settings.data.augment()))
+        except ValueError as e:
+            checked.problems.append(str(e))
     cache = None
     if checked.data is not None and checked.data.streamed:  # what a stream cannot do, listed with the rest
         try:

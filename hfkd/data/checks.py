@@ -165,6 +165,45 @@ def read_rows(dataset, indices: Sequence[int], image_column: str, mode: str, on_
     return images, columns, bad
 
 
+def read_encoded(dataset, indices: Sequence[int], image_column: str, on_bad_image: str = "raise"):
+    """Rows ``indices`` with each image's file bytes as stored, not decoded (``gpu_decode`` decodes them later).
+
+    ``dataset``'s image column must be ``datasets.Image(decode=False)``. Each image's header is read (by PIL,
+    which applies its decompression-bomb limit), so an unreadable file is named, or skipped, here as
+    :func:`read_rows` does; a file whose header is sound but whose data is truncated fails when decoded.
+    Returns ``(data, rows, bad)``.
+    """
+    import io
+    import warnings
+
+    from PIL import Image
+
+    rows = dataset[list(indices)]
+    data, kept, bad = [], [], []
+    for position, (value, index) in enumerate(zip(rows[image_column], indices)):
+        try:
+            if not value or not (value.get("bytes") or value.get("path")):
+                raise OSError("the row has no image")
+            encoded = value.get("bytes")
+            if not encoded:
+                with open(value["path"], "rb") as f:
+                    encoded = f.read()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                Image.open(io.BytesIO(encoded)).close()  # the header only
+        except _bad_image_errors() as e:
+            error = bad_image_error(dataset, index, image_column, e)
+            if on_bad_image != "skip":
+                raise error from e
+            bad.append(index)
+            continue
+        data.append(encoded)
+        kept.append(position)
+    if bad:
+        rows = {k: [v[p] for p in kept] for k, v in rows.items()}
+    return data, rows, bad
+
+
 def verify_images(dataset, image_column: str, split: str = "train", chunk: int = 512) -> List[BadImageError]:
     """Every row whose image header cannot be read, or declares more pixels than PIL decodes safely.
 

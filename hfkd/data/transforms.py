@@ -12,12 +12,18 @@ under one save/restore (:func:`seeded_batch`), and the data loader asks for
 whole batches (``__getitems__``), which also reads the rows from ``datasets``
 in one call.  The pixels are the same as seeding and restoring around every
 sample (docs/performance.md).
+
+A batch's tensors are made in one buffer (:func:`seeded_pixels`): when the transform ends with timm's
+to-tensor and normalise, those two run in place in the batch's own slot, the same float operations in
+the same order, and :func:`collate_rows` hands the buffer to the loader instead of stacking copies.
 """
 from __future__ import annotations
 
 import random
 from contextlib import contextmanager
-from typing import Callable, List, Optional, Sequence, Tuple
+import math
+import warnings
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -25,7 +31,7 @@ import torch
 from ..models.preprocess import PreprocessConfig
 from ..settings import shorten
 from .augment import AugmentConfig
-from .checks import BAD_IMAGE_POLICIES, image_file, read_rows
+from .checks import BAD_IMAGE_POLICIES, image_file, read_encoded, read_rows
 
 
 def create_image_transform(preprocess: PreprocessConfig, is_training: bool,
@@ -172,6 +178,91 @@ def seeded_batch(transform: Callable, images: Sequence, seed: int, epoch: int, i
     return out
 
 
+# -- a batch's tensors in one buffer ------------------------------------------------------------------------
+# Per 224-px sample, timm's to-tensor and normalise allocate and copy the image four times (permute, float, divide,
+# normalise's clone) and the collate copies it once more into the batch: about 0.4 ms of a 3 ms sample
+# (docs/performance.md). Here the uint8 pixels are converted straight into the batch's slot and normalised in place.
+_TO_TENSOR = ("MaybeToTensor", "ToTensor")
+_UINT8_MODES = {"RGB": 3, "L": 1}
+
+
+def _tensor_tail(transform: Callable):
+    """``(head, tail, mean, std)`` when ``transform`` ends with to-tensor + ``Normalize``; ``None`` otherwise."""
+    from torchvision import transforms
+
+    steps = getattr(transform, "transforms", None)
+    if not isinstance(steps, list) or len(steps) < 2:
+        return None
+    to_tensor, normalize = steps[-2:]
+    if type(to_tensor).__name__ not in _TO_TENSOR or type(normalize) is not transforms.Normalize:
+        return None
+    return transforms.Compose(steps[:-2]), transforms.Compose(steps[-2:]), normalize.mean, normalize.std
+
+
+def _batch_buffer(shape: Tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    if torch.utils.data.get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype)
+    # A worker's batch reaches the main process through shared memory: made there, it is not copied into it
+    # (as torch's default_collate does).
+    storage = torch.empty(0, dtype=dtype)._typed_storage()._new_shared(math.prod(shape))
+    return torch.empty(0, dtype=dtype).new(storage).view(shape)
+
+
+def _fill_normalised(out: torch.Tensor, images: Sequence, mean, std) -> None:
+    """``out[k] = normalize(to_tensor(images[k]))`` for uint8 RGB / L images, bitwise as torchvision computes it."""
+    mean = torch.as_tensor(mean, dtype=out.dtype).view(-1, 1, 1)
+    std = torch.as_tensor(std, dtype=out.dtype).view(-1, 1, 1)
+    with warnings.catch_warnings():
+        # np.asarray of a PIL image is read-only; it is only read (copied into the float slot).
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        for slot, image in zip(out, images):
+            pixels = torch.from_numpy(np.asarray(image))
+            slot.copy_(pixels.view(*pixels.shape[:2], -1).permute(2, 0, 1))
+            slot.div_(255).sub_(mean).div_(std)  # to_tensor's divide, then Normalize's subtract and divide
+
+
+def seeded_pixels(transform: Callable, images: Sequence, seed: int, epoch: int, indices: Sequence[int],
+                  seeds: Optional[Sequence[int]] = None) -> Union[torch.Tensor, List[torch.Tensor]]:
+    """:func:`seeded_batch`'s tensors, as one ``[n, C, H, W]`` batch when the transform allows it (else a list).
+
+    The random steps run per sample under its seed (before to-tensor and normalise, which draw nothing);
+    to-tensor and normalise then write into the batch. The values are bitwise :func:`seeded_batch`'s.
+    """
+    split = _tensor_tail(transform)
+    if split is None:
+        return seeded_batch(transform, images, seed, epoch, indices, seeds)
+    head, tail, mean, std = split
+    heads = seeded_batch(head, images, seed, epoch, indices, seeds)
+    first = heads[0] if heads else None
+    fast = (first is not None and (torch.as_tensor(std) != 0).all()
+            and all(getattr(h, "mode", None) == first.mode and getattr(h, "size", None) == first.size for h in heads)
+            and getattr(first, "mode", None) in _UINT8_MODES)
+    if not fast:  # other modes, sizes that differ, or a zero std (Normalize's own error): the steps themselves
+        return [tail(h) for h in heads]
+    width, height = first.size
+    out = _batch_buffer((len(heads), _UINT8_MODES[first.mode], height, width), torch.get_default_dtype())
+    _fill_normalised(out, heads, mean, std)
+    return out
+
+
+class RowBatch(list):
+    """A batch's rows whose ``pixel_values`` are views of one ``[n, C, H, W]`` tensor, :attr:`pixel_values`."""
+
+    def __init__(self, rows, pixel_values: torch.Tensor):
+        super().__init__(rows)
+        self.pixel_values = pixel_values
+
+
+def collate_rows(rows):
+    """torch's ``default_collate``, except that a :class:`RowBatch`'s pixels are its buffer, not a stacked copy."""
+    from torch.utils.data import default_collate
+
+    if not isinstance(rows, RowBatch):
+        return default_collate(rows)
+    rest = default_collate([{k: v for k, v in row.items() if k != "pixel_values"} for row in rows])
+    return {"pixel_values": rows.pixel_values, **rest}
+
+
 class ImageClassificationDataset(torch.utils.data.Dataset):
     """Rows ``{"pixel_values", "labels", "index"}`` from a ``datasets`` split (``labels`` is ``NO_LABEL`` when
     ``label_column`` is ``None``: images without labels).
@@ -212,6 +303,9 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         self.image_mode = image_mode
         self.view_provider = view_provider
         self.on_bad_image = on_bad_image
+        # gpu_decode (set by the trainer): rows carry the image's file bytes and the view's seed, not pixels.
+        self.encoded = False
+        self._encoded = None
         # One flag per row, in shared memory from the start: workers (persistent or not) write to it.
         self._bad = torch.zeros(len(dataset) if on_bad_image == "skip" else 0, dtype=torch.bool)
         if on_bad_image == "skip":
@@ -263,7 +357,10 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
     def __getitems__(self, indices: Sequence[int]) -> List[dict]:
         """A batch of rows: the DataLoader calls this with a batch's indices (one ``datasets`` read)."""
         indices = [int(i) for i in indices]
-        images, rows, bad = read_rows(self.dataset, indices, self.image_column, self.image_mode, self.on_bad_image)
+        if self.encoded:
+            images, rows, bad = read_encoded(self._encoded_dataset(), indices, self.image_column, self.on_bad_image)
+        else:
+            images, rows, bad = read_rows(self.dataset, indices, self.image_column, self.image_mode, self.on_bad_image)
         if bad:
             self._bad[bad] = True
             skipped = set(bad)
@@ -271,23 +368,36 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
             if not indices:  # every image of the batch is bad: the next readable row stands in (never an empty batch)
                 return self.__getitems__([self._next_readable(max(bad))])
         labels = rows[self.label_column] if self.labelled else [NO_LABEL] * len(indices)
-        if self.views_per_image == 1 and self.view_provider is None:
-            pixels = seeded_batch(self.transform, images, self.seed, self.epoch, indices)
-            extras = [{}] * len(indices)
-        elif self.views_per_image == 1:  # the provider picks each view's seed (and adds its fields, e.g. soft labels)
-            epoch = self.epoch
+        epoch, k = self.epoch, self.views_per_image
+        if k == 1 and self.view_provider is None:
+            seeds, extras = [sample_seed(self.seed, epoch, i) for i in indices], [{}] * len(indices)
+        elif k == 1:  # the provider picks each view's seed (and adds its fields, e.g. soft labels)
             seeds, extras = zip(*(self.view_provider(epoch, i) for i in indices))
-            pixels = seeded_batch(self.transform, images, self.seed, epoch, indices, seeds=seeds)
         else:  # K views of each decoded image: the decode (the costly part at real sizes) serves K samples
-            k, epoch = self.views_per_image, self.epoch
-            views = [view for i in indices for view in self._views(epoch, i, k)]
-            seeds, extras = zip(*views)
+            seeds, extras = zip(*(view for i in indices for view in self._views(epoch, i, k)))
             images = [image for image in images for _ in range(k)]
             indices = [i for i in indices for _ in range(k)]
             labels = [label for label in labels for _ in range(k)]
-            pixels = seeded_batch(self.transform, images, self.seed, epoch, indices, seeds=seeds)
-        return [{"pixel_values": p, "labels": self._target(label), "index": i, **extra}
+        if self.encoded:  # gpu_decode: the bytes and each view's seed; the step decodes and crops on the device
+            return [{"image_bytes": data, "view_seed": int(s), "labels": self._target(label), "index": i, **extra}
+                    for data, s, label, i, extra in zip(images, seeds, labels, indices, extras)]
+        pixels = seeded_pixels(self.transform, images, self.seed, epoch, indices, seeds=seeds)
+        rows = [{"pixel_values": p, "labels": self._target(label), "index": i, **extra}
                 for p, label, i, extra in zip(pixels, labels, indices, extras)]
+        # One buffer: collate_rows (the trainer's loaders) uses it as the batch; default_collate stacks the views.
+        return RowBatch(rows, pixels) if isinstance(pixels, torch.Tensor) else rows
+
+    def _encoded_dataset(self):
+        """The split with its images as stored (``datasets.Image(decode=False)``), made once."""
+        if self._encoded is None:
+            from datasets import Image
+
+            if not isinstance(self.dataset.features[self.image_column], Image):
+                raise ValueError(f"gpu_decode reads the images' files, but column {self.image_column!r} holds "
+                                 f"{type(self.dataset.features[self.image_column]).__name__} values, not "
+                                 "datasets.Image ones (e.g. decoded arrays); train without gpu_decode")
+            self._encoded = self.dataset.cast_column(self.image_column, Image(decode=False))
+        return self._encoded
 
     def _views(self, epoch: int, index: int, k: int):
         views = getattr(self.view_provider, "views", None)  # None without a provider too

@@ -142,6 +142,9 @@ class DistillationArguments:
         default=None,
         metadata={"help": "Run frozen teachers in bf16, fp16 or fp32, whatever the student's mixed precision."},
     )
+    gpu_decode: bool = field(default=False, metadata={
+        "help": "Decode the training JPEGs on the GPU (nvJPEG) and crop and normalise them there, with the CPU "
+                "path's crop boxes; without a CUDA device the CPU path is kept, with a warning (docs/performance.md)."})
     # -- teacher soft-label cache (hfkd/cache, docs/teacher_cache.md) --
     teacher_cache: Optional[str] = field(
         default=None, metadata={"help": "A teacher cache (folder or Hub dataset id) to distil from, no teacher run."})

@@ -54,6 +54,9 @@ def check_stream_run(args, method, task, teacher_cache, train, evaluation) -> No
     if args.verify_images:
         problems.append("verify_images reads every image before training, which a stream cannot do without reading "
                         "it twice; drop it, and choose what an unreadable image does with on_bad_image (raise/skip)")
+    if args.gpu_decode:
+        problems.append("gpu_decode reads each image's file by row of a map-style split; a stream's images are decoded "
+                        "in its reader: drop gpu_decode, or train on the split without streaming")
     if args.uses_epoch_schedule or args.lr_scheduler_type == "multistep":
         problems.append("the learning-rate schedule is counted in epochs (lr_step_per_epoch, warmup_epochs, "
                         "warmup_start_factor or multistep milestones), and a stream's epoch has no known length: use "

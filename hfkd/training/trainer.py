@@ -5,6 +5,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Union
 
@@ -13,11 +14,12 @@ from torch import nn
 
 from ..cache.lookup import check_crops_per_image, open_teacher_cache
 from ..data import checks
+from ..data.device_decode import DeviceDecoder, gpu_decode_device, tensor_transform
 from ..data.labels import FROM_DATASET
 from ..data.loading import find_columns
 from ..data.samplers import RemainingEpochBatchSampler, epoch_order, seedable_sampler
 from ..data.stream import is_stream
-from ..data.transforms import AugmentConfig, ImageClassificationDataset, create_image_transform
+from ..data.transforms import AugmentConfig, ImageClassificationDataset, collate_rows, create_image_transform
 from ..data.views import spread_views
 from ..hub.card import PLOT_FILENAME, create_model_card, plot_training_curves
 from ..hub.push import push_to_hub
@@ -190,6 +192,7 @@ class DistillationTrainer:
         self.train_dataset = self._wrap(train_dataset, training=True)
         if self.teacher_cache is not None:
             self.teacher_cache.attach(self.train_dataset, self.student.preprocess)
+        self.device_decoder = self._device_decoder()
         self.eval_dataset = self._wrap(eval_dataset, training=False) if eval_dataset is not None else None
         self.callbacks = CallbackHandler([ProgressCallback(), BadImageLog(), *(callbacks or [])])
         self.state = TrainerState()
@@ -244,6 +247,31 @@ class DistillationTrainer:
             own = self.method.train_batch_sampler(labels, args.per_device_train_batch_size, args.seed) is not None
         check_crops_per_image(args.crops_per_image, self.teacher_cache, self.method.name, own_batches=own)
 
+    def _device_decoder(self) -> Optional[DeviceDecoder]:
+        """gpu_decode: the loader yields the training images' bytes, the step decodes and crops them on the GPU.
+
+        Without a CUDA device the run keeps the CPU path, with one warning: torchvision's decoder on a CPU is
+        slower than Pillow in the loader, and the crop boxes are the same either way.
+        """
+        if not self.args.gpu_decode:
+            return None
+        dataset = self.train_dataset
+        tensor_transform(dataset.transform)  # PIL-only augmentations are refused by name, with or without a GPU
+        device = gpu_decode_device(self.accelerator.device)
+        if device is None:
+            return None
+        decoder = DeviceDecoder(dataset.transform, device, dataset.image_mode)
+        dataset._encoded_dataset()  # refuses an image column that holds no image files
+        dataset.encoded = True
+        if self.teacher_cache is not None:
+            # Warned, not refused: the boxes, flips and jitter are the stored views'; only the decoder's rounding
+            # (about one level of 255 on average) separates the pixels from those the teachers saw.
+            warnings.warn("gpu_decode with a teacher cache: the cache's views were decoded by Pillow on the CPU, this "
+                          "run decodes them with nvJPEG; the crop boxes are the same and the pixels differ by the "
+                          "decoders' rounding (docs/performance.md). Leave gpu_decode off for bitwise the stored "
+                          "views", stacklevel=2)
+        return decoder
+
     def _wrap(self, dataset, training: bool) -> ImageClassificationDataset:
         if isinstance(dataset, ImageClassificationDataset):
             return dataset
@@ -273,7 +301,7 @@ class DistillationTrainer:
         labels = self.train_dataset.labels
         sampler = self.method.train_batch_sampler(labels, args.per_device_train_batch_size, args.seed)
         common = dict(num_workers=args.dataloader_num_workers, pin_memory=torch.cuda.is_available(),
-                      persistent_workers=args.dataloader_persistent_workers)
+                      persistent_workers=args.dataloader_persistent_workers, collate_fn=collate_rows)
         if args.dataloader_num_workers > 0:
             self.train_dataset.share_epoch()  # set_epoch must reach the workers' copies
         if sampler is not None:
@@ -300,11 +328,11 @@ class DistillationTrainer:
                 if self.eval_dataset is None:
                     raise ValueError("no eval_dataset was given")
                 loader = DataLoader(self.eval_dataset, batch_size=self.args.per_device_eval_batch_size,
-                                    num_workers=self.args.dataloader_num_workers)
+                                    num_workers=self.args.dataloader_num_workers, collate_fn=collate_rows)
                 self._eval_loader = self.accelerator.prepare(loader)
             return self._eval_loader
         dataset = self._wrap(dataset, training=False)
-        loader = DataLoader(dataset, batch_size=self.args.per_device_eval_batch_size)
+        loader = DataLoader(dataset, batch_size=self.args.per_device_eval_batch_size, collate_fn=collate_rows)
         return self.accelerator.prepare(loader)
 
     # -- evaluation -------------------------------------------------------------------------------
@@ -616,7 +644,7 @@ class DistillationTrainer:
         logger.warning("resuming epoch %d at sample %d of %d on %d process(es): %d more batch(es) per process",
                        epoch, start, self._epoch_samples, acc.num_processes, len(batches))
         self.train_dataset.set_epoch(epoch)
-        rest = DataLoaderShard(self.train_dataset, device=acc.device, batch_sampler=batches,
+        rest = DataLoaderShard(self.train_dataset, device=acc.device, batch_sampler=batches, collate_fn=collate_rows,
                                num_workers=args.dataloader_num_workers, pin_memory=torch.cuda.is_available())
         return rest, len(batches)
 
@@ -636,6 +664,8 @@ class DistillationTrainer:
 
     def _train_step(self, batch) -> torch.Tensor:
         acc = self.accelerator
+        if self.device_decoder is not None:  # gpu_decode: the batch's images are made here, on the device
+            batch = self.device_decoder(batch)
         batch = self.method.prepare_batch(batch)
         if self.args.channels_last:
             batch = channels_last_batch(batch)
