@@ -87,6 +87,20 @@ def gather_rows(context: Optional[MethodContext], *tensors: torch.Tensor) -> Tup
     return (*out, offset)
 
 
+def dry_forward(student: Backbone, request: OutputRequest) -> Tuple[torch.Tensor, BackboneOutput]:
+    """The student's outputs on a zero batch of its input size, and that batch: what a method sizes its own
+    modules from in ``setup``.  Run in eval mode, since a forward in train mode would move BatchNorm's running
+    statistics."""
+    dummy = torch.zeros(2, *student.preprocess.input_size, device=next(student.parameters()).device)
+    was_training = student.training
+    student.eval()
+    try:
+        with torch.no_grad():
+            return dummy, student(dummy, request)
+    finally:
+        student.train(was_training)
+
+
 def without_labels_problem(method: "DistillationMethod", columns: Sequence[str]) -> Optional[str]:
     """Why ``method`` cannot train on a train split without a label column (``columns`` are its columns), with the
     fix; ``None`` when it reads no labels.  The trainer raises it, the command line's checks list it."""

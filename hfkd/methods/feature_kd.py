@@ -16,7 +16,7 @@ from torch import nn
 
 from ..losses import feature_distillation_loss
 from ..models.backbone import LAST_STAGE, OutputRequest, prefix_tokens
-from .base import DistillationMethod, LossOutput, MethodContext
+from .base import DistillationMethod, LossOutput, MethodContext, dry_forward
 from .configs import FeatureKDConfig
 from .registry import register_method
 
@@ -95,15 +95,7 @@ class FeatureKD(DistillationMethod):
     def setup(self, context: MethodContext) -> None:
         super().setup(context)
         student = context.student
-        device = next(student.parameters()).device
-        dummy = torch.zeros(2, *student.preprocess.input_size, device=device)
-        was_training = student.training
-        student.eval()  # a dry forward in train mode would move BatchNorm's running statistics
-        try:
-            with torch.no_grad():
-                s_out = student(dummy, self.student_request)
-        finally:
-            student.train(was_training)
+        dummy, s_out = dry_forward(student, self.student_request)
         t_outs = [t(dummy, self.teacher_request) for t in context.teachers]
         self._student_prefix = prefix_tokens(student)
         self._student_image_size = tuple(student.preprocess.image_size)
@@ -127,8 +119,8 @@ class FeatureKD(DistillationMethod):
             else:
                 for width_in, width_out in wanted:
                     projectors.append(make_projector(self.config.projector, width_in, width_out))
-        self.projectors.to(device)
-        self.spatial_projectors.to(device)
+        self.projectors.to(dummy.device)
+        self.spatial_projectors.to(dummy.device)
 
     def _pooled_term(self, n: int, student, teacher) -> torch.Tensor:
         return feature_distillation_loss(self.projectors[n](student.pooled.float()), teacher.pooled,

@@ -40,7 +40,7 @@ from torch import nn
 
 from ..losses import feed_loss
 from ..models.backbone import OutputRequest
-from .base import DistillationMethod, LossOutput, MethodContext
+from .base import DistillationMethod, LossOutput, MethodContext, dry_forward
 from .configs import FEEDConfig, Stage
 from .registry import register_method
 
@@ -195,15 +195,8 @@ class FEED(DistillationMethod):
                     "create a new method for another set of teachers"
                 )
         student = context.student
-        device = next(student.parameters()).device
-        dummy = torch.zeros(2, *student.preprocess.input_size, device=device)
-        was_training = student.training
-        student.eval()  # a dry forward in train mode would move BatchNorm's running statistics
-        try:
-            with torch.no_grad():
-                s_map = student(dummy, self.student_request).feature_maps[self.stage]
-        finally:
-            student.train(was_training)
+        dummy, s_out = dry_forward(student, self.student_request)
+        s_map = s_out.feature_maps[self.stage]
         self.student_layout = infer_layout(student.model, s_map, tuple(dummy.shape[-2:]))
         self.teacher_layouts = []
         for teacher in context.teachers:
@@ -220,7 +213,7 @@ class FEED(DistillationMethod):
                 if (ntl.in_channels, ntl.out_channels) != (self.student_layout.channels, layout.channels):
                     raise ValueError(f"FEED: transform {n} maps {ntl.in_channels}->{ntl.out_channels} channels, "
                                      f"but the models now need {self.student_layout.channels}->{layout.channels}")
-        self.transforms.to(device)
+        self.transforms.to(dummy.device)
 
     # -- the loss ---------------------------------------------------------------------------------
     def transformed_student_maps(self, student_map: torch.Tensor,
