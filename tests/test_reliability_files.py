@@ -215,7 +215,9 @@ def test_a_full_disk_while_caching_leaves_no_stage_and_allows_a_retry(tmp_path, 
 
     folder = tmp_path / "cache"
     if stage == "shards":
-        monkeypatch.setattr(generate, "write_file_atomic", _no_space)
+        import pyarrow
+
+        monkeypatch.setattr(pyarrow.ipc, "new_stream", _no_space)  # each shard's writer
     else:
         monkeypatch.setattr(generate, "write_dataset_card", _no_space)
     expected = (rf"disk of {tmp_path} \(mounted at .*\) while writing the teacher cache {folder}: .* the write needs "

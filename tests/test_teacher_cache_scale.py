@@ -146,3 +146,16 @@ def test_a_streamed_dataset_is_refused_with_the_reason(setup, tmp_path):
     with pytest.raises(ValueError, match="a streamed dataset cannot be cached yet"):
         cache_teacher_outputs([setup["teacher"]], stream, str(tmp_path / "cache"), student=setup["student"])
     assert os.listdir(tmp_path) == []
+
+
+def test_shards_the_main_process_cannot_see_are_named(setup, tmp_path, monkeypatch):
+    """Machines that do not share output_dir: the main process refuses to publish a cache it cannot see whole."""
+    from hfkd.cache import generate
+
+    monkeypatch.setattr(generate, "manifest_problems",
+                        lambda folder, manifest, content: ["data/data-00001-of-00002.arrow is missing"])
+    with pytest.raises(RuntimeError, match=r"does not see every process's shards .*data-00001-of-00002.arrow is "
+                                           r"missing.*a file system they all share"):
+        _make(setup, tmp_path / "cache", max_shard_size=SHARD_HEADER_BYTES + 32 * ROW)
+    assert not os.path.exists(tmp_path / "cache")  # nothing half-published; the stage stays for a rerun
+    assert len(os.listdir(tmp_path / "cache.partial" / "data")) == 2

@@ -42,7 +42,7 @@ import torch
 from ..data.loading import find_columns
 from ..data.transforms import AugmentConfig, ImageClassificationDataset, create_image_transform, sample_seed
 from ..files import (WRITER_MARKER, abandoned_by_hfkd, disk_full_explained, manifest_problems, mark_writer,
-                     relative_files, sha256, write_file_atomic)
+                     relative_files, sha256)
 from ..hub.secrets import redact_secrets
 from ..launch import create_accelerator
 from ..losses import ensemble_probs
@@ -498,15 +498,22 @@ class _ShardWriter:
 
 
 def _write_shard(path: str, columns: Dict[str, np.ndarray]) -> Dict[str, Any]:
-    """One shard as an Arrow stream (the format ``datasets`` writes and memory-maps), written whole or not at all
-    (a kill never leaves a complete-looking shard); returns its manifest entry, hashed from memory."""
+    """One shard as an Arrow stream (the format ``datasets`` writes and memory-maps), streamed to a temporary
+    sibling and renamed when complete (a kill never leaves a complete-looking shard); returns its manifest entry.
+
+    Written straight to the file, not through an in-memory copy: a process holds one shard's rows once."""
     import pyarrow as pa
 
     table = _rows_table(columns)
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as stream:
-        stream.write_table(table)
-    data = sink.getvalue().to_pybytes()
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    write_file_atomic(path, data)
-    return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_stream(sink, table.schema) as stream:
+            stream.write_table(table)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        raise
+    # Read back while it is in the page cache: far cheaper than computing the rows it holds.
+    return {"size": os.path.getsize(path), "sha256": sha256(path)}
