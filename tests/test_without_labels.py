@@ -95,6 +95,13 @@ def test_a_flat_folder_of_mixed_size_photos_loads_without_labels(tmp_path):
     assert named.label_names == ["cat", "dog"] and named.num_classes == 2 and named.label_source == FROM_OPTION
 
 
+def test_split_folders_of_unlabelled_photos(tmp_path):
+    flat_folder(tmp_path / "splits" / "train", n=8)
+    flat_folder(tmp_path / "splits" / "validation", n=4, seed=1)
+    data = load_image_dataset(str(tmp_path / "splits"), cache_dir=str(tmp_path / "cache"))
+    assert data.label_column is None and len(data.train) == 8 and len(data.eval) == 4
+
+
 def test_a_single_class_sub_folder_is_still_refused(tmp_path):
     flat_folder(tmp_path / "one" / "cat", n=3)
     with pytest.raises(ValueError, match="has no class labels.*cat.*Images without labels go directly in the folder"):
