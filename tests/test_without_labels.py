@@ -426,3 +426,20 @@ def test_agreement_over_two_processes_counts_every_eval_image_once(tmp_path):
     target = (F.softmax(t[0] / 4.0, -1) + F.softmax(t[1] / 4.0, -1)) / 2
     # the loss is a batch-weighted mean: the rank that repeats an image to even the batches counts it twice
     assert metrics["eval_distillation_loss"] == pytest.approx(soft_kl_div(s, target, 4.0).item(), rel=0.1)
+
+
+def test_feed_without_labels_needs_its_sequential_teacher_given(tmp_path):
+    from hfkd import save_student
+    from hfkd.cli import main as hfkd_main
+
+    folder = flat_folder(tmp_path / "photos", n=12)
+    teacher = str(tmp_path / "teacher")
+    save_student(_student(["cat", "dog"]), teacher)
+    base = ["distill", "--method", "feed", "--ce_weight", "0", "--teachers", teacher, "--dataset", folder, *TINY,
+            "--output_dir", str(tmp_path / "never"), "--dry_run"]
+    with pytest.raises(SystemExit) as e:  # by default generation 1 learns from a baseline trained on the labels
+        hfkd_main(base)
+    assert "the train split has no labels, but sequential FEED's first generation learns from a baseline trained " \
+           "with cross-entropy" in str(e.value) and "--generations 0" in str(e.value)
+    assert hfkd_main([*base, "--generations", "0"])["problems"] == []
+    assert hfkd_main([*base, "--sequential_teacher", teacher])["problems"] == []
