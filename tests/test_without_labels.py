@@ -95,6 +95,13 @@ def test_a_flat_folder_of_mixed_size_photos_loads_without_labels(tmp_path):
     assert named.label_names == ["cat", "dog"] and named.num_classes == 2 and named.label_source == FROM_OPTION
 
 
+def test_split_folders_of_unlabelled_photos(tmp_path):
+    flat_folder(tmp_path / "splits" / "train", n=8)
+    flat_folder(tmp_path / "splits" / "validation", n=4, seed=1)
+    data = load_image_dataset(str(tmp_path / "splits"), cache_dir=str(tmp_path / "cache"))
+    assert data.label_column is None and len(data.train) == 8 and len(data.eval) == 4
+
+
 def test_a_single_class_sub_folder_is_still_refused(tmp_path):
     flat_folder(tmp_path / "one" / "cat", n=3)
     with pytest.raises(ValueError, match="has no class labels.*cat.*Images without labels go directly in the folder"):
@@ -379,3 +386,60 @@ def test_hfkd_eval_and_compress_refuse_an_eval_split_without_labels(tmp_path):
     with pytest.raises(SystemExit) as e:
         hfkd_main(["compress", "--student", model, "--dataset", folder, "--output_dir", str(tmp_path / "out")])
     assert "has no labels in its train split; compression measures accuracy" in str(e.value)
+
+
+@pytest.mark.slow
+def test_agreement_over_two_processes_counts_every_eval_image_once(tmp_path):
+    import json
+
+    import torch.nn.functional as F
+    from safetensors.torch import load_file
+
+    from helpers.ddp import two_teacher_setup
+    from helpers.launch import run_two_processes
+    from hfkd.data.transforms import ImageClassificationDataset, create_image_transform
+    from hfkd.losses import soft_kl_div
+
+    script = os.path.join(os.path.dirname(__file__), "scripts", "unlabelled_eval_ddp.py")
+    run_two_processes(script, str(tmp_path))
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["num_processes"] == 2 and metrics["eval_samples"] == 21  # 11 + 10, the padding left out
+    # by hand, in one process: the trained student (rank 0's) against the same teachers
+    from hfkd.models.teacher import bind_teacher
+
+    _, evaluation, teachers, _ = two_teacher_setup(seed=0)
+    student = create_backbone("test_vit", num_classes=10, pretrained=False, image_size=32)
+    student.load_state_dict(load_file(str(tmp_path / "student.safetensors")))
+    # each teacher sees the student's batch converted to its own preprocessing, as in the trainer
+    teachers = [bind_teacher(t, student.preprocess, 10, None) for t in teachers]
+    rows = ImageClassificationDataset(evaluation.select(range(21)), create_image_transform(student.preprocess, False),
+                                      "image", None)
+    x = torch.stack([rows[i]["pixel_values"] for i in range(21)])
+    with torch.no_grad():
+        s = student.eval()(x).logits
+        t = [teacher.eval()(x).logits for teacher in teachers]
+    top1 = s.argmax(-1)
+    ensemble = (F.softmax(t[0], -1) + F.softmax(t[1], -1)) / 2
+    assert metrics["eval_agreement_teacher_0"] == pytest.approx((top1 == t[0].argmax(-1)).float().mean().item())
+    assert metrics["eval_agreement_teacher_1"] == pytest.approx((top1 == t[1].argmax(-1)).float().mean().item())
+    assert metrics["eval_agreement"] == pytest.approx((top1 == ensemble.argmax(-1)).float().mean().item())
+    target = (F.softmax(t[0] / 4.0, -1) + F.softmax(t[1] / 4.0, -1)) / 2
+    # the loss is a batch-weighted mean: the rank that repeats an image to even the batches counts it twice
+    assert metrics["eval_distillation_loss"] == pytest.approx(soft_kl_div(s, target, 4.0).item(), rel=0.1)
+
+
+def test_feed_without_labels_needs_its_sequential_teacher_given(tmp_path):
+    from hfkd import save_student
+    from hfkd.cli import main as hfkd_main
+
+    folder = flat_folder(tmp_path / "photos", n=12)
+    teacher = str(tmp_path / "teacher")
+    save_student(_student(["cat", "dog"]), teacher)
+    base = ["distill", "--method", "feed", "--ce_weight", "0", "--teachers", teacher, "--dataset", folder, *TINY,
+            "--output_dir", str(tmp_path / "never"), "--dry_run"]
+    with pytest.raises(SystemExit) as e:  # by default generation 1 learns from a baseline trained on the labels
+        hfkd_main(base)
+    assert "the train split has no labels, but sequential FEED's first generation learns from a baseline trained " \
+           "with cross-entropy" in str(e.value) and "--generations 0" in str(e.value)
+    assert hfkd_main([*base, "--generations", "0"])["problems"] == []
+    assert hfkd_main([*base, "--sequential_teacher", teacher])["problems"] == []

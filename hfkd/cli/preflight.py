@@ -139,7 +139,7 @@ def check_run(settings: RunSettings, *, train_demo: bool) -> Checked:
         checked.notes.append(f"student {shorten(settings.model.student)} is {what}: it gets a new, randomly "
                              f"initialised head of {checked.student.num_classes} classes")
     method = settings.create_method()
-    labels_ok = checked.data is None or check_labels(settings, method, checked.data, checked)
+    labels_ok = checked.data is None or check_labels(settings, method, workflow, checked.data, checked)
     if method.starts_from_trained_student and settings.model.student == DEMO_STUDENT and not settings.model.teachers:
         cached = os.path.isfile(os.path.join(demo_teacher_path(DEMO_STUDENT), "model.safetensors"))
         checked.notes.append(f"{settings.method} starts from the demo student trained with cross-entropy ("
@@ -183,15 +183,18 @@ def check_run(settings: RunSettings, *, train_demo: bool) -> Checked:
 def _check_views_per_decode(settings: RunSettings, cache, method, checked: Checked) -> None:
     """crops_per_image > 1: a cache of enough views, and batches the trainer can split into views."""
     args, data = settings.training, checked.data
-    own = data is not None and method.train_batch_sampler(
+    own = data is not None and data.label_column is not None and method.train_batch_sampler(
         data.train[data.label_column], args.per_device_train_batch_size, args.seed) is not None
     try:
         check_crops_per_image(args.crops_per_image, cache, settings.method, own_batches=own)
     except ValueError as e:
         checked.problems.append(str(e))
-def check_labels(settings: RunSettings, method, data, checked: Checked) -> bool:
-    """Data without labels: only a method that reads none, no baseline (it trains on the labels), and label names
-    for a zero-shot teacher.  Returns whether the teachers can be checked against the student's classes."""
+
+
+def check_labels(settings: RunSettings, method, workflow, data, checked: Checked) -> bool:
+    """Data without labels: only a method that reads none, no baseline nor other run of the workflow that trains on
+    labels, and label names for a zero-shot teacher.  Returns whether the teachers can be checked against the
+    student's classes."""
     if not data.labelled("train"):
         problem = without_labels_problem(method, data.train.features)
         if problem:
@@ -199,6 +202,8 @@ def check_labels(settings: RunSettings, method, data, checked: Checked) -> bool:
         if getattr(settings.run, "baseline", False):
             checked.problems.append("--baseline trains the same student on the labels (cross-entropy), but the train "
                                     "split has none; leave --baseline out")
+        elif workflow.labels_needed(settings):
+            checked.problems.append(f"the train split has no labels, but {workflow.labels_needed(settings)}")
     if data.label_names is not None:
         return True
     revisions = list(settings.model.teacher_revisions)

@@ -13,6 +13,8 @@ from .stream import is_stream, load_stream
 from .labels import FROM_DATASET, FROM_OPTION, check_label_names
 
 _EVAL_SPLITS = ("validation", "valid", "val", "test")
+# Sub-folder names that datasets' imagefolder reads as splits, not classes.
+_SPLIT_FOLDERS = ("train", "training", "validation", "valid", "val", "dev", "test", "testing", "eval", "evaluation")
 _IMAGE_NAMES = ("image", "img", "images", "picture", "pixel_values")
 _LABEL_NAMES = ("label", "labels", "fine_label", "class", "target", "y", "cls")  # cls: WebDataset's class file
 
@@ -138,19 +140,32 @@ def _image_folder(source: str, cache_dir):
     from datasets import ClassLabel, load_dataset
 
     data = load_dataset("imagefolder", data_dir=source, cache_dir=cache_dir)
+    # Split folders of images without classes (root/train/*.jpg, root/validation/*.jpg): datasets makes a label
+    # column whose classes are the split folders (None in some splits, the folder's index in others).  Drop it:
+    # the images have no labels.
+    data = type(data)({name: _without_split_labels(split) for name, split in data.items()})
     if any(isinstance(f, ClassLabel) for split in data.values() for f in split.features.values()):
         return data
     # No labels.  Images directly in the folder: data without labels, for the methods that need none.  Images in
     # a single sub-folder: datasets drops the label column of one class, and one class is a mistake, not a choice.
     folders = sorted(d for d in os.listdir(source) if os.path.isdir(os.path.join(source, d))
                      and not d.startswith("."))
-    nested = [d for d in folders if any(not f.startswith(".") for f in os.listdir(os.path.join(source, d)))]
+    nested = [d for d in folders if any(not f.startswith(".") for f in os.listdir(os.path.join(source, d)))
+              and d.lower() not in _SPLIT_FOLDERS]  # root/train/*.jpg is a split of unlabelled images
     if nested and not _has_images_at_top(source):
         raise ValueError(f"the image folder {shorten(source)} has no class labels (its sub-folders: "
                          f"{shorten(folders)}); classification needs at least 2 classes, one sub-folder per class "
                          "(root/cat/*.png, root/dog/*.png). Images without labels go directly in the folder "
                          "(root/*.jpg), for the methods that need no labels (docs/any_teacher.md)")
     return data
+
+
+def _without_split_labels(split):
+    from datasets import ClassLabel
+
+    splits = [name for name, f in split.features.items()
+              if isinstance(f, ClassLabel) and all(n.lower() in _SPLIT_FOLDERS for n in f.names)]
+    return split.remove_columns(splits) if splits else split
 
 
 def _has_images_at_top(folder: str) -> bool:

@@ -10,12 +10,12 @@ other teachers than the method's own needs say, how it resolves them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Type
+from typing import Any, Callable, Dict, List, Optional, Type
 
 from ...methods.registry import normalize_name
 from ..arguments import RUN_ARGUMENTS, DistillRunArguments, RunArguments, run_arguments
 from . import bake, extracurricular, feed
-from .base import RunSettings, default_data, method_teachers, no_task
+from .base import RunSettings, default_data, method_teachers, no_labels_needed, no_task
 from .distill import distill, train
 
 
@@ -29,6 +29,9 @@ class Workflow:
     load: Callable[[RunSettings], Any] = default_data
     #: ``task(settings)``: the student's task (``None``: classification)
     task: Callable[[RunSettings], Any] = no_task
+    #: ``labels_needed(settings)``: why the workflow itself trains on labels whatever the method (a baseline it
+    #: needs), with the fix; ``None`` when it does not.  Data without labels is then refused before anything trains.
+    labels_needed: Callable[[RunSettings], Optional[str]] = no_labels_needed
 
 
 # Each workflow's run options are named in cli/arguments.py (RUN_ARGUMENTS), which the parser reads without
@@ -36,7 +39,7 @@ class Workflow:
 _WORKFLOWS: Dict[str, Workflow] = {
     "supervised": Workflow(train, run_arguments("supervised")),
     "bake": Workflow(bake.run_bake, run_arguments("bake")),
-    "feed": Workflow(feed.run_feed, run_arguments("feed"), feed.teachers),
+    "feed": Workflow(feed.run_feed, run_arguments("feed"), feed.teachers, labels_needed=feed.labels_needed),
     "extracurricular": Workflow(extracurricular.run_extracurricular, run_arguments("extracurricular"),
                                 extracurricular.teachers, extracurricular.load, extracurricular.task),
 }

@@ -67,3 +67,8 @@ def run_data(settings: RunSettings, load: Callable[[RunSettings], Any] = default
 def no_task(settings: RunSettings):
     """Classification: the trainer's default task."""
     return None
+
+
+def no_labels_needed(settings: RunSettings) -> None:
+    """The workflow trains only the method (and ``--baseline``, checked on its own): nothing else reads labels."""
+    return None

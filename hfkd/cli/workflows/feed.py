@@ -13,7 +13,7 @@ What runs, per seed (folders under ``--output_dir``, or ``--output_dir/seed_{s}`
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from ...methods.registry import create_method
 from ...results import RESULT_METRICS
@@ -28,6 +28,15 @@ def teachers(settings: RunSettings, train: bool = True) -> List[str]:
     return resolve_teachers(settings.model.teachers, settings.data.dataset, what=settings.method,
                             needed=settings.run.parallel, train=train,
                             hint=". Or pass --parallel false: sequential FEED needs none")
+
+
+def labels_needed(settings: RunSettings) -> Optional[str]:
+    """Sequential FEED's generation 1 learns from the baseline, which trains on the labels, unless a teacher is given."""
+    cfg = settings.run
+    if cfg.generations and not cfg.sequential_teacher:
+        return ("sequential FEED's first generation learns from a baseline trained with cross-entropy on the labels; "
+                "give that teacher with --sequential_teacher PATH, or run parallel FEED only with --generations 0")
+    return None
 
 
 def run_seed(settings: RunSettings, args: DistillationArguments, data, teacher_paths: List[str]) -> List[Dict[str, Any]]:
