@@ -69,7 +69,7 @@ def find_columns(dataset, image_column: Optional[str] = None, label_column: Opti
     With ``require_label=False`` a dataset without a label column (or without the one named) gives
     ``label_column=None`` instead of an error: data without labels, for the methods that need none.
     """
-    from datasets import ClassLabel, Image
+    from datasets import Image
 
     features = dataset.features
     names = list(features)
