@@ -15,6 +15,7 @@ import torch
 from conftest import run_args
 from hfkd import DistillationTrainer, create_backbone
 from hfkd.data import AugmentConfig
+from hfkd.data.labels import FROM_OPTION
 from hfkd.data.stream import KEY_COLUMN, StreamedImageDataset, key_id, load_stream, split_for_process
 from hfkd.data.transforms import create_image_transform
 from test_preemption import checkpoints, same_weights, student_weights
@@ -278,10 +279,11 @@ def test_webdataset_shards_are_keyed_by_shard_and_key_and_their_integer_classes_
     from hfkd.data import load_image_dataset
 
     keys = _webdataset_shards(tmp_path / "wds")
-    with pytest.raises(ValueError, match=r"class_names=\[\.\.\.\]"):
+    with pytest.raises(ValueError, match=r"label_names=\[\.\.\.\]"):
         load_image_dataset(str(tmp_path / "wds"), streaming=True)
-    data = load_image_dataset(str(tmp_path / "wds"), streaming=True, class_names=["a", "b", "c"])
+    data = load_image_dataset(str(tmp_path / "wds"), streaming=True, label_names=["a", "b", "c"])
     assert (data.image_column, data.label_column, data.label_names) == ("jpg", "cls", ["a", "b", "c"])
+    assert data.label_source == FROM_OPTION  # the one option that names classes, streamed or not
     torch.manual_seed(0)
     student = create_backbone("test_resnet", num_classes=3, pretrained=False, image_size=32)
     trainer = DistillationTrainer(student, method="supervised", train_dataset=data.train,

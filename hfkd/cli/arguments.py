@@ -103,9 +103,6 @@ class DataArguments:
     streaming: bool = field(default=False, metadata={
         "help": "Stream the dataset (a Hub id, or a folder or glob of Parquet or WebDataset .tar shards) instead of "
                 "loading it; needs --max_steps (docs/launch.md, \"Streamed data\")."})
-    class_names: Optional[List[str]] = field(default=None, metadata={
-        "help": "Streamed data with integer labels (e.g. WebDataset .cls files): the classes' names, in the order of "
-                "the label numbers."})
     train_split: str = field(default="train", metadata={"help": "Split to train on."})
     eval_split: Optional[str] = field(default=None, metadata={
         "help": "Split to evaluate on (default: validation or test if present, else a held-out part of train)."})

@@ -33,11 +33,8 @@ def load_data(data_args: DataArguments, seed: int = 0) -> ImageClassificationDat
         image_column=data_args.image_column, label_column=data_args.label_column,
         revision=data_args.dataset_revision, config_name=data_args.dataset_config,
         validation_fraction=data_args.validation_fraction, seed=seed, streaming=data_args.streaming,
-        class_names=data_args.class_names, label_names=data_args.label_names or None,
+        label_names=data_args.label_names or None,
     )
-    if data_args.class_names and not data.streamed:
-        raise ValueError("--class_names names the integer labels of a streamed split (--streaming true); a loaded "
-                         "split's classes come from its ClassLabel feature or its image folders: drop --class_names")
     if data_args.max_train_samples and data.streamed:
         raise ValueError("--max_train_samples takes the first N rows of a loaded split; a stream is trained for "
                          "--max_steps steps instead: drop --max_train_samples")

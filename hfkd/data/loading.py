@@ -189,7 +189,6 @@ def load_image_dataset(
     seed: int = 0,
     cache_dir: Optional[str] = None,
     streaming: bool = False,
-    class_names: Optional[List[str]] = None,
     label_names: Optional[Sequence[str]] = None,
 ) -> ImageClassificationData:
     """Load an image-classification dataset with a train and an eval split.
@@ -202,7 +201,7 @@ def load_image_dataset(
     ``streaming=True``: the splits are streams (``datasets.IterableDataset``) of a Hub id, or of a folder or glob
     of Parquet or WebDataset (.tar) shards (:func:`hfkd.data.stream.load_stream`); nothing is held out of a
     stream, the eval split is the source's own (or none).  A stream's classes must be declared: a ``ClassLabel``
-    column, or ``class_names`` for integer labels (WebDataset's ``.cls`` files).
+    column, or ``label_names`` for integer labels (WebDataset's ``.cls`` files).
     Data without a label column (a flat folder of images, a Parquet file with only images) loads with
     ``label_column=None``; the trainer accepts it for the methods that need no labels.  ``label_names`` names the
     classes: of data without labels (what a zero-shot teacher prompts for and the student predicts), or of integer
@@ -212,7 +211,7 @@ def load_image_dataset(
 
     if streaming:
         return _streamed_data(source, train_split, eval_split, image_column, label_column, revision, config_name,
-                              cache_dir, class_names)
+                              cache_dir, label_names)
 
     loaded, name = _load_source(source, revision, config_name, cache_dir)
     if isinstance(loaded, Dataset):
@@ -266,7 +265,7 @@ def load_image_dataset(
 
 
 def _streamed_data(source, train_split, eval_split, image_column, label_column, revision, config_name, cache_dir,
-                   class_names):
+                   label_names):
     from datasets import ClassLabel
 
     if source is None or source == DEFAULT_DATASET:
@@ -286,23 +285,30 @@ def _streamed_data(source, train_split, eval_split, image_column, label_column, 
                          "dataset.cast(features) before training")
     image_column, label_column = find_columns(train, image_column, label_column)
     feature = train.features[label_column]
-    if class_names and not isinstance(feature, ClassLabel):  # integer labels 0..C-1, named here
-        feature = ClassLabel(names=list(class_names))
+    given = check_label_names(label_names, "label_names (--label_names)") if label_names is not None else None
+    if given is not None and isinstance(feature, ClassLabel) and list(feature.names) != given:
+        raise ValueError(f"label_names (--label_names) {shorten(given)} differ from the stream's own class names "
+                         f"{shorten(list(feature.names))}; leave --label_names out to use the stream's names")
+    source_of_names = FROM_DATASET
+    if given is not None and not isinstance(feature, ClassLabel):  # integer labels 0..C-1, named here
+        feature, source_of_names = ClassLabel(names=given), FROM_OPTION
         splits = {name_: split.cast_column(label_column, feature) if label_column in (split.features or {}) else split
                   for name_, split in splits.items()}
         train = splits[train_split]
     if not isinstance(feature, ClassLabel):
         raise ValueError(f"the streamed train split's label column {label_column!r} is {feature!r}, not a "
                          "datasets.ClassLabel, so its classes cannot be known without reading the whole stream: name "
-                         "them with class_names=[...] (--class_names cat dog ...), in the order of the label numbers, "
-                         "or write the shards with a ClassLabel feature (datasets' to_parquet keeps it)")
+                         "them with label_names=[...] (--label_names cat dog ... or a file), in the order of the label "
+                         "numbers, or write the shards with a ClassLabel feature (datasets' to_parquet keeps it)")
     check_num_classes(len(feature.names), name, label_column)
     evaluation = splits[eval_split] if eval_split else None
     if evaluation is not None:
         check_eval_label_names(list(feature.names), evaluation, label_column)
     return ImageClassificationData(train=train, eval=evaluation, image_column=image_column, label_column=label_column,
                                    label_names=list(feature.names), source=name, revision=revision,
-                                   eval_split=eval_split)
+                                   eval_split=eval_split, label_source=source_of_names)
+
+
 def _named_classes(names: Optional[List[str]], given: Optional[Sequence[str]], train, label_column: Optional[str]):
     """The class names and where they come from: the dataset's, or ``given`` (checked against the dataset's)."""
     if given is None:
