@@ -124,6 +124,10 @@ def test_what_a_stream_cannot_do_is_refused_before_training_with_the_fix(shards,
     with pytest.raises(ValueError) as e:
         trainer_on(train, tmp_path, teacher_cache=str(tmp_path / "cache"))
     assert "teacher cache" in str(e.value)
+    with pytest.raises(ValueError) as e:  # its own reason, not "make a cache" (which a stream refuses too)
+        trainer_on(train, tmp_path, crops_per_image=2)
+    assert "crops_per_image=2 replays a teacher cache's stored views" in str(e.value)
+    assert "hfkd cache" not in str(e.value)
     # a stream with no key: datasets' own stream of a split (its rows carry no file or row)
     keyless = digits.train.select(range(64)).to_iterable_dataset(num_shards=2)
     with pytest.raises(ValueError) as e:

@@ -215,6 +215,10 @@ def test_views_are_dealt_view_by_view_over_a_group():
     assert dealt[3:] == [[18, 21, 24, 27, 19, 22], [25, 28, 20, 23, 26, 29]]  # the last group: 2 batches
     assert [b["labels"].tolist() for b in spread_views(loaded, 3, skip=2)] == dealt[2:]
     assert sorted(sum(dealt, [])) == rows.tolist()
+    # gpu_decode's batches carry the images' bytes as a list (default_collate keeps them so): dealt alike
+    encoded = [dict(b, image_bytes=[bytes([int(i)]) for i in b["labels"]]) for b in loaded]
+    for batch in spread_views(encoded, 3):
+        assert batch["image_bytes"] == [bytes([int(i)]) for i in batch["labels"]]
 
 
 def test_an_item_with_k_views_is_all_k_views(cache_r4):

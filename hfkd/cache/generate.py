@@ -42,7 +42,7 @@ import torch
 from ..data.loading import find_columns
 from ..data.transforms import AugmentConfig, ImageClassificationDataset, create_image_transform, sample_seed
 from ..files import (WRITER_MARKER, abandoned_by_hfkd, disk_full_explained, manifest_problems, mark_writer,
-                     relative_files, sha256)
+                     relative_files, sha256, write_file_atomic)
 from ..hub.secrets import redact_secrets
 from ..launch import create_accelerator
 from ..losses import ensemble_probs
@@ -355,8 +355,8 @@ def cache_teacher_outputs(
         raise FileExistsError(problem)
     if accelerator.is_main_process and not resume:
         os.makedirs(partial, exist_ok=False)
-        with open(os.path.join(partial, PLAN_FILE), "w", encoding="utf-8") as f:
-            json.dump(plan, f, indent=2, sort_keys=True)
+        # Atomic: a resume reads the plan back, and a plan cut short by a kill must not be taken for another one.
+        write_file_atomic(os.path.join(partial, PLAN_FILE), json.dumps(plan, indent=2, sort_keys=True))
     # A full disk removes what this process wrote (the main process: both stages) to free the space; any other
     # failure (a teacher's error, a lost peer process) keeps the finished shards for the same command to continue.
     needed = len(train_dataset) * num_views * row_bytes + shards.count * SHARD_HEADER_BYTES

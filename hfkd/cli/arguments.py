@@ -15,6 +15,7 @@ from ..data.augment import AugmentConfig
 from ..data.default import DEFAULT_DATASET
 from ..data.labels import read_label_names
 from ..methods.registry import normalize_name
+from ..settings import shorten
 
 _AUTO_AUGMENT = "a timm policy string such as rand-m9-mstd0.5 or augmix-m5-w4-d2"
 
@@ -332,7 +333,7 @@ class BenchmarkArguments:
         if not self.seeds:
             raise ValueError("--seeds is empty: give at least one seed")
         if len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"--seeds repeats a seed: {self.seeds}")
+            raise ValueError(f"--seeds repeats a seed: {shorten(self.seeds)}")
         if self.labels_per_class is not None and self.labels_per_class < 0:
             raise ValueError(f"--labels_per_class must be >= 0, got {self.labels_per_class}")
         if not 0 < self.confidence < 1:

@@ -17,6 +17,7 @@ from ..compress.settings import CompressionArguments, PruningConfig
 from ..extras import MissingDependencyError, require
 from ..lazy import lazy_function
 from ..training.args import DistillationArguments
+from ..settings import shorten
 from .arguments import CompressModelArguments, DataArguments
 from .parser import parse_args
 from .preset import COMPRESS_PRESET, Preset, is_demo_data
@@ -81,7 +82,7 @@ def main(argv: Optional[Sequence[str]] = None):
                          "student trained on it); the demo's KD student only knows the embedded digits")
     data = load_data(data_args, seed=0)
     if not (data.labelled("train") and data.labelled("eval")):
-        raise SystemExit(f"hfkd compress: error: {data_args.dataset} has no labels in its "
+        raise SystemExit(f"hfkd compress: error: {shorten(data_args.dataset)} has no labels in its "
                          f"{'train' if not data.labelled('train') else 'eval'} split; compression measures accuracy "
                          "before and after each step and its recovery trains on labels: give a labelled dataset")
     teachers = resolve_teachers(model_args.teachers, data_args.dataset, what="KD recovery")

@@ -175,7 +175,8 @@ def check_run(settings: RunSettings, *, train_demo: bool) -> Checked:
         except Exception as e:  # noqa: BLE001
             checked.problems.append(f"teacher cache {shorten(args.teacher_cache)} cannot be used: {_why(e)}")
     checked.problems += launch_problems(args)  # what FSDP cannot do with this run (hfkd/training/fsdp.py)
-    if args.crops_per_image > 1 and (cache is not None or not args.teacher_cache):
+    streamed = checked.data is not None and checked.data.streamed  # check_stream_run names crops_per_image
+    if args.crops_per_image > 1 and not streamed and (cache is not None or not args.teacher_cache):
         _check_views_per_decode(settings, cache, method, checked)
     return checked
 
@@ -183,7 +184,7 @@ def check_run(settings: RunSettings, *, train_demo: bool) -> Checked:
 def _check_views_per_decode(settings: RunSettings, cache, method, checked: Checked) -> None:
     """crops_per_image > 1: a cache of enough views, and batches the trainer can split into views."""
     args, data = settings.training, checked.data
-    own = data is not None and data.label_column is not None and method.train_batch_sampler(
+    own = data is not None and data.labelled("train") and method.train_batch_sampler(
         data.train[data.label_column], args.per_device_train_batch_size, args.seed) is not None
     try:
         check_crops_per_image(args.crops_per_image, cache, settings.method, own_batches=own)

@@ -9,7 +9,7 @@ from typing import List, Optional, Sequence, Union
 from ..settings import shorten
 from .checks import check_eval_label_names, check_labels, check_num_classes
 from .default import DEFAULT_DATASET, load_default_dataset
-from .stream import is_stream, load_stream
+from .stream import STREAM_WITHOUT_LABELS, is_stream, load_stream
 from .labels import FROM_DATASET, FROM_OPTION, check_label_names
 
 _EVAL_SPLITS = ("validation", "valid", "val", "test")
@@ -229,7 +229,7 @@ def load_image_dataset(
     if label_column is None and evaluation is not None:  # unlabelled train images, maybe a labelled eval split
         label_column = find_columns(evaluation, image_column, given_label, require_label=False)[1]
     if given_label is not None and label_column is None:
-        raise ValueError(f"the dataset has no label column {given_label!r}; its columns are {list(train.features)}")
+        raise ValueError(f"the dataset has no label column {given_label!r}; its columns are {shorten(list(train.features))}")
     if len(train) == 0:
         raise ValueError(f"the train split of {name} is empty")
     labelled = label_column is not None and label_column in train.features
@@ -283,7 +283,9 @@ def _streamed_data(source, train_split, eval_split, image_column, label_column, 
     if not train.features:
         raise ValueError(f"the streamed {name} does not declare its features; load it in Python and cast it with "
                          "dataset.cast(features) before training")
-    image_column, label_column = find_columns(train, image_column, label_column)
+    image_column, label_column = find_columns(train, image_column, label_column, require_label=False)
+    if label_column is None:
+        raise ValueError(STREAM_WITHOUT_LABELS)
     feature = train.features[label_column]
     given = check_label_names(label_names, "label_names (--label_names)") if label_names is not None else None
     if given is not None and isinstance(feature, ClassLabel) and list(feature.names) != given:

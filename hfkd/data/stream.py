@@ -45,6 +45,9 @@ KEY_COLUMN = "__key__"
 URL_COLUMN = "__url__"
 #: samples hfkd shuffles together (one block) when ``stream_shuffle_buffer`` is not given
 DEFAULT_SHUFFLE_BUFFER = 1000
+# Said alike by the loader and the trainer: the methods that need no labels read loaded splits only, for now.
+STREAM_WITHOUT_LABELS = ("a streamed train split without a label column is not supported yet: its classes cannot be "
+                         "checked without reading the stream; load the split (drop --streaming)")
 _SPLIT_NAMES = ("train", "validation", "test")
 
 

@@ -19,10 +19,10 @@ the same order, and :func:`collate_rows` hands the buffer to the loader instead 
 """
 from __future__ import annotations
 
-import random
-from contextlib import contextmanager
 import math
+import random
 import warnings
+from contextlib import contextmanager
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -53,12 +53,13 @@ def create_image_transform(preprocess: PreprocessConfig, is_training: bool,
     return _with_lighting(transform, a.pca_lighting) if is_training and a.pca_lighting else transform
 
 
-# -- paper presets: CIFAR crops and PCA lighting --------------------------------------------------------
-# The ImageNet RGB covariance's eigen-decomposition used by AlexNet-style lighting, as in fb.resnet.torch, PS-KD
-# (loader/custom_dataloader.py L121-125) and pycls / BAKE (imagenet/pycls/datasets/imagenet.py L29-36).
 #: the label of a row of data without labels: not a class index, so a loss that reads it fails instead of training
 NO_LABEL = -1
 
+
+# -- paper presets: CIFAR crops and PCA lighting --------------------------------------------------------
+# The ImageNet RGB covariance's eigen-decomposition used by AlexNet-style lighting, as in fb.resnet.torch, PS-KD
+# (loader/custom_dataloader.py L121-125) and pycls / BAKE (imagenet/pycls/datasets/imagenet.py L29-36).
 IMAGENET_PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
 IMAGENET_PCA_EIGVEC = ((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (-0.5836, -0.6948, 0.4203))
 

@@ -25,7 +25,9 @@ def deal_views(group: List[Dict[str, torch.Tensor]], k: int) -> Iterator[Dict[st
         yield group[0]
         return
     sizes = [len(b["labels"]) for b in group]
-    merged = {key: torch.cat([b[key] for b in group]) for key in group[0]}
+    # Tensors are concatenated; lists (gpu_decode's image bytes, which default_collate leaves as a list) are joined.
+    merged = {key: torch.cat([b[key] for b in group]) if isinstance(group[0][key], torch.Tensor)
+              else [value for b in group for value in b[key]] for key in group[0]}
     rows = sum(sizes)
     if rows % k:
         raise ValueError(f"a loaded batch holds {rows} rows, not whole images of {k} views each")
@@ -34,7 +36,8 @@ def deal_views(group: List[Dict[str, torch.Tensor]], k: int) -> Iterator[Dict[st
     start = 0
     for size in sizes:
         take = order[start:start + size]
-        yield {key: value[take.to(value.device)] for key, value in merged.items()}
+        yield {key: value[take.to(value.device)] if isinstance(value, torch.Tensor)
+               else [value[i] for i in take.tolist()] for key, value in merged.items()}
         start += size
 
 

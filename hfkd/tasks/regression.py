@@ -19,6 +19,7 @@ from ..data import checks
 from ..data.loading import find_columns
 from ..data.transforms import ImageClassificationDataset
 from ..losses import gaussian_nll, split_gaussian
+from ..settings import shorten
 from .base import Task
 
 
@@ -73,7 +74,7 @@ class RegressionTask(Task):
         checks.check_image_column(dataset, image_column, "train")
         if label_column is None:
             raise ValueError(f"a regression run needs a numeric target column; the train split has none (its "
-                             f"columns: {list(dataset.features)}). Name it with label_column=... (--label_column)")
+                             f"columns: {shorten(list(dataset.features))}). Name it with label_column=... (--label_column)")
         self._check_numeric(dataset, label_column)
         if eval_dataset is not None:
             find_columns(eval_dataset, image_column, label_column)

@@ -63,6 +63,7 @@ def start_banner(trainer) -> str:
     teachers, steps, output folder."""
     args, acc, state = trainer.args, trainer.accelerator, trainer.state
     data = trainer.dataset_info.get("id") or "in-memory dataset"
+
     def size(split):  # a stream's length is not known
         return "a stream" if getattr(split, "is_stream", False) else f"{len(split):,}"
 

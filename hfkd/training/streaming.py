@@ -51,6 +51,9 @@ def check_stream_run(args, method, task, teacher_cache, train, evaluation) -> No
     if teacher_cache:
         problems.append("a teacher cache stores outputs by row of a map-style split, which a stream does not have: "
                         "train from the teachers themselves, or cache and train on the split without streaming")
+    if args.crops_per_image > 1:
+        problems.append(f"crops_per_image={args.crops_per_image} replays a teacher cache's stored views of each row, "
+                        "which a stream cannot have: set crops_per_image=1")
     if args.verify_images:
         problems.append("verify_images reads every image before training, which a stream cannot do without reading "
                         "it twice; drop it, and choose what an unreadable image does with on_bad_image (raise/skip)")

@@ -18,7 +18,7 @@ from ..data.device_decode import DeviceDecoder, gpu_decode_device, tensor_transf
 from ..data.labels import FROM_DATASET
 from ..data.loading import find_columns
 from ..data.samplers import RemainingEpochBatchSampler, epoch_order, seedable_sampler
-from ..data.stream import is_stream
+from ..data.stream import STREAM_WITHOUT_LABELS, is_stream
 from ..data.transforms import AugmentConfig, ImageClassificationDataset, collate_rows, create_image_transform
 from ..data.views import spread_views
 from ..hub.card import PLOT_FILENAME, create_model_card, plot_training_curves
@@ -158,8 +158,7 @@ class DistillationTrainer:
                                  f"but {problem}; use a timm student, or pass ce_weight > 0 to train and keep the head")
         if self._streamed:
             if self.label_column is None:
-                raise ValueError("a streamed train split without a label column is not supported yet: its classes "
-                                 "cannot be checked without reading the stream; load the split (drop --streaming)")
+                raise ValueError(STREAM_WITHOUT_LABELS)
             self.eval_label_column = self.label_column if eval_dataset is not None else None
             self.label_names = streaming.check_stream_targets(self.student, train_dataset, eval_dataset,
                                                               self.image_column, self.label_column)
@@ -182,7 +181,8 @@ class DistillationTrainer:
             revision=self.args.teacher_cache_revision)
         if self.teacher_cache is None:
             self.method.check_teachers(len(teachers))
-        self._check_crops_per_image(train_dataset)
+        if not self._streamed:  # a stream refuses crops_per_image > 1 itself (check_stream_run)
+            self._check_crops_per_image(train_dataset)
         # A method reading only the teachers' features binds them without a class check (num_classes None).
         classes = self.student.num_classes if self.method.reads_teacher_logits else None
         self.teachers: List[Teacher] = [bind_teacher(t, self.student.preprocess, classes, self.student.label_names)
@@ -222,9 +222,10 @@ class DistillationTrainer:
     def label_source(self) -> Optional[str]:
         """Where the student's label names come from: the dataset's label column, or what the caller recorded in
         ``dataset_info["label_source"]`` (``--label_names``, a teacher's config); ``None`` when unknown."""
-        if self.label_column is not None and self.label_names is not None:
-            return FROM_DATASET
-        return self.dataset_info.get("label_source")
+        recorded = self.dataset_info.get("label_source")  # e.g. --label_names naming a stream's integer labels
+        if recorded is not None:
+            return recorded
+        return FROM_DATASET if self.label_column is not None and self.label_names is not None else None
 
     def _check_labels_needed(self, train_dataset) -> None:
         """Data without a label column trains only a method that reads no labels (the method says whether it does)."""
