@@ -282,6 +282,9 @@ class BenchmarkArguments:
         "help": "hfkd/digits (embedded, offline; the demo teachers are trained on each fold), or a Hub id, image "
                 "folder or parquet file with --teachers and --student."})
     student: Optional[str] = field(default=None, metadata={"help": "The student (default on the digits: the demo's)."})
+    student_pretrained: Optional[bool] = field(default=None, metadata={
+        "help": "Start the student from its pretrained weights (default: as `hfkd distill` does: yes for a named "
+                "model, no for the demo student)."})
     teachers: List[str] = field(default_factory=list, metadata={
         "help": "Teachers (required off the embedded digits; there they are trained on each fold)."})
     output_dir: str = field(default="outputs/benchmark", metadata={
