@@ -1,4 +1,4 @@
-"""``hfkd benchmark``: its refusals, and a tiny run whose paired table is recomputed by hand from its saved predictions."""
+"""``hfkd benchmark``: its refusals, and a tiny run whose paired table is recomputed by hand from its predictions."""
 import glob
 import json
 import math

@@ -272,8 +272,8 @@ class BenchmarkArguments:
         "choices": list(BENCHMARK_SPLITS)})
     labels_per_class: Optional[int] = field(default=None, metadata={
         "help": "The students train on this many labelled images per class of each training part (the same images "
-                "for every arm); 0: all of them. Default: the demo regime's on the embedded digits (docs/benchmark.md), "
-                "else 0."})
+                "for every arm); 0: all of them. Default: the demo regime's on the embedded digits "
+                "(docs/benchmark.md), else 0."})
     equal_steps: Optional[bool] = field(default=None, metadata={
         "help": "With --labels_per_class: train each run for the optimizer steps its settings make on the whole "
                 "training part (its epochs x training images / labelled images), so that fewer labels do not also "

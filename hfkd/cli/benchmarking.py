@@ -297,7 +297,8 @@ def _interval(metric: str, c: Dict[str, Any]) -> str:
 def markdown(comparison: Dict[str, Any], confidence: float) -> str:
     level = f"{100 * confidence:g} %"
     lines = [f"| method | pairs | baseline top-1 (%) | method top-1 (%) | Δ top-1 (points) [{level} CI] | top-1 | "
-             f"W/T/L | Δ NLL [{level} CI] | NLL | Δ ECE (points) [{level} CI] | ECE | teachers top-1 (%) |",
+             f"W/T/L | Δ NLL [{level} CI] | NLL | Δ ECE (points) [{level} CI] | ECE | "
+             "teachers top-1 (%): each, ensemble |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for method, e in comparison.items():
         acc, nll, ece = e["eval_accuracy"], e["eval_loss"], e["eval_ece"]
