@@ -1,4 +1,4 @@
-"""``hfkd benchmark``: its refusals, and a tiny run whose paired table is recomputed by hand from its saved predictions."""
+"""``hfkd benchmark``: its refusals, and a tiny run whose paired table is recomputed by hand from its predictions."""
 import glob
 import json
 import math
@@ -128,3 +128,32 @@ def test_splits_and_equal_steps_on_the_digits():
     assert benchmarking.run_epochs(args, 4, first) == 4
     with pytest.raises(SystemExit, match="max_folds"):
         benchmark.main(["--max_folds", "-1"])
+
+
+def test_a_run_stopped_with_its_checkpoint_is_continued_not_refused(tmp_path, monkeypatch):
+    # A SIGTERM (a scheduler's preemption) leaves checkpoint-N in the run's folder; the run again must resume from
+    # it, since a fresh run there is refused ("holds an earlier run").
+    from hfkd.output_dir import CHECKPOINT_PREFIX, CHECKPOINT_STATE_FILE
+
+    args = benchmark.parse_benchmark_args(["--methods", "kd", "--seeds", "0", "--folds", "2", "--max_steps", "2",
+                                           "--labels_per_class", "2", "--output_dir", str(tmp_path)])
+    pool, _ = _small_pool()
+    split = benchmarking.make_splits(args, pool.labels, 0)[0][0]
+    settings = benchmarking.arm_settings(args, "kd", None, str(tmp_path), split)
+    seen = []
+
+    def stopped(method, student, teachers, data, training, data_args, save):
+        seen.append((training.output_dir, training.resume_from_checkpoint))
+        raise KeyboardInterrupt  # stands in for the stop
+
+    monkeypatch.setattr(benchmarking, "run", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        benchmarking.run_arm("baseline", settings, pool, split, [], str(tmp_path))
+    out, resume = seen[-1]
+    assert resume is None
+    checkpoint = os.path.join(out, f"{CHECKPOINT_PREFIX}3")
+    os.makedirs(checkpoint)
+    open(os.path.join(checkpoint, CHECKPOINT_STATE_FILE), "w").write("{}")
+    with pytest.raises(KeyboardInterrupt):
+        benchmarking.run_arm("baseline", settings, pool, split, [], str(tmp_path))
+    assert seen[-1] == (out, "latest")

@@ -297,8 +297,8 @@ class BenchmarkArguments:
         "choices": list(BENCHMARK_SPLITS)})
     labels_per_class: Optional[int] = field(default=None, metadata={
         "help": "The students train on this many labelled images per class of each training part (the same images "
-                "for every arm); 0: all of them. Default: the demo regime's on the embedded digits (docs/benchmark.md), "
-                "else 0."})
+                "for every arm); 0: all of them. Default: the demo regime's on the embedded digits "
+                "(docs/benchmark.md), else 0."})
     equal_steps: Optional[bool] = field(default=None, metadata={
         "help": "With --labels_per_class: train each run for the optimizer steps its settings make on the whole "
                 "training part (its epochs x training images / labelled images), so that fewer labels do not also "
@@ -307,6 +307,9 @@ class BenchmarkArguments:
         "help": "hfkd/digits (embedded, offline; the demo teachers are trained on each fold), or a Hub id, image "
                 "folder or parquet file with --teachers and --student."})
     student: Optional[str] = field(default=None, metadata={"help": "The student (default on the digits: the demo's)."})
+    student_pretrained: Optional[bool] = field(default=None, metadata={
+        "help": "Start the student from its pretrained weights (default: as `hfkd distill` does: yes for a named "
+                "model, no for the demo student)."})
     teachers: List[str] = field(default_factory=list, metadata={
         "help": "Teachers (required off the embedded digits; there they are trained on each fold)."})
     output_dir: str = field(default="outputs/benchmark", metadata={

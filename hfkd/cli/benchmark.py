@@ -21,6 +21,7 @@ from .parser import parse_args, short_usage
 
 # The runs import torch: loaded once the settings are parsed, so that `hfkd benchmark --help` answers without it.
 run_benchmark = lazy_function(".benchmarking", "run_benchmark", __package__)
+check_teachers = lazy_function(".benchmarking", "check_teachers", __package__)
 
 PROG = "hfkd benchmark"
 DESCRIPTION = ("The no-KD baseline and each method over seeds and folds on the same images, compared run by run: "
@@ -58,6 +59,7 @@ def parse_benchmark_args(argv: Optional[List[str]] = None) -> BenchmarkArguments
 def main(argv: Optional[List[str]] = None):
     try:
         args = parse_benchmark_args(argv)
+        check_teachers(args)  # before any data is loaded or model trained
     except ValueError as e:  # a bad setting: what and how to fix it, without a traceback
         sys.exit(f"{PROG}: error: {e}\n{short_usage(PROG)}")
     return run_benchmark(args)

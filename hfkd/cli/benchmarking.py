@@ -31,6 +31,7 @@ from ..data.loading import ImageClassificationData
 from ..extras import is_installed
 from ..files import write_file_atomic
 from ..methods.registry import create_method, get_method_class
+from ..output_dir import list_checkpoints
 from ..results import format_metric
 from ..stats import corrected_paired_ttest, kfold_test_train_ratio, paired_differences
 from ..tasks.evaluation import ECE_BINS, calibration_bins, calibration_error
@@ -218,6 +219,10 @@ def run_arm(arm: str, settings, pool: Pool, split: Split, teachers: Sequence[str
         if record.get("key") == key:
             print(f"benchmark: seed {split.seed} fold {split.fold} {arm}: reused {out}", flush=True)
             return record
+    # A run stopped by a signal (SIGTERM, a scheduler's preemption) left its checkpoint there: continue from it.
+    if list_checkpoints(out):
+        training = dataclasses.replace(training, resume_from_checkpoint="latest")
+        print(f"benchmark: seed {split.seed} fold {split.fold} {arm}: continuing the stopped run in {out}", flush=True)
     method = create_method("supervised") if arm == BASELINE else settings.create_method()
     data = pool.data(split.labelled, split.test)
     student = build_student(settings.model, data, seed=split.seed)
@@ -245,6 +250,8 @@ def arm_settings(args: BenchmarkArguments, method: str, student: Optional[str], 
         argv += ["--student", student]
         if student != args.student:  # a saved starting student (MEAL V2 on the demo)
             argv += ["--student_pretrained", "true"]
+        elif args.student_pretrained is not None:
+            argv += ["--student_pretrained", str(args.student_pretrained).lower()]
     if args.num_train_epochs is not None:
         argv += ["--num_train_epochs", str(args.num_train_epochs)]
     if args.max_steps > 0:
@@ -290,7 +297,8 @@ def _interval(metric: str, c: Dict[str, Any]) -> str:
 def markdown(comparison: Dict[str, Any], confidence: float) -> str:
     level = f"{100 * confidence:g} %"
     lines = [f"| method | pairs | baseline top-1 (%) | method top-1 (%) | Δ top-1 (points) [{level} CI] | top-1 | "
-             f"W/T/L | Δ NLL [{level} CI] | NLL | Δ ECE (points) [{level} CI] | ECE | teachers top-1 (%) |",
+             f"W/T/L | Δ NLL [{level} CI] | NLL | Δ ECE (points) [{level} CI] | ECE | "
+             "teachers top-1 (%): each, ensemble |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for method, e in comparison.items():
         acc, nll, ece = e["eval_accuracy"], e["eval_loss"], e["eval_ece"]
@@ -343,7 +351,10 @@ def write_outputs(args: BenchmarkArguments, records, ratio: float, splits, per_c
                   quiet: bool = False) -> Dict[str, Any]:
     comparison = compare(records, args.methods, ratio, args.confidence)
     table = markdown(comparison, args.confidence)
-    header = (f"hfkd benchmark: {args.dataset}, {args.split} ({args.folds} folds) x seeds {args.seeds}, "
+    split = f"{args.folds}-fold" if args.split == "kfold" else "its own train / eval split"
+    if args.split == "kfold" and args.max_folds:
+        split += f" (the first {args.max_folds} folds only)"
+    header = (f"hfkd benchmark: {args.dataset}, {split} x seeds {args.seeds}, "
               f"students on {per_class or 'all'} labelled image(s) per class; n_test/n_train = {ratio:.4g}; "
               f"ECE over {ECE_BINS} equal-width confidence bins")
     result = {"settings": dataclasses.asdict(args), "labels_per_class": per_class, "test_train_ratio": ratio,
@@ -380,7 +391,7 @@ def check_teachers(args: BenchmarkArguments) -> None:
 
 
 def run_benchmark(args: BenchmarkArguments) -> Dict[str, Any]:
-    check_teachers(args)
+    check_teachers(args)  # also for a caller that skipped `hfkd benchmark`'s parse
     pool, holdout_train = load_pool(args)
     labels = pool.labels
     splits = make_splits(args, labels, holdout_train)
