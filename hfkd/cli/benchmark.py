@@ -16,6 +16,7 @@ from typing import List, Optional
 
 from ..lazy import lazy_function
 from ..methods.registry import list_methods, normalize_name
+from ..settings import shorten
 from .arguments import RUN_ARGUMENTS, BenchmarkArguments
 from .parser import parse_args, short_usage
 
@@ -46,7 +47,7 @@ def check_methods(methods: List[str]) -> List[str]:
                              f"{name} --seeds ...` for now")
         names.append(name)
     if len(set(names)) != len(names):
-        raise ValueError(f"--methods names a method twice: {methods}")
+        raise ValueError(f"--methods names a method twice: {shorten(methods)}")
     return names
 
 

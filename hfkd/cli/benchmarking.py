@@ -33,6 +33,7 @@ from ..files import write_file_atomic
 from ..methods.registry import create_method, get_method_class
 from ..output_dir import list_checkpoints
 from ..results import format_metric
+from ..settings import shorten
 from ..stats import corrected_paired_ttest, kfold_test_train_ratio, paired_differences
 from ..tasks.evaluation import ECE_BINS, calibration_bins, calibration_error
 from .arguments import BenchmarkArguments, DataArguments
@@ -88,6 +89,9 @@ def load_pool(args: BenchmarkArguments) -> Tuple[Pool, int]:
     from datasets import concatenate_datasets  # required, slow to import
 
     data = load_data(DataArguments(dataset=args.dataset), seed=0)
+    if not (data.labelled("train") and (data.eval is None or data.labelled("eval"))):
+        raise ValueError(f"hfkd benchmark compares accuracies, so {shorten(args.dataset)} needs labels in every "
+                         "split, and one of its splits has none: give a labelled dataset")
     keep = [data.image_column, data.label_column]
     parts = [data.train.select_columns(keep)]
     if data.eval is not None:
@@ -354,7 +358,7 @@ def write_outputs(args: BenchmarkArguments, records, ratio: float, splits, per_c
     split = f"{args.folds}-fold" if args.split == "kfold" else "its own train / eval split"
     if args.split == "kfold" and args.max_folds:
         split += f" (the first {args.max_folds} folds only)"
-    header = (f"hfkd benchmark: {args.dataset}, {split} x seeds {args.seeds}, "
+    header = (f"hfkd benchmark: {shorten(args.dataset)}, {split} x seeds {args.seeds}, "
               f"students on {per_class or 'all'} labelled image(s) per class; n_test/n_train = {ratio:.4g}; "
               f"ECE over {ECE_BINS} equal-width confidence bins")
     result = {"settings": dataclasses.asdict(args), "labels_per_class": per_class, "test_train_ratio": ratio,
@@ -380,14 +384,14 @@ def check_teachers(args: BenchmarkArguments) -> None:
                              "--teachers would have seen the test images of other folds: leave them out")
         return
     if needs and not args.teachers:
-        raise ValueError(f"{', '.join(needs)} need --teachers trained on {args.dataset}")
+        raise ValueError(f"{', '.join(needs)} need --teachers trained on {shorten(args.dataset)}")
     if needs and args.split == "kfold":
         raise ValueError(
-            f"--split kfold on {args.dataset}: your teachers were trained once, so they may have seen every fold's "
-            f"test images, which would leak them into the comparison of {', '.join(needs)}. Use --split holdout "
+            f"--split kfold on {shorten(args.dataset)}: your teachers were trained once, so they may have seen every "
+            f"fold's test images, which would leak them into the comparison of {', '.join(needs)}. Use --split holdout "
             "(seeds over the dataset's own train / eval split; the teachers must not have seen its eval split)")
     if args.student is None:
-        raise ValueError(f"--student is required on {args.dataset}")
+        raise ValueError(f"--student is required on {shorten(args.dataset)}")
 
 
 def run_benchmark(args: BenchmarkArguments) -> Dict[str, Any]:
