@@ -160,3 +160,38 @@ def test_hfkd_cache_caches_a_stream_of_shards_by_key(shards, tmp_path):
     np.testing.assert_equal(np.sort(TeacherCache(str(out)).columns.keys),
                             np.sort([key_id(f"train-{s:05d}-of-{SHARDS:05d}.parquet:{r}")
                                      for s in range(SHARDS) for r in range(ROWS)]))
+
+
+def rows_by_key(folder):
+    columns = TeacherCache(folder).columns
+    order = columns.position  # rows sorted by (key id, view)
+    return columns.keys, np.concatenate(columns.chunks["logits"])[order]
+
+
+@pytest.mark.slow
+def test_two_processes_cache_their_own_shards_and_make_the_one_process_cache(shards, keyed, tmp_path):
+    from helpers.launch import run_two_processes
+
+    script = os.path.join(os.path.dirname(__file__), "scripts", "stream_cache_ddp.py")
+    run_two_processes(script, shards, str(tmp_path / "two"))
+    files = json.load(open(tmp_path / "two" / "hfkd_cache.json"))["files"]
+    assert {f.split("/")[1] for f in files} == {"process-00000", "process-00001"}  # each process its own shards
+    keys, logits = rows_by_key(str(tmp_path / "two"))
+    one_keys, one_logits = rows_by_key(keyed)
+    np.testing.assert_array_equal(keys, one_keys)
+    np.testing.assert_allclose(logits, one_logits, rtol=0, atol=1e-6)
+
+
+def test_a_stopped_generation_over_a_stream_restarts_from_the_start(shards, keyed, tmp_path):
+    from hfkd.files import mark_writer
+
+    stage = tmp_path / "cache.partial"
+    (stage / "data" / "process-00000" / "00000").mkdir(parents=True)
+    (stage / "data" / "process-00000" / "00000" / "data-00000.arrow").write_bytes(b"half a shard")
+    mark_writer(str(stage))  # left by an hfkd generation of this process: hfkd's own stage
+    folder = make_cache(load_stream(shards)[0]["train"], tmp_path / "cache")
+    assert not stage.exists()
+    keys, logits = rows_by_key(folder)
+    one_keys, one_logits = rows_by_key(keyed)
+    np.testing.assert_array_equal(keys, one_keys)
+    np.testing.assert_array_equal(logits, one_logits)
