@@ -100,6 +100,10 @@ def test_kd_from_the_keyed_cache_equals_kd_with_the_teacher_online(shards, tmp_p
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+    # a worker process decodes the batches and looks the views up in the cache: the same run
+    workers = student_weights(kd_run(stream, tmp_path, "workers", teacher_cache=cache,
+                                     args={"dataloader_num_workers": 1}))
+    assert all(torch.equal(b[k], workers[k]) for k in b)
     assert any(not torch.equal(v, w) for v, w in zip(a.values(), student_weights(kd_run(
         stream, tmp_path, "fresh", teachers=[teacher()], args={"max_steps": 1})).values()))  # the runs trained
 

@@ -10,6 +10,7 @@ flags, which must be the ones the student trains with (the trainer checks).
 """
 from __future__ import annotations
 
+import shlex
 import sys
 
 from ..lazy import lazy_function
@@ -64,7 +65,9 @@ def main(argv=None) -> str:
         dataset_info={"id": data.source, "revision": data.revision, "train_split": data_args.train_split},
     )
     if is_main_process():
-        print(f"teacher cache written to {folder}\ntrain from it: python recipes/meal_v2.py --teacher_cache {folder}")
+        stream = f" --dataset {shlex.quote(str(data_args.dataset))} --streaming true --max_steps N" if data_args.streaming else ""
+        print(f"teacher cache written to {folder}\ntrain from it: python recipes/meal_v2.py --teacher_cache {folder}"
+              f"{stream}")
         if cache.push_to_hub:
             push_teacher_cache(folder, cache.hub_dataset_id, private=cache.hub_private_repo or None)
             print(f"pushed to the Hub dataset {cache.hub_dataset_id}")
