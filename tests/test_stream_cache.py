@@ -160,6 +160,7 @@ def test_hfkd_cache_caches_a_stream_of_shards_by_key(shards, tmp_path):
     meta = json.load(open(out / "hfkd_cache.json"))
     assert meta["sample_key_columns"] == [KEY_COLUMN] and meta["num_samples"] == SHARDS * ROWS
     assert all(f.startswith("data/process-00000/") for f in meta["files"])
+    assert "Keyed by sample key" in (out / "README.md").read_text()
     assert not os.path.exists(str(out) + ".partial")
     np.testing.assert_equal(np.sort(TeacherCache(str(out)).columns.keys),
                             np.sort([key_id(f"train-{s:05d}-of-{SHARDS:05d}.parquet:{r}")
