@@ -25,7 +25,8 @@ def write_shards(folder, digits, start=0, shards=SHARDS):
     os.makedirs(folder, exist_ok=True)
     train = digits.train.select(range(start, start + shards * ROWS))
     for s in range(shards):
-        train.select(range(s * ROWS, (s + 1) * ROWS)).to_parquet(os.path.join(folder, f"train-{s:05d}-of-{shards:05d}.parquet"))
+        name = f"train-{s:05d}-of-{shards:05d}.parquet"
+        train.select(range(s * ROWS, (s + 1) * ROWS)).to_parquet(os.path.join(folder, name))
     return str(folder)
 
 
@@ -137,7 +138,8 @@ def test_a_sample_whose_key_is_not_in_the_cache_is_refused_at_its_batch(tmp_path
     cache = make_cache(keyed_stream(ids), tmp_path / "c", num_views=1, sample_key_column="id")
     # A stream from elsewhere (no files to compare): same columns and shards, one sample not in the cache.
     changed = keyed_stream(ids[:15] + ["new-sample"])
-    with pytest.raises(ValueError, match="streamed sample 'new-sample' .*not in the teacher cache.*hfkd cache --streaming"):
+    refused = "streamed sample 'new-sample' .*not in the teacher cache.*hfkd cache --streaming"
+    with pytest.raises(ValueError, match=refused):
         kd_run(changed, tmp_path, "run", teacher_cache=cache, args={"sample_key_column": "id", "max_steps": 4})
     kd_run(keyed_stream(ids), tmp_path, "same", teacher_cache=cache, args={"sample_key_column": "id", "max_steps": 2})
 

@@ -41,8 +41,8 @@ def _preprocess(p) -> str:
 def _keyed_line(m: CacheMetadata) -> str:
     if not m.keyed:
         return ""
-    return (f"\n- **Keyed by sample key** ({', '.join(code_span(c) for c in m.sample_key_columns)}) of a streamed split: "
-            "train on the same stream with `--streaming true`")
+    columns = ", ".join(code_span(c) for c in m.sample_key_columns)
+    return f"\n- **Keyed by sample key** ({columns}) of a streamed split: train on the same stream with `--streaming true`"
 
 
 def render_dataset_card(metadata: CacheMetadata, folder: str, repo_id: Optional[str] = None) -> str:

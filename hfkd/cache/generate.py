@@ -57,8 +57,8 @@ from ..preemption import Preemption
 from ..settings import shorten
 from ..version import __version__
 from .card import write_dataset_card
-from .format import (DATA_FOLDER, KEYED_FORMAT, CacheMetadata, augmentation_dict, dataset_fingerprint, datasets_fingerprint,
-                     encode_logits, estimated_bytes_per_view, images_sha256, shard_path)
+from .format import (DATA_FOLDER, KEYED_FORMAT, CacheMetadata, augmentation_dict, dataset_fingerprint,
+                     datasets_fingerprint, encode_logits, estimated_bytes_per_view, images_sha256, shard_path)
 from . import format as cache_format
 
 logger = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from ..data.stream import StreamedImageDataset, describe, is_stream, key_columns, shard_files
+from ..data.stream import MissingSampleKey, StreamedImageDataset, describe, is_stream, key_columns, shard_files
 from ..data.transforms import AugmentConfig, ImageClassificationDataset, create_image_transform, sample_seed
 from ..hub.card import command_without_local_paths, local_checkpoint_name
 from ..methods.base import DistillationMethod
@@ -120,9 +120,10 @@ class _Columns:
             return int(self.position[index * r + view])
         slot = int(np.searchsorted(self.keys, index))
         if slot >= len(self.keys) or int(self.keys[slot]) != int(index):
-            raise KeyError(f"it is not in {self.where}, which was generated from this stream's shards as they were "
-                           "then: a sample was added or its key changed. Generate the cache again from this stream "
-                           "(hfkd cache --streaming true), or train with the teachers themselves")
+            raise MissingSampleKey(f"it is not in {self.where}, which was generated from this stream's shards as "
+                                   "they were then: a sample was added or its key changed. Generate the cache again "
+                                   "from this stream (hfkd cache --streaming true), or train with the teachers "
+                                   "themselves")
         return int(self.position[slot * r + view])
 
     def row(self, position: int) -> Dict[str, torch.Tensor]:

@@ -65,7 +65,8 @@ def main(argv=None) -> str:
         dataset_info={"id": data.source, "revision": data.revision, "train_split": data_args.train_split},
     )
     if is_main_process():
-        stream = f" --dataset {shlex.quote(str(data_args.dataset))} --streaming true --max_steps N" if data_args.streaming else ""
+        stream = (f" --dataset {shlex.quote(str(data_args.dataset))} --streaming true --max_steps N"
+                  if data_args.streaming else "")
         print(f"teacher cache written to {folder}\ntrain from it: python recipes/meal_v2.py --teacher_cache {folder}"
               f"{stream}")
         if cache.push_to_hub:

@@ -48,6 +48,10 @@ DEFAULT_SHUFFLE_BUFFER = 1000
 _SPLIT_NAMES = ("train", "validation", "test")
 
 
+class MissingSampleKey(KeyError):
+    """A view provider (a teacher cache keyed by sample key) has no entry for a sample's key: the message says why."""
+
+
 def is_stream(dataset) -> bool:
     from datasets import IterableDataset
 
@@ -228,7 +232,8 @@ class StreamedImageDataset(torch.utils.data.IterableDataset):
     ``index`` is :func:`key_id` of the sample's key (its place in the stream when no key is given).
     ``fingerprint`` identifies the data in a checkpoint (default :func:`describe` of ``dataset``).
     ``view_provider(epoch, index) -> (seed, extra)``, when set (a teacher cache keyed by sample key), gives each
-    sample its stored view's seed and outputs, as for a map-style split; it raises ``KeyError`` for a key it lacks.
+    sample its stored view's seed and outputs, as for a map-style split; it raises :class:`MissingSampleKey`
+    for a key it lacks.
     ``num_workers`` > 0: that many processes decode and transform batches, a few ahead, while this process reads
     the stream and keeps the positions; the batches are the same as without them.  Rows are grouped
     ``batch_size`` at a time before decoding, so a batch with an unreadable image skipped is one sample shorter.
@@ -360,7 +365,7 @@ class StreamedImageDataset(torch.utils.data.IterableDataset):
             for key, index in zip(keys, indices):
                 try:
                     views.append(self.view_provider(epoch, index))
-                except KeyError as e:  # never trained without the teachers' outputs: named, with the fix
+                except MissingSampleKey as e:  # never trained without the teachers' outputs: named, with the fix
                     raise ValueError(f"streamed sample {shorten(key)} (key id {index}): {e.args[0]}") from None
             seeds, extras = [s for s, _ in views], [x for _, x in views]
         pixels = seeded_batch(self.transform, images, self.seed, epoch, indices, seeds)
