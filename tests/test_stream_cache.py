@@ -202,3 +202,20 @@ def test_a_stopped_generation_over_a_stream_restarts_from_the_start(shards, keye
     one_keys, one_logits = rows_by_key(keyed)
     np.testing.assert_array_equal(keys, one_keys)
     np.testing.assert_array_equal(logits, one_logits)
+
+
+def test_webdataset_shards_have_the_same_identity_every_time_they_are_loaded(tmp_path):
+    """The identity a cache (and a checkpoint) records: it once held the text of WebDataset's open archive readers,
+    which differs from one load of the same shards to the next, so a cache of them refused its own stream."""
+    from test_streaming import _webdataset_shards
+
+    from hfkd.data import load_image_dataset
+    from hfkd.data.stream import describe, shard_files
+
+    _webdataset_shards(tmp_path / "wds")
+
+    def load():
+        return load_image_dataset(str(tmp_path / "wds"), streaming=True, class_names=["a", "b", "c"]).train
+
+    assert describe(load()) == describe(load())
+    assert sorted(shard_files(load())) == sorted(os.listdir(tmp_path / "wds"))

@@ -195,12 +195,14 @@ def split_for_process(dataset, rank: int, world_size: int, split: str = "train")
 
 
 def _source_files(dataset) -> List[str]:
-    """The stream's data files as its generator was given them (hfkd's Parquet streams: one list of paths)."""
+    """The stream's data files as its generator was given them: the paths in its lists (hfkd's Parquet streams'
+    ``files``, WebDataset's ``tar_paths``).  Other objects are left out: WebDataset's ``tar_iterators`` are open
+    archive readers, whose text changes from one load of the same shards to the next."""
     files = []
     gen_kwargs = getattr(getattr(dataset, "_ex_iterable", None), "kwargs", None) or {}
     for value in gen_kwargs.values():
         if isinstance(value, list):
-            files += [str(v) for v in value]
+            files += [os.fspath(v) for v in value if isinstance(v, (str, os.PathLike))]
     return files
 
 
