@@ -121,13 +121,10 @@ def test_what_a_stream_cannot_do_is_refused_before_training_with_the_fix(shards,
     with pytest.raises(ValueError) as e:
         trainer_on(train, tmp_path, method="bake", teachers=0, verify_images=True)
     assert "method 'bake'" in str(e.value) and "verify_images reads every image" in str(e.value)  # all at once
-    with pytest.raises(ValueError) as e:
-        trainer_on(train, tmp_path, teacher_cache=str(tmp_path / "cache"))
-    assert "teacher cache" in str(e.value)
-    with pytest.raises(ValueError) as e:  # its own reason, not "make a cache" (which a stream refuses too)
+    with pytest.raises(ValueError) as e:  # a teacher cache keyed by sample key is used: tests/test_stream_cache.py
         trainer_on(train, tmp_path, crops_per_image=2)
-    assert "crops_per_image=2 replays a teacher cache's stored views" in str(e.value)
-    assert "hfkd cache" not in str(e.value)
+    assert "crops_per_image=2: a stream's reader makes one view per decoded image" in str(e.value)
+    assert "hfkd cache" not in str(e.value)  # its own reason, not the map-style "make a cache"
     # a stream with no key: datasets' own stream of a split (its rows carry no file or row)
     keyless = digits.train.select(range(64)).to_iterable_dataset(num_shards=2)
     with pytest.raises(ValueError) as e:
@@ -354,15 +351,6 @@ def test_the_command_streams_shards_and_its_dry_run_lists_what_a_stream_refuses(
     assert report["total_steps"] == 30 and report["train_images"] is None
     assert "a streamed train split, 1 process(es): 30 optimizer steps" in capsys.readouterr().out
     assert not (tmp_path / "never").exists()
-
-
-def test_hfkd_cache_refuses_a_stream_with_the_reason(shards, tmp_path):
-    from hfkd.cli import main as hfkd_main
-
-    with pytest.raises(SystemExit, match="teacher cache is generated from a loaded split.*drop --streaming"):
-        hfkd_main(["cache", "--student", "test_resnet", "--teachers", "test_resnet", "--dataset", str(shards),
-                   "--streaming", "true", "--output_dir", str(tmp_path / "cache")])
-    assert not (tmp_path / "cache").exists()
 
 
 def test_worker_processes_make_the_same_batches_and_positions(shards, tmp_path):

@@ -38,6 +38,13 @@ def _preprocess(p) -> str:
     return f"input {p.get('input_size')}, interpolation {p.get('interpolation')}, mean {p.get('mean')}, std {p.get('std')}"
 
 
+def _keyed_line(m: CacheMetadata) -> str:
+    if not m.keyed:
+        return ""
+    columns = ", ".join(code_span(c) for c in m.sample_key_columns)
+    return f"\n- **Keyed by sample key** ({columns}) of a streamed split: train on the same stream with `--streaming true`"
+
+
 def render_dataset_card(metadata: CacheMetadata, folder: str, repo_id: Optional[str] = None) -> str:
     m = metadata
     source = repo_id or os.path.relpath(folder)
@@ -72,7 +79,7 @@ so that a student can be distilled without loading or running the teachers (FKD,
 - **Student preprocessing:** {markdown_text(_preprocess(m.student_preprocess))}
 - **Classes:** {markdown_text(m.num_classes)}
 - **Size:** {size / 1e6:.2f} MB of Arrow data{f' in {len(m.files)} file(s)' if m.files else ''}, {bytes_per_view(m)} bytes of teacher outputs per view
-- **Training split fingerprint:** {code_span(m.train_fingerprint)}
+- **Training split fingerprint:** {code_span(m.train_fingerprint)}{_keyed_line(m)}
 - **Made by:** hfkd {markdown_text(m.hfkd_version)}: {code_span(command_without_local_paths(m.command))}
 
 ## Train from it

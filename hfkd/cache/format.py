@@ -50,9 +50,15 @@ CACHE_METADATA_FILE = "hfkd_cache.json"
 # shards), and the split's identity beyond the sampled fingerprint (``dataset_fingerprint``, ``images_sha256``).
 # 3: the data files are size-capped Arrow streams under data/ (subfolders past MAX_FILES_PER_FOLDER), read by
 # the manifest, not datasets' save_to_disk folder (state.json, dataset_info.json), which hfkd 2 cannot read.
-FORMAT_VERSION = 3
+# 4: a cache of a stream, keyed by sample key (``sample_key_columns``; the ``index`` column holds each sample's
+# 63-bit key id, hfkd.data.stream.key_id).  Caches of a map-style split are still written as format 3, so that
+# an older hfkd keeps reading them; an older hfkd refuses a format 4 cache ("written by a newer hfkd") instead
+# of misreading its key ids as row numbers.
+FORMAT_VERSION = 4
 #: the first format whose data files are size-capped shards under ``data/``, read through the manifest
 SHARDED_FORMAT = 3
+#: the format of a cache keyed by sample key (a streamed split's)
+KEYED_FORMAT = 4
 DATA_FOLDER = "data"
 # The Hub takes fewer than 10,000 entries per folder: past that, shards go into numbered subfolders.
 MAX_FILES_PER_FOLDER = 9_999
@@ -92,13 +98,22 @@ class CacheMetadata:
     dataset: Dict[str, Any] = field(default_factory=dict)
     hfkd_version: str = ""
     command: str = ""
-    format_version: int = FORMAT_VERSION
+    format_version: int = SHARDED_FORMAT  # KEYED_FORMAT for a cache of a stream
     # The data files ({relative path: {"size", "sha256"}}, hfkd.files.file_manifest); None in format 1 caches.
     files: Optional[Dict[str, Dict[str, Any]]] = None
     # ``datasets``' own fingerprint of the split (covers every data file and transform), and on request
     # (hash_images=True) a hash of every label and image's stored bytes.
     dataset_fingerprint: Optional[str] = None
     images_sha256: Optional[str] = None
+    # A cache of a stream (format 4): the columns its sample keys are made of (rows carry key ids, not row
+    # numbers), and the stream's data files by name with their sizes (``hfkd.data.stream.shard_files``).
+    sample_key_columns: Optional[List[str]] = None
+    stream_files: Optional[Dict[str, int]] = None
+
+    @property
+    def keyed(self) -> bool:
+        """Rows are stored by sample key (a streamed split's cache), not by row of a map-style split."""
+        return self.sample_key_columns is not None
 
     @property
     def storage(self) -> str:
@@ -193,6 +208,15 @@ def metadata_problems(raw: Dict[str, Any]) -> List[str]:
     if _is_int(raw.get("format_version")) and raw["format_version"] >= SHARDED_FORMAT:
         want("files", isinstance(files, dict) and files and all(_safe_shard_path(k) for k in files),
              f"the cache's Arrow shards, relative paths under {DATA_FOLDER}/ ending in .arrow")
+    keys = raw.get("sample_key_columns")
+    want("sample_key_columns", keys is None or isinstance(keys, list) and keys and
+         all(isinstance(k, str) for k in keys), "null (a map-style split's cache) or a list of column names")
+    if keys is not None:
+        want("format_version", raw.get("format_version") == KEYED_FORMAT,
+             f"{KEYED_FORMAT} for a cache keyed by sample key")
+    stream_files = raw.get("stream_files")
+    want("stream_files", stream_files is None or isinstance(stream_files, dict) and all(
+        isinstance(k, str) and _is_int(v) and v >= 0 for k, v in stream_files.items()), "null or {file name: size}")
     for name, build in (("student_preprocess", PreprocessConfig.from_dict),
                         ("augmentation", lambda a: a is None or AugmentConfig(**a))):
         try:

@@ -40,7 +40,10 @@ import numpy as np
 import torch
 
 from ..data.loading import find_columns
-from ..data.transforms import AugmentConfig, ImageClassificationDataset, create_image_transform, sample_seed
+from ..data.stream import (StreamedImageDataset, describe, is_stream, key_columns, key_id, shard_files,
+                           split_for_process)
+from ..data.transforms import (AugmentConfig, ImageClassificationDataset, create_image_transform, sample_seed,
+                               seeded_batch)
 from ..files import (WRITER_MARKER, abandoned_by_hfkd, disk_full_explained, manifest_problems, mark_writer,
                      relative_files, sha256, write_file_atomic)
 from ..hub.secrets import redact_secrets
@@ -54,8 +57,8 @@ from ..preemption import Preemption
 from ..settings import shorten
 from ..version import __version__
 from .card import write_dataset_card
-from .format import (DATA_FOLDER, CacheMetadata, augmentation_dict, dataset_fingerprint, datasets_fingerprint,
-                     encode_logits, estimated_bytes_per_view, images_sha256, shard_path)
+from .format import (DATA_FOLDER, KEYED_FORMAT, CacheMetadata, augmentation_dict, dataset_fingerprint,
+                     datasets_fingerprint, encode_logits, estimated_bytes_per_view, images_sha256, shard_path)
 from . import format as cache_format
 
 logger = logging.getLogger(__name__)
@@ -132,7 +135,7 @@ def _same_work(a: Optional[Dict[str, Any]], b: Dict[str, Any]) -> bool:
         {k: v for k, v in b.items() if k != "processes"}
 
 
-def _clear_stages(output_dir: str, plan: Dict[str, Any]) -> bool:
+def _clear_stages(output_dir: str, plan: Dict[str, Any], resumable: bool = True) -> bool:
     """Refuse an existing cache folder; of the ``.partial``/``.staging`` stages a stopped or failed hfkd
     generation left (its writer marker names a dead process of this host, or this process), keep a
     ``.partial`` of the same plan (returns True: the generation continues) and remove the others; refuse
@@ -149,7 +152,7 @@ def _clear_stages(output_dir: str, plan: Dict[str, Any]) -> bool:
                                   "on this machine (another one may be writing it); hfkd never overwrites a folder: "
                                   "choose another output_dir, or if no generation is running remove it yourself")
         stopped = _read_plan(stage) if stage.endswith(".partial") else None
-        if _same_work(stopped, plan):
+        if resumable and _same_work(stopped, plan):
             processes = stopped.get("processes")
             logger.warning("continuing the cache generation that stopped in %s: its finished shards are kept%s",
                            stage, f" (it ran on {processes} processes, this one on {plan['processes']}: a shard's "
@@ -157,6 +160,7 @@ def _clear_stages(output_dir: str, plan: Dict[str, Any]) -> bool:
             resume = True
             continue
         logger.warning("removing %s, left by an earlier cache generation that stopped%s", stage,
+                       " (a generation over a stream restarts from its start)" if not resumable else
                        " with other settings" if stopped is not None else "")
         shutil.rmtree(stage)
     return resume
@@ -186,8 +190,8 @@ class _ShardPlan:
     bytes do not depend on the number of processes: N processes share out the unfinished shards, none collide,
     and a stopped generation continues on any number of processes.
 
-    A streamed dataset (no length, no index) would need its own plan: rows keyed by the sample key, one run of
-    shards per stream shard and view.  That is not supported yet (:func:`cache_teacher_outputs` refuses a stream).
+    A streamed dataset (no length, no index) has no such plan: :func:`_cache_stream` writes each process's rows,
+    keyed by sample key, into its own shards as they fill, and restarts when stopped.
     """
 
     num_samples: int
@@ -266,6 +270,7 @@ def cache_teacher_outputs(
     num_workers: int = 0,
     hash_images: bool = False,
     max_shard_size: Union[int, str] = DEFAULT_MAX_SHARD_SIZE,
+    sample_key_column: Optional[str] = None,
 ) -> str:
     """Write a teacher cache of ``train_dataset`` to ``output_dir`` (a new folder); returns its path.
 
@@ -290,6 +295,9 @@ def cache_teacher_outputs(
         max_shard_size: the largest data file (bytes, or ``"500MB"``, ``"2GB"``): the cache is written as shards of
             at most this size (whole teacher batches when a batch fits), at most ``MAX_FILES_PER_FOLDER`` per
             folder, which are the cache's files (no merge).  A kill loses at most the shard each process was writing.
+        sample_key_column: for a streamed ``train_dataset`` (``datasets.IterableDataset``), the column that
+            identifies each sample (as the training run's ``sample_key_column``; hfkd's Parquet and WebDataset
+            streams have their own key).  A stream's cache is keyed by sample key (:func:`_cache_stream`).
     """
     from accelerate.utils import broadcast_object_list
 
@@ -300,13 +308,19 @@ def cache_teacher_outputs(
                          "pass an augmentation (AugmentConfig) or num_views=1 for fixed labels")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1 or None (full logits), got {top_k}")
-    if not hasattr(train_dataset, "__len__"):  # a streamed datasets.IterableDataset: see _ShardPlan
-        raise ValueError("cache_teacher_outputs needs a map-style dataset (datasets.Dataset, with a length and an index "
-                         "per image); a streamed dataset cannot be cached yet: load the split without streaming")
     max_shard_bytes = parse_shard_size(max_shard_size)
     if accelerator is None:
         accelerator = create_accelerator()
     preprocess = student.preprocess if isinstance(student, Backbone) else student
+    if is_stream(train_dataset):
+        if hash_images:
+            raise ValueError("hash_images hashes every image of a loaded split; a stream's cache is matched by its "
+                             "shards' names and sizes and by each sample's key instead: drop hash_images")
+        return _cache_stream(teachers, train_dataset, output_dir, preprocess=preprocess, augment=augment,
+                             num_views=num_views, top_k=top_k, dtype=dtype, ensemble=ensemble, seed=seed,
+                             batch_size=batch_size, image_column=image_column, label_column=label_column,
+                             sample_key_column=sample_key_column, dataset_info=dataset_info, command=command,
+                             accelerator=accelerator, max_shard_bytes=max_shard_bytes)
     image_column, label_column = find_columns(train_dataset, image_column, label_column, require_label=False)
     if label_column is not None:
         feature = train_dataset.features[label_column]
@@ -517,3 +531,172 @@ def _write_shard(path: str, columns: Dict[str, np.ndarray]) -> Dict[str, Any]:
         raise
     # Read back while it is in the page cache: far cheaper than computing the rows it holds.
     return {"size": os.path.getsize(path), "sha256": sha256(path)}
+
+
+# -- a streamed split, cached by sample key ---------------------------------------------------------------
+@torch.no_grad()
+def _cache_stream(teachers, stream, output_dir: str, *, preprocess: PreprocessConfig, augment, num_views: int,
+                  top_k, dtype: str, ensemble: bool, seed: int, batch_size: int, image_column, label_column,
+                  sample_key_column, dataset_info, command, accelerator, max_shard_bytes: int) -> str:
+    """A teacher cache of a stream, keyed by sample key (format 4).
+
+    Each process reads its own part of the stream once (``split_for_process``, as a training run splits it),
+    decodes each image once and makes its R views with the seeds a streamed training run gives that key at
+    epochs ``0..R-1`` (``sample_seed(seed, view, key_id)``).  Its rows (``index`` = the key id) fill its own
+    shards, ``data/process-NNNNN/...``, each written when it reaches ``max_shard_size``.  The stream's length is
+    unknown, so there is no plan to continue: a stopped generation restarts from the start (its stage removed).
+    Unreadable images are left out (a training run skips them with ``on_bad_image="skip"``, else refuses them).
+    """
+    from accelerate.utils import broadcast_object_list, gather_object
+    from datasets import ClassLabel
+
+    image_column, label_column = find_columns(stream, image_column, label_column, require_label=True)
+    feature = stream.features[label_column]
+    if not isinstance(feature, ClassLabel):
+        raise ValueError(f"the streamed split's label column {label_column!r} is {shorten(repr(feature))}, not a "
+                         "datasets.ClassLabel, so its classes cannot be known without reading the whole stream: cast "
+                         f"it with dataset.cast_column({label_column!r}, datasets.ClassLabel(names=[...]))")
+    label_names = list(feature.names)
+    num_classes = len(label_names)
+    if top_k is not None and top_k > num_classes:
+        raise ValueError(f"top_k={top_k} is more than the {num_classes} classes; use top_k=None for full logits")
+    keys = key_columns(stream, sample_key_column)
+    teachers = [bind_teacher(t, preprocess, num_classes, label_names) for t in teachers]
+    if not teachers:
+        raise ValueError("cache_teacher_outputs needs at least one teacher")
+    row_bytes = estimated_bytes_per_view(1 if ensemble else len(teachers), num_classes, top_k, dtype)
+    rows_per_shard = max(1, (max_shard_bytes - SHARD_HEADER_BYTES) // row_bytes)
+    if max_shard_bytes - SHARD_HEADER_BYTES < row_bytes:
+        raise ValueError(f"max_shard_size={max_shard_bytes} bytes holds no row: a row takes {row_bytes} bytes; use at "
+                         f"least {SHARD_HEADER_BYTES + row_bytes} bytes (the default is {DEFAULT_MAX_SHARD_SIZE})")
+    metadata = CacheMetadata(
+        teachers=[_teacher_entry(t) for t in teachers], num_classes=num_classes, num_samples=1,
+        num_views=int(num_views), seed=int(seed), student_preprocess=preprocess.to_dict(),
+        augmentation=augmentation_dict(augment), train_fingerprint=describe(stream), top_k=top_k, dtype=dtype,
+        ensembled=bool(ensemble), label_names=label_names, dataset=dict(dataset_info or {}),
+        hfkd_version=__version__, command=command or _default_command(), format_version=KEYED_FORMAT,
+        sample_key_columns=keys, stream_files=shard_files(stream))
+    output_dir = os.path.abspath(output_dir)
+    encode_logits(torch.zeros(1, 1, num_classes), top_k, dtype)  # validates dtype before the teachers run
+    partial = output_dir + ".partial"
+    plan = {k: v for k, v in metadata.to_dict().items() if k not in ("command", "files")}
+    problem = None
+    if accelerator.is_main_process:
+        try:
+            _clear_stages(output_dir, plan, resumable=False)
+            os.makedirs(partial, exist_ok=False)
+            with open(os.path.join(partial, PLAN_FILE), "w", encoding="utf-8") as f:
+                json.dump(plan, f, indent=2, sort_keys=True)
+            mark_writer(partial)
+        except FileExistsError as e:
+            problem = str(e)
+    problem = broadcast_object_list([problem])[0]
+    if problem:
+        raise FileExistsError(problem)
+    accelerator.wait_for_everyone()
+    rank, world = accelerator.process_index, accelerator.num_processes
+    transform = create_image_transform(preprocess, augment is not None, augment)
+    mode = "RGB" if preprocess.input_size[0] == 3 else "L"
+    # The training run's reader (its decode, key and seeded transform), reading this process's part in order.
+    reader = StreamedImageDataset(split_for_process(stream, rank, world), transform, image_column, label_column,
+                                  seed=seed, image_mode=mode, on_bad_image="skip", key_columns=keys)
+    for t in teachers:
+        t.to(accelerator.device)
+    weights = [t.weight for t in teachers]
+    writer = _KeyedShardWriter(partial, rank, rows_per_shard)
+    with disk_full_explained(os.path.dirname(output_dir), f"the teacher cache {output_dir}", needed=None,
+                             cleanup=[partial] if accelerator.is_main_process else [],
+                             where_to_change="an output_dir", cleanup_only_when_full=True):
+        for group in _chunks_of(reader._keyed(), batch_size):
+            decoded = [(key, reader._decode(row, key), int(row[label_column])) for key, row, _ in group]
+            decoded = [d for d in decoded if d[1] is not None]
+            if not decoded:
+                continue
+            index = np.array([key_id(k) for k, _, _ in decoded], dtype=np.int64)
+            labels = np.array([y for _, _, y in decoded], dtype=np.int64)
+            for view in range(num_views):
+                seeds = [sample_seed(seed, view, int(i)) for i in index]
+                x = torch.stack(seeded_batch(transform, [im for _, im, _ in decoded], seed, view, index, seeds))
+                logits = [t(x.to(accelerator.device)).logits.float() for t in teachers]
+                stacked = (ensemble_probs(logits, weights).log().unsqueeze(1) if ensemble
+                           else torch.stack(logits, dim=1)).cpu()
+                writer.add({"index": index, "view": np.full_like(index, view, dtype=np.int32),
+                            "seed": np.array(seeds, dtype=np.int64), "label": labels,
+                            **encode_logits(stacked, top_k, dtype)})
+        writer.close()
+    if reader.skipped:
+        logger.warning("teacher cache: process %d left out %d unreadable image(s) of the stream (e.g. %s)", rank,
+                       len(reader.skipped), shorten(reader.skipped[0]))
+    gathered = gather_object([(writer.written, writer.rows)])
+    manifest, rows = {}, 0
+    for written, count in gathered:
+        manifest.update(written)
+        rows += count
+    problem = None
+    if accelerator.is_main_process:
+        missing = manifest_problems(partial, manifest, content=False)
+        if missing:
+            problem = (f"the teacher cache {output_dir}: the main process does not see every process's shards in "
+                       f"{partial} ({'; '.join(missing[:3])}): with several machines, output_dir must be on a file "
+                       "system they all share")
+        elif rows == 0:
+            problem = f"the teacher cache {output_dir}: the stream has no readable sample; nothing to cache"
+    problem = broadcast_object_list([problem])[0]
+    if problem:
+        raise RuntimeError(problem)
+    if accelerator.is_main_process:
+        metadata.num_samples = rows // num_views
+        metadata.files = {rel: manifest[rel] for rel in sorted(manifest)}
+        metadata.save(partial)
+        write_dataset_card(partial, metadata)
+        os.replace(partial, output_dir)
+        for leftover in (PLAN_FILE, WRITER_MARKER):
+            os.remove(os.path.join(output_dir, leftover))
+    accelerator.wait_for_everyone()
+    return output_dir
+
+
+def _chunks_of(items, size: int):
+    while True:
+        chunk = list(itertools.islice(items, size))
+        if not chunk:
+            return
+        yield chunk
+
+
+class _KeyedShardWriter:
+    """One process's rows of a stream's cache, written ``rows_per_shard`` at a time into its own folder.
+
+    ``data/process-RRRRR/FFFFF/data-NNNNN.arrow``: a folder per process (processes never collide) and a
+    subfolder per ``MAX_FILES_PER_FOLDER`` shards (the Hub's limit per folder).
+    """
+
+    def __init__(self, partial: str, rank: int, rows_per_shard: int):
+        self.partial, self.rank, self.rows_per_shard = partial, rank, rows_per_shard
+        self.parts: Dict[str, List[np.ndarray]] = {}
+        self.pending = 0
+        self.count = 0
+        self.rows = 0
+        self.written: Dict[str, Dict[str, Any]] = {}
+
+    def add(self, columns: Dict[str, np.ndarray]) -> None:
+        for name, values in columns.items():
+            self.parts.setdefault(name, []).append(values)
+        self.pending += len(columns["index"])
+        self.rows += len(columns["index"])
+        while self.pending >= self.rows_per_shard:
+            self._flush(self.rows_per_shard)
+
+    def close(self) -> None:
+        if self.pending:
+            self._flush(self.pending)
+
+    def _flush(self, n: int) -> None:
+        columns = {k: np.concatenate(v) for k, v in self.parts.items()}
+        self.parts = {k: [v[n:]] for k, v in columns.items()}
+        self.pending -= n
+        per_folder = cache_format.MAX_FILES_PER_FOLDER
+        rel = (f"{DATA_FOLDER}/process-{self.rank:05d}/{self.count // per_folder:05d}/"
+               f"data-{self.count:05d}.arrow")
+        self.written[rel] = _write_shard(os.path.join(self.partial, rel), {k: v[:n] for k, v in columns.items()})
+        self.count += 1

@@ -18,11 +18,12 @@ import bisect
 import os
 import random
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
+from ..data.stream import MissingSampleKey, StreamedImageDataset, describe, is_stream, key_columns, shard_files
 from ..data.transforms import AugmentConfig, ImageClassificationDataset, create_image_transform, sample_seed
 from ..hub.card import command_without_local_paths, local_checkpoint_name
 from ..methods.base import DistillationMethod
@@ -72,9 +73,14 @@ class _Columns:
         view = table.column("view").to_numpy()
         self.seeds = table.column("seed").to_numpy()
         r, n = metadata.num_views, metadata.num_samples
+        self.num_views, self.where = r, where
         if len(index) != n * r:
             raise TeacherCacheError(f"{where} holds {len(index)} rows, not {n} images x {r} views: it is incomplete; "
                                     "generate it again")
+        self.keys: Optional[np.ndarray] = None
+        if metadata.keyed:
+            self._index_keys(index, view, n, r)
+            return
         if len(index) and (index.min() < 0 or index.max() >= n or view.min() < 0 or view.max() >= r):
             raise TeacherCacheError(f"{where} has rows outside {n} images x {r} views (index {index.min()}..."
                                     f"{index.max()}, view {view.min()}...{view.max()}): it is damaged; generate it again")
@@ -82,6 +88,43 @@ class _Columns:
         self.position[index * r + view] = np.arange(len(index))
         if (self.position < 0).any():
             raise TeacherCacheError(f"{where} misses some (index, view) rows: it is incomplete; generate it again")
+
+    def _index_keys(self, index: np.ndarray, view: np.ndarray, n: int, r: int) -> None:
+        """A cache keyed by sample key: rows sorted by (key id, view) once, looked up by binary search.
+
+        ``self.position`` is the rows' order (8 bytes per row) and ``self.keys`` the sorted key ids (8 bytes per
+        sample): 16 bytes per sample and view in all for the largest caches, far less than a dictionary's.
+        """
+        order = np.lexsort((view, index))  # by key id, then view
+        by_key = index[order].reshape(n, r)
+        views = view[order].reshape(n, r)
+        bad = np.flatnonzero((views != np.arange(r)).any(axis=1) | (by_key != by_key[:, :1]).any(axis=1))
+        if len(bad):
+            key = int(by_key[bad[0], 0])
+            raise TeacherCacheError(
+                f"{self.where} does not hold exactly {r} view(s) per sample key (key id {key} has "
+                f"{int((index == key).sum())} rows): the stream's key columns do not identify one sample each, or "
+                "the cache is damaged; name a unique key with sample_key_column and generate the cache again")
+        self.keys = np.ascontiguousarray(by_key[:, 0])
+        if n > 1 and (self.keys[1:] == self.keys[:-1]).any():
+            key = int(self.keys[1:][self.keys[1:] == self.keys[:-1]][0])
+            raise TeacherCacheError(f"{self.where} holds sample key id {key} more than once: the stream's key columns "
+                                    "do not identify one sample each; name a unique key with sample_key_column and "
+                                    "generate the cache again")
+        self.position = order
+
+    def position_of(self, index: int, view: int) -> int:
+        """The row of sample ``index`` (a row number, or a key id for a keyed cache) and stored ``view``."""
+        r = self.num_views
+        if self.keys is None:
+            return int(self.position[index * r + view])
+        slot = int(np.searchsorted(self.keys, index))
+        if slot >= len(self.keys) or int(self.keys[slot]) != int(index):
+            raise MissingSampleKey(f"it is not in {self.where}, which was generated from this stream's shards as "
+                                   "they were then: a sample was added or its key changed. Generate the cache again "
+                                   "from this stream (hfkd cache --streaming true), or train with the teachers "
+                                   "themselves")
+        return int(self.position[slot * r + view])
 
     def row(self, position: int) -> Dict[str, torch.Tensor]:
         chunk = bisect.bisect_right(self.starts, position) - 1
@@ -186,7 +229,7 @@ class TeacherCache:
         """Each of the ``k`` views' seed and stored outputs for the batch (:meth:`views_of`)."""
         out = []
         for view in self.views_of(epoch, index, k):
-            position = int(self.columns.position[index * self.metadata.num_views + view])
+            position = self.columns.position_of(index, view)
             out.append((int(self.columns.seeds[position]), {BATCH_PREFIX + "view": view, **self.columns.row(position)}))
         return out
 
@@ -194,8 +237,10 @@ class TeacherCache:
         """The dataset's view provider: the view's seed, and its stored outputs for the batch."""
         return self.views(epoch, index, 1)[0]
 
-    def attach(self, dataset: ImageClassificationDataset, preprocess) -> None:
-        """Make ``dataset`` replay the stored views; un-augmented caches (fixed labels) get the eval transform."""
+    def attach(self, dataset: Union[ImageClassificationDataset, StreamedImageDataset], preprocess) -> None:
+        """Make ``dataset`` replay the stored views; un-augmented caches (fixed labels) get the eval transform.
+
+        A stream's reader looks each sample's view up by its key id (a keyed cache, :meth:`check`)."""
         augment = self.augment
         dataset.transform = create_image_transform(preprocess, augment is not None, augment)
         dataset.view_provider = self
@@ -218,7 +263,8 @@ class TeacherCache:
 
     # -- fitness --------------------------------------------------------------------------------
     def check(self, method, train_dataset, image_column: str, label_column: str, student,
-              augment: Optional[AugmentConfig], label_names: Optional[Sequence[str]]) -> None:
+              augment: Optional[AugmentConfig], label_names: Optional[Sequence[str]],
+              sample_key_column: Optional[str] = None) -> None:
         """Raise ``ValueError`` naming the first way this cache does not fit the run, and the fix."""
         m, where = self.metadata, f"the teacher cache {self.source}"
         if method.teacher_request != OutputRequest():
@@ -241,18 +287,48 @@ class TeacherCache:
         if student.num_classes != m.num_classes or (label_names and m.label_names and list(label_names) != m.label_names):
             raise ValueError(f"{where} was made for {m.num_classes} classes {(m.label_names or [])[:5]}...; the student "
                              f"predicts {student.num_classes} {list(label_names or [])[:5]}...: other data")
-        if len(train_dataset) != m.num_samples or \
-                dataset_fingerprint(train_dataset, image_column, label_column) != m.train_fingerprint:
-            raise ValueError(f"{where} was made from another training split ({m.num_samples} images, fingerprint "
-                             f"{m.train_fingerprint[:12]}); this one has {len(train_dataset)} images and other "
-                             "content or order. Generate a cache of this split (recipes/cache_teachers.py)")
-        self._check_split_identity(train_dataset, image_column, label_column)
+        if is_stream(train_dataset) or m.keyed:
+            self._check_stream(train_dataset, sample_key_column)
+        else:
+            if len(train_dataset) != m.num_samples or \
+                    dataset_fingerprint(train_dataset, image_column, label_column) != m.train_fingerprint:
+                raise ValueError(f"{where} was made from another training split ({m.num_samples} images, fingerprint "
+                                 f"{m.train_fingerprint[:12]}); this one has {len(train_dataset)} images and other "
+                                 "content or order. Generate a cache of this split (recipes/cache_teachers.py)")
+            self._check_split_identity(train_dataset, image_column, label_column)
         if student.preprocess.to_dict() != m.student_preprocess:
             raise ValueError(f"{where} holds views in the preprocessing {m.student_preprocess}, but the student "
                              f"expects {student.preprocess.to_dict()}; generate the cache with this student")
         if augment is not None and augmentation_dict(augment) != m.augmentation:
             raise ValueError(f"{where} holds views augmented with {m.augmentation}, but the run asks for "
                              f"{augmentation_dict(augment)}; pass augment=None to train on the cache's views")
+
+    def _check_stream(self, train_dataset, sample_key_column: Optional[str]) -> None:
+        """A streamed run needs a cache keyed by sample key, of this stream (shards' names, sizes) and key."""
+        m, where = self.metadata, self.where
+        if not is_stream(train_dataset):
+            raise ValueError(f"{where} was generated from a stream and stores outputs by sample key, and this run "
+                             "trains on a loaded (map-style) split: train on the stream (--streaming true), or "
+                             "generate a cache of the loaded split")
+        if not m.keyed:
+            raise ValueError(f"{where} stores outputs by row of a loaded (map-style) split, which a stream does not "
+                             "have: generate a cache of the stream (hfkd cache --streaming true --dataset SHARDS), "
+                             "which is keyed by sample key, or train on the split without streaming")
+        keys = key_columns(train_dataset, sample_key_column)
+        if keys != m.sample_key_columns:
+            raise ValueError(f"{where} is keyed by the columns {shorten(m.sample_key_columns)}, and this run keys the "
+                             f"stream's samples by {shorten(keys)}: use the cache's sample_key_column, or generate "
+                             "the cache with this one")
+        ours, theirs = shard_files(train_dataset) or {}, m.stream_files or {}
+        if describe(train_dataset) != m.train_fingerprint or (m.stream_files and ours != theirs):
+            # Name what differs: the shards whose name or size changed, else the stream's identity.
+            changed = [f"{name} ({theirs.get(name, 'absent')} bytes then, {ours.get(name, 'absent')} now)"
+                       for name in sorted(set(ours) | set(theirs)) if ours.get(name) != theirs.get(name)]
+            what = (f"{len(changed)} shard(s) differ: {shorten('; '.join(changed[:3]))}" if changed else
+                    f"stream {m.train_fingerprint} then, {describe(train_dataset)} now: other shard names, columns or "
+                    "number of shards")
+            raise ValueError(f"{where} was generated from another stream ({what}). Generate a cache of this stream "
+                             "(hfkd cache --streaming true --dataset SHARDS)")
 
     def _check_split_identity(self, train_dataset, image_column: str, label_column: str) -> None:
         """Beyond the 64 sampled images: every image, by content (hash_images) or by ``datasets``' fingerprint."""
@@ -276,11 +352,13 @@ class TeacherCache:
 def open_teacher_cache(source: Optional[str], *, teachers: Sequence[Any], method, student, train_dataset,
                        image_column: str, label_column: str, label_names: Optional[Sequence[str]],
                        augment: Optional[AugmentConfig], seed: int,
-                       revision: Optional[str] = None) -> Optional[TeacherCache]:
+                       revision: Optional[str] = None, sample_key_column: Optional[str] = None
+                       ) -> Optional[TeacherCache]:
     """A run's teacher cache, checked against the run; ``None`` when there is none.
 
     ``seed`` (the run's) draws which stored view each image gets at each epoch; ``revision`` is the Hub
-    revision of a cache given by its id (``"ORG/NAME@REV"`` works too).
+    revision of a cache given by its id (``"ORG/NAME@REV"`` works too).  A streamed ``train_dataset`` needs a
+    cache of the same stream keyed by the same ``sample_key_column``.
     """
     if not source:
         return None
@@ -288,7 +366,7 @@ def open_teacher_cache(source: Optional[str], *, teachers: Sequence[Any], method
         raise ValueError("pass either teachers or teacher_cache, not both: a cache replaces the teachers")
     folder = resolve_cache(source, revision)
     cache = TeacherCache(folder, source=str(source), draw_seed=seed)
-    cache.check(method, train_dataset, image_column, label_column, student, augment, label_names)
+    cache.check(method, train_dataset, image_column, label_column, student, augment, label_names, sample_key_column)
     _ = cache.columns  # the rows and column widths are checked now, before the first step
     return cache
 

@@ -250,6 +250,9 @@ class CacheArguments:
     hub_private_repo: bool = False
     hash_images: bool = field(default=False, metadata={
         "help": "Record a hash of every image's bytes: a run must match the split in full (one read of it per run)."})
+    sample_key_column: Optional[str] = field(default=None, metadata={
+        "help": "With --streaming true: the column identifying each sample, the cache's key (the training run's "
+                "--sample_key_column; default: WebDataset's __key__, or shard file:row for Parquet shards)."})
     verify: Optional[str] = field(default=None, metadata={
         "help": "Instead of making a cache, check this one (folder or Hub id ORG/NAME[@REV]): every file's size and "
                 "sha256 against its manifest, its metadata and its rows."})

@@ -10,6 +10,7 @@ flags, which must be the ones the student trains with (the trainer checks).
 """
 from __future__ import annotations
 
+import shlex
 import sys
 
 from ..lazy import lazy_function
@@ -42,10 +43,9 @@ def main(argv=None) -> str:
         if cache.verify:
             return _verify(cache.verify)
         require_student(model_args.student, data_args.dataset)
-        if data_args.streaming:  # the cache stores outputs by row of the split (hfkd/cache/)
-            raise ValueError("a teacher cache is generated from a loaded split, whose rows it is stored by; drop "
-                             "--streaming (datasets keeps the split memory-mapped on disk), or train from the teachers "
-                             "themselves on the stream")
+        if data_args.streaming and cache.hash_images:  # a stream's cache is keyed by sample key (hfkd/cache/)
+            raise ValueError("--hash_images hashes every image of a loaded split; a stream's cache is matched by its "
+                             "shards and each sample's key instead: drop --hash_images")
         parse_shard_size(cache.max_shard_size)  # before the data and the teachers are loaded
     except ValueError as e:
         raise SystemExit(f"{prog.get('prog', 'recipes/cache_teachers.py')}: error: {e}") from None
@@ -61,10 +61,14 @@ def main(argv=None) -> str:
         top_k=cache.top_k if cache.storage == "topk" else None, dtype=cache.dtype, ensemble=cache.ensemble,
         seed=cache.seed, batch_size=cache.batch_size, image_column=data.image_column, label_column=data.label_column,
         hash_images=cache.hash_images, max_shard_size=cache.max_shard_size,
+        sample_key_column=cache.sample_key_column,
         dataset_info={"id": data.source, "revision": data.revision, "train_split": data_args.train_split},
     )
     if is_main_process():
-        print(f"teacher cache written to {folder}\ntrain from it: python recipes/meal_v2.py --teacher_cache {folder}")
+        stream = (f" --dataset {shlex.quote(str(data_args.dataset))} --streaming true --max_steps N"
+                  if data_args.streaming else "")
+        print(f"teacher cache written to {folder}\ntrain from it: python recipes/meal_v2.py --teacher_cache {folder}"
+              f"{stream}")
         if cache.push_to_hub:
             push_teacher_cache(folder, cache.hub_dataset_id, private=cache.hub_private_repo or None)
             print(f"pushed to the Hub dataset {cache.hub_dataset_id}")

@@ -165,17 +165,17 @@ def check_run(settings: RunSettings, *, train_demo: bool) -> Checked:
             check_stream_run(args, method, task, args.teacher_cache, checked.data.train, checked.data.eval)
         except ValueError as e:
             checked.problems += [line.strip()[2:] for line in str(e).splitlines()[1:]]
-    elif args.teacher_cache and checked.student is not None and checked.data is not None:
-        data = checked.data
+    if args.teacher_cache and checked.student is not None and checked.data is not None:
+        data = checked.data  # a stream needs a cache keyed by sample key, of this stream (checked on open)
         try:
             cache = open_teacher_cache(
                 args.teacher_cache, teachers=[], method=method, student=checked.student, train_dataset=data.train,
                 image_column=data.image_column, label_column=data.label_column, label_names=data.label_names,
-                augment=settings.data.augment(), seed=args.seed)
+                augment=settings.data.augment(), seed=args.seed, sample_key_column=args.sample_key_column)
         except Exception as e:  # noqa: BLE001
             checked.problems.append(f"teacher cache {shorten(args.teacher_cache)} cannot be used: {_why(e)}")
     checked.problems += launch_problems(args)  # what FSDP cannot do with this run (hfkd/training/fsdp.py)
-    streamed = checked.data is not None and checked.data.streamed  # check_stream_run names crops_per_image
+    streamed = checked.data is not None and checked.data.streamed  # check_stream_run refused K > 1 already
     if args.crops_per_image > 1 and not streamed and (cache is not None or not args.teacher_cache):
         _check_views_per_decode(settings, cache, method, checked)
     return checked

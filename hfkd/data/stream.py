@@ -51,6 +51,10 @@ STREAM_WITHOUT_LABELS = ("a streamed train split without a label column is not s
 _SPLIT_NAMES = ("train", "validation", "test")
 
 
+class MissingSampleKey(KeyError):
+    """A view provider (a teacher cache keyed by sample key) has no entry for a sample's key: the message says why."""
+
+
 def is_stream(dataset) -> bool:
     from datasets import IterableDataset
 
@@ -193,16 +197,34 @@ def split_for_process(dataset, rank: int, world_size: int, split: str = "train")
     return split_dataset_by_node(dataset, rank=rank, world_size=world_size)
 
 
-def describe(dataset) -> str:
-    """What identifies a stream in a checkpoint's run signature: its shards' names and columns, not their paths."""
-    config = getattr(getattr(dataset, "info", None), "config_name", None)
+def _source_files(dataset) -> List[str]:
+    """The stream's data files as its generator was given them: the paths in its lists (hfkd's Parquet streams'
+    ``files``, WebDataset's ``tar_paths``).  Other objects are left out: WebDataset's ``tar_iterators`` are open
+    archive readers, whose text changes from one load of the same shards to the next."""
     files = []
     gen_kwargs = getattr(getattr(dataset, "_ex_iterable", None), "kwargs", None) or {}
     for value in gen_kwargs.values():
         if isinstance(value, list):
-            files += [os.path.basename(str(v)) for v in value]
+            files += [os.fspath(v) for v in value if isinstance(v, (str, os.PathLike))]
+    return files
+
+
+def describe(dataset) -> str:
+    """What identifies a stream in a checkpoint's run signature: its shards' names and columns, not their paths."""
+    config = getattr(getattr(dataset, "info", None), "config_name", None)
+    files = [os.path.basename(f) for f in _source_files(dataset)]
     text = repr((config, sorted(files), list(dataset.features or {}), dataset.num_shards))
     return "stream-sha256:" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def shard_files(dataset) -> Optional[Dict[str, int]]:
+    """``{file name: size in bytes}`` of a stream of local files (a teacher cache of it records them), else ``None``.
+
+    Names and sizes, not paths: the same shards moved to another folder or machine are the same stream; a shard
+    rewritten with other rows almost always changes size (and a key it no longer holds is refused per batch).
+    """
+    files = [f for f in _source_files(dataset) if os.path.isfile(f)]
+    return {os.path.basename(f): os.path.getsize(f) for f in sorted(files)} or None
 
 
 # -- the reader -------------------------------------------------------------------------------------------
@@ -214,6 +236,9 @@ class StreamedImageDataset(torch.utils.data.IterableDataset):
     docstring.  Evaluation (``batch_size=None``): yields single samples in stream order, once.
     ``index`` is :func:`key_id` of the sample's key (its place in the stream when no key is given).
     ``fingerprint`` identifies the data in a checkpoint (default :func:`describe` of ``dataset``).
+    ``view_provider(epoch, index) -> (seed, extra)``, when set (a teacher cache keyed by sample key), gives each
+    sample its stored view's seed and outputs, as for a map-style split; it raises :class:`MissingSampleKey`
+    for a key it lacks.
     ``num_workers`` > 0: that many processes decode and transform batches, a few ahead, while this process reads
     the stream and keeps the positions; the batches are the same as without them.  Rows are grouped
     ``batch_size`` at a time before decoding, so a batch with an unreadable image skipped is one sample shorter.
@@ -243,6 +268,7 @@ class StreamedImageDataset(torch.utils.data.IterableDataset):
         self.key_columns = list(key_columns)
         self.batch_size, self.buffer_size, self.drop_last = batch_size, buffer_size, drop_last
         self.num_workers = num_workers
+        self.view_provider: Optional[Callable[[int, int], Tuple[int, Dict[str, Any]]]] = None
         self.epoch = 0
         self._start: Optional[Dict[str, Any]] = None
         self.skipped: List[str] = []  # keys of unreadable images left out (on_bad_image="skip")
@@ -328,7 +354,7 @@ class StreamedImageDataset(torch.utils.data.IterableDataset):
 
         A pure function of its arguments, so a worker process computes what the training process would.
         """
-        images, labels, indices, skipped = [], [], [], []
+        images, labels, indices, keys, skipped = [], [], [], [], []
         for key, row in items:
             image = self._decode(row, key)
             if image is None:
@@ -337,8 +363,19 @@ class StreamedImageDataset(torch.utils.data.IterableDataset):
             images.append(image)
             labels.append(int(row[self.label_column]))
             indices.append(key_id(key))
-        pixels = seeded_batch(self.transform, images, self.seed, epoch, indices)
-        return [{"pixel_values": p, "labels": y, "index": i} for p, y, i in zip(pixels, labels, indices)], skipped
+            keys.append(key)
+        seeds, extras = None, [{}] * len(indices)
+        if self.view_provider is not None:
+            views = []
+            for key, index in zip(keys, indices):
+                try:
+                    views.append(self.view_provider(epoch, index))
+                except MissingSampleKey as e:  # never trained without the teachers' outputs: named, with the fix
+                    raise ValueError(f"streamed sample {shorten(key)} (key id {index}): {e.args[0]}") from None
+            seeds, extras = [s for s, _ in views], [x for _, x in views]
+        pixels = seeded_batch(self.transform, images, self.seed, epoch, indices, seeds)
+        return [{"pixel_values": p, "labels": y, "index": i, **x}
+                for p, y, i, x in zip(pixels, labels, indices, extras)], skipped
 
     def _made(self, size: int):
         """``(samples, skipped keys, position after the group, raw group length)`` per group of ``size`` rows, in

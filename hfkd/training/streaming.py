@@ -48,12 +48,10 @@ def check_stream_run(args, method, task, teacher_cache, train, evaluation) -> No
     if args.max_steps <= 0:
         problems.append("the streamed train split has no known length, so num_train_epochs cannot be turned into "
                         "steps: set max_steps (--max_steps N)")
-    if teacher_cache:
-        problems.append("a teacher cache stores outputs by row of a map-style split, which a stream does not have: "
-                        "train from the teachers themselves, or cache and train on the split without streaming")
+    # A teacher cache is checked when opened: one keyed by sample key, of this stream, is used (hfkd/cache/lookup.py).
     if args.crops_per_image > 1:
-        problems.append(f"crops_per_image={args.crops_per_image} replays a teacher cache's stored views of each row, "
-                        "which a stream cannot have: set crops_per_image=1")
+        problems.append(f"crops_per_image={args.crops_per_image}: a stream's reader makes one view per decoded image; "
+                        "set crops_per_image=1, or train on the split without streaming")
     if args.verify_images:
         problems.append("verify_images reads every image before training, which a stream cannot do without reading "
                         "it twice; drop it, and choose what an unreadable image does with on_bad_image (raise/skip)")

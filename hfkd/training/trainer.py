@@ -178,7 +178,7 @@ class DistillationTrainer:
             teacher_cache or self.args.teacher_cache, teachers=teachers, method=self.method, student=self.student,
             train_dataset=train_dataset, image_column=self.image_column, label_column=self.label_column,
             label_names=self.label_names, augment=augment, seed=self.args.seed,
-            revision=self.args.teacher_cache_revision)
+            revision=self.args.teacher_cache_revision, sample_key_column=self.args.sample_key_column)
         if self.teacher_cache is None:
             self.method.check_teachers(len(teachers))
         if not self._streamed:  # a stream refuses crops_per_image > 1 itself (check_stream_run)
