@@ -9,7 +9,7 @@ from helpers.models import tiny_student, tiny_teacher
 from hfkd import cache_teacher_outputs
 from hfkd.cache import TeacherCache
 from hfkd.cache.format import CacheMetadata, estimated_bytes_per_view, shard_path
-from hfkd.cache.generate import SHARD_HEADER_BYTES
+from hfkd.cache.generate import SHARD_HEADER_BYTES, parse_shard_size
 from hfkd.data.transforms import AugmentConfig
 
 AUGMENT = AugmentConfig(scale=(0.5, 1.0), hflip=0.5, color_jitter=None)
@@ -159,3 +159,9 @@ def test_shards_the_main_process_cannot_see_are_named(setup, tmp_path, monkeypat
         _make(setup, tmp_path / "cache", max_shard_size=SHARD_HEADER_BYTES + 32 * ROW)
     assert not os.path.exists(tmp_path / "cache")  # nothing half-published; the stage stays for a rerun
     assert len(os.listdir(tmp_path / "cache.partial" / "data")) == 2
+
+
+def test_a_shard_size_in_plain_bytes_from_the_command_line_is_taken():
+    # The command line hands every value over as text: "2000" is 2000 bytes, as the int 2000 is in Python.
+    assert parse_shard_size("2000") == parse_shard_size(2000) == 2000
+    assert parse_shard_size("500MB") == 500 * 10 ** 6

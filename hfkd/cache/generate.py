@@ -170,6 +170,8 @@ def parse_shard_size(max_shard_size: Union[int, str]) -> int:
     """``max_shard_size`` in bytes (``datasets``' spelling: an int, ``"500MB"``, ``"2GiB"``), below the Hub's limit."""
     from datasets.utils.py_utils import convert_file_size_to_int
 
+    if isinstance(max_shard_size, str) and max_shard_size.strip().isdigit():  # "2000" from the command line
+        max_shard_size = int(max_shard_size)
     try:
         size = convert_file_size_to_int(max_shard_size)
     except (ValueError, TypeError):

@@ -79,7 +79,7 @@ def _verify(source: str) -> str:
     """``hfkd cache --verify SOURCE``: exit 1 with the damaged file named, or print what was checked."""
     try:
         cache = verify_teacher_cache(source)
-    except ValueError as e:  # TeacherCacheError: the damaged file and the fix
+    except (ValueError, OSError) as e:  # TeacherCacheError (the damaged file and the fix), or nothing there
         sys.exit(f"hfkd cache --verify: {e}")
     print(f"teacher cache {source} is intact: {len(cache.metadata.files)} file(s), sizes and sha256 match its "
           f"manifest; {cache.metadata.num_samples} images x {cache.metadata.num_views} view(s)")
