@@ -25,6 +25,13 @@ def deal_views(group: List[Dict[str, torch.Tensor]], k: int) -> Iterator[Dict[st
         yield group[0]
         return
     sizes = [len(b["labels"]) for b in group]
+    if len(group) == k and all(size == sizes[0] and size % k == 0 for size in sizes):
+        # A full group of equal batches: dealt batch v is view v of each loaded batch's images, one strided copy
+        # (the same rows, in the same order, as the general path's concatenation and gather below).
+        for v in range(k):
+            yield {key: torch.cat([b[key][v::k] for b in group]) if isinstance(group[0][key], torch.Tensor)
+                   else [value for b in group for value in b[key][v::k]] for key in group[0]}
+        return
     # Tensors are concatenated; lists (gpu_decode's image bytes, which default_collate leaves as a list) are joined.
     merged = {key: torch.cat([b[key] for b in group]) if isinstance(group[0][key], torch.Tensor)
               else [value for b in group for value in b[key]] for key in group[0]}
