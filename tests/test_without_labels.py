@@ -167,6 +167,9 @@ def test_label_names_checks(tmp_path):
         check_label_names(["a", "b"], num_classes=3, classes_of="the teacher")
     with pytest.raises(ValueError, match="is empty"):
         check_label_names([])
+    # a file name with a typo is not one class named "labels.txt"
+    with pytest.raises(ValueError, match="gives one name, '.*labels.tx', and no file of that name exists"):
+        read_label_names([str(tmp_path / "labels.tx")])
     long = ["x" * 5000, "x" * 5000]
     with pytest.raises(ValueError) as e:
         read_label_names(long)

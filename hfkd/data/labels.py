@@ -43,6 +43,9 @@ def read_label_names(values: Optional[Sequence[str]]) -> Optional[List[str]]:
         if not names:
             raise ValueError(f"--label_names file {shorten(path)} holds no label name; write one name per line")
         return check_label_names(names, f"--label_names file {shorten(path)}")
+    if len(values) == 1:  # most likely a file name with a typo: one class is no classification
+        raise ValueError(f"--label_names gives one name, {shorten(values[0])}, and no file of that name exists; give "
+                         "every class's name (at least two), or the path of a file with one name per line")
     return check_label_names([str(v).strip() for v in values], "--label_names")
 
 
