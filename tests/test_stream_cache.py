@@ -215,7 +215,7 @@ def test_webdataset_shards_have_the_same_identity_every_time_they_are_loaded(tmp
     _webdataset_shards(tmp_path / "wds")
 
     def load():
-        return load_image_dataset(str(tmp_path / "wds"), streaming=True, class_names=["a", "b", "c"]).train
+        return load_image_dataset(str(tmp_path / "wds"), streaming=True, label_names=["a", "b", "c"]).train
 
     assert describe(load()) == describe(load())
     assert sorted(shard_files(load())) == sorted(os.listdir(tmp_path / "wds"))

@@ -2,6 +2,7 @@
 import copy
 import math
 import os
+import re
 
 import numpy as np
 import pytest
@@ -201,8 +202,9 @@ def test_two_processes_write_the_one_process_cache(tmp_path):
     cache_ddp = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cache_ddp)
     ran = run_two_processes(script, str(tmp_path / "two"))
-    wrote = {rank: sorted(line.split(": ")[1] for line in ran.stdout.splitlines() if line.startswith(f"WROTE rank {rank}"))
-             for rank in (0, 1)}
+    # Two processes print at once, so their lines may run together ("...arrowWROTE rank 1: ..."): read by pattern.
+    found = re.findall(r"WROTE rank (\d): (data/[\w/-]+?\.arrow)", ran.stdout)
+    wrote = {rank: sorted(path for r, path in found if int(r) == rank) for rank in (0, 1)}
     shards = [f"data/data-{k:05d}-of-00006.arrow" for k in range(6)]
     assert wrote == {0: shards[:3], 1: shards[3:]}, ran.stdout[-2000:]
     train, _, teachers, student = two_teacher_setup()

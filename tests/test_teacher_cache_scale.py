@@ -140,10 +140,11 @@ def test_a_large_cache_is_pushed_in_several_resumable_commits_and_loaded_by_id(h
     assert _rows(downloaded) == _rows(folder)
 
 
-def test_a_streamed_dataset_is_refused_with_the_reason(setup, tmp_path):
+def test_a_stream_without_a_sample_key_is_refused_with_the_reason(setup, tmp_path):
     stream = setup["train"].to_iterable_dataset()
-    # was: TypeError: object of type 'IterableDataset' has no len() (or worse, further in)
-    with pytest.raises(ValueError, match="a streamed dataset cannot be cached yet"):
+    # was: TypeError: object of type 'IterableDataset' has no len(); a stream is cached by sample key
+    # (tests/test_stream_cache.py), and datasets' own stream of a split carries none
+    with pytest.raises(ValueError, match="no stable sample key.*sample_key_column"):
         cache_teacher_outputs([setup["teacher"]], stream, str(tmp_path / "cache"), student=setup["student"])
     assert os.listdir(tmp_path) == []
 
