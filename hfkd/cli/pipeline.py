@@ -10,7 +10,7 @@ from accelerate.utils import set_seed
 
 from ..data.labels import FROM_DATASET, FROM_TEACHER
 from ..data.loading import ImageClassificationData, load_image_dataset
-from ..data.stream import is_stream
+from ..data.stream import split_size
 from ..files import write_file_atomic
 from ..hub.card import local_checkpoint_name
 from ..hub.secrets import redact_secrets
@@ -150,8 +150,8 @@ def dataset_info(data: ImageClassificationData, data_args: DataArguments) -> Dic
     """What the lineage and the card say about the data (a local folder by its name, never its path)."""
     return {"id": local_checkpoint_name(data.source) or data.source, "revision": data.revision,
             "config": data_args.dataset_config, "train_split": data_args.train_split, "eval_split": data.eval_split,
-            "train_samples": None if data.streamed else len(data.train),
-            "eval_samples": 0 if data.eval is None else None if is_stream(data.eval) else len(data.eval),
+            "train_samples": split_size(data.train),
+            "eval_samples": 0 if data.eval is None else split_size(data.eval),
             "label_source": data.label_source, **({"streamed": True} if data.streamed else {})}
 
 

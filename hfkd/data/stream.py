@@ -61,6 +61,11 @@ def is_stream(dataset) -> bool:
     return isinstance(dataset, IterableDataset)
 
 
+def split_size(split) -> Optional[int]:
+    """The number of samples of ``split``, or ``None`` for a stream, raw or wrapped by hfkd (its length is unknown)."""
+    return None if is_stream(split) or getattr(split, "is_stream", False) else len(split)
+
+
 # -- loading --------------------------------------------------------------------------------------------------
 def _parquet_rows(files: List[str], root: str) -> Iterator[Dict[str, Any]]:
     import pyarrow.parquet as pq

@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 from typing import Any, Dict, List, Mapping
 
+from ..data.stream import split_size
 from ..results import METRIC_FORMATS, format_metric
 
 
@@ -58,16 +59,18 @@ def metrics_text(metrics: Mapping[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def _size_text(split) -> str:
+    n = split_size(split)
+    return "a stream" if n is None else f"{n:,}"
+
+
 def start_banner(trainer) -> str:
     """What is about to train, in a few lines: data and split sizes, device, processes, precision, student and
     teachers, steps, output folder."""
     args, acc, state = trainer.args, trainer.accelerator, trainer.state
     data = trainer.dataset_info.get("id") or "in-memory dataset"
-
-    def size(split):  # a stream's length is not known
-        return "a stream" if getattr(split, "is_stream", False) else f"{len(split):,}"
-
-    evaluation = f", {size(trainer.eval_dataset)} eval" if trainer.eval_dataset is not None else ", no eval split"
+    evaluation = (f", {_size_text(trainer.eval_dataset)} eval" if trainer.eval_dataset is not None
+                  else ", no eval split")
     precision = acc.mixed_precision if acc.mixed_precision != "no" else "fp32"
     if args.teacher_dtype:
         precision += f" (teachers {args.teacher_dtype})"
@@ -86,7 +89,8 @@ def start_banner(trainer) -> str:
         steps += (f"\n{'':>11}batches of {batch} views = {batch // k} images x {k} views per decode "
                   f"(crops_per_image{', dealt to consecutive batches' if args.spread_crops else ', side by side'}); "
                   f"an epoch: {images:,} images, {images * k:,} views")
-    rows = [("method", trainer.method.name), ("data", f"{data}: {size(trainer.train_dataset)} train{evaluation}"),
+    rows = [("method", trainer.method.name),
+            ("data", f"{data}: {_size_text(trainer.train_dataset)} train{evaluation}"),
             ("labels", labels_text(trainer)),
             ("device", f"{acc.device}, {acc.num_processes} process(es), {precision}"),
             ("student", f"{trainer.student.name} ({trainer.student.num_parameters():,} parameters)"),

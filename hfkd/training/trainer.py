@@ -18,7 +18,7 @@ from ..data.device_decode import DeviceDecoder, gpu_decode_device, tensor_transf
 from ..data.labels import FROM_DATASET
 from ..data.loading import find_columns
 from ..data.samplers import RemainingEpochBatchSampler, epoch_order, seedable_sampler
-from ..data.stream import STREAM_WITHOUT_LABELS, is_stream
+from ..data.stream import STREAM_WITHOUT_LABELS, is_stream, split_size
 from ..data.transforms import AugmentConfig, ImageClassificationDataset, collate_rows, create_image_transform
 from ..data.views import spread_views
 from ..hub.card import PLOT_FILENAME, create_model_card, plot_training_curves
@@ -86,12 +86,8 @@ class DistillationModule(nn.Module):
 def _dataset_info(train, evaluation) -> Dict[str, Any]:
     info = getattr(train, "info", None)
     name = getattr(info, "dataset_name", None) or getattr(info, "builder_name", None)
-
-    def size(split):  # a stream's length is not known
-        return None if is_stream(split) else len(split)
-
-    return {"id": name, "config": getattr(info, "config_name", None), "train_samples": size(train),
-            "eval_samples": size(evaluation) if evaluation is not None else 0,
+    return {"id": name, "config": getattr(info, "config_name", None), "train_samples": split_size(train),
+            "eval_samples": split_size(evaluation) if evaluation is not None else 0,
             **({"streamed": True} if is_stream(train) else {})}
 
 
