@@ -280,7 +280,7 @@ class StreamedImageDataset(torch.utils.data.IterableDataset):
 
     @property
     def labelled(self) -> bool:
-        """Always: a stream's labels are checked when it is loaded (a stream without labels is refused)."""
+        """Whether the stream has a label column (a train stream without one is refused before training)."""
         return self.label_column is not None
 
     # what the trainer's bad-image report reads (hfkd/training/bad_images.py)
