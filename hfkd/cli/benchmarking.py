@@ -213,7 +213,8 @@ def run_arm(arm: str, settings, pool: Pool, split: Split, teachers: Sequence[str
     images, save its predictions on the test images; reuse a finished run with the same key."""
     training = dataclasses.replace(settings.training, seed=split.seed, save_strategy="no", eval_strategy="no",
                                    report_to=[], resume_from_checkpoint=None)
-    teachers = [] if arm == BASELINE else list(teachers)
+    method = create_method("supervised") if arm == BASELINE else settings.create_method()
+    teachers = list(teachers) if method.max_teachers != 0 else []  # self-distillation (PS-KD) takes none
     key = run_key(arm, settings, training, teachers, split)
     out = os.path.join(folder, "runs", f"seed{split.seed}", f"fold{split.fold}", f"{arm}-{key}")
     record_path = os.path.join(out, "run.json")
@@ -227,7 +228,6 @@ def run_arm(arm: str, settings, pool: Pool, split: Split, teachers: Sequence[str
     if list_checkpoints(out):
         training = dataclasses.replace(training, resume_from_checkpoint="latest")
         print(f"benchmark: seed {split.seed} fold {split.fold} {arm}: continuing the stopped run in {out}", flush=True)
-    method = create_method("supervised") if arm == BASELINE else settings.create_method()
     data = pool.data(split.labelled, split.test)
     student = build_student(settings.model, data, seed=split.seed)
     loaded = build_teachers(settings.model, student, teachers, check_classes=method.reads_teacher_logits) \
@@ -413,7 +413,8 @@ def run_benchmark(args: BenchmarkArguments) -> Dict[str, Any]:
             if done:  # the table so far (a long benchmark can be read, or stopped, at any point)
                 write_outputs(args, records, ratio, splits, per_class, quiet=True)
             done += 1
-            teachers = fold_teachers(args, pool, split) if demo else list(args.teachers)
+            needs_teachers = any(get_method_class(m).max_teachers != 0 for m in args.methods)
+            teachers = (fold_teachers(args, pool, split) if demo else list(args.teachers)) if needs_teachers else []
             for method in args.methods:
                 student = args.student
                 if demo and get_method_class(method).starts_from_trained_student and student is None:
