@@ -2,6 +2,7 @@
 
     hfkd benchmark                                   # the demo: KD and MEAL V2 vs the no-KD baseline, 3 seeds x 5 folds
     hfkd benchmark --methods kd pskd --seeds 0 1 2 3 4
+    hfkd benchmark --methods feed feed_sequential bake extracurricular extracurricular_regression compress
     hfkd benchmark --dataset ./photos --student resnet18 --teachers ./teacher --split holdout --methods kd
 
 Every (seed, fold) trains the baseline and each method on the same images from the same initialisation, saves
@@ -15,9 +16,9 @@ import sys
 from typing import List, Optional
 
 from ..lazy import lazy_function
-from ..methods.registry import list_methods, normalize_name
+from ..methods.registry import get_method_class, list_methods, normalize_name
 from ..settings import shorten
-from .arguments import RUN_ARGUMENTS, BenchmarkArguments
+from .arguments import BenchmarkArguments
 from .parser import parse_args, short_usage
 
 # The runs import torch: loaded once the settings are parsed, so that `hfkd benchmark --help` answers without it.
@@ -29,22 +30,37 @@ DESCRIPTION = ("The no-KD baseline and each method over seeds and folds on the s
                "the mean difference with its corrected resampled t interval (docs/benchmark.md).")
 
 
+#: entries of --methods that are no method's name -> (the method they run, whether they learn from the fold's
+#: teachers, what they compare)
+WORKFLOW_ENTRIES = {
+    "feed_sequential": ("feed", False, "sequential FEED: generation 1 learns from the baseline, g + 1 from g"),
+    "extracurricular_regression": ("extracurricular", False,
+                                   "the regression demo (rotation angles) on the same folds, with its own teachers"),
+    "compress": ("kd", True, "the KD student pruned, then recovered by KD vs by plain fine-tuning"),
+}
+
+
+def entry_reads_teachers(entry: str, required: bool = False) -> bool:
+    """Whether an entry's runs learn from the fold's (or the user's) teachers; ``required``: cannot run without."""
+    if entry in WORKFLOW_ENTRIES:
+        return WORKFLOW_ENTRIES[entry][1]
+    cls = get_method_class(entry)
+    return cls.min_teachers > 0 if required else cls.max_teachers != 0
+
+
 def check_methods(methods: List[str]) -> List[str]:
-    """The methods' registry names; refused: unknown names, the baseline itself, and recipes with a workflow of
-    their own (several students or a baseline protocol), which a benchmark arm does not run yet."""
+    """The entries' names: registry names of methods, or ``WORKFLOW_ENTRIES``; refused: unknown names and the
+    baseline itself."""
     known = list_methods()
     names = []
     for method in methods:
-        name = normalize_name(method)
-        if name not in known:
-            raise ValueError(f"unknown method {method[:100]!r} in --methods; the methods are {', '.join(known)}")
+        name = method if method in WORKFLOW_ENTRIES else normalize_name(method)
+        if name not in known and name not in WORKFLOW_ENTRIES:
+            raise ValueError(f"unknown method {method[:100]!r} in --methods; the methods are {', '.join(known)}, "
+                             f"and {', '.join(WORKFLOW_ENTRIES)}")
         if name == "supervised":
             raise ValueError("--methods names supervised, which is the baseline every method is compared with; "
                              "name only distillation methods")
-        if name in RUN_ARGUMENTS and name != "feed":
-            raise ValueError(f"--methods {name}: its recipe runs its own workflow (hfkd distill --method {name}), "
-                             "which a benchmark arm does not reproduce yet; compare it with `hfkd distill --method "
-                             f"{name} --seeds ...` for now")
         names.append(name)
     if len(set(names)) != len(names):
         raise ValueError(f"--methods names a method twice: {shorten(methods)}")

@@ -13,6 +13,7 @@ is a finished run and is reused, so a killed benchmark redoes only the run it wa
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -25,9 +26,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..compress.pipeline import recover
+from ..compress.prune import prune_backbone
 from ..data.default import DEFAULT_DATASET, load_all_digits
 from ..data.folds import fold_train_indices, per_class_subset, stratified_kfold
 from ..data.loading import ImageClassificationData
+from ..data.rotated_digits import ROTATION_COLUMN, load_all_rotated_digits
+from ..hub.load import from_pretrained
 from ..extras import is_installed
 from ..files import write_file_atomic
 from ..methods.registry import create_method, get_method_class
@@ -35,16 +40,20 @@ from ..output_dir import list_checkpoints
 from ..results import format_metric
 from ..settings import shorten
 from ..stats import corrected_paired_ttest, kfold_test_train_ratio, paired_differences
+from ..tasks import RegressionTask
 from ..tasks.evaluation import ECE_BINS, calibration_bins, calibration_error
 from .arguments import BenchmarkArguments, DataArguments
-from .demo import cached, demo_cache_path, train_demo_model
+from .benchmark import entry_reads_teachers
+from .compress import parse_compress_args
+from .demo import cached, demo_cache_path, regression_task, train_demo_model
 from .distill import parse_distill_args
 from .pipeline import build_student, build_teachers, load_data, run
 from .preset import (DEFAULT_TEACHER_EPOCHS, DEMO_EQUAL_STEPS, DEMO_LABELS_PER_CLASS, DEMO_STUDENT, DEMO_TEACHERS,
-                     is_demo_data)
+                     EXTRACURRICULAR_TEACHER, REGRESSION_TEACHERS, is_demo_data)
 
-#: metric -> (higher is better, how the table shows a difference)
+#: metric -> higher is better: what a comparison reports, for classification and for the regression demo
 COMPARED = {"eval_accuracy": True, "eval_loss": False, "eval_ece": False}
+REGRESSION_COMPARED = {"eval_mae": False, "eval_rmse": False, "eval_loss": False}
 BASELINE = "baseline"
 
 
@@ -112,12 +121,14 @@ def equal_steps(args: BenchmarkArguments) -> bool:
     return DEMO_EQUAL_STEPS if is_demo_data(args.dataset) else False
 
 
-def run_epochs(args: BenchmarkArguments, epochs: int, split: Split) -> int:
+def run_epochs(args: BenchmarkArguments, epochs: int, split: Split, max_train_samples: Optional[int] = None) -> int:
     """``epochs`` over the labelled images, or, with ``--equal_steps``, as many as make the optimizer steps of
-    ``epochs`` over the whole training part."""
-    if not equal_steps(args) or len(split.labelled) >= len(split.train):
+    ``epochs`` over the images the method's settings train on: the whole training part, or its first
+    ``max_train_samples`` (extracurricular learning's demo trains on 256 digits)."""
+    trained = min(len(split.train), max_train_samples or len(split.train))
+    if not equal_steps(args) or len(split.labelled) >= trained:
         return epochs
-    return max(1, round(epochs * len(split.train) / len(split.labelled)))
+    return max(1, round(epochs * trained / len(split.labelled)))
 
 
 def make_splits(args: BenchmarkArguments, labels: np.ndarray, holdout_train: int) -> Dict[int, List[Split]]:
@@ -150,14 +161,33 @@ def _fold_tag(args: BenchmarkArguments, split: Split) -> str:
     return f"-{args.folds}fold{split.fold}-split{split.seed}{steps}"
 
 
-def fold_teachers(args: BenchmarkArguments, pool: Pool, split: Split) -> List[str]:
-    """The demo teachers trained on the fold's whole training part (never its test images), cached per fold."""
+def fold_teachers(args: BenchmarkArguments, pool: Pool, split: Split) -> Dict[str, str]:
+    """The demo teachers (name -> folder) trained on the fold's whole training part (never its test images),
+    cached per fold."""
     data = pool.data(split.train, split.test)
-    paths = []
+    paths = {}
     for name, epochs in DEMO_TEACHERS.items():
         path = demo_cache_path("demo_teachers", name, epochs, seed=0) + _fold_tag(args, split)
-        paths.append(cached(path, lambda out, name=name, epochs=epochs: train_demo_model(
-            name, data, out, epochs, seed=0, max_steps=args.max_steps)))
+        paths[name] = cached(path, lambda out, name=name, epochs=epochs: train_demo_model(
+            name, data, out, epochs, seed=0, max_steps=args.max_steps))
+    return paths
+
+
+@functools.lru_cache(maxsize=1)
+def rotated_pool(max_angle: float) -> Pool:
+    """The regression demo's images: all 1,797 digits in the k-fold order, each rotated by its fixed angle."""
+    return Pool(load_all_rotated_digits(max_angle=max_angle), "image", ROTATION_COLUMN, None,
+                f"{DEFAULT_DATASET}-rotation")
+
+
+def fold_regression_teachers(args: BenchmarkArguments, pool: Pool, split: Split, task: RegressionTask) -> List[str]:
+    """The regression demo's Gaussian-head teachers, trained on the fold's rotated training part, cached per fold."""
+    data = pool.data(split.train, split.test)
+    paths = []
+    for name, epochs in REGRESSION_TEACHERS.items():
+        path = demo_cache_path("demo_teachers", name, epochs, seed=0, task=f"rotation{task.target_scale:g}-")
+        paths.append(cached(path + _fold_tag(args, split), lambda out, name=name, epochs=epochs: train_demo_model(
+            name, data, out, epochs, seed=0, task=task, max_steps=args.max_steps)))
     return paths
 
 
@@ -181,6 +211,15 @@ def prediction_metrics(logits: np.ndarray, labels: np.ndarray) -> Dict[str, floa
             "eval_ece": calibration_error(calibration_bins(x.softmax(-1), y), len(y))}
 
 
+def regression_prediction_metrics(task: RegressionTask):
+    """MAE and RMSE (degrees) and Gaussian NLL of saved regression outputs, as the trainer's evaluation measures them."""
+    def metrics(outputs: np.ndarray, targets: np.ndarray) -> Dict[str, float]:
+        sums = task.error_sums(torch.from_numpy(np.asarray(outputs, dtype=np.float32)),
+                               torch.from_numpy(np.asarray(targets, dtype=np.float32)))
+        return {k: v for k, v in task.metrics_from_sums(*sums).items() if k in REGRESSION_COMPARED}
+    return metrics
+
+
 def _digest(values: Any) -> str:
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
@@ -191,15 +230,20 @@ _NOT_IN_KEY = {"output_dir", "logging_steps", "logging_dir", "report_to", "overw
                "eval_teachers", "disable_tqdm", "save_strategy", "eval_strategy", "save_total_limit", "save_steps"}
 
 
-def run_key(arm: str, settings, training, teachers: Sequence[str], split: Split) -> str:
+def run_key(arm: str, settings, training, teachers: Sequence[str], split: Split,
+            extra: Optional[Dict[str, Any]] = None) -> str:
+    """What a run depends on, hashed; ``extra``: what else it depends on (a task, a pruned starting student)."""
     method_config = {} if arm == BASELINE else dataclasses.asdict(settings.method_config)
-    return _digest({
+    values = {
         "arm": arm if arm == BASELINE else settings.method, "method_config": method_config,
         "training": {k: v for k, v in dataclasses.asdict(training).items() if k not in _NOT_IN_KEY},
         "augment": dataclasses.asdict(settings.data.augment()),
         "student": [settings.model.student, settings.model.student_pretrained, settings.model.image_size],
         "teachers": list(teachers), "train": _digest(split.labelled.tolist()), "test": _digest(split.test.tolist()),
-    })
+    }
+    if extra:  # only when given, so that the runs of the plain methods keep their keys
+        values["extra"] = extra
+    return _digest(values)
 
 
 def _save_npz(path: str, **arrays) -> None:
@@ -208,48 +252,84 @@ def _save_npz(path: str, **arrays) -> None:
     write_file_atomic(path, buffer.getvalue())
 
 
-def run_arm(arm: str, settings, pool: Pool, split: Split, teachers: Sequence[str], folder: str) -> Dict[str, Any]:
+def _finished(out: str, key: str, needs_student: bool) -> Optional[Dict[str, Any]]:
+    """The record of a finished run in ``out`` with ``key`` (and its saved student when ``needs_student``)."""
+    record_path = os.path.join(out, "run.json")
+    if not (os.path.isfile(record_path) and os.path.isfile(os.path.join(out, "predictions.npz"))):
+        return None
+    if needs_student and not os.path.isfile(os.path.join(out, "student", "model.safetensors")):
+        return None
+    with open(record_path, encoding="utf-8") as f:
+        record = json.load(f)
+    return record if record.get("key") == key else None
+
+
+def _finish(out: str, key: str, trainer, split: Split, metrics, **fields) -> Dict[str, Any]:
+    """Save the trained run's test predictions, then its record (last: a run with a record is finished)."""
+    predicted = trainer.predict()
+    logits, labels = predicted["logits"].numpy(), predicted["labels"].numpy()
+    _save_npz(os.path.join(out, "predictions.npz"), logits=logits, labels=labels, indices=split.test)
+    measured = metrics(logits, labels)
+    record = {"key": key, **fields, "seed": split.seed, "fold": split.fold, "test_images": len(split.test),
+              "metrics": measured,
+              "teacher_metrics": {k: {m: v.get(m) for m in measured} for k, v in trainer.teacher_metrics.items()},
+              "steps": trainer.state.global_step, "train_runtime": trainer.state.train_runtime}
+    write_file_atomic(os.path.join(out, "run.json"), json.dumps(record, indent=2, default=str))
+    return {**record, "output_dir": out}
+
+
+def _run_folder(folder: str, split: Split, name: str, key: str) -> str:
+    return os.path.join(folder, "runs", f"seed{split.seed}", f"fold{split.fold}", f"{name}-{key}")
+
+
+def _reuse_or_resume(out: str, key: str, split: Split, name: str, training, needs_student: bool = False):
+    """(the finished run's record, None) or (None, the training settings: continuing a stopped run's checkpoint)."""
+    record = _finished(out, key, needs_student)
+    if record is not None:
+        print(f"benchmark: seed {split.seed} fold {split.fold} {name}: reused {out}", flush=True)
+        return {**record, "output_dir": out}, training
+    # A run stopped by a signal (SIGTERM, a scheduler's preemption) left its checkpoint there: continue from it.
+    if list_checkpoints(out):
+        training = dataclasses.replace(training, resume_from_checkpoint="latest")
+        print(f"benchmark: seed {split.seed} fold {split.fold} {name}: continuing the stopped run in {out}", flush=True)
+    return None, training
+
+
+def run_arm(arm: str, settings, pool: Pool, split: Split, teachers: Sequence[str], folder: str, *,
+            name: Optional[str] = None, task: Optional[RegressionTask] = None,
+            keep_student: bool = False) -> Dict[str, Any]:
     """Train ``arm`` (a method, or the baseline: cross-entropy with the method's settings) on the split's labelled
-    images, save its predictions on the test images; reuse a finished run with the same key."""
+    images, save its predictions on the test images; reuse a finished run with the same key.
+
+    ``name`` names the run's folder (default: ``arm``); ``task`` is the regression demo's; ``keep_student`` saves
+    the trained student in ``student/`` (a later run learns from it or prunes it)."""
+    name = name or arm
     training = dataclasses.replace(settings.training, seed=split.seed, save_strategy="no", eval_strategy="no",
                                    report_to=[], resume_from_checkpoint=None)
     method = create_method("supervised") if arm == BASELINE else settings.create_method()
     teachers = list(teachers) if method.max_teachers != 0 else []  # self-distillation (PS-KD) takes none
-    key = run_key(arm, settings, training, teachers, split)
-    out = os.path.join(folder, "runs", f"seed{split.seed}", f"fold{split.fold}", f"{arm}-{key}")
-    record_path = os.path.join(out, "run.json")
-    if os.path.isfile(record_path) and os.path.isfile(os.path.join(out, "predictions.npz")):
-        with open(record_path, encoding="utf-8") as f:
-            record = json.load(f)
-        if record.get("key") == key:
-            print(f"benchmark: seed {split.seed} fold {split.fold} {arm}: reused {out}", flush=True)
-            return record
-    # A run stopped by a signal (SIGTERM, a scheduler's preemption) left its checkpoint there: continue from it.
-    if list_checkpoints(out):
-        training = dataclasses.replace(training, resume_from_checkpoint="latest")
-        print(f"benchmark: seed {split.seed} fold {split.fold} {arm}: continuing the stopped run in {out}", flush=True)
+    key = run_key(arm, settings, training, teachers, split,
+                  extra={"task": task.options(), "data": pool.source} if task is not None else None)
+    out = _run_folder(folder, split, name, key)
+    record, training = _reuse_or_resume(out, key, split, name, training, needs_student=keep_student)
+    if record is not None:
+        return record
     data = pool.data(split.labelled, split.test)
-    student = build_student(settings.model, data, seed=split.seed)
+    student = build_student(settings.model, data, seed=split.seed, task=task)
     loaded = build_teachers(settings.model, student, teachers, check_classes=method.reads_teacher_logits) \
         if teachers else []
-    trainer, trainer_metrics = run(method, student, loaded, data, dataclasses.replace(training, output_dir=out),
-                                   settings.data, save=False)
-    predicted = trainer.predict()
-    logits, labels = predicted["logits"].numpy(), predicted["labels"].numpy()
-    _save_npz(os.path.join(out, "predictions.npz"), logits=logits, labels=labels, indices=split.test)
-    record = {"key": key, "arm": arm, "method": settings.method if arm != BASELINE else "supervised",
-              "seed": split.seed, "fold": split.fold, "train_images": len(split.labelled),
-              "test_images": len(split.test), "student": settings.model.student, "teachers": teachers,
-              "metrics": prediction_metrics(logits, labels),
-              "teacher_metrics": {k: {m: v.get(m) for m in COMPARED} for k, v in trainer.teacher_metrics.items()},
-              "steps": trainer.state.global_step, "train_runtime": trainer.state.train_runtime}
-    write_file_atomic(record_path, json.dumps(record, indent=2, default=str))  # last: the run is finished
-    return record
+    trainer, _ = run(method, student, loaded, data, dataclasses.replace(training, output_dir=out), settings.data,
+                     save=keep_student, task=task)
+    metrics = prediction_metrics if task is None else regression_prediction_metrics(task)
+    return _finish(out, key, trainer, split, metrics, arm=name,
+                   method=settings.method if arm != BASELINE else "supervised", train_images=len(split.labelled),
+                   student=settings.model.student, teachers=teachers)
 
 
-def arm_settings(args: BenchmarkArguments, method: str, student: Optional[str], folder: str, split: Split):
+def arm_settings(args: BenchmarkArguments, method: str, student: Optional[str], folder: str, split: Split,
+                 extra_argv: Sequence[str] = ()):
     """``hfkd distill --method NAME``'s settings (on the digits, its demo preset), with the benchmark's options."""
-    argv = ["--method", method, "--dataset", args.dataset, "--output_dir", folder]
+    argv = ["--method", method, "--dataset", args.dataset, "--output_dir", folder, *extra_argv]
     if student:
         argv += ["--student", student]
         if student != args.student:  # a saved starting student (MEAL V2 on the demo)
@@ -262,32 +342,168 @@ def arm_settings(args: BenchmarkArguments, method: str, student: Optional[str], 
         argv += ["--max_steps", str(args.max_steps)]
     settings = parse_distill_args(argv)
     if args.num_train_epochs is None:
-        epochs = run_epochs(args, settings.training.num_train_epochs, split)
+        epochs = run_epochs(args, settings.training.num_train_epochs, split, settings.data.max_train_samples)
         settings.training = dataclasses.replace(settings.training, num_train_epochs=epochs)
     return settings
 
 
+# -- each entry of --methods: its runs and what they are compared with ------------------------------------------
+@dataclass
+class Fold:
+    """What every entry of one (seed, fold) shares: the settings, the images, the fold's teachers."""
+
+    args: BenchmarkArguments
+    pool: Pool
+    split: Split
+    teachers: Dict[str, str]
+
+    @property
+    def folder(self) -> str:
+        return self.args.output_dir
+
+    @property
+    def demo(self) -> bool:
+        return is_demo_data(self.args.dataset)
+
+
+#: one comparison of an entry: (row of the table, the run, the run it is compared with, what that one is)
+Comparison = Tuple[str, Dict[str, Any], Dict[str, Any], str]
+NO_KD = "no KD"
+
+
+def method_entry(fold: Fold, method: str) -> List[Comparison]:
+    """A method against cross-entropy with its own settings (and, for MEAL V2 on the demo, its starting student)."""
+    args, split = fold.args, fold.split
+    student = args.student
+    if fold.demo and get_method_class(method).starts_from_trained_student and student is None:
+        student = fold_student_start(args, fold.pool, split)
+    settings = arm_settings(args, method, student, fold.folder, split)
+    teachers = list(fold.teachers.values())
+    base = run_arm(BASELINE, settings, fold.pool, split, teachers, fold.folder)
+    return [(method, run_arm(method, settings, fold.pool, split, teachers, fold.folder), base, NO_KD)]
+
+
+def bake_entry(fold: Fold) -> List[Comparison]:
+    """BAKE against the baseline of its paper's protocol (``--baseline_protocol``: imagenet trains the baseline at
+    batch and learning rate / (M + 1), the same iterations per epoch; small_scale at BAKE's batch and rate)."""
+    method = "bake"
+    args, split = fold.args, fold.split
+    settings = arm_settings(args, method, args.student, fold.folder, split)
+    protocol = settings.run.baseline_protocol
+    group = settings.method_config.intra_class_images + 1 if protocol == "imagenet" else 1
+    training = settings.training
+    base_settings = dataclasses.replace(settings, training=dataclasses.replace(
+        training, learning_rate=training.learning_rate / group,
+        per_device_train_batch_size=max(1, training.per_device_train_batch_size // group)))
+    base = run_arm(BASELINE, base_settings, fold.pool, split, [], fold.folder)
+    return [(method, run_arm(method, settings, fold.pool, split, [], fold.folder), base,
+             f"no KD ({protocol} protocol)")]
+
+
+def feed_sequential_entry(fold: Fold) -> List[Comparison]:
+    """Sequential FEED (Born-Again style): generation 1 learns from the baseline itself (the student trained with
+    cross-entropy), generation g + 1 from generation g; each generation against that baseline."""
+    method = "feed"
+    args, split = fold.args, fold.split
+    settings = arm_settings(args, method, args.student, fold.folder, split)
+    base = run_arm(BASELINE, settings, fold.pool, split, [], fold.folder, keep_student=True)
+    out, previous = [], base
+    for g in range(1, settings.run.generations + 1):
+        keep = g < settings.run.generations  # the next generation's teacher
+        previous = run_arm(method, settings, fold.pool, split, [os.path.join(previous["output_dir"], "student")],
+                           fold.folder, name=f"feed_sequential{g}", keep_student=keep)
+        out.append((f"feed_sequential (generation {g})", previous, base, NO_KD))
+    return out
+
+
+def extracurricular_entry(fold: Fold) -> List[Comparison]:
+    """Extracurricular learning (its demo's teacher, ResNet-20 of the fold) against the baseline of its settings."""
+    method = "extracurricular"
+    args, split = fold.args, fold.split
+    settings = arm_settings(args, method, args.student, fold.folder, split)
+    teachers = [fold.teachers[EXTRACURRICULAR_TEACHER]] if fold.demo else list(fold.teachers.values())
+    base = run_arm(BASELINE, settings, fold.pool, split, [], fold.folder)
+    return [(method, run_arm(method, settings, fold.pool, split, teachers, fold.folder), base, NO_KD)]
+
+
+def regression_entry(fold: Fold) -> List[Comparison]:
+    """The regression demo on the same folds and labelled images: every digit rotated by a fixed angle, a Gaussian
+    head; the fold's teacher trained on the rotated training part."""
+    method = "extracurricular"
+    args, split = fold.args, fold.split
+    settings = arm_settings(args, method, args.student, fold.folder, split, ["--regression", "true"])
+    task = regression_task(settings.run.max_angle)
+    pool = rotated_pool(settings.run.max_angle)
+    teachers = fold_regression_teachers(args, pool, split, task)
+    base = run_arm(BASELINE, settings, pool, split, [], fold.folder, name="baseline_regression", task=task)
+    result = run_arm(method, settings, pool, split, teachers, fold.folder, name="extracurricular_regression",
+                     task=task)
+    return [("extracurricular_regression", result, base, NO_KD)]
+
+
+def compress_entry(fold: Fold) -> List[Comparison]:
+    """Compression's recovery: the fold's KD student (the kd entry's run), pruned (``hfkd compress``'s pruning
+    settings), then recovered with KD from the fold's teachers and with plain fine-tuning (cross-entropy), each
+    with ``hfkd compress``'s recovery settings on the same labelled images; KD recovery against plain fine-tuning."""
+    method = "kd"
+    args, split = fold.args, fold.split
+    teachers = list(fold.teachers.values())
+    kd_settings = arm_settings(args, method, args.student, fold.folder, split)
+    kd = run_arm(method, kd_settings, fold.pool, split, teachers, fold.folder, keep_student=True)
+    _, data_args, pruning, _, training = parse_compress_args(["--dataset", args.dataset, "--output_dir", fold.folder])
+    if args.max_steps > 0:
+        training = dataclasses.replace(training, max_steps=args.max_steps)
+    epochs = args.num_train_epochs or run_epochs(args, training.num_train_epochs, split)
+    training = dataclasses.replace(training, num_train_epochs=epochs, seed=split.seed, save_strategy="no",
+                                   eval_strategy="no", report_to=[], resume_from_checkpoint=None)
+    runs = {}
+    for recovery, recovery_teachers in (("kd", teachers), ("supervised", [])):
+        name = f"compress_{recovery}"
+        key = _digest({"arm": name, "pruned": kd["key"], "pruning": dataclasses.asdict(pruning),
+                       "training": {k: v for k, v in dataclasses.asdict(training).items() if k not in _NOT_IN_KEY},
+                       "augment": dataclasses.asdict(data_args.augment()), "teachers": recovery_teachers,
+                       "train": _digest(split.labelled.tolist()), "test": _digest(split.test.tolist())})
+        out = _run_folder(fold.folder, split, name, key)
+        record, run_training = _reuse_or_resume(out, key, split, name, training)
+        if record is None:
+            student = from_pretrained(os.path.join(kd["output_dir"], "student"))
+            pruned, _ = prune_backbone(student, pruning)
+            trainer = recover(pruned, fold.pool.data(split.labelled, split.test), recovery_teachers, recovery,
+                              dataclasses.replace(run_training, output_dir=out), data_args.augment())
+            record = _finish(out, key, trainer, split, prediction_metrics, arm=name, method=recovery,
+                             train_images=len(split.labelled), student=kd["output_dir"], teachers=recovery_teachers)
+        runs[recovery] = record
+    return [("compress (KD recovery)", runs["kd"], runs["supervised"], "plain fine-tuning after pruning")]
+
+
+#: entry of --methods (not a method name) -> what runs it
+ENTRIES = {"bake": bake_entry, "feed_sequential": feed_sequential_entry, "extracurricular": extracurricular_entry,
+           "extracurricular_regression": regression_entry, "compress": compress_entry}
+
+
 # -- the comparison ----------------------------------------------------------------------------------------------
-def compare(records: Dict[str, List[Dict[str, Any]]], methods: Sequence[str], ratio: float,
+def compare(records: Dict[str, List[Tuple[Dict[str, Any], Dict[str, Any]]]], ratio: float,
             confidence: float) -> Dict[str, Any]:
-    """method -> metric -> the paired comparison with its baseline runs (same seed and fold), plus the means."""
+    """row -> metric -> the paired comparison of its runs with their reference runs (same seed and fold)."""
     out: Dict[str, Any] = {}
-    for method in methods:
-        pairs = records.get(method, [])
+    for row, pairs in records.items():
         if not pairs:
             continue
-        entry: Dict[str, Any] = {"pairs": [(r["seed"], r["fold"]) for r, _ in pairs]}
-        for metric, higher in COMPARED.items():
+        metrics = COMPARED if "eval_accuracy" in pairs[0][0]["metrics"] else REGRESSION_COMPARED
+        entry: Dict[str, Any] = {"pairs": [(r["seed"], r["fold"]) for r, _ in pairs],
+                                 "compared_with": pairs[0][0].get("compared_with", NO_KD)}
+        for metric, higher in metrics.items():
             m = [r["metrics"][metric] for r, _ in pairs]
             b = [base["metrics"][metric] for _, base in pairs]
             comparison = corrected_paired_ttest(paired_differences(m, b), ratio, confidence, higher)
             entry[metric] = {"method_mean": statistics.fmean(m), "baseline_mean": statistics.fmean(b),
                              **comparison.as_dict()}
+        main = next(iter(metrics))
         teachers = [r["teacher_metrics"] for r, _ in pairs if r.get("teacher_metrics")]
         if teachers:
-            entry["teachers_accuracy"] = {k: statistics.fmean(t[k]["eval_accuracy"] for t in teachers)
-                                          for k in teachers[0]}
-        out[method] = entry
+            entry["teachers_" + main.removeprefix("eval_")] = {
+                k: statistics.fmean(t[k][main] for t in teachers) for k in teachers[0]}
+        out[row] = entry
     return out
 
 
@@ -299,20 +515,41 @@ def _interval(metric: str, c: Dict[str, Any]) -> str:
 
 
 def markdown(comparison: Dict[str, Any], confidence: float) -> str:
+    """The classification rows' table, then (when there are any) the regression rows' table."""
     level = f"{100 * confidence:g} %"
-    lines = [f"| method | pairs | baseline top-1 (%) | method top-1 (%) | Δ top-1 (points) [{level} CI] | top-1 | "
-             f"W/T/L | Δ NLL [{level} CI] | NLL | Δ ECE (points) [{level} CI] | ECE | "
-             "teachers top-1 (%): each, ensemble |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for method, e in comparison.items():
-        acc, nll, ece = e["eval_accuracy"], e["eval_loss"], e["eval_ece"]
-        teachers = " / ".join(format_metric("eval_accuracy", v) for v in e.get("teachers_accuracy", {}).values())
-        lines.append(
-            f"| {method} | {acc['n']} | {format_metric('eval_accuracy', acc['baseline_mean'])} | "
-            f"{format_metric('eval_accuracy', acc['method_mean'])} | {_interval('eval_accuracy', acc)} | "
-            f"{acc['verdict']} | {acc['wins']}/{acc['ties']}/{acc['losses']} | {_interval('eval_loss', nll)} | "
-            f"{nll['verdict']} | {_interval('eval_ece', ece)} | {ece['verdict']} | {teachers or '-'} |")
-    return "\n".join(lines)
+    classification = {k: e for k, e in comparison.items() if "eval_accuracy" in e}
+    regression = {k: e for k, e in comparison.items() if "eval_mae" in e}
+    tables = []
+    if classification:
+        lines = [f"| method | compared with | pairs | reference top-1 (%) | method top-1 (%) | Δ top-1 (points) "
+                 f"[{level} CI] | top-1 | W/T/L | Δ NLL [{level} CI] | NLL | Δ ECE (points) [{level} CI] | ECE | "
+                 "teachers top-1 (%): each, ensemble |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for method, e in classification.items():
+            acc, nll, ece = e["eval_accuracy"], e["eval_loss"], e["eval_ece"]
+            teachers = " / ".join(format_metric("eval_accuracy", v) for v in e.get("teachers_accuracy", {}).values())
+            lines.append(
+                f"| {method} | {e['compared_with']} | {acc['n']} | {format_metric('eval_accuracy', acc['baseline_mean'])} | "
+                f"{format_metric('eval_accuracy', acc['method_mean'])} | {_interval('eval_accuracy', acc)} | "
+                f"{acc['verdict']} | {acc['wins']}/{acc['ties']}/{acc['losses']} | {_interval('eval_loss', nll)} | "
+                f"{nll['verdict']} | {_interval('eval_ece', ece)} | {ece['verdict']} | {teachers or '-'} |")
+        tables.append("\n".join(lines))
+    if regression:
+        lines = [f"| method (regression: rotation angle) | compared with | pairs | reference MAE (°) | method MAE (°) | "
+                 f"Δ MAE (°) [{level} CI] | MAE | W/T/L | Δ RMSE (°) [{level} CI] | RMSE | Δ Gaussian NLL "
+                 f"[{level} CI] | NLL | teachers MAE (°) |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for method, e in regression.items():
+            mae, rmse, nll = e["eval_mae"], e["eval_rmse"], e["eval_loss"]
+            teachers = " / ".join(format_metric("eval_mae", v) for v in e.get("teachers_mae", {}).values())
+            lines.append(
+                f"| {method} | {e['compared_with']} | {mae['n']} | {format_metric('eval_mae', mae['baseline_mean'])} | "
+                f"{format_metric('eval_mae', mae['method_mean'])} | "
+                f"{_interval('eval_mae', mae)} | {mae['verdict']} | {mae['wins']}/{mae['ties']}/{mae['losses']} | "
+                f"{_interval('eval_rmse', rmse)} | {rmse['verdict']} | {_interval('eval_loss', nll)} | {nll['verdict']} | "
+                f"{teachers or '-'} |")
+        tables.append("\n".join(lines))
+    return "\n\n".join(tables)
 
 
 def plot(path: str, comparison: Dict[str, Any], records: Dict[str, List[Dict[str, Any]]]) -> bool:
@@ -325,7 +562,10 @@ def plot(path: str, comparison: Dict[str, Any], records: Dict[str, List[Dict[str
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    names = list(comparison)
+    names = [name for name, e in comparison.items() if "eval_accuracy" in e]  # the regression rows have no top-1
+    if not names:
+        plt.close(fig)
+        return False
     for i, name in enumerate(names):
         c = comparison[name]["eval_accuracy"]
         low, high = c["ci_low"], c["ci_high"]
@@ -353,7 +593,7 @@ def plot(path: str, comparison: Dict[str, Any], records: Dict[str, List[Dict[str
 
 def write_outputs(args: BenchmarkArguments, records, ratio: float, splits, per_class: int,
                   quiet: bool = False) -> Dict[str, Any]:
-    comparison = compare(records, args.methods, ratio, args.confidence)
+    comparison = compare(records, ratio, args.confidence)
     table = markdown(comparison, args.confidence)
     split = f"{args.folds}-fold" if args.split == "kfold" else "its own train / eval split"
     if args.split == "kfold" and args.max_folds:
@@ -377,7 +617,10 @@ def write_outputs(args: BenchmarkArguments, records, ratio: float, splits, per_c
 
 def check_teachers(args: BenchmarkArguments) -> None:
     """Off the embedded digits the teachers are the user's, trained once, maybe on every fold's test images."""
-    needs = [m for m in args.methods if get_method_class(m).min_teachers > 0]
+    needs = [m for m in args.methods if entry_reads_teachers(m, required=True)]
+    if "extracurricular_regression" in args.methods and not is_demo_data(args.dataset):
+        raise ValueError("extracurricular_regression is the embedded rotation demo (hfkd/digits); on "
+                         f"{shorten(args.dataset)} leave it out of --methods")
     if is_demo_data(args.dataset):
         if args.teachers:
             raise ValueError("on the embedded digits the benchmark trains the demo teachers on each fold; "
@@ -406,21 +649,20 @@ def run_benchmark(args: BenchmarkArguments) -> Dict[str, Any]:
         {str(seed): {"folds": [s.test.tolist() for s in ss], "labelled": [s.labelled.tolist() for s in ss]}
          for seed, ss in splits.items()}))
     demo = is_demo_data(args.dataset)
-    records: Dict[str, List[Tuple[Dict, Dict]]] = {m: [] for m in args.methods}
+    records: Dict[str, List[Tuple[Dict, Dict]]] = {}
+    needs_teachers = any(entry_reads_teachers(m) for m in args.methods)
     done = 0
     for seed, seed_splits in splits.items():
         for split in seed_splits:
             if done:  # the table so far (a long benchmark can be read, or stopped, at any point)
                 write_outputs(args, records, ratio, splits, per_class, quiet=True)
             done += 1
-            needs_teachers = any(get_method_class(m).max_teachers != 0 for m in args.methods)
-            teachers = (fold_teachers(args, pool, split) if demo else list(args.teachers)) if needs_teachers else []
-            for method in args.methods:
-                student = args.student
-                if demo and get_method_class(method).starts_from_trained_student and student is None:
-                    student = fold_student_start(args, pool, split)
-                settings = arm_settings(args, method, student, args.output_dir, split)
-                base = run_arm(BASELINE, settings, pool, split, teachers, args.output_dir)
-                result = run_arm(method, settings, pool, split, teachers, args.output_dir)
-                records[method].append((result, base))
+            teachers = {}
+            if needs_teachers:
+                teachers = fold_teachers(args, pool, split) if demo else {p: p for p in args.teachers}
+            fold = Fold(args, pool, split, teachers)
+            for entry in args.methods:
+                runner = ENTRIES.get(entry)
+                for row, result, reference, compared_with in runner(fold) if runner else method_entry(fold, entry):
+                    records.setdefault(row, []).append(({**result, "compared_with": compared_with}, reference))
     return write_outputs(args, records, ratio, splits, per_class)

@@ -62,12 +62,21 @@ def compare_recoveries(student, data, teachers, pruning: PruningConfig, args: Di
     return "\n".join(lines)
 
 
-def main(argv: Optional[Sequence[str]] = None):
+TYPES = (CompressModelArguments, DataArguments, PruningConfig, CompressionArguments, DistillationArguments)
+
+
+def parse_compress_args(argv: Optional[Sequence[str]] = None, preset: Optional[Preset] = None):
+    """``hfkd compress``'s settings groups: the model, data, pruning, compression and recovery training."""
     # The demo's recovery settings apply only on the embedded digits; elsewhere the dataclasses' defaults.
-    types = (CompressModelArguments, DataArguments, PruningConfig, CompressionArguments, DistillationArguments)
-    preset = Preset(lambda given: COMPRESS_PRESET, types)
+    preset = preset or Preset(lambda given: COMPRESS_PRESET, TYPES)
+    groups, _ = parse_args(TYPES, argv, preset=preset)
+    return groups
+
+
+def main(argv: Optional[Sequence[str]] = None):
+    preset = Preset(lambda given: COMPRESS_PRESET, TYPES)
     try:
-        (model_args, data_args, pruning, compression, args), _ = parse_args(types, argv, preset=preset)
+        model_args, data_args, pruning, compression, args = parse_compress_args(argv, preset)
         # Before anything loads: pruning needs torch-pruning, the int8 export onnx, onnxscript and onnxruntime.
         exports = compression.quantize and not model_args.seeds
         require("compress", "hfkd compress", None if exports else ("torch_pruning",))

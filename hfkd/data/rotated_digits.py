@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .default import DEFAULT_DATASET, load_default_dataset
+from .default import DEFAULT_DATASET, load_all_digits, load_default_dataset
 from .loading import ImageClassificationData
 
 ROTATION_COLUMN = "angle"
@@ -36,3 +36,19 @@ def load_rotated_digits(image_size: int = 32, max_angle: float = DEFAULT_MAX_ANG
     return ImageClassificationData(train=splits["train"], eval=splits["validation"], image_column="image",
                                    label_column=ROTATION_COLUMN, label_names=None,
                                    source=f"{DEFAULT_DATASET}-rotation")
+
+
+def load_all_rotated_digits(image_size: int = 32, max_angle: float = DEFAULT_MAX_ANGLE, seed: int = 0):
+    """All 1,797 digits in the file's order (``load_all_digits``'s, so that k-fold indices mean the same images),
+    each rotated by one fixed draw of angle: a ``Dataset`` with ``image`` and the float ``angle`` target."""
+    from datasets import Dataset, Features, Image, Value
+    from PIL import Image as PILImage
+
+    if not 0 < max_angle <= 180:
+        raise ValueError(f"max_angle must be in (0, 180] degrees, got {max_angle}")
+    digits = load_all_digits(image_size=image_size)
+    angles = np.random.default_rng([seed, len(digits)]).uniform(-max_angle, max_angle, len(digits)).astype(np.float32)
+    images = [img.convert("RGB").rotate(float(a), resample=PILImage.BILINEAR)
+              for img, a in zip(digits["image"], angles)]
+    features = Features({"image": Image(), ROTATION_COLUMN: Value("float32")})
+    return Dataset.from_dict({"image": images, ROTATION_COLUMN: angles.tolist()}, features=features)

@@ -108,19 +108,25 @@ class RegressionTask(Task):
 
     @torch.no_grad()
     def evaluate(self, accelerator, dataloader, predict, prefix: str = "eval") -> Dict[str, float]:
-        abs_sum = sq_sum = nll_sum = 0.0
-        total = 0
+        sums = [0.0, 0.0, 0.0, 0]
         for batch in dataloader:
             with accelerator.autocast():
                 outputs = predict(batch["pixel_values"])
             outputs, labels = accelerator.gather_for_metrics((outputs.float(), batch["labels"].float()))
-            mean, log_var = self.gaussian(outputs)
-            target = self.scaled(labels)
-            error = (mean - target) * self.target_scale
-            abs_sum += error.abs().sum().item()
-            sq_sum += error.pow(2).sum().item()
-            nll_sum += gaussian_nll(mean, log_var, target).sum().item()
-            total += error.numel()
+            sums = [a + b for a, b in zip(sums, self.error_sums(outputs, labels))]
+        return self.metrics_from_sums(*sums, prefix=prefix)
+
+    def error_sums(self, outputs: torch.Tensor, labels: torch.Tensor):
+        """Sums over a batch of the absolute error, the squared error (in target units) and the Gaussian NLL (in
+        scaled units), and the number of values: what :meth:`metrics_from_sums` reduces."""
+        mean, log_var = self.gaussian(outputs.float())
+        target = self.scaled(labels)
+        error = (mean - target) * self.target_scale
+        return (error.abs().sum().item(), error.pow(2).sum().item(),
+                gaussian_nll(mean, log_var, target).sum().item(), error.numel())
+
+    def metrics_from_sums(self, abs_sum: float, sq_sum: float, nll_sum: float, total: int,
+                          prefix: str = "eval") -> Dict[str, float]:
         if total == 0:
             raise ValueError("the eval set is empty")
         return {f"{prefix}_mae": abs_sum / total, f"{prefix}_rmse": math.sqrt(sq_sum / total),
