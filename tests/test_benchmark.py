@@ -15,7 +15,9 @@ from hfkd.stats import t_quantile
 @pytest.mark.parametrize("argv, message", [
     (["--methods", "kdd"], "unknown method 'kdd'"),
     (["--methods", "supervised"], "the baseline every method is compared with"),
-    (["--methods", "bake"], "its own workflow"),
+    (["--methods", "feed_seq"], "unknown method 'feed_seq'"),
+    (["--methods", "extracurricular_regression", "--dataset", "./photos", "--student", "resnet18"],
+     "embedded rotation demo"),
     (["--methods", "kd", "kd"], "names a method twice"),
     (["--seeds", "1", "1"], "repeats a seed"),
     (["--folds", "1"], "at least 2"),
@@ -40,12 +42,16 @@ def test_a_users_teachers_are_not_used_over_folds_they_may_have_seen():
         benchmarking.check_teachers(benchmark.parse_benchmark_args(["--teachers", "t"]))
 
 
+def _small_indices():
+    labels = np.asarray(load_all_digits()["label"])
+    return sorted(int(i) for c in range(10) for i in np.flatnonzero(labels == c)[:6])
+
+
 def _small_pool():
     """60 digits (6 per class), so that the tiny benchmark trains in seconds."""
     data = load_all_digits()
-    labels = np.asarray(data["label"])
-    keep = sorted(int(i) for c in range(10) for i in np.flatnonzero(labels == c)[:6])
-    return benchmarking.Pool(data.select(keep), "image", "label", [str(i) for i in range(10)], "hfkd/digits"), 0
+    return benchmarking.Pool(data.select(_small_indices()), "image", "label", [str(i) for i in range(10)],
+                             "hfkd/digits"), 0
 
 
 def _by_hand(folder, arm, seed, fold):
@@ -94,7 +100,7 @@ def test_tiny_benchmark_table_is_the_paired_comparison_of_its_saved_predictions(
         assert c["n"] == 2 and c["df"] == 1
     assert result["comparison"]["kd"]["eval_accuracy"]["mean"] == pytest.approx(sum(diffs["eval_accuracy"]) / 2)
     table = open(os.path.join(out, "benchmark.md")).read()
-    assert f"{100 * sum(diffs['eval_accuracy']) / 2:+.2f}" in table and "| kd | 2 |" in table
+    assert f"{100 * sum(diffs['eval_accuracy']) / 2:+.2f}" in table and "| kd | no KD | 2 |" in table
     assert os.path.isfile(os.path.join(out, "benchmark.png"))
 
     # Run again: every run is reused; with one run's record gone, only that run trains again.
@@ -142,7 +148,7 @@ def test_a_run_stopped_with_its_checkpoint_is_continued_not_refused(tmp_path, mo
     settings = benchmarking.arm_settings(args, "kd", None, str(tmp_path), split)
     seen = []
 
-    def stopped(method, student, teachers, data, training, data_args, save):
+    def stopped(method, student, teachers, data, training, data_args, save, task=None):
         seen.append((training.output_dir, training.resume_from_checkpoint))
         raise KeyboardInterrupt  # stands in for the stop
 
@@ -157,3 +163,107 @@ def test_a_run_stopped_with_its_checkpoint_is_continued_not_refused(tmp_path, mo
     with pytest.raises(KeyboardInterrupt):
         benchmarking.run_arm("baseline", settings, pool, split, [], str(tmp_path))
     assert seen[-1] == (out, "latest")
+
+
+def test_each_recipe_entry_trains_what_its_workflow_trains(monkeypatch, tmp_path):
+    """Which runs each entry makes, from which teachers, with which settings (the runs themselves replaced)."""
+    calls = []
+
+    def fake_run_arm(arm, settings, pool, split, teachers, folder, *, name=None, task=None, keep_student=False):
+        name = name or arm
+        calls.append({"arm": arm, "name": name, "teachers": list(teachers), "task": task, "keep": keep_student,
+                      "batch": settings.training.per_device_train_batch_size, "epochs": settings.training.num_train_epochs,
+                      "lr": settings.training.learning_rate, "source": pool.source})
+        return {"output_dir": os.path.join(folder, name), "key": name, "metrics": {}}
+
+    monkeypatch.setattr(benchmarking, "run_arm", fake_run_arm)
+    monkeypatch.setattr(benchmarking, "fold_regression_teachers", lambda args, pool, split, task: ["regression_t"])
+    monkeypatch.setattr(benchmarking, "rotated_pool", lambda angle: benchmarking.Pool(None, "image", "angle", None,
+                                                                                       "rotated"))
+    args = benchmark.parse_benchmark_args(["--seeds", "0", "--output_dir", str(tmp_path)])
+    pool, _ = _small_pool()
+    split = benchmarking.make_splits(args, np.asarray(load_all_digits()["label"]), 0)[0][0]
+    fold = benchmarking.Fold(args, pool, split, {"cifar_resnet20": "t20", "cifar_wrn16_2": "wrn"})
+
+    rows = benchmarking.bake_entry(fold)
+    base, bake = calls
+    # imagenet protocol, M = 1: the baseline at half BAKE's batch and learning rate, the same epochs; no teachers
+    assert (base["arm"], bake["arm"]) == ("baseline", "bake") and bake["teachers"] == base["teachers"] == []
+    assert base["batch"] * 2 == bake["batch"] == 128 and base["lr"] * 2 == pytest.approx(bake["lr"])
+    assert base["epochs"] == bake["epochs"] == round(8 * len(split.train) / 50)
+    assert [r[0] for r in rows] == ["bake"] and rows[0][3] == "no KD (imagenet protocol)"
+
+    calls.clear()
+    rows = benchmarking.feed_sequential_entry(fold)
+    base, gen1, gen2 = calls
+    assert base["arm"] == "baseline" and base["keep"]  # generation 1's teacher: the baseline's saved student
+    assert gen1["teachers"] == [os.path.join(str(tmp_path), "baseline", "student")] and gen1["keep"]
+    assert gen2["teachers"] == [os.path.join(str(tmp_path), "feed_sequential1", "student")] and not gen2["keep"]
+    assert [r[0] for r in rows] == ["feed_sequential (generation 1)", "feed_sequential (generation 2)"]
+    assert all(r[2]["key"] == "baseline" for r in rows)
+
+    calls.clear()
+    benchmarking.extracurricular_entry(fold)
+    base, el = calls
+    assert el["teachers"] == ["t20"]  # its demo's one teacher, the fold's ResNet-20
+    # the demo's 6 epochs over 256 images at batch 32 kept as the same images seen: 6 x 256 / 50 epochs
+    assert el["epochs"] == base["epochs"] == round(6 * 256 / 50) and el["batch"] == 32
+
+    calls.clear()
+    rows = benchmarking.regression_entry(fold)
+    base, el = calls
+    assert el["teachers"] == ["regression_t"] and base["teachers"] == []
+    assert base["task"] is el["task"] and el["task"].target_scale == 45.0 and el["source"] == "rotated"
+    # the regression demo trains on all training images: its steps over the whole training part
+    assert el["epochs"] == round(6 * len(split.train) / 50)
+    assert rows[0][0] == "extracurricular_regression"
+
+
+def _hand_mae(folder, name, seed, fold):
+    (path,) = glob.glob(os.path.join(folder, "runs", f"seed{seed}", f"fold{fold}", f"{name}-*", "predictions.npz"))
+    saved = np.load(path)
+    return float(np.mean(np.abs(saved["logits"][:, 0].astype(np.float64) * 45.0 - saved["labels"].reshape(-1))))
+
+
+@pytest.mark.slow
+def test_tiny_recipe_entries_table_is_computed_from_their_saved_predictions(tmp_path, monkeypatch):
+    from hfkd.data.rotated_digits import load_all_rotated_digits
+
+    pool, _ = _small_pool()
+    rotated = benchmarking.Pool(load_all_rotated_digits().select(_small_indices()), "image", "angle", None, "rotated")
+    monkeypatch.setattr(benchmarking, "load_pool", lambda args: (pool, 0))
+    monkeypatch.setattr(benchmarking, "rotated_pool", lambda angle: rotated)
+    monkeypatch.setattr(benchmarking, "DEMO_TEACHERS", {"cifar_resnet8": 1})
+    monkeypatch.setattr(benchmarking, "REGRESSION_TEACHERS", {"cifar_resnet8": 1})
+    monkeypatch.setenv("HFKD_CACHE", str(tmp_path / "cache"))
+    out = str(tmp_path / "bench")
+    result = benchmark.main(["--methods", "compress", "extracurricular_regression", "--seeds", "1", "--folds", "2",
+                             "--max_steps", "2", "--labels_per_class", "2", "--output_dir", out])
+    comparison = result["comparison"]
+    top1 = [_by_hand(out, "compress_kd", 1, f)["eval_accuracy"] - _by_hand(out, "compress_supervised", 1, f)[
+        "eval_accuracy"] for f in (0, 1)]
+    assert comparison["compress (KD recovery)"]["eval_accuracy"]["mean"] == pytest.approx(sum(top1) / 2, abs=1e-9)
+    assert comparison["compress (KD recovery)"]["compared_with"] == "plain fine-tuning after pruning"
+    mae = [_hand_mae(out, "extracurricular_regression", 1, f) - _hand_mae(out, "baseline_regression", 1, f)
+           for f in (0, 1)]
+    c = comparison["extracurricular_regression"]["eval_mae"]
+    assert c["mean"] == pytest.approx(sum(mae) / 2, rel=1e-4)
+    half = t_quantile(0.975, 1) * math.sqrt(1.5 * (mae[0] - mae[1]) ** 2 / 2)
+    assert c["ci_high"] - c["mean"] == pytest.approx(half, rel=1e-4)
+    table = open(os.path.join(out, "benchmark.md")).read()
+    assert "| compress (KD recovery) | plain fine-tuning after pruning | 2 |" in table
+    assert "| extracurricular_regression | no KD | 2 |" in table and "MAE (°)" in table
+
+
+def test_the_rotated_pool_is_the_digits_in_their_kfold_order():
+    from hfkd.data.rotated_digits import load_all_rotated_digits
+
+    digits = load_all_digits()
+    nearly_upright = load_all_rotated_digits(max_angle=1e-3)
+    assert len(nearly_upright) == len(digits) == 1797
+    for i in (0, 1, 900, 1796):  # image i is digit i, turned by a negligible angle
+        a, b = (np.asarray(x["image"].convert("RGB"), dtype=np.float64) for x in (digits[i], nearly_upright[i]))
+        assert np.abs(a - b).mean() < 1.0
+    angles = np.asarray(load_all_rotated_digits()["angle"])
+    assert np.abs(angles).max() <= 45 and angles.std() > 20  # one draw in [-45, 45] per image
+    assert np.array_equal(angles, np.asarray(load_all_rotated_digits()["angle"]))  # the same draw every time
