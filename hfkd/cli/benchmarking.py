@@ -514,40 +514,37 @@ def _interval(metric: str, c: Dict[str, Any]) -> str:
             f"{format_metric(metric, c['ci_high'], signed=True)}]")
 
 
+#: a table per task: its first column, the main metric (key, unit title, difference title, verdict title), the other
+#: metrics (key, difference title, verdict title) and the teachers' column
+TABLES = (
+    ("method", ("eval_accuracy", "top-1 (%)", "Δ top-1 (points)", "top-1"),
+     (("eval_loss", "Δ NLL", "NLL"), ("eval_ece", "Δ ECE (points)", "ECE")),
+     ("teachers_accuracy", "teachers top-1 (%): each, ensemble")),
+    ("method (regression: rotation angle)", ("eval_mae", "MAE (°)", "Δ MAE (°)", "MAE"),
+     (("eval_rmse", "Δ RMSE (°)", "RMSE"), ("eval_loss", "Δ Gaussian NLL", "NLL")),
+     ("teachers_mae", "teachers MAE (°)")),
+)
+
+
 def markdown(comparison: Dict[str, Any], confidence: float) -> str:
-    """The classification rows' table, then (when there are any) the regression rows' table."""
+    """One table per task (classification, then the regression demo's), for the rows there are."""
     level = f"{100 * confidence:g} %"
-    classification = {k: e for k, e in comparison.items() if "eval_accuracy" in e}
-    regression = {k: e for k, e in comparison.items() if "eval_mae" in e}
     tables = []
-    if classification:
-        lines = [f"| method | compared with | pairs | reference top-1 (%) | method top-1 (%) | Δ top-1 (points) "
-                 f"[{level} CI] | top-1 | W/T/L | Δ NLL [{level} CI] | NLL | Δ ECE (points) [{level} CI] | ECE | "
-                 "teachers top-1 (%): each, ensemble |",
-                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for method, e in classification.items():
-            acc, nll, ece = e["eval_accuracy"], e["eval_loss"], e["eval_ece"]
-            teachers = " / ".join(format_metric("eval_accuracy", v) for v in e.get("teachers_accuracy", {}).values())
-            lines.append(
-                f"| {method} | {e['compared_with']} | {acc['n']} | {format_metric('eval_accuracy', acc['baseline_mean'])} | "
-                f"{format_metric('eval_accuracy', acc['method_mean'])} | {_interval('eval_accuracy', acc)} | "
-                f"{acc['verdict']} | {acc['wins']}/{acc['ties']}/{acc['losses']} | {_interval('eval_loss', nll)} | "
-                f"{nll['verdict']} | {_interval('eval_ece', ece)} | {ece['verdict']} | {teachers or '-'} |")
-        tables.append("\n".join(lines))
-    if regression:
-        lines = [f"| method (regression: rotation angle) | compared with | pairs | reference MAE (°) | method MAE (°) | "
-                 f"Δ MAE (°) [{level} CI] | MAE | W/T/L | Δ RMSE (°) [{level} CI] | RMSE | Δ Gaussian NLL "
-                 f"[{level} CI] | NLL | teachers MAE (°) |",
-                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for method, e in regression.items():
-            mae, rmse, nll = e["eval_mae"], e["eval_rmse"], e["eval_loss"]
-            teachers = " / ".join(format_metric("eval_mae", v) for v in e.get("teachers_mae", {}).values())
-            lines.append(
-                f"| {method} | {e['compared_with']} | {mae['n']} | {format_metric('eval_mae', mae['baseline_mean'])} | "
-                f"{format_metric('eval_mae', mae['method_mean'])} | "
-                f"{_interval('eval_mae', mae)} | {mae['verdict']} | {mae['wins']}/{mae['ties']}/{mae['losses']} | "
-                f"{_interval('eval_rmse', rmse)} | {rmse['verdict']} | {_interval('eval_loss', nll)} | {nll['verdict']} | "
-                f"{teachers or '-'} |")
+    for first, (main, unit, delta, verdict), others, (teachers_key, teachers_title) in TABLES:
+        rows = {k: e for k, e in comparison.items() if main in e}
+        if not rows:
+            continue
+        titles = [first, "compared with", "pairs", f"reference {unit}", f"method {unit}", f"{delta} [{level} CI]",
+                  verdict, "W/T/L"] + [t for _, d, v in others for t in (f"{d} [{level} CI]", v)] + [teachers_title]
+        lines = ["| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
+        for name, e in rows.items():
+            c = e[main]
+            teachers = " / ".join(format_metric(main, v) for v in e.get(teachers_key, {}).values())
+            cells = [name, e["compared_with"], str(c["n"]), format_metric(main, c["baseline_mean"]),
+                     format_metric(main, c["method_mean"]), _interval(main, c), c["verdict"],
+                     f"{c['wins']}/{c['ties']}/{c['losses']}"]
+            cells += [t for key, _, _ in others for t in (_interval(key, e[key]), e[key]["verdict"])]
+            lines.append("| " + " | ".join(cells + [teachers or "-"]) + " |")
         tables.append("\n".join(lines))
     return "\n\n".join(tables)
 
