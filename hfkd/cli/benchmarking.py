@@ -230,14 +230,17 @@ _NOT_IN_KEY = {"output_dir", "logging_steps", "logging_dir", "report_to", "overw
                "eval_teachers", "disable_tqdm", "save_strategy", "eval_strategy", "save_total_limit", "save_steps"}
 
 
+def _training_key(training) -> Dict[str, Any]:
+    return {k: v for k, v in dataclasses.asdict(training).items() if k not in _NOT_IN_KEY}
+
+
 def run_key(arm: str, settings, training, teachers: Sequence[str], split: Split,
             extra: Optional[Dict[str, Any]] = None) -> str:
     """What a run depends on, hashed; ``extra``: what else it depends on (a task, a pruned starting student)."""
     method_config = {} if arm == BASELINE else dataclasses.asdict(settings.method_config)
     values = {
         "arm": arm if arm == BASELINE else settings.method, "method_config": method_config,
-        "training": {k: v for k, v in dataclasses.asdict(training).items() if k not in _NOT_IN_KEY},
-        "augment": dataclasses.asdict(settings.data.augment()),
+        "training": _training_key(training), "augment": dataclasses.asdict(settings.data.augment()),
         "student": [settings.model.student, settings.model.student_pretrained, settings.model.image_size],
         "teachers": list(teachers), "train": _digest(split.labelled.tolist()), "test": _digest(split.test.tolist()),
     }
@@ -460,7 +463,7 @@ def compress_entry(fold: Fold) -> List[Comparison]:
     for recovery, recovery_teachers in (("kd", teachers), ("supervised", [])):
         name = f"compress_{recovery}"
         key = _digest({"arm": name, "pruned": kd["key"], "pruning": dataclasses.asdict(pruning),
-                       "training": {k: v for k, v in dataclasses.asdict(training).items() if k not in _NOT_IN_KEY},
+                       "training": _training_key(training),
                        "augment": dataclasses.asdict(data_args.augment()), "teachers": recovery_teachers,
                        "train": _digest(split.labelled.tolist()), "test": _digest(split.test.tolist())})
         out = _run_folder(fold.folder, split, name, key)
