@@ -287,7 +287,9 @@ class BenchmarkArguments:
 
     methods: List[str] = field(default_factory=lambda: ["kd", "meal_v2"], metadata={
         "help": "Methods to compare with the no-KD baseline, each with its `hfkd distill --method NAME` settings "
-                "(on the embedded digits: its demo preset)."})
+                "(on the embedded digits: its demo preset); also feed_sequential (FEED generations from the baseline), "
+                "extracurricular_regression (the rotation demo) and compress (KD recovery vs plain fine-tuning after "
+                "pruning): docs/benchmark.md."})
     seeds: List[int] = field(default_factory=lambda: [0, 1, 2], metadata={
         "help": "Seeds: each draws its own fold split, labelled subset and initialisation (repeated k-fold)."})
     folds: int = field(default=5, metadata={"help": "k of the stratified k-fold split (--split kfold)."})
