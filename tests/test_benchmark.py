@@ -267,3 +267,18 @@ def test_the_rotated_pool_is_the_digits_in_their_kfold_order():
     angles = np.asarray(load_all_rotated_digits()["angle"])
     assert np.abs(angles).max() <= 45 and angles.std() > 20  # one draw in [-45, 45] per image
     assert np.array_equal(angles, np.asarray(load_all_rotated_digits()["angle"]))  # the same draw every time
+
+
+def test_help_answers_without_loading_torch():
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = ("import sys\nfrom hfkd.cli import main\ntry:\n    main(['benchmark', '--help'])\nexcept SystemExit as e:\n"
+            "    assert e.code == 0, e.code\nprint('torch loaded' if 'torch' in sys.modules else 'torch not loaded')")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for option in ("--methods", "--seeds", "--folds", "--split", "--labels_per_class", "feed_sequential", "compress"):
+        assert option in proc.stdout
+    assert proc.stdout.strip().endswith("torch not loaded")
