@@ -298,6 +298,13 @@ def _reuse_or_resume(out: str, key: str, split: Split, name: str, training, need
     return None, training
 
 
+def _portable(path: str, folder: str) -> str:
+    """A teacher as a run's key names it: a student trained by this benchmark (sequential FEED's teachers) by its
+    place inside ``folder``, so that a moved or copied benchmark folder still finds its finished runs."""
+    relative = os.path.relpath(os.path.abspath(path), os.path.abspath(folder))
+    return path if relative.startswith(os.pardir) else relative
+
+
 def run_arm(arm: str, settings, pool: Pool, split: Split, teachers: Sequence[str], folder: str, *,
             name: Optional[str] = None, task: Optional[RegressionTask] = None,
             keep_student: bool = False) -> Dict[str, Any]:
@@ -311,7 +318,7 @@ def run_arm(arm: str, settings, pool: Pool, split: Split, teachers: Sequence[str
                                    report_to=[], resume_from_checkpoint=None)
     method = create_method("supervised") if arm == BASELINE else settings.create_method()
     teachers = list(teachers) if method.max_teachers != 0 else []  # self-distillation (PS-KD) takes none
-    key = run_key(arm, settings, training, teachers, split,
+    key = run_key(arm, settings, training, [_portable(t, folder) for t in teachers], split,
                   extra={"task": task.options(), "data": pool.source} if task is not None else None)
     out = _run_folder(folder, split, name, key)
     record, training = _reuse_or_resume(out, key, split, name, training, needs_student=keep_student)
