@@ -282,3 +282,14 @@ def test_help_answers_without_loading_torch():
     for option in ("--methods", "--seeds", "--folds", "--split", "--labels_per_class", "feed_sequential", "compress"):
         assert option in proc.stdout
     assert proc.stdout.strip().endswith("torch not loaded")
+
+
+def test_a_teacher_trained_by_the_benchmark_is_keyed_by_its_place_in_the_folder(tmp_path):
+    inside = str(tmp_path / "bench" / "runs" / "seed0" / "fold0" / "baseline-abc" / "student")
+    assert benchmarking._portable(inside, str(tmp_path / "bench")) == os.path.join(
+        "runs", "seed0", "fold0", "baseline-abc", "student")
+    # the same run in a moved folder has the same name; a teacher from elsewhere keeps its path
+    moved = str(tmp_path / "moved" / "runs" / "seed0" / "fold0" / "baseline-abc" / "student")
+    assert benchmarking._portable(moved, str(tmp_path / "moved")) == benchmarking._portable(inside, str(tmp_path / "bench"))
+    assert benchmarking._portable("/cache/demo_teachers/t", str(tmp_path / "bench")) == "/cache/demo_teachers/t"
+    assert benchmarking._portable("hf-hub:org/model", str(tmp_path / "bench")) == "hf-hub:org/model"
