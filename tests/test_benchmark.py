@@ -169,9 +169,11 @@ def test_each_recipe_entry_trains_what_its_workflow_trains(monkeypatch, tmp_path
     """Which runs each entry makes, from which teachers, with which settings (the runs themselves replaced)."""
     calls = []
 
-    def fake_run_arm(arm, settings, pool, split, teachers, folder, *, name=None, task=None, keep_student=False):
+    def fake_run_arm(arm, settings, pool, split, teachers, folder, *, name=None, task=None, keep_student=False,
+                     save_student=False):
         name = name or arm
         calls.append({"arm": arm, "name": name, "teachers": list(teachers), "task": task, "keep": keep_student,
+                      "save": save_student,
                       "batch": settings.training.per_device_train_batch_size, "epochs": settings.training.num_train_epochs,
                       "lr": settings.training.learning_rate, "source": pool.source})
         return {"output_dir": os.path.join(folder, name), "key": name, "metrics": {}}
@@ -181,12 +183,13 @@ def test_each_recipe_entry_trains_what_its_workflow_trains(monkeypatch, tmp_path
     monkeypatch.setattr(benchmarking, "rotated_pool", lambda angle: benchmarking.Pool(None, "image", "angle", None,
                                                                                        "rotated"))
     args = benchmark.parse_benchmark_args(["--seeds", "0", "--output_dir", str(tmp_path)])
-    pool, _ = _small_pool()
-    split = benchmarking.make_splits(args, np.asarray(load_all_digits()["label"]), 0)[0][0]
+    pool = benchmarking.Pool(load_all_digits(), "image", "label", [str(i) for i in range(10)], "hfkd/digits")
+    split = benchmarking.make_splits(args, pool.labels, 0)[0][0]
     fold = benchmarking.Fold(args, pool, split, {"cifar_resnet20": "t20", "cifar_wrn16_2": "wrn"})
 
     rows = benchmarking.bake_entry(fold)
     base, bake = calls
+    assert not base["save"] and not fold.save_students  # kd and meal_v2 only: no entry reads a shared run's student
     # imagenet protocol, M = 1: the baseline at half BAKE's batch and learning rate, the same epochs; no teachers
     assert (base["arm"], bake["arm"]) == ("baseline", "bake") and bake["teachers"] == base["teachers"] == []
     assert base["batch"] * 2 == bake["batch"] == 128 and base["lr"] * 2 == pytest.approx(bake["lr"])
@@ -217,6 +220,68 @@ def test_each_recipe_entry_trains_what_its_workflow_trains(monkeypatch, tmp_path
     # the regression demo trains on all training images: its steps over the whole training part
     assert el["epochs"] == round(6 * len(split.train) / 50)
     assert rows[0][0] == "extracurricular_regression"
+
+    # compress: the kd run's student (saved), pruned once, recovered by KD from the fold's teachers and by plain
+    # fine-tuning, each for the compression demo's 4 epochs kept as the same steps
+    # with compress (or feed_sequential) in --methods every shared run saves its student, so that the entry that
+    # needs it does not train the run again in its folder
+    fold.args.methods = ["kd", "compress"]
+    assert fold.save_students
+    calls.clear()
+    recoveries, pruned_from = [], []
+    monkeypatch.setattr(benchmarking, "from_pretrained", lambda path: pruned_from.append(path) or "kd student")
+    monkeypatch.setattr(benchmarking, "prune_backbone", lambda student, config: (f"pruned {student}", {}))
+
+    class Trained:
+        teacher_metrics = {}
+        state = type("State", (), {"global_step": 1, "train_runtime": 0.0})
+
+        @staticmethod
+        def predict():
+            import torch
+            return {"logits": torch.eye(10)[:3], "labels": torch.tensor([0, 1, 0])}
+
+    def fake_recover(pruned, data, teachers, method, training, augment):
+        recoveries.append((pruned, list(teachers), method, training.num_train_epochs))
+        os.makedirs(training.output_dir)  # as the trainer does
+        return Trained()
+
+    monkeypatch.setattr(benchmarking, "recover", fake_recover)
+    rows = benchmarking.compress_entry(fold)
+    (kd,) = calls
+    assert kd["arm"] == "kd" and kd["keep"] and kd["teachers"] == ["t20", "wrn"]
+    assert pruned_from == [os.path.join(str(tmp_path), "kd", "student")]  # one pruning for both recoveries
+    epochs = round(4 * len(split.train) / 50)
+    assert recoveries == [("pruned kd student", ["t20", "wrn"], "kd", epochs),
+                          ("pruned kd student", [], "supervised", epochs)]
+    assert rows[0][0] == "compress (KD recovery)" and rows[0][1]["method"] == "kd"
+    assert rows[0][2]["method"] == "supervised" and rows[0][3] == "plain fine-tuning after pruning"
+
+
+def test_every_named_entry_has_its_runner():
+    from hfkd.cli.benchmark_entries import WORKFLOW_ENTRIES
+
+    assert set(WORKFLOW_ENTRIES) <= set(benchmarking.ENTRIES)
+    assert set(benchmarking.ENTRIES) - set(WORKFLOW_ENTRIES) <= set(benchmark.list_methods())
+
+
+def test_saved_regression_outputs_are_measured_as_the_trainer_evaluates_them():
+    import torch
+    from accelerate import Accelerator
+
+    from hfkd.tasks import RegressionTask
+
+    task = RegressionTask(num_targets=1, target_scale=45.0)
+    generator = torch.Generator().manual_seed(0)
+    outputs, targets = torch.randn(7, 2, generator=generator), 45 * torch.randn(7, 1, generator=generator)
+    batches = [{"pixel_values": outputs[:4], "labels": targets[:4]}, {"pixel_values": outputs[4:], "labels": targets[4:]}]
+    evaluated = task.evaluate(Accelerator(cpu=True), batches, lambda x: x)
+    saved = benchmarking.regression_prediction_metrics(task)(outputs.numpy(), targets.numpy())
+    assert set(saved) == {"eval_mae", "eval_rmse", "eval_loss"}
+    for key, value in saved.items():
+        assert value == pytest.approx(evaluated[key], rel=1e-6)
+    # and by hand: the mean is the first output, in units of 45 degrees
+    assert saved["eval_mae"] == pytest.approx(float((outputs[:, 0] * 45 - targets[:, 0]).abs().mean()), rel=1e-5)
 
 
 def _hand_mae(folder, name, seed, fold):

@@ -16,9 +16,10 @@ import sys
 from typing import List, Optional
 
 from ..lazy import lazy_function
-from ..methods.registry import get_method_class, list_methods, normalize_name
+from ..methods.registry import list_methods, normalize_name
 from ..settings import shorten
 from .arguments import BenchmarkArguments
+from .benchmark_entries import WORKFLOW_ENTRIES
 from .parser import parse_args, short_usage
 
 # The runs import torch: loaded once the settings are parsed, so that `hfkd benchmark --help` answers without it.
@@ -28,24 +29,6 @@ check_teachers = lazy_function(".benchmarking", "check_teachers", __package__)
 PROG = "hfkd benchmark"
 DESCRIPTION = ("The no-KD baseline and each method over seeds and folds on the same images, compared run by run: "
                "the mean difference with its corrected resampled t interval (docs/benchmark.md).")
-
-
-#: entries of --methods that are no method's name -> (the method they run, whether they learn from the fold's
-#: teachers, what they compare)
-WORKFLOW_ENTRIES = {
-    "feed_sequential": ("feed", False, "sequential FEED: generation 1 learns from the baseline, g + 1 from g"),
-    "extracurricular_regression": ("extracurricular", False,
-                                   "the regression demo (rotation angles) on the same folds, with its own teachers"),
-    "compress": ("kd", True, "the KD student pruned, then recovered by KD vs by plain fine-tuning"),
-}
-
-
-def entry_reads_teachers(entry: str, required: bool = False) -> bool:
-    """Whether an entry's runs learn from the fold's (or the user's) teachers; ``required``: cannot run without."""
-    if entry in WORKFLOW_ENTRIES:
-        return WORKFLOW_ENTRIES[entry][1]
-    cls = get_method_class(entry)
-    return cls.min_teachers > 0 if required else cls.max_teachers != 0
 
 
 def check_methods(methods: List[str]) -> List[str]:

@@ -43,11 +43,12 @@ from ..stats import corrected_paired_ttest, kfold_test_train_ratio, paired_diffe
 from ..tasks import RegressionTask
 from ..tasks.evaluation import ECE_BINS, calibration_bins, calibration_error
 from .arguments import BenchmarkArguments, DataArguments
-from .benchmark import entry_reads_teachers
+from .benchmark_entries import entry_reads_teachers
 from .compress import parse_compress_args
-from .demo import cached, demo_cache_path, regression_task, train_demo_model
+from .demo import cached, demo_cache_path, regression_task, regression_teacher_path, train_demo_model
 from .distill import parse_distill_args
 from .pipeline import build_student, build_teachers, load_data, run
+from .workflows.bake import baseline_training
 from .preset import (DEFAULT_TEACHER_EPOCHS, DEMO_EQUAL_STEPS, DEMO_LABELS_PER_CLASS, DEMO_STUDENT, DEMO_TEACHERS,
                      EXTRACURRICULAR_TEACHER, REGRESSION_TEACHERS, is_demo_data)
 
@@ -185,9 +186,9 @@ def fold_regression_teachers(args: BenchmarkArguments, pool: Pool, split: Split,
     data = pool.data(split.train, split.test)
     paths = []
     for name, epochs in REGRESSION_TEACHERS.items():
-        path = demo_cache_path("demo_teachers", name, epochs, seed=0, task=f"rotation{task.target_scale:g}-")
-        paths.append(cached(path + _fold_tag(args, split), lambda out, name=name, epochs=epochs: train_demo_model(
-            name, data, out, epochs, seed=0, task=task, max_steps=args.max_steps)))
+        paths.append(cached(regression_teacher_path(name, task) + _fold_tag(args, split),
+                            lambda out, name=name, epochs=epochs: train_demo_model(
+                                name, data, out, epochs, seed=0, task=task, max_steps=args.max_steps)))
     return paths
 
 
@@ -212,7 +213,7 @@ def prediction_metrics(logits: np.ndarray, labels: np.ndarray) -> Dict[str, floa
 
 
 def regression_prediction_metrics(task: RegressionTask):
-    """MAE and RMSE (degrees) and Gaussian NLL of saved regression outputs, as the trainer's evaluation measures them."""
+    """MAE and RMSE (degrees) and Gaussian NLL of saved regression outputs, as the trainer evaluates them."""
     def metrics(outputs: np.ndarray, targets: np.ndarray) -> Dict[str, float]:
         sums = task.error_sums(torch.from_numpy(np.asarray(outputs, dtype=np.float32)),
                                torch.from_numpy(np.asarray(targets, dtype=np.float32)))
@@ -298,6 +299,13 @@ def _reuse_or_resume(out: str, key: str, split: Split, name: str, training, need
     return None, training
 
 
+def run_training(training, split: Split):
+    """A run's training settings: the split's seed; no checkpoints, evaluation or trackers (the benchmark saves
+    the test predictions itself)."""
+    return dataclasses.replace(training, seed=split.seed, save_strategy="no", eval_strategy="no", report_to=[],
+                               resume_from_checkpoint=None)
+
+
 def _portable(path: str, folder: str) -> str:
     """A teacher as a run's key names it: a student trained by this benchmark (sequential FEED's teachers) by its
     place inside ``folder``, so that a moved or copied benchmark folder still finds its finished runs."""
@@ -307,15 +315,16 @@ def _portable(path: str, folder: str) -> str:
 
 def run_arm(arm: str, settings, pool: Pool, split: Split, teachers: Sequence[str], folder: str, *,
             name: Optional[str] = None, task: Optional[RegressionTask] = None,
-            keep_student: bool = False) -> Dict[str, Any]:
+            keep_student: bool = False, save_student: bool = False) -> Dict[str, Any]:
     """Train ``arm`` (a method, or the baseline: cross-entropy with the method's settings) on the split's labelled
     images, save its predictions on the test images; reuse a finished run with the same key.
 
     ``name`` names the run's folder (default: ``arm``); ``task`` is the regression demo's; ``keep_student`` saves
-    the trained student in ``student/`` (a later run learns from it or prunes it)."""
+    the trained student in ``student/`` (a later run learns from it or prunes it) and reuses a finished run only
+    with it; ``save_student`` saves it when the run trains (so that a later entry of the same benchmark that
+    needs this shared run's student finds it, instead of training the run again in its folder)."""
     name = name or arm
-    training = dataclasses.replace(settings.training, seed=split.seed, save_strategy="no", eval_strategy="no",
-                                   report_to=[], resume_from_checkpoint=None)
+    training = run_training(settings.training, split)
     method = create_method("supervised") if arm == BASELINE else settings.create_method()
     teachers = list(teachers) if method.max_teachers != 0 else []  # self-distillation (PS-KD) takes none
     key = run_key(arm, settings, training, [_portable(t, folder) for t in teachers], split,
@@ -329,7 +338,7 @@ def run_arm(arm: str, settings, pool: Pool, split: Split, teachers: Sequence[str
     loaded = build_teachers(settings.model, student, teachers, check_classes=method.reads_teacher_logits) \
         if teachers else []
     trainer, _ = run(method, student, loaded, data, dataclasses.replace(training, output_dir=out), settings.data,
-                     save=keep_student, task=task)
+                     save=keep_student or save_student, task=task)
     metrics = prediction_metrics if task is None else regression_prediction_metrics(task)
     return _finish(out, key, trainer, split, metrics, arm=name,
                    method=settings.method if arm != BASELINE else "supervised", train_images=len(split.labelled),
@@ -368,6 +377,12 @@ class Fold:
     teachers: Dict[str, str]
 
     @property
+    def save_students(self) -> bool:
+        """Whether every run saves its student: when an entry learns from, or prunes, a run another entry shares
+        (sequential FEED's baseline, compression's KD student)."""
+        return any(entry in ("feed_sequential", "compress") for entry in self.args.methods)
+
+    @property
     def folder(self) -> str:
         return self.args.output_dir
 
@@ -389,8 +404,10 @@ def method_entry(fold: Fold, method: str) -> List[Comparison]:
         student = fold_student_start(args, fold.pool, split)
     settings = arm_settings(args, method, student, fold.folder, split)
     teachers = list(fold.teachers.values())
-    base = run_arm(BASELINE, settings, fold.pool, split, teachers, fold.folder)
-    return [(method, run_arm(method, settings, fold.pool, split, teachers, fold.folder), base, NO_KD)]
+    save = fold.save_students
+    base = run_arm(BASELINE, settings, fold.pool, split, teachers, fold.folder, save_student=save)
+    return [(method, run_arm(method, settings, fold.pool, split, teachers, fold.folder, save_student=save), base,
+             NO_KD)]
 
 
 def bake_entry(fold: Fold) -> List[Comparison]:
@@ -400,13 +417,11 @@ def bake_entry(fold: Fold) -> List[Comparison]:
     args, split = fold.args, fold.split
     settings = arm_settings(args, method, args.student, fold.folder, split)
     protocol = settings.run.baseline_protocol
-    group = settings.method_config.intra_class_images + 1 if protocol == "imagenet" else 1
-    training = settings.training
-    base_settings = dataclasses.replace(settings, training=dataclasses.replace(
-        training, learning_rate=training.learning_rate / group,
-        per_device_train_batch_size=max(1, training.per_device_train_batch_size // group)))
-    base = run_arm(BASELINE, base_settings, fold.pool, split, [], fold.folder)
-    return [(method, run_arm(method, settings, fold.pool, split, [], fold.folder), base,
+    base_settings = dataclasses.replace(settings, training=baseline_training(settings.training, protocol,
+                                                                             settings.method_config))
+    save = fold.save_students
+    base = run_arm(BASELINE, base_settings, fold.pool, split, [], fold.folder, save_student=save)
+    return [(method, run_arm(method, settings, fold.pool, split, [], fold.folder, save_student=save), base,
              f"no KD ({protocol} protocol)")]
 
 
@@ -432,8 +447,10 @@ def extracurricular_entry(fold: Fold) -> List[Comparison]:
     args, split = fold.args, fold.split
     settings = arm_settings(args, method, args.student, fold.folder, split)
     teachers = [fold.teachers[EXTRACURRICULAR_TEACHER]] if fold.demo else list(fold.teachers.values())
-    base = run_arm(BASELINE, settings, fold.pool, split, [], fold.folder)
-    return [(method, run_arm(method, settings, fold.pool, split, teachers, fold.folder), base, NO_KD)]
+    save = fold.save_students
+    base = run_arm(BASELINE, settings, fold.pool, split, [], fold.folder, save_student=save)
+    return [(method, run_arm(method, settings, fold.pool, split, teachers, fold.folder, save_student=save), base,
+             NO_KD)]
 
 
 def regression_entry(fold: Fold) -> List[Comparison]:
@@ -459,13 +476,14 @@ def compress_entry(fold: Fold) -> List[Comparison]:
     args, split = fold.args, fold.split
     teachers = list(fold.teachers.values())
     kd_settings = arm_settings(args, method, args.student, fold.folder, split)
-    kd = run_arm(method, kd_settings, fold.pool, split, teachers, fold.folder, keep_student=True)
+    kd = run_arm(method, kd_settings, fold.pool, split, teachers, fold.folder, keep_student=True)  # pruned below
     _, data_args, pruning, _, training = parse_compress_args(["--dataset", args.dataset, "--output_dir", fold.folder])
     if args.max_steps > 0:
         training = dataclasses.replace(training, max_steps=args.max_steps)
-    epochs = args.num_train_epochs or run_epochs(args, training.num_train_epochs, split)
-    training = dataclasses.replace(training, num_train_epochs=epochs, seed=split.seed, save_strategy="no",
-                                   eval_strategy="no", report_to=[], resume_from_checkpoint=None)
+    epochs = args.num_train_epochs if args.num_train_epochs is not None else run_epochs(
+        args, training.num_train_epochs, split)
+    training = run_training(dataclasses.replace(training, num_train_epochs=epochs), split)
+    pruned = None
     runs = {}
     for recovery, recovery_teachers in (("kd", teachers), ("supervised", [])):
         name = f"compress_{recovery}"
@@ -474,19 +492,20 @@ def compress_entry(fold: Fold) -> List[Comparison]:
                        "augment": dataclasses.asdict(data_args.augment()), "teachers": recovery_teachers,
                        "train": _digest(split.labelled.tolist()), "test": _digest(split.test.tolist())})
         out = _run_folder(fold.folder, split, name, key)
-        record, run_training = _reuse_or_resume(out, key, split, name, training)
+        record, resumed = _reuse_or_resume(out, key, split, name, training)
         if record is None:
-            student = from_pretrained(os.path.join(kd["output_dir"], "student"))
-            pruned, _ = prune_backbone(student, pruning)
+            if pruned is None:  # once for both recoveries
+                pruned, _ = prune_backbone(from_pretrained(os.path.join(kd["output_dir"], "student")), pruning)
             trainer = recover(pruned, fold.pool.data(split.labelled, split.test), recovery_teachers, recovery,
-                              dataclasses.replace(run_training, output_dir=out), data_args.augment())
+                              dataclasses.replace(resumed, output_dir=out), data_args.augment())
             record = _finish(out, key, trainer, split, prediction_metrics, arm=name, method=recovery,
                              train_images=len(split.labelled), student=kd["output_dir"], teachers=recovery_teachers)
         runs[recovery] = record
     return [("compress (KD recovery)", runs["kd"], runs["supervised"], "plain fine-tuning after pruning")]
 
 
-#: entry of --methods (not a method name) -> what runs it
+#: the entries with a workflow of their own (every name of ``WORKFLOW_ENTRIES``, and BAKE's and extracurricular
+#: learning's) -> what runs them; any other method runs ``method_entry``
 ENTRIES = {"bake": bake_entry, "feed_sequential": feed_sequential_entry, "extracurricular": extracurricular_entry,
            "extracurricular_regression": regression_entry, "compress": compress_entry}
 
