@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import run_args
 from hfkd import DistillationTrainer, create_backbone, create_method, load_image_dataset
@@ -21,6 +22,15 @@ def unlabelled(small_digits):
 
 def _student(names=NAMES):
     return create_backbone("test_resnet", num_classes=len(names), pretrained=False, image_size=32, label_names=names)
+
+
+def _assert_agreements(metrics, s, t):
+    """The student's top-1 agreement with each of two teachers and with their ensemble (mean probabilities), by hand."""
+    top1 = s.argmax(-1)
+    ensemble = (F.softmax(t[0], -1) + F.softmax(t[1], -1)) / 2
+    assert metrics["eval_agreement_teacher_0"] == pytest.approx((top1 == t[0].argmax(-1)).float().mean().item())
+    assert metrics["eval_agreement_teacher_1"] == pytest.approx((top1 == t[1].argmax(-1)).float().mean().item())
+    assert metrics["eval_agreement"] == pytest.approx((top1 == ensemble.argmax(-1)).float().mean().item())
 
 
 def _teacher():
@@ -178,7 +188,6 @@ def test_label_names_checks(tmp_path):
 
 # -- evaluation without labels: agreement with the teachers, the distillation loss --------------------------
 def test_agreement_and_distillation_loss_by_hand(unlabelled, tmp_path):
-    import torch.nn.functional as F
 
     from hfkd.hub.card import create_model_card
     from hfkd.losses import soft_kl_div
@@ -203,11 +212,7 @@ def test_agreement_and_distillation_loss_by_hand(unlabelled, tmp_path):
     with torch.no_grad():
         s = student(x).logits
         t = [teacher(x).logits for teacher in trainer.teachers]
-    top1 = s.argmax(-1)
-    ensemble = (F.softmax(t[0], -1) + F.softmax(t[1], -1)) / 2
-    assert metrics["eval_agreement_teacher_0"] == pytest.approx((top1 == t[0].argmax(-1)).float().mean().item())
-    assert metrics["eval_agreement_teacher_1"] == pytest.approx((top1 == t[1].argmax(-1)).float().mean().item())
-    assert metrics["eval_agreement"] == pytest.approx((top1 == ensemble.argmax(-1)).float().mean().item())
+    _assert_agreements(metrics, s, t)
     # KD at alpha 1: T^2 KL(mean of the teachers' softened probabilities || the student's)
     target = (F.softmax(t[0] / 2.0, -1) + F.softmax(t[1] / 2.0, -1)) / 2
     assert metrics["eval_distillation_loss"] == pytest.approx(soft_kl_div(s, target, 2.0).item(), rel=1e-4)
@@ -395,7 +400,6 @@ def test_hfkd_eval_and_compress_refuse_an_eval_split_without_labels(tmp_path):
 def test_agreement_over_two_processes_counts_every_eval_image_once(tmp_path):
     import json
 
-    import torch.nn.functional as F
     from safetensors.torch import load_file
 
     from helpers.ddp import two_teacher_setup
@@ -421,11 +425,7 @@ def test_agreement_over_two_processes_counts_every_eval_image_once(tmp_path):
     with torch.no_grad():
         s = student.eval()(x).logits
         t = [teacher.eval()(x).logits for teacher in teachers]
-    top1 = s.argmax(-1)
-    ensemble = (F.softmax(t[0], -1) + F.softmax(t[1], -1)) / 2
-    assert metrics["eval_agreement_teacher_0"] == pytest.approx((top1 == t[0].argmax(-1)).float().mean().item())
-    assert metrics["eval_agreement_teacher_1"] == pytest.approx((top1 == t[1].argmax(-1)).float().mean().item())
-    assert metrics["eval_agreement"] == pytest.approx((top1 == ensemble.argmax(-1)).float().mean().item())
+    _assert_agreements(metrics, s, t)
     target = (F.softmax(t[0] / 4.0, -1) + F.softmax(t[1] / 4.0, -1)) / 2
     # the loss is a batch-weighted mean: the rank that repeats an image to even the batches counts it twice
     assert metrics["eval_distillation_loss"] == pytest.approx(soft_kl_div(s, target, 4.0).item(), rel=0.1)

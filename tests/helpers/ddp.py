@@ -42,3 +42,11 @@ def save_rank(tensors: dict, out_dir: str, trainer) -> None:
     tensors = dict(tensors, num_processes=torch.tensor([accelerator.num_processes]),
                    steps=torch.tensor([trainer.state.global_step]))
     save_file(tensors, os.path.join(out_dir, f"rank{accelerator.process_index}.safetensors"))
+
+
+def trained_tensors(trainer, initial: dict) -> dict:
+    """After training: this rank's student and method parameters, and the ``initial`` ones as ``initial.*``."""
+    unwrapped = trainer.accelerator.unwrap_model(trainer._model)
+    tensors = {**parameters("student", unwrapped.student), **parameters("method", unwrapped.method)}
+    tensors.update({f"initial.{k}": v for k, v in initial.items()})
+    return tensors

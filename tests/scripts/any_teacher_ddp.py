@@ -6,7 +6,7 @@ Run by tests/test_zero_shot.py through tests/helpers/launch.py::run_two_processe
 """
 import sys
 
-from helpers.ddp import parameters, save_rank, short_run_args
+from helpers.ddp import parameters, save_rank, short_run_args, trained_tensors
 from accelerate.utils import set_seed
 
 from hfkd import DistillationTrainer, create_backbone, create_method, load_image_dataset
@@ -26,10 +26,7 @@ def main(out_dir: str, clip_folder: str, method_name: str) -> None:
     trainer = DistillationTrainer(student, teachers=[teacher], method=method, args=short_run_args(out_dir),
                                   train_dataset=train)
     trainer.train()
-    unwrapped = trainer.accelerator.unwrap_model(trainer._model)
-    tensors = {**parameters("student", unwrapped.student), **parameters("method", unwrapped.method)}
-    tensors.update({f"initial.{k}": v for k, v in initial.items()})
-    save_rank(tensors, out_dir, trainer)
+    save_rank(trained_tensors(trainer, initial), out_dir, trainer)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import sys
 
 import torch
 from accelerate.utils import set_seed
-from helpers.ddp import parameters, save_rank, short_run_args
+from helpers.ddp import parameters, save_rank, short_run_args, trained_tensors
 from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
 
 from hfkd import DistillationTrainer, create_backbone, create_method, load_image_dataset
@@ -29,10 +29,7 @@ def main(out_dir: str) -> None:
     trainer = DistillationTrainer(student, teachers=[teacher], method=create_method("feature_kd", match="both"),
                                   args=short_run_args(out_dir), train_dataset=train)
     trainer.train()
-    unwrapped = trainer.accelerator.unwrap_model(trainer._model)
-    tensors = {**parameters("student", unwrapped.student), **parameters("method", unwrapped.method)}
-    tensors.update({f"initial.{k}": v for k, v in initial.items()})
-    save_rank(tensors, out_dir, trainer)
+    save_rank(trained_tensors(trainer, initial), out_dir, trainer)
 
 
 if __name__ == "__main__":
